@@ -1,0 +1,409 @@
+// Command opamp-go-agent is a scriptable OpAMP agent built on opamp-go's client, used
+// by the interop tests as a real peer that is not written in Python.
+//
+// It connects over WebSocket (ws://, wss://) or plain HTTP (http://, https://),
+// reports what its flags and the test ask, and prints one JSON object per line for
+// every event it sees. Tests drive it with JSON commands on stdin, one per line:
+//
+//	{"cmd":"health","healthy":false,"status":"degraded","last_error":"..."}
+//	{"cmd":"effective_config","body":"receivers: ..."}
+//	{"cmd":"remote_config_status","status":"FAILED","error":"..."}
+//	{"cmd":"description","identifying":{"k":"v"},"non_identifying":{"k":"v"}}
+//	{"cmd":"stop"}
+//
+// Closing stdin stops the agent too, so a killed test leaves no orphan.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/open-telemetry/opamp-go/client"
+	"github.com/open-telemetry/opamp-go/client/types"
+	"github.com/open-telemetry/opamp-go/protobufs"
+
+	"opamp-operator.test/opamp-go/internal/jsonl"
+)
+
+// kvFlag collects repeated key=value flags.
+type kvFlag map[string]string
+
+func (f kvFlag) String() string { return fmt.Sprint(map[string]string(f)) }
+
+func (f kvFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, got %q", s)
+	}
+	f[k] = v
+	return nil
+}
+
+func keyValues(m map[string]string) []*protobufs.KeyValue {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]*protobufs.KeyValue, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, &protobufs.KeyValue{
+			Key:   k,
+			Value: &protobufs.AnyValue{Value: &protobufs.AnyValue_StringValue{StringValue: m[k]}},
+		})
+	}
+	return out
+}
+
+// agent holds what the agent reports; the client reads it through callbacks.
+type agent struct {
+	mu              sync.Mutex
+	out             *jsonl.Emitter
+	client          client.OpAMPClient
+	applyMode       string
+	effectiveConfig map[string]*protobufs.AgentConfigFile
+}
+
+func (a *agent) getEffectiveConfig(context.Context) (*protobufs.EffectiveConfig, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	files := make(map[string]*protobufs.AgentConfigFile, len(a.effectiveConfig))
+	for k, v := range a.effectiveConfig {
+		files[k] = v
+	}
+	return &protobufs.EffectiveConfig{ConfigMap: &protobufs.AgentConfigMap{ConfigMap: files}}, nil
+}
+
+func configFilesJSON(m *protobufs.AgentConfigMap) map[string]any {
+	files := map[string]any{}
+	if m == nil {
+		return files
+	}
+	for name, f := range m.ConfigMap {
+		files[name] = map[string]any{"content_type": f.ContentType, "body": string(f.Body)}
+	}
+	return files
+}
+
+func (a *agent) onMessage(ctx context.Context, msg *types.MessageData) {
+	fields := map[string]any{}
+	if rc := msg.RemoteConfig; rc != nil {
+		fields["remote_config"] = map[string]any{
+			"config_hash": hex.EncodeToString(rc.ConfigHash),
+			"files":       configFilesJSON(rc.Config),
+		}
+	}
+	if id := msg.AgentIdentification; id != nil {
+		// opamp-go adopts the new uid itself; the test only needs to see it.
+		fields["agent_identification"] = hex.EncodeToString(id.NewInstanceUid)
+	}
+	if msg.OwnMetricsConnSettings != nil || msg.OtherConnSettings != nil || msg.OfferedConnectionsSettingsHash != nil {
+		fields["connection_settings_hash"] = hex.EncodeToString(msg.OfferedConnectionsSettingsHash)
+	}
+	if msg.PackagesAvailable != nil {
+		fields["packages_available"] = len(msg.PackagesAvailable.Packages)
+	}
+	if msg.CustomMessage != nil {
+		fields["custom_message"] = map[string]any{
+			"capability": msg.CustomMessage.Capability, "type": msg.CustomMessage.Type,
+			"data": string(msg.CustomMessage.Data),
+		}
+	}
+	a.out.Emit("message", fields)
+	if msg.RemoteConfig != nil {
+		a.applyRemoteConfig(ctx, msg.RemoteConfig)
+	}
+}
+
+// applyRemoteConfig reacts to an offered config as --apply says: accept it as the
+// effective config, report it FAILED, or leave it unanswered (a stuck agent).
+func (a *agent) applyRemoteConfig(ctx context.Context, rc *protobufs.AgentRemoteConfig) {
+	status := &protobufs.RemoteConfigStatus{LastRemoteConfigHash: rc.ConfigHash}
+	switch a.applyMode {
+	case "ignore":
+		return
+	case "fail":
+		status.Status = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_FAILED
+		status.ErrorMessage = "rejected by opamp-go-agent --apply=fail"
+	default:
+		a.mu.Lock()
+		a.effectiveConfig = map[string]*protobufs.AgentConfigFile{}
+		if rc.Config != nil {
+			for k, v := range rc.Config.ConfigMap {
+				a.effectiveConfig[k] = v
+			}
+		}
+		a.mu.Unlock()
+		status.Status = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED
+	}
+	if err := a.client.SetRemoteConfigStatus(status); err != nil {
+		a.out.Emit("error", map[string]any{"op": "SetRemoteConfigStatus", "error": err.Error()})
+	}
+	if a.applyMode != "fail" {
+		if err := a.client.UpdateEffectiveConfig(ctx); err != nil {
+			a.out.Emit("error", map[string]any{"op": "UpdateEffectiveConfig", "error": err.Error()})
+		}
+	}
+	a.out.Emit("remote_config_status", map[string]any{
+		"status": status.Status.String(), "config_hash": hex.EncodeToString(rc.ConfigHash),
+	})
+}
+
+type command struct {
+	Cmd            string            `json:"cmd"`
+	Healthy        *bool             `json:"healthy"`
+	Status         string            `json:"status"`
+	LastError      string            `json:"last_error"`
+	Body           *string           `json:"body"`
+	Error          string            `json:"error"`
+	Identifying    map[string]string `json:"identifying"`
+	NonIdentifying map[string]string `json:"non_identifying"`
+}
+
+// handle runs one stdin command; it returns false when the agent should stop.
+func (a *agent) handle(ctx context.Context, c command) (bool, error) {
+	switch c.Cmd {
+	case "stop":
+		return false, nil
+	case "health":
+		h := &protobufs.ComponentHealth{Healthy: c.Healthy == nil || *c.Healthy, Status: c.Status,
+			LastError: c.LastError, StatusTimeUnixNano: uint64(time.Now().UnixNano())}
+		return true, a.client.SetHealth(h)
+	case "effective_config":
+		if c.Body == nil {
+			return true, fmt.Errorf("effective_config needs body")
+		}
+		a.mu.Lock()
+		a.effectiveConfig = map[string]*protobufs.AgentConfigFile{
+			"": {Body: []byte(*c.Body), ContentType: "text/yaml"},
+		}
+		a.mu.Unlock()
+		return true, a.client.UpdateEffectiveConfig(ctx)
+	case "remote_config_status":
+		v, ok := protobufs.RemoteConfigStatuses_value["RemoteConfigStatuses_"+c.Status]
+		if !ok {
+			return true, fmt.Errorf("unknown remote config status %q", c.Status)
+		}
+		return true, a.client.SetRemoteConfigStatus(&protobufs.RemoteConfigStatus{
+			Status: protobufs.RemoteConfigStatuses(v), ErrorMessage: c.Error})
+	case "description":
+		return true, a.client.SetAgentDescription(&protobufs.AgentDescription{
+			IdentifyingAttributes: keyValues(c.Identifying), NonIdentifyingAttributes: keyValues(c.NonIdentifying)})
+	default:
+		return true, fmt.Errorf("unknown command %q", c.Cmd)
+	}
+}
+
+func main() {
+	identifying, nonIdentifying, headers := kvFlag{}, kvFlag{}, kvFlag{}
+	serverURL := flag.String("url", "ws://127.0.0.1:4320/v1/opamp", "OpAMP server URL: ws(s):// for WebSocket, http(s):// for plain HTTP")
+	uidHex := flag.String("instance-uid", "", "16-byte instance uid as 32 hex digits (default: a new UUIDv7)")
+	serviceName := flag.String("service-name", "opamp-go-agent", "service.name identifying attribute")
+	heartbeat := flag.Duration("heartbeat", 30*time.Second, "heartbeat (WebSocket) or polling (HTTP) interval")
+	applyMode := flag.String("apply", "accept", "what to do with an offered remote config: accept | fail | ignore")
+	initialConfig := flag.String("effective-config", "", "initial effective config body (YAML)")
+	unhealthy := flag.Bool("unhealthy", false, "report unhealthy at start")
+	components := flag.String("components", "", "comma-separated kind/type pairs reported as AvailableComponents, e.g. receivers/otlp,exporters/debug")
+	verbose := flag.Bool("verbose", false, "also print the client's debug log")
+	flag.Var(identifying, "attr", "identifying attribute key=value (repeatable)")
+	flag.Var(nonIdentifying, "non-identifying", "non-identifying attribute key=value (repeatable)")
+	flag.Var(headers, "header", "HTTP header key=value sent with every request (repeatable)")
+	flag.Parse()
+
+	out := jsonl.New(os.Stdout)
+	if err := run(out, *serverURL, *uidHex, *serviceName, *heartbeat, *applyMode, *initialConfig,
+		*unhealthy, *components, *verbose, identifying, nonIdentifying, headers); err != nil {
+		out.Emit("fatal", map[string]any{"error": err.Error()})
+		os.Exit(1)
+	}
+}
+
+func parseComponents(spec string) (*protobufs.AvailableComponents, error) {
+	kinds := map[string]*protobufs.ComponentDetails{}
+	for _, item := range strings.Split(spec, ",") {
+		kind, typ, ok := strings.Cut(strings.TrimSpace(item), "/")
+		if !ok {
+			return nil, fmt.Errorf("component %q: want kind/type", item)
+		}
+		if kinds[kind] == nil {
+			kinds[kind] = &protobufs.ComponentDetails{SubComponentMap: map[string]*protobufs.ComponentDetails{}}
+		}
+		kinds[kind].SubComponentMap[typ] = &protobufs.ComponentDetails{}
+	}
+	return &protobufs.AvailableComponents{Components: kinds, Hash: []byte(spec)}, nil
+}
+
+func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat time.Duration, applyMode,
+	initialConfig string, unhealthy bool, components string, verbose bool,
+	identifying, nonIdentifying, headers kvFlag) error {
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		return fmt.Errorf("--url: %w", err)
+	}
+	if applyMode != "accept" && applyMode != "fail" && applyMode != "ignore" {
+		return fmt.Errorf("--apply must be accept, fail or ignore, not %q", applyMode)
+	}
+	log := &jsonl.Logger{Out: out, Verbose: verbose}
+	var c client.OpAMPClient
+	transport := "websocket"
+	switch u.Scheme {
+	case "ws", "wss":
+		c = client.NewWebSocket(log)
+	case "http", "https":
+		c = client.NewHTTP(log)
+		transport = "http"
+	default:
+		return fmt.Errorf("--url scheme %q: want ws, wss, http or https", u.Scheme)
+	}
+
+	var uid types.InstanceUid
+	if uidHex != "" {
+		b, err := hex.DecodeString(uidHex)
+		if err != nil || len(b) != 16 {
+			return fmt.Errorf("--instance-uid must be 32 hex digits")
+		}
+		copy(uid[:], b)
+	} else {
+		v7, err := uuid.NewV7()
+		if err != nil {
+			return err
+		}
+		uid = types.InstanceUid(v7)
+	}
+
+	a := &agent{out: out, client: c, applyMode: applyMode,
+		effectiveConfig: map[string]*protobufs.AgentConfigFile{}}
+	if initialConfig != "" {
+		a.effectiveConfig[""] = &protobufs.AgentConfigFile{Body: []byte(initialConfig), ContentType: "text/yaml"}
+	}
+	identifying["service.name"] = serviceName
+	identifying["service.instance.id"] = uuid.UUID(uid).String()
+	if err := c.SetAgentDescription(&protobufs.AgentDescription{
+		IdentifyingAttributes: keyValues(identifying), NonIdentifyingAttributes: keyValues(nonIdentifying),
+	}); err != nil {
+		return err
+	}
+	// opamp-go refuses a capability whose state is not set yet, so health comes first.
+	if err := c.SetHealth(&protobufs.ComponentHealth{Healthy: !unhealthy,
+		StartTimeUnixNano: uint64(time.Now().UnixNano())}); err != nil {
+		return err
+	}
+	caps := protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus |
+		protobufs.AgentCapabilities_AgentCapabilities_AcceptsRemoteConfig |
+		protobufs.AgentCapabilities_AgentCapabilities_ReportsEffectiveConfig |
+		protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig |
+		protobufs.AgentCapabilities_AgentCapabilities_ReportsHealth |
+		protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
+	if components != "" {
+		caps |= protobufs.AgentCapabilities_AgentCapabilities_ReportsAvailableComponents
+		ac, err := parseComponents(components)
+		if err != nil {
+			return err
+		}
+		if err := c.SetAvailableComponents(ac); err != nil {
+			return err
+		}
+	}
+	if err := c.SetCapabilities(&caps); err != nil {
+		return err
+	}
+
+	header := http.Header{}
+	for k, v := range headers {
+		header.Set(k, v)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	settings := types.StartSettings{
+		OpAMPServerURL:    serverURL,
+		Header:            header,
+		InstanceUid:       uid,
+		HeartbeatInterval: &heartbeat,
+		Callbacks: types.Callbacks{
+			OnConnect: func(context.Context) { out.Emit("connected", nil) },
+			OnConnectFailed: func(_ context.Context, err error) {
+				out.Emit("connect_failed", map[string]any{"error": err.Error()})
+			},
+			OnError: func(_ context.Context, e *protobufs.ServerErrorResponse) {
+				out.Emit("server_error", map[string]any{"type": e.Type.String(), "message": e.ErrorMessage})
+			},
+			OnMessage:          a.onMessage,
+			GetEffectiveConfig: a.getEffectiveConfig,
+			OnCommand: func(_ context.Context, cmd *protobufs.ServerToAgentCommand) error {
+				out.Emit("command", map[string]any{"type": cmd.Type.String()})
+				return nil
+			},
+			OnOpampConnectionSettings: func(_ context.Context, s *protobufs.OpAMPConnectionSettings) error {
+				out.Emit("opamp_connection_settings", map[string]any{
+					"destination_endpoint":       s.DestinationEndpoint,
+					"heartbeat_interval_seconds": s.HeartbeatIntervalSeconds,
+				})
+				return nil
+			},
+		},
+	}
+	if hc, ok := c.(interface{ SetPollingInterval(time.Duration) }); ok {
+		hc.SetPollingInterval(heartbeat)
+	}
+	if err := c.Start(ctx, settings); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	out.Emit("started", map[string]any{"instance_uid": hex.EncodeToString(uid[:]), "transport": transport})
+
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		sc.Buffer(make([]byte, 1<<20), 16<<20)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case line, ok := <-lines:
+			if !ok {
+				break loop
+			}
+			if strings.TrimSpace(line) == "" {
+				continue
+			}
+			var cmd command
+			if err := json.Unmarshal([]byte(line), &cmd); err != nil {
+				out.Emit("error", map[string]any{"op": "stdin", "error": err.Error()})
+				continue
+			}
+			more, err := a.handle(ctx, cmd)
+			if err != nil {
+				out.Emit("error", map[string]any{"op": cmd.Cmd, "error": err.Error()})
+			} else {
+				out.Emit("done", map[string]any{"cmd": cmd.Cmd})
+			}
+			if !more {
+				break loop
+			}
+		}
+	}
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stopCancel()
+	err = c.Stop(stopCtx)
+	out.Emit("stopped", nil)
+	return err
+}
