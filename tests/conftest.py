@@ -44,7 +44,7 @@ def kubeconfig(cluster: LocalCluster) -> Path:
 @pytest.fixture(scope="session")
 def api_client(kubeconfig: Path) -> Iterator[Any]:
     """A kubernetes ApiClient with cluster-admin (system:masters) credentials."""
-    api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    api = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     try:
         yield api
     finally:
@@ -54,7 +54,7 @@ def api_client(kubeconfig: Path) -> Iterator[Any]:
 @pytest.fixture
 def namespace(api_client: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
-    core = k8s.CoreV1Api(api_client)
+    core: Any = k8s.CoreV1Api(api_client)
     base = request.node.name.lower().replace("_", "-")[:40].strip("-")
     ns = core.create_namespace(
         k8s.V1Namespace(metadata=k8s.V1ObjectMeta(generate_name=f"{base}-"))
@@ -88,4 +88,5 @@ def pytest_report_header(config: pytest.Config) -> str:
     """Say where the binaries come from, so a CI log shows which world ran."""
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     return f"test world binaries: {binaries.bin_dir()}" + (
-        f" (+ KUBEBUILDER_ASSETS={assets})" if assets else "")
+        f" (+ KUBEBUILDER_ASSETS={assets})" if assets else ""
+    )

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Subcommands (run, serve, simulate) register here as they are built."""
     parser = argparse.ArgumentParser(
         prog="opamp-operator",
-        description="Kubernetes operator that manages OpenTelemetry Collector fleets through OpAMP.",
+        description="Manages fleets of OpenTelemetry Collectors through OpAMP.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -43,11 +43,21 @@ def write_kubeconfig(path: Path, server: str, ca_pem: bytes, user: str, creds: K
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": server, "certificate-authority-data": _b64(ca_pem)}}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": _b64(creds.cert_pem),
-            "client-key-data": _b64(creds.key_pem)}}],
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": _b64(creds.cert_pem),
+                    "client-key-data": _b64(creds.key_pem),
+                },
+            }
+        ],
         "contexts": [{"name": f"{user}@local", "context": {"cluster": "local", "user": user}}],
         "current-context": f"{user}@local",
     }
@@ -67,7 +77,9 @@ class Rest:
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(  # noqa: S310 - https to our own loopback apiserver
-            self.server + path, data=data, method=method,
+            self.server + path,
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
         with urllib.request.urlopen(req, context=self._ctx, timeout=10) as resp:  # noqa: S310
@@ -92,14 +104,21 @@ def kwok_node(name: str) -> dict[str, Any]:
             "name": name,
             "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {
-                "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-                "kubernetes.io/hostname": name, "type": "kwok",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/hostname": name,
+                "type": "kwok",
             },
         },
         "status": {
-            "allocatable": resources, "capacity": resources,
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                         "kubeletVersion": "fake", "kubeProxyVersion": "fake"},
+            "allocatable": resources,
+            "capacity": resources,
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": "fake",
+                "kubeProxyVersion": "fake",
+            },
         },
     }
 
@@ -137,15 +156,21 @@ class LocalCluster:
         return [f"kwok-node-{i}" for i in range(self.nodes)]
 
     def admin_rest(self) -> Rest:
-        return Rest(self.server, self.pki_dir / "ca.crt", self.pki_dir / "admin.crt",
-                    self.pki_dir / "admin.key")
+        return Rest(
+            self.server,
+            self.pki_dir / "ca.crt",
+            self.pki_dir / "admin.crt",
+            self.pki_dir / "admin.key",
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self, timeout: float = 180.0) -> LocalCluster:
         """Bring the whole control plane up, or stop what started and raise with logs."""
-        paths = {n: binaries.find(n) for n in (
-            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")}
+        paths = {
+            n: binaries.find(n)
+            for n in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+        }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki_dir.mkdir(exist_ok=True)
         try:
@@ -174,14 +199,20 @@ class LocalCluster:
     def attach(cls, workdir: Path) -> LocalCluster:
         state = json.loads((workdir / STATE_FILE).read_text())
         return cls(
-            workdir=workdir, nodes=state["nodes"], api_port=state["api_port"],
+            workdir=workdir,
+            nodes=state["nodes"],
+            api_port=state["api_port"],
             processes=[ProcessRecord(**p) for p in state["processes"]],
         )
 
     def _save(self) -> None:
-        state = {"nodes": self.nodes, "api_port": self.api_port, "server": self.server,
-                 "kubeconfig": str(self.kubeconfig),
-                 "processes": [p.to_json() for p in self.processes]}
+        state = {
+            "nodes": self.nodes,
+            "api_port": self.api_port,
+            "server": self.server,
+            "kubeconfig": str(self.kubeconfig),
+            "processes": [p.to_json() for p in self.processes],
+        }
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     def _spawn(self, name: str, argv: list[str]) -> ProcessRecord:
@@ -194,14 +225,21 @@ class LocalCluster:
     def _start_etcd(self, etcd: Path, timeout: float) -> None:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
-        rec = self._spawn("etcd", [
-            str(etcd), "--name=opamp-test", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=opamp-test=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync", "--log-level=warn",
-        ])
+        rec = self._spawn(
+            "etcd",
+            [
+                str(etcd),
+                "--name=opamp-test",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=opamp-test=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
 
         def healthy() -> bool:
             with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:  # noqa: S310
@@ -215,9 +253,18 @@ class LocalCluster:
         pki = self.pki_dir
         (pki / "ca.crt").write_bytes(ca.cert_pem)
         ca.key_pair.write(pki, "ca")
-        serving = ca.issue("kube-apiserver", server=True, hosts=(
-            "127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
-            "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
+        serving = ca.issue(
+            "kube-apiserver",
+            server=True,
+            hosts=(
+                "127.0.0.1",
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+        )
         serving.write(pki, "apiserver")
         signing_key_pair().write(pki, "service-account")
         ca.issue("admin", organizations=("system:masters",), client=True).write(pki, "admin")
@@ -227,86 +274,118 @@ class LocalCluster:
         (pki / "front-proxy-ca.crt").write_bytes(front_proxy.cert_pem)
         front_proxy.issue("front-proxy-client", client=True).write(pki, "front-proxy-client")
         self.api_port = free_port()
-        rec = self._spawn("kube-apiserver", [
-            str(apiserver),
-            f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.api_port}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'service-account.crt'}",
-            f"--service-account-signing-key-file={pki / 'service-account.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-            # The `kubernetes` Service cannot point at a loopback address; nothing in
-            # the tests reaches the apiserver through it.
-            "--endpoint-reconciler-type=none",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v=1",
-        ])
-        write_kubeconfig(self.kubeconfig, self.server, ca.cert_pem, "admin",
-                         KeyPair((pki / "admin.crt").read_bytes(), (pki / "admin.key").read_bytes()))
+        rec = self._spawn(
+            "kube-apiserver",
+            [
+                str(apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'service-account.crt'}",
+                f"--service-account-signing-key-file={pki / 'service-account.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                # The `kubernetes` Service cannot point at a loopback address; nothing in
+                # the tests reaches the apiserver through it.
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        write_kubeconfig(
+            self.kubeconfig,
+            self.server,
+            ca.cert_pem,
+            "admin",
+            KeyPair((pki / "admin.crt").read_bytes(), (pki / "admin.key").read_bytes()),
+        )
         rest = self.admin_rest()
-        wait_until("kube-apiserver /readyz", lambda: rest.ok("/readyz"), timeout=timeout, watch=[rec])
+        wait_until(
+            "kube-apiserver /readyz", lambda: rest.ok("/readyz"), timeout=timeout, watch=[rec]
+        )
 
     def _component_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
         creds = self.ca.issue(user, organizations=groups, client=True)
-        return write_kubeconfig(self.workdir / f"{user.replace(':', '-')}.kubeconfig",
-                                self.server, self.ca.cert_pem, user, creds)
+        return write_kubeconfig(
+            self.workdir / f"{user.replace(':', '-')}.kubeconfig",
+            self.server,
+            self.ca.cert_pem,
+            user,
+            creds,
+        )
 
     def _start_controllers(self, paths: dict[str, Path], timeout: float) -> None:
         pki = self.pki_dir
         kcm_cfg = self._component_kubeconfig("system:kube-controller-manager")
-        kcm = self._spawn("kube-controller-manager", [
-            str(paths["kube-controller-manager"]),
-            f"--kubeconfig={kcm_cfg}", f"--authentication-kubeconfig={kcm_cfg}",
-            f"--authorization-kubeconfig={kcm_cfg}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-            f"--cert-dir={self.workdir / 'kcm-certs'}",
-            f"--service-account-private-key-file={pki / 'service-account.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-            f"--cluster-signing-key-file={pki / 'ca.key'}",
-            "--use-service-account-credentials=true",
-            "--leader-elect=false", "--v=1",
-        ])
+        kcm = self._spawn(
+            "kube-controller-manager",
+            [
+                str(paths["kube-controller-manager"]),
+                f"--kubeconfig={kcm_cfg}",
+                f"--authentication-kubeconfig={kcm_cfg}",
+                f"--authorization-kubeconfig={kcm_cfg}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                f"--service-account-private-key-file={pki / 'service-account.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
         sched_cfg = self._component_kubeconfig("system:kube-scheduler")
-        sched = self._spawn("kube-scheduler", [
-            str(paths["kube-scheduler"]),
-            f"--kubeconfig={sched_cfg}", f"--authentication-kubeconfig={sched_cfg}",
-            f"--authorization-kubeconfig={sched_cfg}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-            f"--cert-dir={self.workdir / 'scheduler-certs'}",
-            "--leader-elect=false", "--v=1",
-        ])
+        sched = self._spawn(
+            "kube-scheduler",
+            [
+                str(paths["kube-scheduler"]),
+                f"--kubeconfig={sched_cfg}",
+                f"--authentication-kubeconfig={sched_cfg}",
+                f"--authorization-kubeconfig={sched_cfg}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
         kwok_cfg = self._component_kubeconfig("kwok-controller", ("system:masters",))
-        kwok = self._spawn("kwok", [
-            str(paths["kwok"]),
-            f"--kubeconfig={kwok_cfg}",
-            "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-            f"--cidr={POD_CIDR}",
-            "--node-ip=127.0.0.1",
-            f"--server-address=127.0.0.1:{free_port()}",
-        ])
+        kwok = self._spawn(
+            "kwok",
+            [
+                str(paths["kwok"]),
+                f"--kubeconfig={kwok_cfg}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=127.0.0.1",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ],
+        )
         rest = self.admin_rest()
         # The controller-manager is working once the token controller has made the
         # default ServiceAccount; pods cannot be admitted before that.
         wait_until(
             "kube-controller-manager to create the default ServiceAccount",
             lambda: rest.ok("/api/v1/namespaces/default/serviceaccounts/default"),
-            timeout=timeout, watch=[kcm, sched, kwok],
+            timeout=timeout,
+            watch=[kcm, sched, kwok],
         )
 
     def _create_nodes(self, timeout: float) -> None:
@@ -325,4 +404,6 @@ class LocalCluster:
         """Raise if any process of the cluster has died (a test's failure then says why)."""
         dead = [p for p in self.processes if not p.alive()]
         if dead:
-            raise StartupError("; ".join(f"{p.name} died, log {p.log}:\n{p.log_tail()}" for p in dead))
+            raise StartupError(
+                "; ".join(f"{p.name} died, log {p.log}:\n{p.log_tail()}" for p in dead)
+            )

@@ -29,10 +29,14 @@ def base_collector_config(health_port: int) -> CollectorConfig:
     many Collectors can run side by side.
     """
     return {
-        "receivers": {"otlp": {"protocols": {
-            "grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
-            "http": {"endpoint": f"127.0.0.1:{free_port()}"},
-        }}},
+        "receivers": {
+            "otlp": {
+                "protocols": {
+                    "grpc": {"endpoint": f"127.0.0.1:{free_port()}"},
+                    "http": {"endpoint": f"127.0.0.1:{free_port()}"},
+                }
+            }
+        },
         "processors": {
             "memory_limiter": {"check_interval": "1s", "limit_mib": 256},
             "batch": {},
@@ -41,9 +45,13 @@ def base_collector_config(health_port: int) -> CollectorConfig:
         "extensions": {"health_check": {"endpoint": f"127.0.0.1:{health_port}"}},
         "service": {
             "extensions": ["health_check"],
-            "pipelines": {"traces": {
-                "receivers": ["otlp"], "processors": ["memory_limiter", "batch"],
-                "exporters": ["debug"]}},
+            "pipelines": {
+                "traces": {
+                    "receivers": ["otlp"],
+                    "processors": ["memory_limiter", "batch"],
+                    "exporters": ["debug"],
+                }
+            },
             "telemetry": {"metrics": {"level": "none"}},
         },
     }
@@ -68,8 +76,12 @@ class Agent:
             return False
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        wait_until(f"{self.record.name} health check at {self.health_url}", self.healthy,
-                   timeout=timeout, watch=[self.record])
+        wait_until(
+            f"{self.record.name} health check at {self.health_url}",
+            self.healthy,
+            timeout=timeout,
+            watch=[self.record],
+        )
 
     def stop(self) -> None:
         terminate(self.record)
@@ -82,15 +94,24 @@ class Agent:
         self.stop()
 
 
-def start_collector(opamp_endpoint: str, workdir: Path, *, name: str = "otelcol",
-                    extra: Callable[[CollectorConfig], None] | None = None) -> Agent:
+def start_collector(
+    opamp_endpoint: str,
+    workdir: Path,
+    *,
+    name: str = "otelcol",
+    extra: Callable[[CollectorConfig], None] | None = None,
+) -> Agent:
     """A Collector whose opamp extension connects to `opamp_endpoint` (ws:// or http://)."""
     workdir.mkdir(parents=True, exist_ok=True)
     health_port = free_port()
     config = base_collector_config(health_port)
     config["extensions"]["opamp"] = {
-        "server": {"ws" if opamp_endpoint.startswith("ws") else "http": {
-            "endpoint": opamp_endpoint, "tls": {"insecure": True}}},
+        "server": {
+            "ws" if opamp_endpoint.startswith("ws") else "http": {
+                "endpoint": opamp_endpoint,
+                "tls": {"insecure": True},
+            }
+        },
         "capabilities": {"reports_effective_config": True, "reports_health": True},
     }
     config["service"]["extensions"].append("opamp")
@@ -98,14 +119,17 @@ def start_collector(opamp_endpoint: str, workdir: Path, *, name: str = "otelcol"
         extra(config)
     config_path = workdir / "collector.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    record, proc = spawn(name, [binaries.find("otelcol-opamp"), f"--config={config_path}"],
-                         workdir)
+    record, proc = spawn(name, [binaries.find("otelcol-opamp"), f"--config={config_path}"], workdir)
     return Agent(record, proc, workdir, f"http://127.0.0.1:{health_port}/")
 
 
-def start_supervised_collector(opamp_endpoint: str, workdir: Path, *,
-                               name: str = "opampsupervisor",
-                               attributes: dict[str, str] | None = None) -> Agent:
+def start_supervised_collector(
+    opamp_endpoint: str,
+    workdir: Path,
+    *,
+    name: str = "opampsupervisor",
+    attributes: dict[str, str] | None = None,
+) -> Agent:
     """opampsupervisor running otelcol-opamp, reporting to `opamp_endpoint`.
 
     A local config file gives the Collector a pipeline and a health check before any
@@ -119,9 +143,12 @@ def start_supervised_collector(opamp_endpoint: str, workdir: Path, *,
     supervisor = {
         "server": {"endpoint": opamp_endpoint, "tls": {"insecure": True}},
         "capabilities": {
-            "accepts_remote_config": True, "reports_effective_config": True,
-            "reports_health": True, "reports_remote_config": True,
-            "reports_available_components": True, "reports_own_metrics": False,
+            "accepts_remote_config": True,
+            "reports_effective_config": True,
+            "reports_health": True,
+            "reports_remote_config": True,
+            "reports_available_components": True,
+            "reports_own_metrics": False,
         },
         "agent": {
             "executable": str(binaries.find("otelcol-opamp")),
@@ -133,8 +160,9 @@ def start_supervised_collector(opamp_endpoint: str, workdir: Path, *,
     }
     config_path = workdir / "supervisor.yaml"
     config_path.write_text(yaml.safe_dump(supervisor, sort_keys=False))
-    record, proc = spawn(name, [binaries.find("opampsupervisor"), f"--config={config_path}"],
-                         workdir)
+    record, proc = spawn(
+        name, [binaries.find("opampsupervisor"), f"--config={config_path}"], workdir
+    )
     return Agent(record, proc, workdir, f"http://127.0.0.1:{health_port}/")
 
 
@@ -156,13 +184,18 @@ class JsonlProcess:
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
 
-    def wait_for(self, event: str, timeout: float = 30.0,
-                 where: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any]:
+    def wait_for(
+        self,
+        event: str,
+        timeout: float = 30.0,
+        where: Callable[[dict[str, Any]], bool] = lambda _: True,
+    ) -> dict[str, Any]:
         """The first event, already seen or still to come, named `event` that satisfies `where`.
 
         Looking back as well as forward lets one message answer several questions: one
         OpAMP status report often carries health, components and config status at once.
         """
+
         def matches(ev: dict[str, Any]) -> bool:
             return bool(ev["event"] == event and where(ev))
 
@@ -179,7 +212,7 @@ class JsonlProcess:
             if matches(ev):
                 return ev
             if ev["event"] == "fatal":
-                raise RuntimeError(f"{self.proc.args[0]} failed: {ev['error']}")
+                raise RuntimeError(f"{self.proc.args!r} failed: {ev['error']}")
         raise TimeoutError(f"no {event!r} event within {timeout}s; last events: {self.seen[-10:]}")
 
     def stop(self) -> int:
@@ -202,8 +235,9 @@ class JsonlProcess:
 
 
 def _start_jsonl(argv: list[str]) -> JsonlProcess:
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     harness = JsonlProcess(proc)
     threading.Thread(target=harness._pump, daemon=True).start()
     return harness

@@ -62,9 +62,15 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -91,7 +97,9 @@ class CertificateAuthority:
         """Issue a leaf; `hosts` become DNS or IP SANs, and Kubernetes reads O as groups."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [ExtendedKeyUsageOID.CLIENT_AUTH] * client
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [
+            ExtendedKeyUsageOID.CLIENT_AUTH
+        ] * client
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name, organizations))

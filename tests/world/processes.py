@@ -130,4 +130,6 @@ def wait_until(
             last_error = exc
         time.sleep(interval)
     tails = "\n".join(f"--- {r.name} ({r.log}):\n{r.log_tail()}" for r in watch)
-    raise StartupError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})\n{tails}")
+    raise StartupError(
+        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})\n{tails}"
+    )

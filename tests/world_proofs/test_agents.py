@@ -40,14 +40,17 @@ def _children(pid: int) -> list[str]:
 
 
 @pytest.mark.parametrize("transport", ["websocket", "http"])
-def test_opamp_go_agent_applies_offered_config(reference_server: ReferenceServer,
-                                               transport: str) -> None:
+def test_opamp_go_agent_applies_offered_config(
+    reference_server: ReferenceServer, transport: str
+) -> None:
     url = reference_server.ws_url if transport == "websocket" else reference_server.http_url
-    with start_go_agent(url, "--heartbeat=1s", "--service-name=proof-agent",
-                        "--attr=k8s.pod.name=pod-a") as agent:
+    with start_go_agent(
+        url, "--heartbeat=1s", "--service-name=proof-agent", "--attr=k8s.pod.name=pod-a"
+    ) as agent:
         started = agent.wait_for("started")
         first = reference_server.harness.wait_for(
-            "agent_message", where=lambda e: e["instance_uid"] == started["instance_uid"])
+            "agent_message", where=lambda e: e["instance_uid"] == started["instance_uid"]
+        )
         assert first["transport"] == transport
         assert first["identifying"]["service.name"] == "proof-agent"
         assert first["identifying"]["k8s.pod.name"] == "pod-a"
@@ -59,26 +62,32 @@ def test_opamp_go_agent_applies_offered_config(reference_server: ReferenceServer
 
         applied = reference_server.harness.wait_for(
             "agent_message",
-            where=lambda e: e.get("remote_config_status", {}).get("status")
-            == "RemoteConfigStatuses_APPLIED")
+            where=lambda e: (
+                e.get("remote_config_status", {}).get("status") == "RemoteConfigStatuses_APPLIED"
+            ),
+        )
         assert applied["remote_config_status"]["hash"] == want_hash
         effective = reference_server.harness.wait_for(
-            "agent_message", where=lambda e: "effective_config" in e
-            and e["effective_config"].get("") == OFFERED)
+            "agent_message",
+            where=lambda e: "effective_config" in e and e["effective_config"].get("") == OFFERED,
+        )
         assert effective["instance_uid"] == started["instance_uid"]
 
         agent.send(cmd="health", healthy=False, status="exporter failing", last_error="boom")
         unhealthy = reference_server.harness.wait_for(
-            "agent_message", where=lambda e: e.get("health", {}).get("healthy") is False)
+            "agent_message", where=lambda e: e.get("health", {}).get("healthy") is False
+        )
         assert unhealthy["health"]["last_error"] == "boom"
 
 
 def test_collector_answers_health_check_and_reports_over_opamp(
-        reference_server: ReferenceServer, collector_factory: Callable[..., Agent]) -> None:
+    reference_server: ReferenceServer, collector_factory: Callable[..., Agent]
+) -> None:
     collector = collector_factory(reference_server.ws_url)
     collector.wait_healthy(timeout=60)
     report: dict[str, Any] = reference_server.harness.wait_for(
-        "agent_message", timeout=60, where=lambda e: "effective_config" in e)
+        "agent_message", timeout=60, where=lambda e: "effective_config" in e
+    )
     effective = "".join(report["effective_config"].values())
     assert "health_check" in effective
     assert "opamp" in effective
@@ -86,17 +95,20 @@ def test_collector_answers_health_check_and_reports_over_opamp(
     assert collector.record.alive()
 
 
-def test_supervisor_starts_the_collector(reference_server: ReferenceServer,
-                                         collector_factory: Callable[..., Agent]) -> None:
+def test_supervisor_starts_the_collector(
+    reference_server: ReferenceServer, collector_factory: Callable[..., Agent]
+) -> None:
     supervisor = collector_factory(reference_server.ws_url, supervised=True)
     # The health check is served by the Collector the supervisor started, from the local
     # config file the supervisor merged into the Collector's config.
     supervisor.wait_healthy(timeout=90)
     assert any("otelcol-opamp" in cmd for cmd in _children(supervisor.record.pid)), (
-        f"no otelcol-opamp child of the supervisor: {_children(supervisor.record.pid)}")
+        f"no otelcol-opamp child of the supervisor: {_children(supervisor.record.pid)}"
+    )
 
     report = reference_server.harness.wait_for(
-        "agent_message", timeout=60, where=lambda e: "available_components" in e)
+        "agent_message", timeout=60, where=lambda e: "available_components" in e
+    )
     components = report["available_components"]
     assert "opamp" in components.get("extensions", [])
     assert "otlp" in components.get("receivers", [])
@@ -104,6 +116,11 @@ def test_supervisor_starts_the_collector(reference_server: ReferenceServer,
     # in, and reports it applied.
     want_hash = hashlib.sha256(OFFERED.encode()).hexdigest()
     reference_server.harness.wait_for(
-        "agent_message", timeout=90, where=lambda e: e.get("remote_config_status", {}) == {
-            "status": "RemoteConfigStatuses_APPLIED", "hash": want_hash, "error": ""})
+        "agent_message",
+        timeout=90,
+        where=lambda e: (
+            e.get("remote_config_status", {})
+            == {"status": "RemoteConfigStatuses_APPLIED", "hash": want_hash, "error": ""}
+        ),
+    )
     supervisor.wait_healthy(timeout=60)
