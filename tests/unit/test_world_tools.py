@@ -124,3 +124,34 @@ def test_console_script_reports_its_version() -> None:
         timeout=60,
     ).stdout
     assert out.startswith("opamp-operator ")
+
+
+def test_envtest_assets_shrink_what_test_deps_builds(tmp_path: Path) -> None:
+    """With setup-envtest's directory, etcd needs no build and Kubernetes only the
+    controller-manager and scheduler, which envtest does not ship."""
+    assets = tmp_path / "assets"
+    for name in ("etcd", "kube-apiserver", "kubectl"):
+        _executable(assets / name)
+    env = {
+        **os.environ,
+        "OPAMP_OPERATOR_CACHE": str(tmp_path / "cache"),
+        "KUBEBUILDER_ASSETS": str(assets),
+    }
+    run = subprocess.run(
+        [str(REPO / "scripts" / "test-deps"), "--pins", "kubernetes"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout.split("\t")[1].split()[2:] == ["kube-controller-manager", "kube-scheduler"]
+    check = subprocess.run(
+        [str(REPO / "scripts" / "test-deps"), "--check", "etcd"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
