@@ -72,9 +72,13 @@ def test_missing_binary_is_an_error_that_says_how_to_build(
         binaries.find("kwok")
 
 
-def _test_deps(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+def _test_deps(
+    *args: str, cache: Path, assets: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OPAMP_OPERATOR_CACHE": str(cache)}
     env.pop("KUBEBUILDER_ASSETS", None)
+    if assets is not None:
+        env["KUBEBUILDER_ASSETS"] = str(assets)
     return subprocess.run(
         [str(REPO / "scripts" / "test-deps"), *args],
         capture_output=True,
@@ -132,26 +136,7 @@ def test_envtest_assets_shrink_what_test_deps_builds(tmp_path: Path) -> None:
     assets = tmp_path / "assets"
     for name in ("etcd", "kube-apiserver", "kubectl"):
         _executable(assets / name)
-    env = {
-        **os.environ,
-        "OPAMP_OPERATOR_CACHE": str(tmp_path / "cache"),
-        "KUBEBUILDER_ASSETS": str(assets),
-    }
-    run = subprocess.run(
-        [str(REPO / "scripts" / "test-deps"), "--pins", "kubernetes"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=True,
-    )
-    assert run.stdout.split("\t")[1].split()[2:] == ["kube-controller-manager", "kube-scheduler"]
-    check = subprocess.run(
-        [str(REPO / "scripts" / "test-deps"), "--check", "etcd"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    pins = _test_deps("--pins", "kubernetes", cache=tmp_path, assets=assets)
+    assert pins.stdout.split("\t")[1].split()[2:] == ["kube-controller-manager", "kube-scheduler"]
+    check = _test_deps("--check", "etcd", cache=tmp_path, assets=assets)
     assert check.returncode == 0, check.stderr

@@ -328,42 +328,38 @@ class LocalCluster:
             creds,
         )
 
+    def _component_flags(self, user: str) -> list[str]:
+        """Flags the controller-manager and scheduler share: own identity, loopback
+        serving with a self-signed cert, no leader election."""
+        cfg = self._component_kubeconfig(user)
+        return [
+            f"--kubeconfig={cfg}",
+            f"--authentication-kubeconfig={cfg}",
+            f"--authorization-kubeconfig={cfg}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={free_port()}",
+            f"--cert-dir={self.workdir / (user.replace(':', '-') + '-certs')}",
+            "--leader-elect=false",
+            "--v=1",
+        ]
+
     def _start_controllers(self, paths: dict[str, Path], timeout: float) -> None:
         pki = self.pki_dir
-        kcm_cfg = self._component_kubeconfig("system:kube-controller-manager")
         kcm = self._spawn(
             "kube-controller-manager",
             [
                 str(paths["kube-controller-manager"]),
-                f"--kubeconfig={kcm_cfg}",
-                f"--authentication-kubeconfig={kcm_cfg}",
-                f"--authorization-kubeconfig={kcm_cfg}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
-                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                *self._component_flags("system:kube-controller-manager"),
                 f"--service-account-private-key-file={pki / 'service-account.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 "--use-service-account-credentials=true",
-                "--leader-elect=false",
-                "--v=1",
             ],
         )
-        sched_cfg = self._component_kubeconfig("system:kube-scheduler")
         sched = self._spawn(
             "kube-scheduler",
-            [
-                str(paths["kube-scheduler"]),
-                f"--kubeconfig={sched_cfg}",
-                f"--authentication-kubeconfig={sched_cfg}",
-                f"--authorization-kubeconfig={sched_cfg}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
-                f"--cert-dir={self.workdir / 'scheduler-certs'}",
-                "--leader-elect=false",
-                "--v=1",
-            ],
+            [str(paths["kube-scheduler"]), *self._component_flags("system:kube-scheduler")],
         )
         kwok_cfg = self._component_kubeconfig("kwok-controller", ("system:masters",))
         kwok = self._spawn(

@@ -204,29 +204,33 @@ def _all_running(pods: list[Any], count: int) -> bool:
     )
 
 
-def _container(name: str) -> dict[str, Any]:
-    return {"name": name, "image": "otel/opentelemetry-collector-contrib:0.149.0"}
+def _workload(kind: str, name: str, **spec: Any) -> dict[str, Any]:
+    """A Deployment or DaemonSet of one Collector container labelled app=<name>."""
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            **spec,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {"name": "otelcol", "image": "otel/opentelemetry-collector-contrib:0.149.0"}
+                    ]
+                },
+            },
+        },
+    }
 
 
 def test_deployment_pods_reach_running_with_pod_ips(
     api_client: Any, namespace: str, cluster: LocalCluster
 ) -> None:
-    labels = {"app": "collector"}
     _apps(api_client).create_namespaced_deployment(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "collector"},
-            "spec": {
-                "replicas": 3,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [_container("otelcol")]},
-                },
-            },
-        },
+        namespace, _workload("Deployment", "collector", replicas=3)
     )
     pods = _wait(
         "3 Running pods",
@@ -255,22 +259,7 @@ def test_deployment_pods_reach_running_with_pod_ips(
 def test_daemonset_runs_one_pod_per_node(
     api_client: Any, namespace: str, cluster: LocalCluster
 ) -> None:
-    labels = {"app": "agent"}
-    _apps(api_client).create_namespaced_daemon_set(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": "agent"},
-            "spec": {
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {"containers": [_container("otelcol")]},
-                },
-            },
-        },
-    )
+    _apps(api_client).create_namespaced_daemon_set(namespace, _workload("DaemonSet", "agent"))
     pods = _wait(
         "a Running pod on every node",
         lambda: (
