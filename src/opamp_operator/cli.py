@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from opamp_operator import __version__
+from opamp_operator.opamp.wire import protobuf_backend
+
+log = logging.getLogger("opamp_operator")
+
+
+def warn_if_slow_protobuf() -> None:
+    """The pure-Python protobuf backend is 20-140x slower than upb; say so loudly."""
+    backend = protobuf_backend()
+    if backend != "upb":
+        log.warning(
+            "protobuf is using the %r backend, not upb: decoding agent messages will be "
+            "20-140x slower. Install a protobuf wheel for this platform and unset "
+            "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION.",
+            backend,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    warn_if_slow_protobuf()
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Generated OpAMP messages (scripts/gen-proto); wire-identical to opamp-spec v0.18."""
