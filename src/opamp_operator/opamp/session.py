@@ -1,0 +1,410 @@
+"""The server side of OpAMP as a state machine over plain data (sans-I/O).
+
+Transports tell the core what happened — a WebSocket opened or closed, an AgentToServer
+arrived (over WebSocket or plain HTTP), time passed, the desired configs changed — and
+the core answers with the ServerToAgent messages to send and the events that changed an
+agent's state. No sockets, no asyncio, no clock of its own: `now` is always passed in,
+so every rule of the spec here is tested without I/O.
+
+Rules implemented (spec sections in parentheses):
+- every reply carries the server capabilities (ServerToAgent.capabilities);
+- partial status reports are merged into the agent's full state; a sequence_num that is
+  not exactly one more than the last, or a first message from an unknown agent without
+  its description, is answered with ReportFullState (Agent Status Compression);
+- instance_uid must be 16 bytes; when it is not, when the agent sets RequestInstanceUid,
+  or when another live WebSocket connection holds it, the agent gets a new UUIDv7 through
+  agent_identification (AgentToServer.instance_uid, ServerToAgent.agent_identification);
+- AgentDisconnect ends the agent's session; a WebSocket close does too;
+- an agent that reports heartbeats and is silent for 3 intervals is marked stale;
+- remote config is offered to agents that accept it until they report its hash;
+- a hash-only AvailableComponents is answered with ReportAvailableComponents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from opamp_operator.opamp import ids
+from opamp_operator.opamp.configs import RemoteConfig, files_hash, files_of
+from opamp_operator.opamp.proto import opamp_pb2 as pb
+
+SERVER_CAPABILITIES = (
+    pb.ServerCapabilities_AcceptsStatus
+    | pb.ServerCapabilities_OffersRemoteConfig
+    | pb.ServerCapabilities_AcceptsEffectiveConfig
+    | pb.ServerCapabilities_OffersConnectionSettings
+)
+# Sub-messages an agent may omit when unchanged (Agent Status Compression).
+STATUS_FIELDS = (
+    "agent_description",
+    "health",
+    "effective_config",
+    "remote_config_status",
+    "package_statuses",
+    "custom_capabilities",
+    "available_components",
+    "connection_settings_status",
+)
+
+
+class Transport(StrEnum):
+    WEBSOCKET = "websocket"
+    HTTP = "http"
+
+
+ConnId = int
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    default_heartbeat_seconds: float = 30.0
+    # Offered to agents that accept OpAMP connection settings; None offers nothing.
+    offer_heartbeat_seconds: int | None = None
+    # A disconnected or stale agent's record is dropped after this long.
+    forget_after_seconds: float = 600.0
+    stale_after_heartbeats: int = 3
+
+
+@dataclass
+class AgentRecord:
+    """Everything the server knows about one agent: its merged full state and ours."""
+
+    instance_uid: bytes
+    transport: Transport
+    connected_at: float
+    last_seen: float
+    peer: str = ""
+    conn: ConnId | None = None
+    sequence_num: int | None = None
+    capabilities: int = 0
+    flags: int = 0
+    description: pb.AgentDescription | None = None
+    health: pb.ComponentHealth | None = None
+    effective_config: pb.EffectiveConfig | None = None
+    effective_config_hash: bytes | None = None
+    remote_config_status: pb.RemoteConfigStatus | None = None
+    package_statuses: pb.PackageStatuses | None = None
+    custom_capabilities: pb.CustomCapabilities | None = None
+    available_components: pb.AvailableComponents | None = None
+    connection_settings_status: pb.ConnectionSettingsStatus | None = None
+    heartbeat_seconds: float = 30.0
+    connected: bool = True
+    stale: bool = False
+    disconnected_at: float | None = None
+    offered_config_hash: bytes | None = None
+    offered_heartbeat: bool = False
+    messages: int = 0
+
+    def can(self, capability: int) -> bool:
+        return bool(self.capabilities & capability)
+
+    @property
+    def reported_config_hash(self) -> bytes:
+        status = self.remote_config_status
+        return status.last_remote_config_hash if status is not None else b""
+
+    @property
+    def live(self) -> bool:
+        return self.connected and not self.stale
+
+
+class DesiredConfigSource(Protocol):
+    """Where an agent's desired config comes from (a file now, the fleets later)."""
+
+    def config_for(self, agent: AgentRecord) -> RemoteConfig | None: ...
+
+
+class NoConfig:
+    def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
+        return None
+
+
+class EventKind(StrEnum):
+    CONNECTED = "connected"
+    UPDATED = "updated"
+    DISCONNECTED = "disconnected"
+    STALE = "stale"
+    FORGOTTEN = "forgotten"
+    UID_ASSIGNED = "uid_assigned"
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    instance_uid: bytes
+    changed: frozenset[str] = frozenset()
+    previous_uid: bytes | None = None
+
+
+@dataclass
+class Reply:
+    """What the transport must do after a message: send `message`, maybe close."""
+
+    message: pb.ServerToAgent
+    events: list[Event] = field(default_factory=list)
+    close: bool = False
+
+
+@dataclass
+class _Conn:
+    transport: Transport
+    peer: str
+    opened_at: float
+    uid: bytes | None = None
+
+
+def error_reply(
+    kind: int, message: str, retry_after_seconds: float | None = None
+) -> pb.ServerToAgent:
+    """A ServerErrorResponse; with retry info when the server is shedding load."""
+    msg = pb.ServerToAgent(capabilities=SERVER_CAPABILITIES)
+    msg.error_response.type = kind  # type: ignore[assignment]
+    msg.error_response.error_message = message
+    if retry_after_seconds is not None:
+        msg.error_response.retry_info.retry_after_nanoseconds = int(retry_after_seconds * 1e9)
+    return msg
+
+
+class ServerCore:
+    """All agents' protocol state; one instance per server process."""
+
+    def __init__(
+        self,
+        settings: CoreSettings | None = None,
+        desired: DesiredConfigSource | None = None,
+        new_uid: Callable[[], bytes] = ids.uuid7,
+    ) -> None:
+        self.settings = settings or CoreSettings()
+        self.desired: DesiredConfigSource = desired or NoConfig()
+        self._new_uid = new_uid
+        self._agents: dict[bytes, AgentRecord] = {}
+        self._conns: dict[ConnId, _Conn] = {}
+        self._next_conn: ConnId = 1
+
+    # ---- queries ---------------------------------------------------------------------
+
+    @property
+    def agents(self) -> Mapping[bytes, AgentRecord]:
+        return self._agents
+
+    def agent_on(self, conn: ConnId) -> AgentRecord | None:
+        c = self._conns.get(conn)
+        return self._agents.get(c.uid) if c is not None and c.uid is not None else None
+
+    def websocket_agents(self) -> Iterator[tuple[ConnId, AgentRecord]]:
+        for conn, c in self._conns.items():
+            if c.uid is not None and c.uid in self._agents:
+                yield conn, self._agents[c.uid]
+
+    # ---- transport events ------------------------------------------------------------
+
+    def open(self, now: float, peer: str = "") -> ConnId:
+        """A WebSocket was accepted; messages on it are fed with `receive(..., conn=...)`."""
+        conn = self._next_conn
+        self._next_conn += 1
+        self._conns[conn] = _Conn(Transport.WEBSOCKET, peer, now)
+        return conn
+
+    def close(self, conn: ConnId, now: float) -> list[Event]:
+        c = self._conns.pop(conn, None)
+        if c is None or c.uid is None:
+            return []
+        agent = self._agents.get(c.uid)
+        if agent is None or agent.conn != conn:
+            return []
+        return [self._disconnect(agent, now)]
+
+    def receive(
+        self, msg: pb.AgentToServer, now: float, conn: ConnId | None = None, peer: str = ""
+    ) -> Reply:
+        """An AgentToServer over WebSocket (`conn` given) or plain HTTP (`conn` None)."""
+        transport = Transport.WEBSOCKET if conn is not None else Transport.HTTP
+        reply = pb.ServerToAgent(capabilities=SERVER_CAPABILITIES)
+        agent, full_state_needed, events = self._identify(msg, now, conn, transport, reply)
+        if conn is not None:
+            agent.peer = peer or self._conns[conn].peer
+        elif peer:
+            agent.peer = peer
+        agent.last_seen = now
+        agent.stale = False
+        agent.messages += 1
+        agent.sequence_num = msg.sequence_num
+        agent.flags = msg.flags
+
+        changed = self._merge(agent, msg)
+        if changed:
+            events.append(Event(EventKind.UPDATED, agent.instance_uid, frozenset(changed)))
+        if full_state_needed:
+            reply.flags |= pb.ServerToAgentFlags_ReportFullState
+        components = agent.available_components
+        if (
+            "available_components" in changed
+            and components is not None
+            and not components.components
+        ):
+            reply.flags |= pb.ServerToAgentFlags_ReportAvailableComponents
+
+        if msg.HasField("agent_disconnect"):
+            events.append(self._disconnect(agent, now))
+            return Reply(reply, events, close=transport is Transport.WEBSOCKET)
+        self._add_offers(agent, reply)
+        return Reply(reply, events)
+
+    def _identify(
+        self,
+        msg: pb.AgentToServer,
+        now: float,
+        conn: ConnId | None,
+        transport: Transport,
+        reply: pb.ServerToAgent,
+    ) -> tuple[AgentRecord, bool, list[Event]]:
+        """The agent's record (new, returning or current), whether its full state must be
+        requested, and the identity events; a new uid goes into `reply` when needed."""
+        events: list[Event] = []
+        uid = msg.instance_uid
+        agent = self._agents.get(uid)
+        if (
+            not ids.valid_uid(uid)
+            or msg.flags & pb.AgentToServerFlags_RequestInstanceUid
+            or self._held_elsewhere(agent, conn)
+        ):
+            new = self._new_uid()
+            reply.agent_identification.new_instance_uid = new
+            events.append(Event(EventKind.UID_ASSIGNED, new, previous_uid=uid))
+            uid, agent = new, None
+        reply.instance_uid = uid
+
+        if agent is None:
+            agent = AgentRecord(
+                uid, transport, now, now, heartbeat_seconds=self.settings.default_heartbeat_seconds
+            )
+            self._agents[uid] = agent
+            # An agent we never saw must describe itself; a compressed first message means
+            # we lost its state (e.g. we restarted).
+            full_state_needed = not msg.HasField("agent_description")
+        else:
+            full_state_needed = not self._in_sequence(agent, msg)
+        if not agent.connected or agent.messages == 0:
+            agent.connected, agent.disconnected_at = True, None
+            agent.connected_at, agent.transport = now, transport
+            agent.offered_config_hash = None
+            events.append(Event(EventKind.CONNECTED, uid))
+        elif agent.stale:
+            events.append(Event(EventKind.CONNECTED, uid))
+        if conn is not None:
+            self._conns[conn].uid = uid
+            agent.conn = conn
+        return agent, full_state_needed, events
+
+    def tick(self, now: float) -> list[Event]:
+        """Mark silent agents stale and forget long-gone ones; call every few seconds."""
+        events: list[Event] = []
+        forget_after = self.settings.forget_after_seconds
+        for uid, agent in list(self._agents.items()):
+            if not agent.connected or agent.stale:
+                since = (
+                    agent.disconnected_at if agent.disconnected_at is not None else agent.last_seen
+                )
+                if now - since > forget_after:
+                    del self._agents[uid]
+                    events.append(Event(EventKind.FORGOTTEN, uid))
+                continue
+            heartbeats = agent.can(pb.AgentCapabilities_ReportsHeartbeat)
+            if (heartbeats or agent.transport is Transport.HTTP) and (
+                now - agent.last_seen
+                > self.settings.stale_after_heartbeats * agent.heartbeat_seconds
+            ):
+                agent.stale = True
+                events.append(Event(EventKind.STALE, uid))
+        return events
+
+    def pending_offers(self) -> list[tuple[ConnId, pb.ServerToAgent]]:
+        """Messages to push now to WebSocket agents whose desired config changed.
+
+        HTTP agents get theirs in the reply to their next poll.
+        """
+        out: list[tuple[ConnId, pb.ServerToAgent]] = []
+        for conn, agent in self.websocket_agents():
+            if not agent.connected:
+                continue
+            msg = pb.ServerToAgent(instance_uid=agent.instance_uid)
+            if self._add_offers(agent, msg):
+                out.append((conn, msg))
+        return out
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _held_elsewhere(self, agent: AgentRecord | None, conn: ConnId | None) -> bool:
+        """Another live WebSocket connection already speaks for this uid."""
+        if agent is None or not agent.connected or agent.conn is None:
+            return False
+        if agent.conn == conn:
+            return False
+        return agent.transport is Transport.WEBSOCKET and agent.conn in self._conns
+
+    @staticmethod
+    def _in_sequence(agent: AgentRecord, msg: pb.AgentToServer) -> bool:
+        return agent.sequence_num is not None and msg.sequence_num == agent.sequence_num + 1
+
+    def _merge(self, agent: AgentRecord, msg: pb.AgentToServer) -> list[str]:
+        """Replace each sub-message the agent sent; keep the rest (status compression)."""
+        changed: list[str] = []
+        if msg.capabilities and msg.capabilities != agent.capabilities:
+            agent.capabilities = msg.capabilities
+            changed.append("capabilities")
+        for name in STATUS_FIELDS:
+            if not msg.HasField(name):
+                continue
+            new = getattr(msg, name)
+            attr = "description" if name == "agent_description" else name
+            old = getattr(agent, attr)
+            if old is not None and old == new:
+                continue
+            copy = type(new)()
+            copy.CopyFrom(new)
+            setattr(agent, attr, copy)
+            changed.append(attr)
+            if name == "effective_config":
+                agent.effective_config_hash = files_hash(files_of(copy.config_map))
+        return changed
+
+    def _add_offers(self, agent: AgentRecord, msg: pb.ServerToAgent) -> bool:
+        """Put the remote config and heartbeat offers this agent still needs into `msg`."""
+        added = False
+        desired = None
+        if agent.can(pb.AgentCapabilities_AcceptsRemoteConfig):
+            desired = self.desired.config_for(agent)
+        # WebSocket delivery is reliable: offer once per connection. An HTTP reply may be
+        # lost, so repeat until the agent reports the hash.
+        if (
+            desired is not None
+            and agent.reported_config_hash != desired.hash
+            and (agent.transport is Transport.HTTP or agent.offered_config_hash != desired.hash)
+        ):
+            msg.remote_config.CopyFrom(desired.to_proto())
+            agent.offered_config_hash = desired.hash
+            added = True
+        seconds = self.settings.offer_heartbeat_seconds
+        if (
+            seconds is not None
+            and not agent.offered_heartbeat
+            and agent.can(pb.AgentCapabilities_AcceptsOpAMPConnectionSettings)
+            and agent.can(pb.AgentCapabilities_ReportsHeartbeat)
+        ):
+            offer = msg.connection_settings
+            offer.opamp.heartbeat_interval_seconds = seconds
+            offer.hash = hashlib.sha256(b"heartbeat_interval_seconds=%d" % seconds).digest()
+            agent.offered_heartbeat = True
+            agent.heartbeat_seconds = float(seconds)
+            added = True
+        return added
+
+    def _disconnect(self, agent: AgentRecord, now: float) -> Event:
+        agent.connected = False
+        agent.conn = None
+        agent.disconnected_at = now
+        return Event(EventKind.DISCONNECTED, agent.instance_uid)

@@ -1,0 +1,323 @@
+"""The sans-I/O protocol core against the rules of the OpAMP spec, without any I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opamp_operator.opamp import attributes, ids
+from opamp_operator.opamp.configs import ConfigFile, RemoteConfig, files_hash
+from opamp_operator.opamp.proto import opamp_pb2 as pb
+from opamp_operator.opamp.session import (
+    SERVER_CAPABILITIES,
+    AgentRecord,
+    CoreSettings,
+    EventKind,
+    ServerCore,
+    Transport,
+)
+
+UID = bytes(range(1, 17))
+OTHER = bytes(range(101, 117))
+ACCEPTS = (
+    pb.AgentCapabilities_ReportsStatus
+    | pb.AgentCapabilities_AcceptsRemoteConfig
+    | pb.AgentCapabilities_ReportsRemoteConfig
+    | pb.AgentCapabilities_ReportsEffectiveConfig
+    | pb.AgentCapabilities_ReportsHeartbeat
+)
+
+
+def first(uid: bytes = UID, seq: int = 0, caps: int = ACCEPTS, **attrs: str) -> pb.AgentToServer:
+    msg = pb.AgentToServer(instance_uid=uid, sequence_num=seq, capabilities=caps)
+    msg.agent_description.identifying_attributes.extend(
+        attributes.from_dict({"service.name": "otelcol", **attrs})
+    )
+    return msg
+
+
+def beat(uid: bytes = UID, seq: int = 1) -> pb.AgentToServer:
+    return pb.AgentToServer(instance_uid=uid, sequence_num=seq)
+
+
+@dataclass
+class Fixed:
+    config: RemoteConfig | None
+
+    def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
+        return self.config
+
+
+def test_first_reply_carries_capabilities_and_echoes_uid() -> None:
+    core = ServerCore()
+    reply = core.receive(first(), now=0.0)
+    assert reply.message.capabilities == SERVER_CAPABILITIES
+    assert reply.message.capabilities & pb.ServerCapabilities_AcceptsStatus
+    assert reply.message.instance_uid == UID
+    assert not reply.message.flags & pb.ServerToAgentFlags_ReportFullState
+    assert [e.kind for e in reply.events] == [EventKind.CONNECTED, EventKind.UPDATED]
+    assert core.agents[UID].transport is Transport.HTTP
+
+
+def test_partial_reports_merge_into_full_state() -> None:
+    core = ServerCore()
+    core.receive(first(), now=0.0)
+    health = pb.AgentToServer(instance_uid=UID, sequence_num=1)
+    health.health.healthy = False
+    health.health.last_error = "exporter down"
+    reply = core.receive(health, now=1.0)
+    agent = core.agents[UID]
+    assert agent.health is not None
+    assert agent.health.last_error == "exporter down"
+    assert agent.description is not None  # kept from the first message
+    assert attributes.to_dict(agent.description.identifying_attributes) == {
+        "service.name": "otelcol"
+    }
+    assert [(e.kind, e.changed) for e in reply.events] == [
+        (EventKind.UPDATED, frozenset({"health"}))
+    ]
+    # An unchanged resend is not a change.
+    same = pb.AgentToServer(instance_uid=UID, sequence_num=2)
+    same.health.CopyFrom(agent.health)
+    assert core.receive(same, now=2.0).events == []
+
+
+def test_sequence_gap_asks_for_full_state() -> None:
+    core = ServerCore()
+    core.receive(first(), now=0.0)
+    assert not core.receive(beat(seq=1), now=1.0).message.flags
+    gap = core.receive(beat(seq=3), now=2.0)
+    assert gap.message.flags & pb.ServerToAgentFlags_ReportFullState
+    assert not core.receive(beat(seq=4), now=3.0).message.flags
+
+
+def test_unknown_agent_without_description_is_asked_for_full_state() -> None:
+    """The server restarted; the agent only heartbeats. It must resend everything."""
+    reply = ServerCore().receive(beat(seq=57), now=0.0)
+    assert reply.message.flags & pb.ServerToAgentFlags_ReportFullState
+
+
+@pytest.mark.parametrize("bad", [b"", b"short", bytes(16), bytes(17)])
+def test_invalid_uid_gets_a_new_uuid7(bad: bytes) -> None:
+    core = ServerCore()
+    reply = core.receive(first(uid=bad), now=0.0)
+    new = reply.message.agent_identification.new_instance_uid
+    assert len(new) == 16
+    assert new[6] >> 4 == 7  # version 7
+    assert reply.message.instance_uid == new
+    assert reply.events[0].kind is EventKind.UID_ASSIGNED
+    assert reply.events[0].previous_uid == bad
+    assert set(core.agents) == {new}
+
+
+def test_request_instance_uid_flag_is_honoured() -> None:
+    msg = first()
+    msg.flags = pb.AgentToServerFlags_RequestInstanceUid
+    reply = ServerCore().receive(msg, now=0.0)
+    assert reply.message.agent_identification.new_instance_uid not in (b"", UID)
+
+
+def test_uid_held_by_another_live_websocket_gets_reassigned() -> None:
+    core = ServerCore()
+    a, b = core.open(now=0.0, peer="10.1.1.1"), core.open(now=0.0, peer="10.1.1.2")
+    core.receive(first(), now=0.0, conn=a)
+    reply = core.receive(first(), now=0.1, conn=b)
+    new = reply.message.agent_identification.new_instance_uid
+    assert len(new) == 16
+    assert new != UID
+    assert core.agent_on(a) is core.agents[UID]
+    assert core.agent_on(b) is core.agents[new]
+    # Once the first connection is gone the uid is free again.
+    core.close(a, now=1.0)
+    c = core.open(now=1.0)
+    assert not core.receive(first(seq=1), now=1.1, conn=c).message.HasField("agent_identification")
+
+
+def test_reconnect_in_sequence_keeps_state_without_full_report() -> None:
+    core = ServerCore()
+    a = core.open(now=0.0)
+    core.receive(first(), now=0.0, conn=a)
+    events = core.close(a, now=5.0)
+    assert [e.kind for e in events] == [EventKind.DISCONNECTED]
+    assert not core.agents[UID].connected
+    b = core.open(now=6.0)
+    reply = core.receive(beat(seq=1), now=6.0, conn=b)
+    assert not reply.message.flags & pb.ServerToAgentFlags_ReportFullState
+    assert core.agents[UID].connected
+    assert [e.kind for e in reply.events] == [EventKind.CONNECTED]
+
+
+def test_agent_disconnect_ends_the_session_and_closes_websocket() -> None:
+    core = ServerCore()
+    conn = core.open(now=0.0)
+    core.receive(first(), now=0.0, conn=conn)
+    bye = beat(seq=1)
+    bye.agent_disconnect.SetInParent()
+    reply = core.receive(bye, now=1.0, conn=conn)
+    assert reply.close
+    assert EventKind.DISCONNECTED in [e.kind for e in reply.events]
+    assert not core.agents[UID].connected
+
+
+def test_silent_heartbeating_agent_goes_stale_after_three_intervals_then_is_forgotten() -> None:
+    core = ServerCore(CoreSettings(default_heartbeat_seconds=10, forget_after_seconds=100))
+    core.receive(first(), now=0.0)
+    assert core.tick(now=29.0) == []
+    stale = core.tick(now=31.0)
+    assert [(e.kind, e.instance_uid) for e in stale] == [(EventKind.STALE, UID)]
+    assert not core.agents[UID].live
+    assert core.tick(now=32.0) == []  # reported once
+    back = core.receive(beat(seq=1), now=40.0)
+    assert EventKind.CONNECTED in [e.kind for e in back.events]
+    assert core.agents[UID].live
+    assert [e.kind for e in core.tick(now=71.0)] == [EventKind.STALE]
+    assert core.tick(now=139.0) == []  # 100 s after it was last seen is the limit
+    assert [(e.kind, e.instance_uid) for e in core.tick(now=141.0)] == [(EventKind.FORGOTTEN, UID)]
+    assert UID not in core.agents
+
+
+def test_websocket_agent_without_heartbeats_is_not_marked_stale() -> None:
+    core = ServerCore()
+    conn = core.open(now=0.0)
+    core.receive(first(caps=pb.AgentCapabilities_ReportsStatus), now=0.0, conn=conn)
+    assert core.tick(now=10_000.0) == []
+
+
+def test_remote_config_offered_until_reported_then_not_again() -> None:
+    config = RemoteConfig.single(b"receivers: {}\n")
+    core = ServerCore(desired=Fixed(config))
+    conn = core.open(now=0.0)
+    offered = core.receive(first(), now=0.0, conn=conn).message
+    assert offered.remote_config.config_hash == config.hash
+    assert offered.remote_config.config.config_map[""].body == b"receivers: {}\n"
+    # Once per WebSocket connection, even before the agent answers.
+    assert not core.receive(beat(seq=1), now=1.0, conn=conn).message.HasField("remote_config")
+    applied = beat(seq=2)
+    applied.remote_config_status.last_remote_config_hash = config.hash
+    applied.remote_config_status.status = pb.RemoteConfigStatuses_APPLIED
+    core.receive(applied, now=2.0, conn=conn)
+    core.close(conn, now=3.0)
+    again = core.open(now=4.0)
+    assert not core.receive(beat(seq=3), now=4.0, conn=again).message.HasField("remote_config")
+
+
+def test_http_agents_get_the_offer_on_every_poll_until_they_report_it() -> None:
+    config = RemoteConfig.single(b"a: 1\n")
+    core = ServerCore(desired=Fixed(config))
+    assert core.receive(first(), now=0.0).message.HasField("remote_config")
+    assert core.receive(beat(seq=1), now=1.0).message.HasField("remote_config")
+    failed = beat(seq=2)
+    failed.remote_config_status.last_remote_config_hash = config.hash
+    failed.remote_config_status.status = pb.RemoteConfigStatuses_FAILED
+    assert not core.receive(failed, now=2.0).message.HasField("remote_config")
+
+
+def test_agents_that_do_not_accept_remote_config_get_none() -> None:
+    core = ServerCore(desired=Fixed(RemoteConfig.single(b"x")))
+    reply = core.receive(first(caps=pb.AgentCapabilities_ReportsStatus), now=0.0)
+    assert not reply.message.HasField("remote_config")
+
+
+def test_changed_desired_config_is_pushed_to_websocket_agents_only() -> None:
+    source = Fixed(None)
+    core = ServerCore(desired=source)
+    ws = core.open(now=0.0)
+    core.receive(first(), now=0.0, conn=ws)
+    core.receive(first(uid=OTHER), now=0.0)  # HTTP
+    assert core.pending_offers() == []
+    source.config = RemoteConfig.single(b"new")
+    pushed = core.pending_offers()
+    assert [(c, m.instance_uid) for c, m in pushed] == [(ws, UID)]
+    assert pushed[0][1].remote_config.config_hash == source.config.hash
+    assert core.pending_offers() == []  # not twice
+
+
+def test_hash_only_available_components_asks_for_the_list() -> None:
+    msg = first()
+    msg.available_components.hash = b"abc"
+    reply = ServerCore().receive(msg, now=0.0)
+    assert reply.message.flags & pb.ServerToAgentFlags_ReportAvailableComponents
+    full = beat(seq=1)
+    full.available_components.hash = b"abc"
+    full.available_components.components["receivers"].sub_component_map["otlp"].SetInParent()
+    core = ServerCore()
+    core.receive(full, now=0.0)
+    assert (
+        not core.receive(full, now=0.0).message.flags
+        & pb.ServerToAgentFlags_ReportAvailableComponents
+    )
+
+
+def test_heartbeat_interval_offered_once_to_agents_that_accept_settings() -> None:
+    core = ServerCore(CoreSettings(offer_heartbeat_seconds=15))
+    caps = ACCEPTS | pb.AgentCapabilities_AcceptsOpAMPConnectionSettings
+    reply = core.receive(first(caps=caps), now=0.0)
+    assert reply.message.connection_settings.opamp.heartbeat_interval_seconds == 15
+    assert core.agents[UID].heartbeat_seconds == 15
+    assert not core.receive(beat(seq=1), now=1.0).message.HasField("connection_settings")
+    plain = core.receive(first(uid=OTHER), now=0.0)
+    assert not plain.message.HasField("connection_settings")
+
+
+def test_effective_config_hash_is_the_config_map_hash() -> None:
+    msg = first()
+    msg.effective_config.config_map.config_map["b"].body = b"2"
+    msg.effective_config.config_map.config_map["a"].body = b"1"
+    core = ServerCore()
+    core.receive(msg, now=0.0)
+    want = files_hash({"a": ConfigFile(b"1", ""), "b": ConfigFile(b"2", "")})
+    assert core.agents[UID].effective_config_hash == want
+
+
+# ---- properties ---------------------------------------------------------------------
+
+
+def _msg(
+    uid: bytes, seq: int, caps: int, healthy: bool | None, disconnect: bool
+) -> pb.AgentToServer:
+    msg = pb.AgentToServer(instance_uid=uid, sequence_num=seq, capabilities=caps)
+    if healthy is not None:
+        msg.health.healthy = healthy
+    if disconnect:
+        msg.agent_disconnect.SetInParent()
+    return msg
+
+
+uids = st.one_of(st.binary(min_size=0, max_size=20), st.sampled_from([UID, OTHER]))
+messages = st.builds(
+    _msg,
+    uids,
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=0, max_value=2**20),
+    st.none() | st.booleans(),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(messages, st.sampled_from([None, 0, 1]), st.booleans()), max_size=40))
+def test_core_invariants_hold_for_any_message_sequence(
+    steps: list[tuple[pb.AgentToServer, int | None, bool]],
+) -> None:
+    """Whatever agents send, in any order: every reply has capabilities and a valid uid,
+    every agent in the table has a valid uid, and one uid is held by at most one
+    open WebSocket."""
+    core = ServerCore(desired=Fixed(RemoteConfig.single(b"c")))
+    conns = [core.open(now=0.0), core.open(now=0.0)]
+    now = 0.0
+    for msg, which, close_after in steps:
+        now += 1.0
+        conn = None if which is None else conns[which]
+        reply = core.receive(msg, now=now, conn=conn)
+        assert reply.message.capabilities == SERVER_CAPABILITIES
+        assert ids.valid_uid(reply.message.instance_uid)
+        if (reply.close or close_after) and conn is not None:
+            core.close(conn, now=now)
+            conns[which or 0] = core.open(now=now)
+        core.tick(now)
+        assert all(ids.valid_uid(uid) for uid in core.agents)
+        held = [a.instance_uid for _, a in core.websocket_agents() if a.connected]
+        assert len(held) == len(set(held))
