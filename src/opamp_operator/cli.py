@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from opamp_operator import __version__
 from opamp_operator.opamp.wire import protobuf_backend
+from opamp_operator.server.app import Limits
+from opamp_operator.standalone.fleets import FleetFileError
+from opamp_operator.standalone.serve import ServeOptions, serve
 
 log = logging.getLogger("opamp_operator")
 
@@ -25,14 +30,62 @@ def warn_if_slow_protobuf() -> None:
         )
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    options = ServeOptions(
+        config=args.config,
+        host=args.host,
+        port=args.port,
+        heartbeat_seconds=args.heartbeat_seconds,
+        limits=Limits(
+            max_message_bytes=args.max_message_bytes,
+            max_websockets=args.max_websockets,
+            max_http_in_flight=args.max_http_in_flight,
+        ),
+    )
+    try:
+        asyncio.run(serve(options))
+    except FleetFileError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the OpAMP server with fleets defined in a file (no Kubernetes)",
+        description="Serve OpAMP on /v1/opamp (WebSocket and HTTP) with fleets from a file, "
+        "reloaded when it changes; read API on /api/v1/agents, /healthz, /readyz, /metrics.",
+    )
+    p.add_argument("--config", type=Path, required=True, help="fleets file (YAML)")
+    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")  # noqa: S104
+    p.add_argument("--port", type=int, default=4320, help="listen port (default 4320)")
+    p.add_argument(
+        "--heartbeat-seconds",
+        type=int,
+        default=None,
+        help="heartbeat interval offered to agents that accept connection settings",
+    )
+    p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--max-websockets", type=int, default=50_000)
+    p.add_argument("--max-http-in-flight", type=int, default=1_000)
+    p.set_defaults(func=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Subcommands (run, serve, simulate) register here as they are built."""
     parser = argparse.ArgumentParser(
         prog="opamp-operator",
         description="Manages fleets of OpenTelemetry Collectors through OpAMP.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_serve(sub)
     return parser
 
 
@@ -42,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     warn_if_slow_protobuf()
-    return 0
+    func: Command = args.func
+    return func(args)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,11 @@ def start_collector(
                 "tls": {"insecure": True},
             }
         },
-        "capabilities": {"reports_effective_config": True, "reports_health": True},
+        "capabilities": {
+            "reports_effective_config": True,
+            "reports_health": True,
+            "reports_available_components": True,
+        },
     }
     config["service"]["extensions"].append("opamp")
     if extra is not None:
@@ -270,3 +274,16 @@ def start_reference_server(config_file: Path | None = None) -> ReferenceServer:
     harness = _start_jsonl(argv)
     ready = harness.wait_for("listening", timeout=15)
     return ReferenceServer(harness, ready["ws_url"], ready["http_url"])
+
+
+def collector_config_with_health() -> tuple[str, int]:
+    """A complete Collector config (as YAML) whose health check is on a fresh port."""
+    port = free_port()
+    return yaml.safe_dump(base_collector_config(port), sort_keys=False), port
+
+
+def broken_collector_config() -> str:
+    """Valid YAML the Collector refuses: a pipeline names an exporter that is not defined."""
+    config = base_collector_config(free_port())
+    config["service"]["pipelines"]["traces"]["exporters"] = ["otlp/nowhere"]
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,380 @@
+"""The OpAMP endpoint over aiohttp: WebSocket and plain HTTP on one path (/v1/opamp).
+
+The transports only move bytes and enforce limits; every protocol decision is made by
+the sans-I/O core (opamp.session.ServerCore). The same application serves the read API,
+/healthz, /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from opamp_operator.opamp import wire
+from opamp_operator.opamp.attributes import to_dict
+from opamp_operator.opamp.configs import RemoteConfig, files_of
+from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.proto import opamp_pb2 as pb
+from opamp_operator.opamp.session import (
+    AgentRecord,
+    ConnId,
+    Event,
+    EventKind,
+    Reply,
+    ServerCore,
+    error_reply,
+)
+from opamp_operator.server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+OPAMP_PATH = "/v1/opamp"
+PROTOBUF = "application/x-protobuf"
+DEFAULT_PORT = 4320
+
+
+@dataclass(frozen=True)
+class Limits:
+    # The spec recommends 64 MiB; a Collector config is rarely above a few hundred KiB.
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_websockets: int = 50_000
+    max_http_in_flight: int = 1_000
+    retry_after_seconds: int = 5
+    tick_seconds: float = 5.0
+
+
+EventListener = Callable[[Event, AgentRecord | None], None]
+
+
+class OpAMPServer:
+    """Binds the core to aiohttp; one instance per process (or per test)."""
+
+    def __init__(
+        self,
+        core: ServerCore,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.core = core
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.metrics = ServerMetrics()
+        self._sockets: dict[ConnId, web.WebSocketResponse] = {}
+        self._http_in_flight = 0
+        self._listeners: list[EventListener] = []
+        self._ready = False
+        self._ticker: asyncio.Task[None] | None = None
+
+    # ---- wiring ----------------------------------------------------------------------
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Called with every state event (the fleet layer debounces on top of this)."""
+        self._listeners.append(listener)
+
+    def _publish(self, events: Iterable[Event]) -> None:
+        for event in events:
+            agent = self.core.agents.get(event.instance_uid)
+            for listener in self._listeners:
+                listener(event, agent)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_message_bytes)
+        app.router.add_route("*", OPAMP_PATH, self.handle_opamp)
+        app.router.add_get("/api/v1/agents", self.list_agents)
+        app.router.add_get("/api/v1/agents/{uid}", self.get_agent)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, _: web.Application) -> None:
+        self._ticker = asyncio.create_task(self._tick_forever(), name="opamp-tick")
+        self._ready = True
+
+    async def _on_shutdown(self, _: web.Application) -> None:
+        """Close every WebSocket with 1001 (going away) so agents reconnect elsewhere."""
+        self._ready = False
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for ws in list(self._sockets.values()):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.tick_seconds)
+            self._publish(self.core.tick(self.clock()))
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        counts = {"connected": 0, "stale": 0, "disconnected": 0}
+        for agent in self.core.agents.values():
+            state = (
+                "disconnected" if not agent.connected else "stale" if agent.stale else "connected"
+            )
+            counts[state] += 1
+        for state, n in counts.items():
+            self.metrics.agents.labels(state).set(n)
+        self.metrics.connections.set(len(self._sockets))
+
+    async def push_offers(self) -> int:
+        """Send changed desired configs to WebSocket agents now; returns how many."""
+        sent = 0
+        for conn, msg in self.core.pending_offers():
+            ws = self._sockets.get(conn)
+            if ws is not None and not ws.closed:
+                await self._send_ws(ws, msg)
+                sent += 1
+        return sent
+
+    # ---- OpAMP -----------------------------------------------------------------------
+
+    async def handle_opamp(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
+        if request.method != "POST":
+            raise web.HTTPMethodNotAllowed(
+                request.method, ["POST"], text="OpAMP over HTTP uses POST"
+            )
+        if request.content_type != PROTOBUF:
+            self.metrics.errors.labels("content_type").inc()
+            raise web.HTTPUnsupportedMediaType(
+                text=f"OpAMP over HTTP needs Content-Type: {PROTOBUF}, got {request.content_type!r}"
+            )
+        return await self._http(request)
+
+    async def _http(self, request: web.Request) -> web.StreamResponse:
+        if self._http_in_flight >= self.limits.max_http_in_flight:
+            return self._shed("http")
+        self._http_in_flight += 1
+        try:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                self.metrics.errors.labels("too_large").inc()
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=self.limits.max_message_bytes,
+                    actual_size=request.content_length or 0,
+                    text=f"AgentToServer larger than {self.limits.max_message_bytes} bytes",
+                ) from None
+            except (zlib.error, gzip.BadGzipFile, EOFError) as exc:
+                return self._http_bad_request(f"request body is not valid gzip: {exc}")
+            self.metrics.messages.labels("in", "http").inc()
+            self.metrics.bytes.labels("in", "http").inc(len(body))
+            try:
+                msg = wire.decode_agent_message(body)
+            except wire.WireError as exc:
+                return self._http_bad_request(str(exc))
+            peer = request.remote or ""
+            reply = self.core.receive(msg, self.clock(), peer=peer)
+            self._after_reply(reply)
+            payload = wire.encode_http(reply.message)
+            self.metrics.messages.labels("out", "http").inc()
+            self.metrics.bytes.labels("out", "http").inc(len(payload))
+            response = web.Response(body=payload, content_type=PROTOBUF)
+            if "gzip" in request.headers.get("Accept-Encoding", ""):
+                response.enable_compression()
+            return response
+        finally:
+            self._http_in_flight -= 1
+
+    def _http_bad_request(self, text: str) -> web.Response:
+        self.metrics.errors.labels("bad_request").inc()
+        body = wire.encode_http(error_reply(pb.ServerErrorResponseType_BadRequest, text))
+        return web.Response(status=400, body=body, content_type=PROTOBUF)
+
+    def _shed(self, transport: str) -> web.Response:
+        """Past the limit: 503 + Retry-After, and the same as a ServerErrorResponse."""
+        self.metrics.errors.labels(f"shed_{transport}").inc()
+        retry = self.limits.retry_after_seconds
+        body = wire.encode_http(
+            error_reply(
+                pb.ServerErrorResponseType_Unavailable, "server is at its connection limit", retry
+            )
+        )
+        return web.Response(
+            status=503, body=body, content_type=PROTOBUF, headers={"Retry-After": str(retry)}
+        )
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if len(self._sockets) >= self.limits.max_websockets:
+            return self._shed("websocket")
+        ws = web.WebSocketResponse(max_msg_size=self.limits.max_message_bytes)
+        await ws.prepare(request)
+        now = self.clock()
+        conn = self.core.open(now, peer=request.remote or "")
+        self._sockets[conn] = ws
+        try:
+            async for frame in ws:
+                if frame.type == WSMsgType.BINARY:
+                    if not await self._ws_message(conn, ws, frame.data):
+                        break
+                elif frame.type == WSMsgType.TEXT:
+                    self.metrics.errors.labels("text_frame").inc()
+                    await ws.close(
+                        code=WSCloseCode.UNSUPPORTED_DATA, message=b"OpAMP uses binary frames"
+                    )
+                    break
+                elif frame.type == WSMsgType.ERROR:
+                    self.metrics.errors.labels("too_large" if _too_big(ws) else "ws_error").inc()
+                    log.info("WebSocket from %s failed: %s", request.remote, ws.exception())
+                    break
+        finally:
+            self._sockets.pop(conn, None)
+            self._publish(self.core.close(conn, self.clock()))
+        return ws
+
+    async def _ws_message(self, conn: ConnId, ws: web.WebSocketResponse, data: bytes) -> bool:
+        """Handle one frame; False when the connection must end."""
+        self.metrics.messages.labels("in", "websocket").inc()
+        self.metrics.bytes.labels("in", "websocket").inc(len(data))
+        try:
+            msg = wire.decode_agent_message(wire.split_ws_frame(data))
+        except wire.WireError as exc:
+            self.metrics.errors.labels("bad_request").inc()
+            log.info("closing WebSocket %d: %s", conn, exc)
+            await self._send_ws(ws, error_reply(pb.ServerErrorResponseType_BadRequest, str(exc)))
+            await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=str(exc)[:120].encode())
+            return False
+        reply = self.core.receive(msg, self.clock(), conn=conn)
+        self._after_reply(reply)
+        await self._send_ws(ws, reply.message)
+        if reply.close:
+            await ws.close()
+            return False
+        return True
+
+    async def _send_ws(self, ws: web.WebSocketResponse, msg: pb.ServerToAgent) -> None:
+        payload = wire.encode_ws(msg)
+        if len(payload) > self.limits.max_message_bytes:
+            self.metrics.errors.labels("response_too_large").inc()
+            log.error("not sending a %d-byte ServerToAgent: over the limit", len(payload))
+            return
+        self.metrics.messages.labels("out", "websocket").inc()
+        self.metrics.bytes.labels("out", "websocket").inc(len(payload))
+        with contextlib.suppress(ConnectionResetError):
+            await ws.send_bytes(payload)
+
+    def _after_reply(self, reply: Reply) -> None:
+        if reply.message.HasField("remote_config"):
+            self.metrics.config_offers.inc()
+        self._publish(reply.events)
+        if any(e.kind in (EventKind.CONNECTED, EventKind.DISCONNECTED) for e in reply.events):
+            self._update_gauges()
+
+    # ---- read API and health ---------------------------------------------------------
+
+    async def list_agents(self, request: web.Request) -> web.Response:
+        desired = self.core.desired.config_for
+        agents = [agent_json(a, desired(a)) for a in self.core.agents.values()]
+        agents.sort(key=lambda a: str(a["instance_uid"]))
+        return web.json_response({"agents": agents, "count": len(agents)})
+
+    async def get_agent(self, request: web.Request) -> web.Response:
+        wanted = request.match_info["uid"].replace("-", "").lower()
+        for agent in self.core.agents.values():
+            if agent.instance_uid.hex() == wanted:
+                desired = self.core.desired.config_for(agent)
+                return web.json_response(agent_json(agent, desired, detail=True))
+        raise web.HTTPNotFound(text=f"no agent with instance_uid {request.match_info['uid']}")
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if not self._ready:
+            raise web.HTTPServiceUnavailable(text="not ready")
+        return web.Response(text="ok")
+
+    async def metrics_endpoint(self, _: web.Request) -> web.Response:
+        self._update_gauges()
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+
+def _too_big(ws: web.WebSocketResponse) -> bool:
+    return ws.close_code == WSCloseCode.MESSAGE_TOO_BIG
+
+
+def agent_json(
+    agent: AgentRecord, desired: RemoteConfig | None = None, detail: bool = False
+) -> dict[str, Any]:
+    """The read API's view of an agent; hashes in hex, attributes as plain values.
+
+    `drifted` here means the agent does not run the config the server wants for it (it
+    reported another hash, or failed to apply it); comparing effective configs
+    semantically is the fleet layer's job.
+    """
+    description = agent.description
+    status = agent.remote_config_status
+    health = agent.health
+    out: dict[str, Any] = {
+        "instance_uid": uid_str(agent.instance_uid),
+        "transport": agent.transport.value,
+        "connected": agent.connected,
+        "stale": agent.stale,
+        "peer": agent.peer,
+        "identifying_attributes": to_dict(description.identifying_attributes)
+        if description
+        else {},
+        "non_identifying_attributes": (
+            to_dict(description.non_identifying_attributes) if description else {}
+        ),
+        "capabilities": agent.capabilities,
+        "health": (
+            {"healthy": health.healthy, "status": health.status, "last_error": health.last_error}
+            if health
+            else None
+        ),
+        "remote_config_status": (
+            {
+                "status": pb.RemoteConfigStatuses.Name(status.status).removeprefix(
+                    "RemoteConfigStatuses_"
+                ),
+                "hash": status.last_remote_config_hash.hex(),
+                "error_message": status.error_message,
+            }
+            if status
+            else None
+        ),
+        "desired_config_hash": desired.hash.hex() if desired else None,
+        "drifted": desired is not None
+        and (
+            status is None
+            or status.last_remote_config_hash != desired.hash
+            or status.status != pb.RemoteConfigStatuses_APPLIED
+        ),
+        "offered_config_hash": agent.offered_config_hash.hex()
+        if agent.offered_config_hash
+        else None,
+        "effective_config_hash": agent.effective_config_hash.hex()
+        if agent.effective_config_hash
+        else None,
+        "sequence_num": agent.sequence_num,
+        "messages": agent.messages,
+    }
+    components = agent.available_components
+    if components is not None:
+        out["available_components"] = {
+            kind: sorted(details.sub_component_map)
+            for kind, details in components.components.items()
+        }
+    if detail and agent.effective_config is not None:
+        out["effective_config"] = {
+            name: f.body.decode(errors="replace")
+            for name, f in files_of(agent.effective_config.config_map).items()
+        }
+    return out

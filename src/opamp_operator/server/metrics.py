@@ -1,0 +1,38 @@
+"""Prometheus metrics of the OpAMP server, in a registry of their own so several servers
+(tests, benchmarks) can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.agents = Gauge(
+            "opamp_agents", "Known agents by state.", ["state"], registry=self.registry
+        )
+        self.connections = Gauge(
+            "opamp_websocket_connections", "Open WebSocket connections.", registry=self.registry
+        )
+        self.messages = Counter(
+            "opamp_messages_total",
+            "OpAMP messages by direction and transport.",
+            ["direction", "transport"],
+            registry=self.registry,
+        )
+        self.bytes = Counter(
+            "opamp_message_bytes_total",
+            "Protobuf bytes by direction and transport (before compression).",
+            ["direction", "transport"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "opamp_errors_total",
+            "Rejected input and shed load, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.config_offers = Counter(
+            "opamp_remote_config_offers_total", "Remote configs offered.", registry=self.registry
+        )

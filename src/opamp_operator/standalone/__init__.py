@@ -1,0 +1,1 @@
+"""Fleets from a file and `opamp-operator serve`, for running without Kubernetes."""

@@ -1,0 +1,149 @@
+"""Fleets defined in a file, for `opamp-operator serve` on VMs, bare metal and demos.
+
+```yaml
+fleets:
+  - name: gateways
+    selector:                     # every key must equal the agent's attribute
+      service.name: otelcol-contrib
+      deployment.environment: prod
+    config: |                     # the Collector config offered to matching agents
+      receivers: ...
+  - name: everyone-else
+    selector: {}                  # matches any agent
+    configFile: default.yaml      # relative to this file
+```
+
+The first fleet whose selector matches an agent's identifying or non-identifying
+attributes gives that agent its config. A file that does not parse, or a fleet whose
+config is not a YAML mapping, is rejected with a message and the previous fleets stay in
+force: one bad edit never takes configs away from running agents.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opamp_operator.opamp.attributes import to_dict, to_text
+from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.session import AgentRecord
+
+log = logging.getLogger(__name__)
+
+
+class FleetFileError(ValueError):
+    """The fleets file is wrong; the message names the fleet and the problem."""
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    selector: Mapping[str, str]
+    config: RemoteConfig
+
+    def matches(self, attributes: Mapping[str, str]) -> bool:
+        return all(attributes.get(k) == v for k, v in self.selector.items())
+
+
+def agent_attributes(agent: AgentRecord) -> dict[str, str]:
+    """Identifying attributes win over non-identifying ones of the same key."""
+    if agent.description is None:
+        return {}
+    merged = to_dict(agent.description.non_identifying_attributes)
+    merged.update(to_dict(agent.description.identifying_attributes))
+    return {k: to_text(v) for k, v in merged.items()}
+
+
+def _fleet(raw: Any, index: int, base: Path) -> Fleet:
+    if not isinstance(raw, dict):
+        raise FleetFileError(f"fleets[{index}] must be a mapping")
+    name = raw.get("name") or f"fleets[{index}]"
+    selector = raw.get("selector") or {}
+    if not isinstance(selector, dict):
+        raise FleetFileError(f"fleet {name!r}: selector must be a mapping of attribute: value")
+    if ("config" in raw) == ("configFile" in raw):
+        raise FleetFileError(f"fleet {name!r}: give exactly one of config or configFile")
+    if "config" in raw:
+        body = str(raw["config"]).encode()
+    else:
+        path = base / str(raw["configFile"])
+        try:
+            body = path.read_bytes()
+        except OSError as exc:
+            raise FleetFileError(f"fleet {name!r}: cannot read configFile {path}: {exc}") from None
+    try:
+        parsed = yaml.safe_load(body)
+    except yaml.YAMLError as exc:
+        raise FleetFileError(f"fleet {name!r}: config is not valid YAML: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise FleetFileError(f"fleet {name!r}: a Collector config must be a YAML mapping")
+    return Fleet(
+        str(name), {str(k): str(v) for k, v in selector.items()}, RemoteConfig.single(body)
+    )
+
+
+def parse_fleets(text: str, base: Path) -> list[Fleet]:
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise FleetFileError(f"not valid YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("fleets", []), list):
+        raise FleetFileError("expected a mapping with a list under 'fleets'")
+    fleets = [_fleet(raw, i, base) for i, raw in enumerate(doc.get("fleets") or [])]
+    names = [f.name for f in fleets]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FleetFileError(f"fleet names must be unique: {', '.join(duplicates)}")
+    return fleets
+
+
+class FileFleets:
+    """A DesiredConfigSource backed by a fleets file; `reload()` picks up edits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fleets: list[Fleet] = []
+        self._stamp: tuple[float, int] | None = None
+        self.last_error: str | None = None
+        self.reload()
+        if self.last_error is not None:
+            raise FleetFileError(f"{path}: {self.last_error}")
+
+    def _file_stamp(self) -> tuple[float, int] | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; True when the fleets in force changed."""
+        stamp = self._file_stamp()
+        if stamp is not None and stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            fleets = parse_fleets(self.path.read_text(), self.path.parent)
+        except (FleetFileError, OSError, UnicodeDecodeError) as exc:
+            self.last_error = str(exc)
+            log.error("fleets file %s rejected, keeping the previous fleets: %s", self.path, exc)
+            return False
+        self.last_error = None
+        changed = fleets != self.fleets
+        self.fleets = fleets
+        if changed:
+            log.info("fleets file %s loaded: %s", self.path, ", ".join(f.name for f in fleets))
+        return changed
+
+    def fleet_for(self, agent: AgentRecord) -> Fleet | None:
+        attrs = agent_attributes(agent)
+        return next((f for f in self.fleets if f.matches(attrs)), None)
+
+    def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
+        fleet = self.fleet_for(agent)
+        return fleet.config if fleet is not None else None

@@ -1,0 +1,110 @@
+"""Run our own OpAMP server the way users do — `opamp-operator serve` as a process — and
+read its API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from world.processes import ProcessRecord, free_port, spawn, terminate, wait_until
+
+
+@dataclass
+class ServeProcess:
+    record: ProcessRecord
+    proc: subprocess.Popen[bytes]
+    port: int
+    fleets: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/opamp"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/opamp"
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            body = r.read()
+        return (
+            json.loads(body)
+            if r.headers.get_content_type() == "application/json"
+            else body.decode()
+        )
+
+    def agents(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get("/api/v1/agents")["agents"]
+        return result
+
+    def wait_agent(
+        self, where: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """The first agent in the read API that satisfies `where`, polling until one does."""
+        found: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            found[:] = [a for a in self.agents() if where(a)]
+            return bool(found)
+
+        wait_until(what, check, timeout=timeout, watch=[self.record])
+        return found[0]
+
+    def stop(self) -> None:
+        terminate(self.record)
+        self.proc.wait(timeout=5)
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def start_serve(fleets: Path, workdir: Path, *args: str, port: int | None = None) -> ServeProcess:
+    port = port or free_port()
+    record, proc = spawn(
+        f"serve-{port}",
+        [
+            sys.executable,
+            "-m",
+            "opamp_operator.cli",
+            "serve",
+            f"--config={fleets}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            *args,
+        ],
+        workdir,
+    )
+    server = ServeProcess(record, proc, port, fleets)
+
+    def ready() -> bool:
+        try:
+            return bool(server.get("/readyz") == "ok")
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_until("opamp-operator serve /readyz", ready, timeout=30, watch=[record])
+    return server
+
+
+def write_fleets(path: Path, fleets: list[dict[str, Any]]) -> Path:
+    """Write a fleets file; the mtime is nudged so a reload within one second sees it."""
+    before = path.stat().st_mtime if path.exists() else 0.0
+    path.write_text(yaml.safe_dump({"fleets": fleets}, sort_keys=False))
+    if path.stat().st_mtime <= before:
+        now = max(time.time(), before + 1)
+        os.utime(path, (now, now))
+    return path
