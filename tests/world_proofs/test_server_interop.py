@@ -186,3 +186,31 @@ def test_supervisor_applies_our_config_and_reports_failure_for_a_broken_one(
     assert failed["remote_config_status"]["hash"] == _sha_files(broken)
     assert failed["remote_config_status"]["error_message"]
     assert failed["drifted"] is True
+
+
+@pytest.mark.parametrize("supervised", [False, True], ids=["extension", "supervisor"])
+def test_collector_restores_full_state_after_our_restart(
+    serve: Callable[..., ServeProcess], collector_factory: Callable[..., Agent], supervised: bool
+) -> None:
+    """The new server process knows nothing about the Collector. Its first message after
+    reconnecting must leave the server with the full state — sent on its own or after
+    ReportFullState (the core asks for it whenever that message lacks the description;
+    tests/unit/test_session.py covers that rule) — with the same uid and config hash."""
+    first = serve([])
+    collector_factory(first.ws_url, supervised=supervised)
+    before = first.wait_agent(
+        lambda a: _attr(a, "service.name") == "otelcol-opamp" and a["effective_config_hash"],
+        "the Collector's first report",
+        90,
+    )
+    port = first.port
+    first.stop()
+    second = serve([], port=port)
+    after = second.wait_agent(
+        lambda a: _attr(a, "service.name") == "otelcol-opamp" and a["effective_config_hash"],
+        "the Collector's full state after our restart",
+        90,
+    )
+    assert after["instance_uid"] == before["instance_uid"]
+    assert after["effective_config_hash"] == before["effective_config_hash"]
+    assert after["health"] is not None
