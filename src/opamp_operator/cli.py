@@ -50,8 +50,6 @@ def _serve(args: argparse.Namespace) -> int:
     except FleetFileError as exc:
         log.error("%s", exc)
         return 2
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

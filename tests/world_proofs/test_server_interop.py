@@ -214,3 +214,18 @@ def test_collector_restores_full_state_after_our_restart(
     assert after["instance_uid"] == before["instance_uid"]
     assert after["effective_config_hash"] == before["effective_config_hash"]
     assert after["health"] is not None
+
+
+def test_sigterm_closes_websockets_with_going_away_and_exits_cleanly(
+    serve: Callable[..., ServeProcess],
+) -> None:
+    server = serve([])
+    with start_go_agent(server.ws_url, "--heartbeat=1s") as go:
+        server.wait_agent(lambda a: a["connected"], "the agent to connect")
+        agent = server.agents()[0]
+        assert agent["last_seen"] >= agent["connected_at"]
+        server.proc.terminate()
+        assert server.proc.wait(timeout=15) == 0
+        go.wait_for("connect_failed", timeout=30)
+    log = Path(server.record.log).read_text()
+    assert "close 1001" in log

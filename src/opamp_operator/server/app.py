@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -63,7 +64,7 @@ class OpAMPServer:
         self,
         core: ServerCore,
         limits: Limits | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.limits = limits or Limits()
@@ -305,6 +306,10 @@ class OpAMPServer:
         )
 
 
+def _iso(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="seconds")
+
+
 def _too_big(ws: web.WebSocketResponse) -> bool:
     return ws.close_code == WSCloseCode.MESSAGE_TOO_BIG
 
@@ -363,6 +368,8 @@ def agent_json(
         "effective_config_hash": agent.effective_config_hash.hex()
         if agent.effective_config_hash
         else None,
+        "connected_at": _iso(agent.connected_at),
+        "last_seen": _iso(agent.last_seen),
         "sequence_num": agent.sequence_num,
         "messages": agent.messages,
     }

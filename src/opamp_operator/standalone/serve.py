@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,10 +56,15 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     await site.start()
     log.info("OpAMP server on %s:%d%s", options.host, options.port, "/v1/opamp")
     watcher = asyncio.create_task(_watch(server, fleets, options.reload_seconds))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     if started is not None:
         started.set()
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
     finally:
         watcher.cancel()
         await runner.cleanup()
