@@ -5,6 +5,7 @@ opamp-go's reference server, an implementation that is not ours."""
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,18 @@ def test_supervisor_starts_the_collector(
         ),
     )
     supervisor.wait_healthy(timeout=60)
+
+
+def test_reference_server_pushes_a_reloaded_config_on_sighup(tmp_path: Path) -> None:
+    """Benchmarks use this to time a config push to every agent on opamp-go's server."""
+    offered = tmp_path / "offered.yaml"
+    offered.write_text(OFFERED)
+    with start_reference_server(offered) as server, start_go_agent(server.ws_url) as agent:
+        agent.wait_for("remote_config_status")
+        offered.write_text(OFFERED + "exporters: {debug: {}}\n")
+        server.harness.proc.send_signal(signal.SIGHUP)
+        assert server.harness.wait_for("pushed")["agents"] == 1
+        want = hashlib.sha256(offered.read_bytes()).hexdigest()
+        agent.wait_for(
+            "message", where=lambda e: e.get("remote_config", {}).get("config_hash") == want
+        )

@@ -4,7 +4,9 @@
 //
 // It is the independent peer the test world needs before (and beside) our own server:
 // the proof tests connect real agents to it, and benchmarks can measure our server
-// against it in the same run.
+// against it in the same run. SIGHUP re-reads the config file and pushes it to every
+// WebSocket agent at once; --quiet drops the per-message events so a benchmark measures
+// the server, not its printing.
 package main
 
 import (
@@ -18,6 +20,8 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -111,19 +115,50 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
 	configFile := flag.String("config-file", "", "collector config offered as remote config (optional)")
 	verbose := flag.Bool("verbose", false, "also print the server's debug log")
+	quiet := flag.Bool("quiet", false, "print no per-message events")
 	flag.Parse()
 	out := jsonl.New(os.Stdout)
-	if err := run(out, *listen, *configFile, *verbose); err != nil {
+	if err := run(out, *listen, *configFile, *verbose, *quiet); err != nil {
 		out.Emit("fatal", map[string]any{"error": err.Error()})
 		os.Exit(1)
 	}
 }
 
-func run(out *jsonl.Emitter, listen, configFile string, verbose bool) error {
+// agents holds the live WebSocket connections and the uid each last spoke with, so a
+// reloaded config can be pushed to all of them.
+type agents struct {
+	mu    sync.Mutex
+	uids  map[types.Connection][]byte
+	offer atomic.Pointer[offer]
+}
+
+func (a *agents) push(out *jsonl.Emitter) {
+	off := a.offer.Load()
+	a.mu.Lock()
+	targets := make(map[types.Connection][]byte, len(a.uids))
+	for conn, uid := range a.uids {
+		targets[conn] = uid
+	}
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	for conn, uid := range targets {
+		wg.Add(1)
+		go func(conn types.Connection, uid []byte) {
+			defer wg.Done()
+			_ = conn.Send(context.Background(), &protobufs.ServerToAgent{InstanceUid: uid, RemoteConfig: off.remote})
+		}(conn, uid)
+	}
+	wg.Wait()
+	out.Emit("pushed", map[string]any{"agents": len(targets)})
+}
+
+func run(out *jsonl.Emitter, listen, configFile string, verbose, quiet bool) error {
 	off, err := loadOffer(configFile)
 	if err != nil {
 		return fmt.Errorf("--config-file: %w", err)
 	}
+	live := &agents{uids: map[types.Connection][]byte{}}
+	live.offer.Store(off)
 	// The port is taken here so the test learns it before any agent connects.
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -135,11 +170,21 @@ func run(out *jsonl.Emitter, listen, configFile string, verbose bool) error {
 	srv := server.New(&jsonl.Logger{Out: out, Verbose: verbose})
 	callbacks := types.ConnectionCallbacks{
 		OnConnected: func(_ context.Context, conn types.Connection) {
-			out.Emit("connected", map[string]any{"transport": transportOf(conn),
-				"remote": conn.Connection().RemoteAddr().String()})
+			if !quiet {
+				out.Emit("connected", map[string]any{"transport": transportOf(conn),
+					"remote": conn.Connection().RemoteAddr().String()})
+			}
 		},
 		OnMessage: func(_ context.Context, conn types.Connection, msg *protobufs.AgentToServer) *protobufs.ServerToAgent {
-			out.Emit("agent_message", report(msg, transportOf(conn)))
+			if !quiet {
+				out.Emit("agent_message", report(msg, transportOf(conn)))
+			}
+			if transportOf(conn) == "websocket" {
+				live.mu.Lock()
+				live.uids[conn] = msg.InstanceUid
+				live.mu.Unlock()
+			}
+			off := live.offer.Load()
 			resp := &protobufs.ServerToAgent{InstanceUid: msg.InstanceUid,
 				Capabilities: uint64(protobufs.ServerCapabilities_ServerCapabilities_AcceptsStatus |
 					protobufs.ServerCapabilities_ServerCapabilities_OffersRemoteConfig |
@@ -156,7 +201,12 @@ func run(out *jsonl.Emitter, listen, configFile string, verbose bool) error {
 			return resp
 		},
 		OnConnectionClose: func(conn types.Connection) {
-			out.Emit("disconnected", map[string]any{"transport": transportOf(conn)})
+			live.mu.Lock()
+			delete(live.uids, conn)
+			live.mu.Unlock()
+			if !quiet {
+				out.Emit("disconnected", map[string]any{"transport": transportOf(conn)})
+			}
 		},
 	}
 	err = srv.Start(server.StartSettings{
@@ -176,6 +226,20 @@ func run(out *jsonl.Emitter, listen, configFile string, verbose bool) error {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	<-ctx.Done()
-	return srv.Stop(context.Background())
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	for {
+		select {
+		case <-ctx.Done():
+			return srv.Stop(context.Background())
+		case <-hup:
+			reloaded, err := loadOffer(configFile)
+			if err != nil {
+				out.Emit("error", map[string]any{"op": "reload", "error": err.Error()})
+				continue
+			}
+			live.offer.Store(reloaded)
+			live.push(out)
+		}
+	}
 }
