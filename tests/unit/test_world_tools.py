@@ -93,7 +93,16 @@ def test_test_deps_check_lists_every_missing_component(tmp_path: Path) -> None:
     result = _test_deps("--check", cache=tmp_path)
     assert result.returncode == 1
     missing = result.stderr.split("missing or stale:")[1].split("(")[0].split()
-    assert missing == ["etcd", "kubernetes", "kwok", "otelcol", "supervisor", "opamp-go", "helm"]
+    assert missing == [
+        "etcd",
+        "kubernetes",
+        "kwok",
+        "otelcol",
+        "supervisor",
+        "opamp-go",
+        "node-agent",
+        "helm",
+    ]
 
 
 def test_test_deps_check_compares_the_stamp_with_the_pin(tmp_path: Path) -> None:

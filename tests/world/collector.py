@@ -172,7 +172,8 @@ def start_supervised_collector(
 
 @dataclass
 class JsonlProcess:
-    """An opamp-go harness: JSON commands in on stdin, JSON events out on stdout."""
+    """A harness (opamp-go, Python or Node agent; the reference server): JSON commands in on
+    stdin, JSON events out on stdout."""
 
     proc: subprocess.Popen[str]
     events: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
@@ -238,7 +239,8 @@ class JsonlProcess:
         self.stop()
 
 
-def _start_jsonl(argv: list[str]) -> JsonlProcess:
+def start_jsonl(argv: list[str]) -> JsonlProcess:
+    """Start a JSON-lines harness; its stderr is dropped, its events are read by a thread."""
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
@@ -249,7 +251,7 @@ def _start_jsonl(argv: list[str]) -> JsonlProcess:
 
 def start_go_agent(url: str, *args: str) -> JsonlProcess:
     """opamp-go's client as an agent at `url` (ws:// or http://); see test-deps/opamp-go."""
-    return _start_jsonl([str(binaries.find("opamp-go-agent")), f"--url={url}", *args])
+    return start_jsonl([str(binaries.find("opamp-go-agent")), f"--url={url}", *args])
 
 
 @dataclass
@@ -271,7 +273,7 @@ def start_reference_server(config_file: Path | None = None) -> ReferenceServer:
     argv = [str(binaries.find("opamp-go-server"))]
     if config_file is not None:
         argv.append(f"--config-file={config_file}")
-    harness = _start_jsonl(argv)
+    harness = start_jsonl(argv)
     ready = harness.wait_for("listening", timeout=15)
     return ReferenceServer(harness, ready["ws_url"], ready["http_url"])
 
