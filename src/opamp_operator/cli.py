@@ -12,6 +12,7 @@ from pathlib import Path
 from opamp_operator import __version__
 from opamp_operator.opamp.wire import protobuf_backend
 from opamp_operator.server.app import Limits
+from opamp_operator.simulator.command import add_parser as _add_simulate
 from opamp_operator.standalone.fleets import FleetFileError
 from opamp_operator.standalone.serve import ServeOptions, serve
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
+    _add_simulate(sub)
     return parser
 
 

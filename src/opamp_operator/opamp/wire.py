@@ -57,3 +57,28 @@ def encode_ws(msg: pb.ServerToAgent) -> bytes:
 
 def encode_http(msg: pb.ServerToAgent) -> bytes:
     return msg.SerializeToString()
+
+
+# Client side: what an agent (the simulator) sends and receives.
+
+
+def encode_agent_ws(msg: pb.AgentToServer) -> bytes:
+    return WS_HEADER + msg.SerializeToString()
+
+
+def encode_agent_http(msg: pb.AgentToServer) -> bytes:
+    return msg.SerializeToString()
+
+
+def decode_server_message(payload: bytes) -> pb.ServerToAgent:
+    msg = pb.ServerToAgent()
+    try:
+        msg.ParseFromString(payload)
+    except DecodeError as exc:
+        raise WireError(f"malformed ServerToAgent protobuf: {exc}") from None
+    return msg
+
+
+def decode_server_ws_frame(frame: bytes) -> pb.ServerToAgent:
+    """A ServerToAgent from a WebSocket binary frame, header checked."""
+    return decode_server_message(split_ws_frame(frame))

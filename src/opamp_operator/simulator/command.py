@@ -1,0 +1,168 @@
+"""`opamp-operator simulate`: the argument parser and the command's main."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from opamp_operator.simulator.runner import run_simulation
+from opamp_operator.simulator.settings import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    TRANSPORTS,
+    SimulationSettings,
+    transport_of,
+)
+from opamp_operator.simulator.stats import STOP_CONDITIONS
+
+log = logging.getLogger("opamp_operator.simulator")
+
+DESCRIPTION = """\
+Simulate N OpAMP agents (OpenTelemetry Collectors in Kubernetes pods) in one process:
+they connect to ENDPOINT, report status and heartbeats, apply offered remote configs and
+reconnect with backoff. Progress goes to stderr every few seconds; one JSON summary goes to
+stdout at the end (after --duration, when --stop-when holds, or on SIGINT/SIGTERM)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("may not be negative")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `simulate` on the main parser's subparsers."""
+    p = subparsers.add_parser(
+        "simulate",
+        help="run many simulated OpAMP agents against a server (load generator)",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--endpoint", required=True, help="OpAMP URL, e.g. ws://127.0.0.1:4320/v1/opamp")
+    p.add_argument("--agents", type=_positive_int, required=True, help="how many agents")
+    p.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=None,
+        help="ws or http; default: from the endpoint's scheme (the scheme is adapted to it)",
+    )
+    p.add_argument(
+        "--fail-configs-matching",
+        metavar="TEXT",
+        default=None,
+        help="report FAILED for any offered config whose body contains TEXT",
+    )
+    p.add_argument("--pod-names", metavar="PREFIX", default="sim-agent", help="pods are PREFIX-<i>")
+    p.add_argument("--namespace", metavar="NS", default="default", help="k8s.namespace.name")
+    p.add_argument("--service-name", default="otelcol-sim", help="service.name")
+    p.add_argument(
+        "--heartbeat",
+        metavar="SECONDS",
+        type=_non_negative,
+        default=30.0,
+        help="heartbeat / HTTP polling interval until the server offers one (0: no WS heartbeats)",
+    )
+    p.add_argument(
+        "--duration", metavar="SECONDS", type=float, default=None, help="stop after this long"
+    )
+    p.add_argument(
+        "--stop-when",
+        choices=STOP_CONDITIONS,
+        default=None,
+        help="stop once all agents are connected / have their full state acknowledged / "
+        "have reported APPLIED for one config / have reported APPLIED or FAILED for one",
+    )
+    p.add_argument(
+        "--connect-rate",
+        metavar="PER_SECOND",
+        type=_non_negative,
+        default=500.0,
+        help="agents started per second (0: all at once)",
+    )
+    p.add_argument(
+        "--progress-interval", metavar="SECONDS", type=float, default=5.0, help="progress lines"
+    )
+    p.add_argument("--backoff-initial", metavar="SECONDS", type=float, default=1.0)
+    p.add_argument("--backoff-max", metavar="SECONDS", type=float, default=30.0)
+    p.add_argument(
+        "--apply-delay",
+        metavar="SECONDS",
+        type=_non_negative,
+        default=0.0,
+        help="time an agent takes to apply a config (reports APPLYING meanwhile)",
+    )
+    p.add_argument(
+        "--report-applying", action="store_true", help="report APPLYING before APPLIED/FAILED"
+    )
+    p.add_argument("--open-timeout", metavar="SECONDS", type=float, default=10.0)
+    p.add_argument("--request-timeout", metavar="SECONDS", type=float, default=30.0)
+    p.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=30.0)
+    p.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="largest ServerToAgent accepted",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for backoff jitter")
+    p.set_defaults(func=main)
+
+
+def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
+    return SimulationSettings(
+        endpoint=args.endpoint,
+        agents=args.agents,
+        transport=args.transport or transport_of(args.endpoint),
+        fail_configs_matching=args.fail_configs_matching,
+        pod_prefix=args.pod_names,
+        namespace=args.namespace,
+        service_name=args.service_name,
+        heartbeat=args.heartbeat,
+        duration=args.duration,
+        connect_rate=args.connect_rate,
+        stop_when=args.stop_when,
+        progress_interval=args.progress_interval,
+        backoff_initial=args.backoff_initial,
+        backoff_max=args.backoff_max,
+        open_timeout=args.open_timeout,
+        request_timeout=args.request_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        apply_delay=args.apply_delay,
+        report_applying=args.report_applying,
+        max_message_bytes=args.max_message_bytes,
+        seed=args.seed,
+    )
+
+
+async def _simulate(settings: SimulationSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    summary = await run_simulation(settings, stop)
+    sys.stdout.write(summary.to_json() + "\n")
+    sys.stdout.flush()
+    missed = settings.stop_when is not None and summary.stopped_by == "duration"
+    return 1 if missed else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit status 0, or 1 when --stop-when did not come true before --duration ran out;
+    2 for invalid settings. Logging (stderr) is set up by the main command."""
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"opamp-operator simulate: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_simulate(settings))
