@@ -136,6 +136,29 @@ def test_uid_held_by_another_live_websocket_gets_reassigned() -> None:
     assert not core.receive(first(seq=1), now=1.1, conn=c).message.HasField("agent_identification")
 
 
+def test_agent_switching_from_http_to_websocket_then_holds_its_uid() -> None:
+    """Found by the property test below: after an HTTP poll, a WebSocket took the uid but
+    a second WebSocket could take it too."""
+    core = ServerCore()
+    core.receive(first(), now=0.0)
+    a, b = core.open(now=1.0), core.open(now=1.0)
+    core.receive(beat(seq=1), now=1.0, conn=a)
+    assert core.agents[UID].transport is Transport.WEBSOCKET
+    reply = core.receive(beat(seq=2), now=2.0, conn=b)
+    assert reply.message.agent_identification.new_instance_uid not in (b"", UID)
+    assert core.agent_on(a) is core.agents[UID]
+
+
+def test_a_connection_that_changes_uid_leaves_the_old_agent_disconnected() -> None:
+    core = ServerCore()
+    conn = core.open(now=0.0)
+    core.receive(first(), now=0.0, conn=conn)
+    reply = core.receive(first(uid=OTHER), now=1.0, conn=conn)
+    assert (EventKind.DISCONNECTED, UID) in [(e.kind, e.instance_uid) for e in reply.events]
+    assert not core.agents[UID].connected
+    assert core.agent_on(conn) is core.agents[OTHER]
+
+
 def test_reconnect_in_sequence_keeps_state_without_full_report() -> None:
     core = ServerCore()
     a = core.open(now=0.0)

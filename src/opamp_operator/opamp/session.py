@@ -295,9 +295,17 @@ class ServerCore:
             events.append(Event(EventKind.CONNECTED, uid))
         elif agent.stale:
             events.append(Event(EventKind.CONNECTED, uid))
+        agent.transport = transport
         if conn is not None:
+            previous = self._conns[conn].uid
+            gone = self._agents.get(previous) if previous not in (None, uid) else None
+            if gone is not None and gone.conn == conn:
+                # The connection now speaks for another uid: the old one has left it.
+                events.append(self._disconnect(gone, now))
             self._conns[conn].uid = uid
             agent.conn = conn
+        else:
+            agent.conn = None
         return agent, full_state_needed, events
 
     def tick(self, now: float) -> list[Event]:
@@ -342,9 +350,7 @@ class ServerCore:
         """Another live WebSocket connection already speaks for this uid."""
         if agent is None or not agent.connected or agent.conn is None:
             return False
-        if agent.conn == conn:
-            return False
-        return agent.transport is Transport.WEBSOCKET and agent.conn in self._conns
+        return agent.conn != conn and agent.conn in self._conns
 
     @staticmethod
     def _in_sequence(agent: AgentRecord, msg: pb.AgentToServer) -> bool:
