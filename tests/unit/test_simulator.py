@@ -464,8 +464,8 @@ def test_full_state_is_acknowledged_once_per_connection() -> None:
 @given(st.binary(max_size=16), st.integers(0, 2**64 - 1))
 def test_agent_messages_round_trip_both_transports(uid: bytes, seq: int) -> None:
     msg = pb.AgentToServer(instance_uid=uid, sequence_num=seq, capabilities=CAPABILITIES)
-    assert wire.decode_agent_message(wire.split_ws_frame(wire.encode_agent_ws(msg))) == msg
-    assert wire.decode_agent_message(wire.encode_agent_http(msg)) == msg
+    assert wire.decode_agent_message(wire.split_ws_frame(wire.encode_ws(msg))) == msg
+    assert wire.decode_agent_message(wire.encode_http(msg)) == msg
 
 
 def test_server_messages_decode_from_both_transports() -> None:

@@ -6,6 +6,8 @@ version of the spec. Plain HTTP bodies are the bare protobuf bytes.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from google.protobuf.internal import api_implementation
 from google.protobuf.message import DecodeError
 
@@ -42,43 +44,36 @@ def split_ws_frame(frame: bytes) -> bytes:
     return frame[used:]
 
 
-def decode_agent_message(payload: bytes) -> pb.AgentToServer:
-    msg = pb.AgentToServer()
+Message = pb.AgentToServer | pb.ServerToAgent
+M = TypeVar("M", pb.AgentToServer, pb.ServerToAgent)
+
+
+def _decode(payload: bytes, cls: type[M]) -> M:
+    msg = cls()
     try:
         msg.ParseFromString(payload)
     except DecodeError as exc:
-        raise WireError(f"malformed AgentToServer protobuf: {exc}") from None
+        raise WireError(f"malformed {cls.__name__} protobuf: {exc}") from None
     return msg
 
 
-def encode_ws(msg: pb.ServerToAgent) -> bytes:
-    return WS_HEADER + msg.SerializeToString()
-
-
-def encode_http(msg: pb.ServerToAgent) -> bytes:
-    return msg.SerializeToString()
-
-
-# Client side: what an agent (the simulator) sends and receives.
-
-
-def encode_agent_ws(msg: pb.AgentToServer) -> bytes:
-    return WS_HEADER + msg.SerializeToString()
-
-
-def encode_agent_http(msg: pb.AgentToServer) -> bytes:
-    return msg.SerializeToString()
+def decode_agent_message(payload: bytes) -> pb.AgentToServer:
+    return _decode(payload, pb.AgentToServer)
 
 
 def decode_server_message(payload: bytes) -> pb.ServerToAgent:
-    msg = pb.ServerToAgent()
-    try:
-        msg.ParseFromString(payload)
-    except DecodeError as exc:
-        raise WireError(f"malformed ServerToAgent protobuf: {exc}") from None
-    return msg
+    return _decode(payload, pb.ServerToAgent)
 
 
 def decode_server_ws_frame(frame: bytes) -> pb.ServerToAgent:
-    """A ServerToAgent from a WebSocket binary frame, header checked."""
+    """A ServerToAgent from a WebSocket binary frame, header checked (the client side)."""
     return decode_server_message(split_ws_frame(frame))
+
+
+def encode_ws(msg: Message) -> bytes:
+    """Either direction: the header, then the protobuf."""
+    return WS_HEADER + msg.SerializeToString()
+
+
+def encode_http(msg: Message) -> bytes:
+    return msg.SerializeToString()

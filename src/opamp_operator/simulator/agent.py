@@ -230,7 +230,7 @@ class SimulatedAgent:
         self.core.tick(now)
         if self.core.wants_to_send:
             heartbeat = self.core.pending == Part.HEARTBEAT
-            data = wire.encode_agent_ws(self.core.next_message(now))
+            data = wire.encode_ws(self.core.next_message(now))
             await ws.send(data)
             self.fleet.stats.sent(len(data), heartbeat=heartbeat)
 
@@ -254,7 +254,7 @@ class SimulatedAgent:
         """AgentDisconnect, then the close handshake; best effort, bounded in time."""
         if ws.state is not State.OPEN:
             return
-        data = wire.encode_agent_ws(self.core.disconnect_message(self.fleet.clock()))
+        data = wire.encode_ws(self.core.disconnect_message(self.fleet.clock()))
         try:
             async with asyncio.timeout(self.fleet.settings.goodbye_timeout):
                 await ws.send(data)
@@ -306,7 +306,7 @@ class SimulatedAgent:
         fleet, core, stats = self.fleet, self.core, self.fleet.stats
         heartbeat = core.pending == Part.HEARTBEAT
         msg = core.next_message(fleet.clock())
-        body = wire.encode_agent_http(msg)
+        body = wire.encode_http(msg)
         stats.sent(len(body), heartbeat=heartbeat)
         try:
             payload = await self._post(msg, body)
@@ -356,7 +356,7 @@ class SimulatedAgent:
         msg = self.core.disconnect_message(self.fleet.clock())
         try:
             async with asyncio.timeout(self.fleet.settings.goodbye_timeout):
-                await self._post(msg, wire.encode_agent_http(msg))
+                await self._post(msg, wire.encode_http(msg))
             self.fleet.stats.goodbyes_sent += 1
         except (
             aiohttp.ClientError,
