@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         heartbeat_seconds=args.heartbeat_seconds,
+        reload_seconds=args.reload_seconds,
         limits=Limits(
             max_message_bytes=args.max_message_bytes,
             max_websockets=args.max_websockets,
@@ -69,6 +70,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=int,
         default=None,
         help="heartbeat interval offered to agents that accept connection settings",
+    )
+    p.add_argument(
+        "--reload-seconds", type=float, default=2.0, help="how often to check the fleets file"
     )
     p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--max-websockets", type=int, default=50_000)
