@@ -36,6 +36,7 @@ class Peer:
     name: str
     start: Callable[..., JsonlProcess]
     websocket: bool = False
+    reports_effective_config: bool = True
     # Seconds the client waits after a failed request before it tries again.
     retry_after_failure: float = 10.0
 
@@ -44,7 +45,8 @@ PEERS = [
     Peer("opamp-go-ws", start_go_agent, websocket=True),
     Peer("opamp-go-http", start_go_agent),
     Peer("python", start_python_agent),
-    Peer("node", start_node_agent, retry_after_failure=35.0),
+    # @elastic/opamp-client-node 0.5.0 refuses the ReportsEffectiveConfig capability.
+    Peer("node", start_node_agent, reports_effective_config=False, retry_after_failure=35.0),
 ]
 
 
@@ -87,6 +89,16 @@ def test_peer_applies_the_fleet_config(server: ServeProcess, peer: Peer) -> None
         assert seen["transport"] == ("websocket" if peer.websocket else "http")
         assert seen["remote_config_status"]["hash"] == _our_hash(CONFIG)
         assert seen["drifted"] is False
+        if peer.reports_effective_config:
+            # The effective config it reports is the file it was given, byte for byte.
+            applied = server.wait_agent(
+                lambda a: _named(name)(a) and a["effective_config_hash"] == _our_hash(CONFIG),
+                f"{peer.name} to report the config as effective",
+            )
+            detail = server.get(f"/api/v1/agents/{applied['instance_uid']}")
+            assert detail["effective_config"] == {"": CONFIG}
+        else:
+            assert seen["effective_config_hash"] is None
 
 
 @pytest.mark.parametrize("peer", PEERS, ids=[p.name for p in PEERS])
