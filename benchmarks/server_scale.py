@@ -37,13 +37,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import yaml
+from procstat import free_port, proc_stats
 
 from opamp_operator.simulator import Simulation, SimulationSettings, SimulationStats
 from opamp_operator.simulator.runner import raise_file_limit
 
 REPO = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 CONFIG_A = """\
 receivers:
@@ -65,20 +64,6 @@ service:
     logs: {receivers: [otlp], processors: [memory_limiter, batch], exporters: [otlp]}
 """
 CONFIG_B = CONFIG_A.replace("timeout: 5s", "timeout: 2s")
-
-
-def _proc_stats(pid: int) -> tuple[int, float]:
-    """(RSS bytes, user+system CPU seconds) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-    return rss, cpu
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -118,7 +103,7 @@ def start_ours(workdir: Path, agents: int) -> Server:
         )
 
     write(CONFIG_A)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -143,7 +128,7 @@ def start_ours(workdir: Path, agents: int) -> Server:
 def start_opamp_go(workdir: Path) -> Server:
     config = workdir / "offered.yaml"
     config.write_text(CONFIG_A)
-    port = _free_port()
+    port = free_port()
     binary = (
         Path(os.environ.get("OPAMP_OPERATOR_CACHE", Path.home() / ".cache/opamp-operator"))
         / "bin/opamp-go-server"
@@ -184,7 +169,7 @@ def _latest_applied(first: bytes | None) -> Callable[[SimulationStats], bool]:
 
 async def run_one(server: Server, args: argparse.Namespace) -> Result:
     await asyncio.sleep(1.0)
-    rss0, _ = _proc_stats(server.proc.pid)
+    rss0, _ = proc_stats(server.proc.pid)
     scheme = "ws" if args.transport == "ws" else "http"
     settings = SimulationSettings(
         endpoint=f"{scheme}://127.0.0.1:{server.port}/v1/opamp",
@@ -206,9 +191,9 @@ async def run_one(server: Server, args: argparse.Namespace) -> Result:
         applied = sim.now() - t0
         first = sim.stats.latest_config.config_hash if sim.stats.latest_config else None
         await asyncio.sleep(3.0)
-        rss1, cpu1 = _proc_stats(server.proc.pid)
+        rss1, cpu1 = proc_stats(server.proc.pid)
         await asyncio.sleep(args.window)
-        _, cpu2 = _proc_stats(server.proc.pid)
+        _, cpu2 = proc_stats(server.proc.pid)
         pushed_at = sim.now()
         server.push()
         if not await sim.wait_until(_latest_applied(first), within=300):

@@ -22,15 +22,14 @@ import asyncio
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import websockets
 from aiohttp import web
+from procstat import free_port, proc_stats
 from websockets.asyncio.server import ServerConnection, serve
 
 from opamp_operator.opamp import wire
@@ -39,10 +38,6 @@ from opamp_operator.opamp.ids import uuid7
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import ServerCore
 from opamp_operator.server.app import OpAMPServer
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
 
 # ---- servers (run in a child process) -------------------------------------------------
 
@@ -172,22 +167,8 @@ class Result:
     errors: int
 
 
-def _proc_stats(pid: int) -> tuple[int, float]:
-    """(RSS bytes, user+system CPU seconds) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-    return rss, cpu
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def measure(impl: str, agents: int, rounds: int) -> Result:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
         [sys.executable, __file__, "--serve", impl, "--port", str(port)],
         stdout=subprocess.PIPE,
@@ -197,7 +178,7 @@ async def measure(impl: str, agents: int, rounds: int) -> Result:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         await asyncio.sleep(0.5)
-        rss0, cpu0 = _proc_stats(proc.pid)
+        rss0, cpu0 = proc_stats(proc.pid)
         url = f"ws://127.0.0.1:{port}/v1/opamp"
         phases = (Phase(agents), Phase(agents))
         release = asyncio.Event()
@@ -213,7 +194,7 @@ async def measure(impl: str, agents: int, rounds: int) -> Result:
         t1 = time.perf_counter()
         await phases[1].reached.wait()
         t2 = time.perf_counter()
-        rss1, cpu2 = _proc_stats(proc.pid)
+        rss1, cpu2 = proc_stats(proc.pid)
         release.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         if errors:

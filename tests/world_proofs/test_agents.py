@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,6 @@ from world.collector import Agent, ReferenceServer, start_go_agent, start_refere
 pytestmark = pytest.mark.world
 
 OFFERED = "receivers:\n  otlp:\n    protocols:\n      grpc: {}\n"
-
-
-@pytest.fixture
-def reference_server(tmp_path: Path) -> Iterator[ReferenceServer]:
-    offered = tmp_path / "offered.yaml"
-    offered.write_text(OFFERED)
-    with start_reference_server(offered) as server:
-        yield server
 
 
 def _children(pid: int) -> list[str]:

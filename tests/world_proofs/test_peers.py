@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from opamp_operator.opamp.proto import opamp_pb2 as pb
-from world.collector import JsonlProcess, ReferenceServer, start_go_agent, start_reference_server
+from world.collector import JsonlProcess, ReferenceServer, start_go_agent
 from world.peers import start_node_agent, start_python_agent
 
 pytestmark = pytest.mark.world
@@ -49,14 +48,6 @@ CAPABILITIES = {
     "python": ALWAYS | REMOTE_CONFIG | pb.AgentCapabilities_ReportsEffectiveConfig,
     "node": ALWAYS | REMOTE_CONFIG,
 }
-
-
-@pytest.fixture
-def reference_server(tmp_path: Path) -> Iterator[ReferenceServer]:
-    offered = tmp_path / "offered.yaml"
-    offered.write_text(OFFERED)
-    with start_reference_server(offered) as server:
-        yield server
 
 
 def _from(uid: str, also: Callable[[Event], bool] = lambda _: True) -> Callable[[Event], bool]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from opamp_operator.simulator.protocol import CAPABILITIES
 from opamp_operator.simulator.settings import Transport
 from opamp_operator.simulator.stats import ConfigProgress
 from world import binaries
-from world.collector import JsonlProcess, ReferenceServer, start_jsonl, start_reference_server
+from world.collector import JsonlProcess, ReferenceServer, start_jsonl
 from world.operator import start_serve, write_fleets
 from world.processes import free_port
 
@@ -38,19 +38,6 @@ HEARTBEAT_KEYS = {"instance_uid", "sequence_num", "capabilities", "transport", "
 
 Event = dict[str, Any]
 _NO_CONFIG = ConfigProgress(b"", 0.0)
-
-
-@pytest.fixture
-def offered(tmp_path: Path) -> Path:
-    path = tmp_path / "offered.yaml"
-    path.write_text(OFFERED)
-    return path
-
-
-@pytest.fixture
-def reference_server(offered: Path) -> Iterator[ReferenceServer]:
-    with start_reference_server(offered) as server:
-        yield server
 
 
 def _server_on(port: int, config_file: Path) -> ReferenceServer:
