@@ -18,6 +18,7 @@ from opamp_operator.opamp.session import (
     EventKind,
     ServerCore,
     Transport,
+    message_kind,
 )
 
 UID = bytes(range(1, 17))
@@ -344,3 +345,16 @@ def test_core_invariants_hold_for_any_message_sequence(
         assert all(ids.valid_uid(uid) for uid in core.agents)
         held = [a.instance_uid for _, a in core.websocket_agents() if a.connected]
         assert len(held) == len(set(held))
+
+
+def test_message_kinds() -> None:
+    bye = beat()
+    bye.agent_disconnect.SetInParent()
+    status = beat()
+    status.health.healthy = True
+    assert [message_kind(m) for m in (first(), status, beat(), bye)] == [
+        "full_state",
+        "status",
+        "heartbeat",
+        "disconnect",
+    ]

@@ -157,6 +157,18 @@ class _Conn:
     uid: bytes | None = None
 
 
+def message_kind(msg: pb.AgentToServer) -> str:
+    """What an AgentToServer is, for metrics: disconnect, full_state (it describes the
+    agent), status (some status sub-message), or heartbeat (nothing but its identity)."""
+    if msg.HasField("agent_disconnect"):
+        return "disconnect"
+    if msg.HasField("agent_description"):
+        return "full_state"
+    if any(msg.HasField(name) for name in STATUS_FIELDS):
+        return "status"
+    return "heartbeat"
+
+
 def error_reply(
     kind: int, message: str, retry_after_seconds: float | None = None
 ) -> pb.ServerToAgent:

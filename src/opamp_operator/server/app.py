@@ -34,6 +34,7 @@ from opamp_operator.opamp.session import (
     Reply,
     ServerCore,
     error_reply,
+    message_kind,
 )
 from opamp_operator.server.metrics import ServerMetrics
 
@@ -177,6 +178,7 @@ class OpAMPServer:
                 msg = wire.decode_agent_message(body)
             except wire.WireError as exc:
                 return self._http_bad_request(str(exc))
+            self.metrics.agent_messages.labels(message_kind(msg)).inc()
             peer = request.remote or ""
             reply = self.core.receive(msg, self.clock(), peer=peer)
             self._after_reply(reply)
@@ -248,6 +250,7 @@ class OpAMPServer:
             await self._send_ws(ws, error_reply(pb.ServerErrorResponseType_BadRequest, str(exc)))
             await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=str(exc)[:120].encode())
             return False
+        self.metrics.agent_messages.labels(message_kind(msg)).inc()
         reply = self.core.receive(msg, self.clock(), conn=conn)
         self._after_reply(reply)
         await self._send_ws(ws, reply.message)

@@ -21,6 +21,12 @@ class ServerMetrics:
             ["direction", "transport"],
             registry=self.registry,
         )
+        self.agent_messages = Counter(
+            "opamp_agent_messages_total",
+            "AgentToServer messages by kind: full_state, status, heartbeat, disconnect.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.bytes = Counter(
             "opamp_message_bytes_total",
             "Protobuf bytes by direction and transport (before compression).",
