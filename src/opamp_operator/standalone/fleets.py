@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from opamp_operator.opamp.attributes import to_dict, to_text
+from opamp_operator.fleet.views import agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.session import AgentRecord
 
@@ -48,15 +48,6 @@ class Fleet:
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
         return all(attributes.get(k) == v for k, v in self.selector.items())
-
-
-def agent_attributes(agent: AgentRecord) -> dict[str, str]:
-    """Identifying attributes win over non-identifying ones of the same key."""
-    if agent.description is None:
-        return {}
-    merged = to_dict(agent.description.non_identifying_attributes)
-    merged.update(to_dict(agent.description.identifying_attributes))
-    return {k: to_text(v) for k, v in merged.items()}
 
 
 def _fleet(raw: Any, index: int, base: Path) -> Fleet:
@@ -141,7 +132,7 @@ class FileFleets:
         return changed
 
     def fleet_for(self, agent: AgentRecord) -> Fleet | None:
-        attrs = agent_attributes(agent)
+        attrs = agent_view(agent).attributes
         return next((f for f in self.fleets if f.matches(attrs)), None)
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:

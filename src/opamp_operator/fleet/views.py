@@ -1,0 +1,96 @@
+"""The plain data the fleet logic works on: what we know of a pod and of an agent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from opamp_operator.opamp.attributes import to_dict, to_text
+from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.proto import opamp_pb2 as pb
+from opamp_operator.opamp.session import AgentRecord
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    uid: str
+    ip: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    node: str = ""
+    phase: str = ""
+    # Readiness gates the pod declares (condition types), e.g. "<group>/agent-ready".
+    readiness_gates: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """An agent as the fleet layer sees it; attributes are text, identifying ones win."""
+
+    instance_uid: str
+    attributes: Mapping[str, str]
+    peer_ip: str = ""
+    connected: bool = True
+    stale: bool = False
+    healthy: bool | None = None
+    health_error: str = ""
+    remote_config_status: str | None = None  # APPLIED, APPLYING, FAILED, UNSET
+    remote_config_hash: str = ""
+    remote_config_error: str = ""
+    effective_config_hash: str = ""
+    effective_config: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.connected and not self.stale
+
+    @property
+    def service_version(self) -> str:
+        return self.attributes.get("service.version", "")
+
+
+def _peer_ip(peer: str) -> str:
+    """aiohttp gives the bare address; tolerate host:port and [v6]:port too."""
+    if peer.startswith("["):
+        return peer[1:].split("]", 1)[0]
+    if peer.count(":") == 1:
+        return peer.split(":", 1)[0]
+    return peer
+
+
+def agent_view(agent: AgentRecord) -> AgentView:
+    attrs: dict[str, str] = {}
+    if agent.description is not None:
+        merged = to_dict(agent.description.non_identifying_attributes)
+        merged.update(to_dict(agent.description.identifying_attributes))
+        attrs = {k: to_text(v) for k, v in merged.items()}
+    status = agent.remote_config_status
+    effective = ""
+    if agent.effective_config is not None:
+        files = agent.effective_config.config_map.config_map
+        effective = "".join(files[name].body.decode(errors="replace") for name in sorted(files))
+    return AgentView(
+        instance_uid=uid_str(agent.instance_uid),
+        attributes=attrs,
+        peer_ip=_peer_ip(agent.peer),
+        connected=agent.connected,
+        stale=agent.stale,
+        healthy=agent.health.healthy if agent.health is not None else None,
+        health_error=agent.health.last_error if agent.health is not None else "",
+        remote_config_status=(
+            pb.RemoteConfigStatuses.Name(status.status).removeprefix("RemoteConfigStatuses_")
+            if status is not None
+            else None
+        ),
+        remote_config_hash=status.last_remote_config_hash.hex() if status is not None else "",
+        remote_config_error=status.error_message if status is not None else "",
+        effective_config_hash=(
+            agent.effective_config_hash.hex() if agent.effective_config_hash is not None else ""
+        ),
+        effective_config=effective,
+    )
