@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from opamp_operator import __version__
+from opamp_operator.api.crd import render_all
 from opamp_operator.opamp.wire import protobuf_backend
 from opamp_operator.server.app import Limits
 from opamp_operator.simulator.command import add_parser as _add_simulate
@@ -80,6 +81,32 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_serve)
 
 
+def _crds(args: argparse.Namespace) -> int:
+    """Write (or with --check, compare) the generated CRDs; --check fails on any difference."""
+    out: Path = args.out
+    stale = []
+    for name, text in render_all().items():
+        path = out / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(path)
+    if stale:
+        print(f"stale CRDs (run `opamp-operator crds`): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_crds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("crds", help="write the CRDs generated from the typed models")
+    p.add_argument("--out", type=Path, default=Path("deploy/crds"), help="directory (deploy/crds)")
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 when stale")
+    p.set_defaults(func=_crds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opamp-operator",
@@ -90,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     _add_simulate(sub)
+    _add_crds(sub)
     return parser
 
 
