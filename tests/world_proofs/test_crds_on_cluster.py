@@ -121,7 +121,7 @@ def test_status_subresource_and_printer_columns(api_client: Any, namespace: str)
         "cols",
         {
             "status": {
-                "agents": 7,
+                "agentsConnected": 7,
                 "healthy": 6,
                 "drifted": 1,
                 "conditions": [

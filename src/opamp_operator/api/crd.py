@@ -144,7 +144,11 @@ def collector_fleet_crd() -> Schema:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
-                        {"name": "Agents", "type": "integer", "jsonPath": ".status.agents"},
+                        {
+                            "name": "Agents",
+                            "type": "integer",
+                            "jsonPath": ".status.agentsConnected",
+                        },
                         {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthy"},
                         {"name": "Drifted", "type": "integer", "jsonPath": ".status.drifted"},
                         _ready_column(),

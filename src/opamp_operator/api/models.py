@@ -124,20 +124,29 @@ class AgentProblem(_Status):
     instance_uid: str
     pod: str = ""
     reason: str
+    message: str = ""
 
 
 class CollectorFleetStatus(_Status):
+    """Aggregated, bounded: counts, revisions and the worst few agents (per-agent detail
+    is in the read API and pod conditions)."""
+
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    pods: int = 0
-    agents: int = 0
-    mapped: int = 0
+    pods_selected: int = 0
+    agents_connected: int = 0
+    agents_mapped: int = 0
     healthy: int = 0
     unhealthy: int = 0
-    applied: int = 0
-    applying: int = 0
-    failed: int = 0
+    config_applied: int = 0
+    config_applying: int = 0
+    config_failed: int = 0
+    config_pending: int = 0
     drifted: int = 0
+    pods_without_agent: int = 0
+    agents_without_pod: int = 0
+    duplicate_agents: int = 0
+    overlapping_fleets: list[str] = Field(default_factory=list)
     desired_revision: str | None = None
     desired_hash: str | None = None
     stable_revision: str | None = None
