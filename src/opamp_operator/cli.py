@@ -11,6 +11,8 @@ from pathlib import Path
 
 from opamp_operator import __version__
 from opamp_operator.api.crd import render_all
+from opamp_operator.k8s.run import RunOptions
+from opamp_operator.k8s.run import run as run_operator
 from opamp_operator.opamp.wire import protobuf_backend
 from opamp_operator.server.app import Limits
 from opamp_operator.simulator.command import add_parser as _add_simulate
@@ -81,6 +83,37 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_serve)
 
 
+def _run(args: argparse.Namespace) -> int:
+    options = RunOptions(
+        namespaces=tuple(args.namespace),
+        host=args.host,
+        port=args.port,
+        peering=args.peering,
+        status_interval=args.status_interval,
+        heartbeat_seconds=args.heartbeat_seconds,
+    )
+    asyncio.run(run_operator(options))
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the operator: kopf handlers and the OpAMP server in one process",
+        description="Reconcile CollectorFleets and serve OpAMP on /v1/opamp. Credentials come "
+        "from $KUBECONFIG / ~/.kube/config, or the in-cluster service account.",
+    )
+    p.add_argument("--namespace", action="append", default=[], help="watch only these (repeat)")
+    p.add_argument("--host", default="0.0.0.0", help="OpAMP listen address")  # noqa: S104
+    p.add_argument("--port", type=int, default=4320, help="OpAMP listen port")
+    p.add_argument("--peering", default=None, help="kopf peering name (active/standby pair)")
+    p.add_argument(
+        "--status-interval", type=float, default=5.0, help="seconds between status writes"
+    )
+    p.add_argument("--heartbeat-seconds", type=int, default=30)
+    p.set_defaults(func=_run)
+
+
 def _crds(args: argparse.Namespace) -> int:
     """Write (or with --check, compare) the generated CRDs; --check fails on any difference."""
     out: Path = args.out
@@ -118,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_simulate(sub)
     _add_crds(sub)
+    _add_run(sub)
     return parser
 
 

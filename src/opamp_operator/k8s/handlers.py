@@ -1,0 +1,280 @@
+"""kopf handlers: a thin shell that reads fleets, pods and ConfigMaps into the operator
+state, keeps config revisions, and writes aggregated status on a timer (never per
+heartbeat)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from opamp_operator.api.models import GROUP, VERSION, CollectorFleetSpec
+from opamp_operator.fleet.health import conditions, merge_conditions, summarize
+from opamp_operator.fleet.mapping import FleetSelector, SelectorError
+from opamp_operator.fleet.views import PodView
+from opamp_operator.k8s import revisions
+from opamp_operator.k8s.state import FleetRecord, OperatorState
+from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.server.app import OpAMPServer
+
+log = logging.getLogger(__name__)
+FLEETS = (GROUP, VERSION, "collectorfleets")
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    status_interval: float = 5.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_view(body: kopf.Body) -> PodView:
+    status, spec, meta = body.get("status", {}), body.get("spec", {}), body.metadata
+    gates = tuple(g.get("conditionType", "") for g in spec.get("readinessGates", []) or [])
+    return PodView(
+        namespace=meta.namespace or "",
+        name=meta.name or "",
+        uid=meta.uid or "",
+        ip=status.get("podIP", "") or "",
+        labels=dict(meta.labels),
+        node=spec.get("nodeName", "") or "",
+        phase=status.get("phase", "") or "",
+        readiness_gates=gates,
+    )
+
+
+def _resolve_config(namespace: str, spec: CollectorFleetSpec) -> str:
+    """The Collector config text; raises ValueError with a message for the status."""
+    source = spec.config
+    if source.inline is not None:
+        return source.inline
+    ref = source.config_map_ref
+    if ref is None:
+        raise ValueError("spec.config has neither inline nor configMapRef")
+    try:
+        cm = k8s.CoreV1Api().read_namespaced_config_map(ref.name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ValueError(f"ConfigMap {namespace}/{ref.name} not found") from None
+        raise
+    data = cm.data or {}
+    if ref.key not in data:
+        raise ValueError(f"ConfigMap {namespace}/{ref.name} has no key {ref.key!r}")
+    return str(data[ref.key])
+
+
+def _validate(text: str) -> str | None:
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return f"config is not valid YAML: {exc}"
+    if not isinstance(parsed, dict):
+        return "config must be a YAML mapping"
+    return None
+
+
+def _ensure_revision(body: kopf.Body, record: FleetRecord) -> str:
+    """Keep the config as a ControllerRevision; returns the revision's name."""
+    if record.config is None or record.config_text is None:
+        raise ValueError("a fleet without a valid config has no revision")
+    apps: Any = k8s.AppsV1Api()
+    selector = f"{revisions.FLEET_LABEL}={record.name}"
+    listed = apps.list_namespaced_controller_revision(record.namespace, label_selector=selector)
+    existing = [revisions.parse(r.to_dict()) for r in listed.items]
+    plan = revisions.plan(
+        record.name, existing, record.desired_hash, record.spec.revision_history_limit
+    )
+    obj = revisions.revision_object(body, plan.current, record.config_text)
+    if plan.create:
+        apps.create_namespaced_controller_revision(record.namespace, obj)
+    elif any(r.name == plan.current.name and r.revision != plan.current.revision for r in existing):
+        apps.patch_namespaced_controller_revision(
+            plan.current.name, record.namespace, {"revision": plan.current.revision}
+        )
+    for name in plan.prune:
+        apps.delete_namespaced_controller_revision(name, record.namespace)
+    return plan.current.name
+
+
+class FleetHandlers:
+    """The handlers' logic, with the state and the server they act on."""
+
+    def __init__(self, state: OperatorState, server: OpAMPServer) -> None:
+        self.state = state
+        self.server = server
+
+    async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
+        """Read the fleet's spec and config, keep its revision, offer changes at once."""
+        meta = body.metadata
+        namespace, name = meta.namespace or "", meta.name or ""
+        try:
+            spec = CollectorFleetSpec.model_validate(dict(body.spec))
+            selector = FleetSelector.from_label_selector(
+                namespace,
+                name,
+                meta.creation_timestamp or 0.0,
+                spec.selector.model_dump(by_alias=True),
+            )
+        except (ValidationError, SelectorError) as exc:
+            patch.status["conditions"] = _stalled(body, f"invalid spec: {exc}")
+            return
+        generation = int(meta.get("generation", 0))
+        record = FleetRecord(namespace, name, meta.uid or "", generation, selector, spec)
+        try:
+            record.config_text = await asyncio.to_thread(_resolve_config, namespace, spec)
+            record.config_error = _validate(record.config_text)
+        except ValueError as exc:
+            record.config_error = str(exc)
+        if record.config_error is None and record.config_text is not None:
+            record.config = RemoteConfig.single(record.config_text.encode())
+            record.revision = await asyncio.to_thread(_ensure_revision, body, record)
+        previous = self.state.fleets.get(record.key)
+        self.state.fleets[record.key] = record
+        if previous is None or previous.desired_hash != record.desired_hash:
+            self.state.refresh()
+            pushed = await self.server.push_offers()
+            if record.config is not None:
+                kopf.info(
+                    body,
+                    reason="ConfigRevision",
+                    message=f"config revision {record.revision} ({record.desired_hash[:12]}); "
+                    f"offered to {pushed} connected agents",
+                )
+        logger.info("fleet %s reconciled: revision %s", record.key, record.revision)
+
+    async def config_map_changed(self, body: kopf.Body, logger: kopf.Logger) -> None:
+        namespace, name = body.metadata.namespace or "", body.metadata.name or ""
+        for record in self.state.fleets_using_config_map(namespace, name):
+            fleet = await asyncio.to_thread(
+                k8s.CustomObjectsApi().get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                record.namespace,
+                "collectorfleets",
+                record.name,
+            )
+            await self.reconcile(kopf.Body(cast(kopf.RawBody, fleet)), kopf.Patch(), logger)
+
+    async def write_status(self, body: kopf.Body, patch: kopf.Patch) -> None:
+        """Aggregate the fleet's agents; patch status only when something changed."""
+        key = f"{body.metadata.namespace}/{body.metadata.name}"
+        record = self.state.fleets.get(key)
+        if record is None:
+            return
+        assignment = self.state.refresh()
+        await self.server.push_offers()
+        health = summarize(record.selector, assignment.mapping_for(key), record.desired_hash, {})
+        new_conditions = conditions(
+            health,
+            record.generation,
+            int(body.metadata.get("generation", 0)),
+            record.config_error is None,
+            record.config_error or "",
+        )
+        old_status = dict(body.get("status", {}))
+        merged = merge_conditions(old_status.get("conditions", []), new_conditions, _now())
+        status: dict[str, Any] = {
+            **health.to_status(),
+            "observedGeneration": record.generation,
+            "conditions": merged,
+            "desiredRevision": record.revision,
+            "desiredHash": record.desired_hash or None,
+            "overlappingFleets": sorted(
+                {f for o in assignment.overlaps.get(key, ()) for f in o.fleets if f != key}
+            ),
+        }
+        if {k: old_status.get(k) for k in status} != status:
+            patch.status.update(status)
+            _announce(body, old_status.get("conditions", []), merged)
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    state: OperatorState,
+    server: OpAMPServer,
+    settings: HandlerSettings,
+) -> None:
+    """Attach every handler to `registry` (no module-level decorators: tests and the
+    CLI build their own registries)."""
+    handlers = FleetHandlers(state, server)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
+
+    @kopf.on.event("pods", registry=registry)
+    def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        view = pod_view(body)
+        if event["type"] == "DELETED":
+            state.pods.pop(view.key, None)
+        else:
+            state.pods[view.key] = view
+
+    @kopf.on.resume(*FLEETS, registry=registry)
+    @kopf.on.create(*FLEETS, registry=registry)
+    @kopf.on.update(*FLEETS, field="spec", registry=registry)
+    async def fleet_changed(
+        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+    ) -> None:
+        await handlers.reconcile(body, patch, logger)
+
+    @kopf.on.delete(*FLEETS, registry=registry, optional=True)
+    def fleet_deleted(body: kopf.Body, **_: Any) -> None:
+        state.fleets.pop(f"{body.metadata.namespace}/{body.metadata.name}", None)
+        state.refresh()
+
+    @kopf.on.event("configmaps", registry=registry)
+    async def config_map_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+        await handlers.config_map_changed(body, logger)
+
+    @kopf.timer(*FLEETS, interval=settings.status_interval, registry=registry)
+    async def write_status(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        await handlers.write_status(body, patch)
+
+
+def _stalled(body: kopf.Body, message: str) -> list[dict[str, Any]]:
+    old = dict(body.get("status", {})).get("conditions", [])
+    generation = int(body.metadata.get("generation", 0))
+    new = [
+        {
+            "type": "Stalled",
+            "status": "True",
+            "reason": "InvalidSpec",
+            "message": message[:1024],
+            "observedGeneration": generation,
+        },
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "InvalidSpec",
+            "message": message[:1024],
+            "observedGeneration": generation,
+        },
+    ]
+    return merge_conditions(old, new, _now())
+
+
+def _announce(body: kopf.Body, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+    """A Kubernetes Event for every condition whose status changed."""
+    before = {c.get("type"): c.get("status") for c in old}
+    for cond in new:
+        if before.get(cond["type"]) != cond["status"]:
+            kind = (
+                "Normal" if (cond["type"] == "Ready") == (cond["status"] == "True") else "Warning"
+            )
+            kopf.event(
+                body,
+                type=kind,
+                reason=f"{cond['type']}{cond['status']}",
+                message=f"{cond['reason']}: {cond.get('message', '')}"[:1024],
+            )

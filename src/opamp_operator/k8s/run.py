@@ -1,0 +1,75 @@
+"""`opamp-operator run`: kopf and the OpAMP server in one asyncio process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import kopf
+from aiohttp import web
+from kubernetes import config as k8s_config
+
+from opamp_operator.k8s.handlers import HandlerSettings, register
+from opamp_operator.k8s.state import OperatorState
+from opamp_operator.opamp.session import CoreSettings, ServerCore
+from opamp_operator.server.app import DEFAULT_PORT, Limits, OpAMPServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    host: str = "0.0.0.0"  # noqa: S104 - agents connect from other pods
+    port: int = DEFAULT_PORT
+    peering: str | None = None  # kopf peering name for an active/standby pair
+    status_interval: float = 5.0
+    heartbeat_seconds: int | None = 30
+    limits: Limits = field(default_factory=Limits)
+
+
+def load_kubernetes_credentials() -> None:
+    """The kubernetes client the handlers use for reads and writes kopf does not do:
+    in-cluster service account first, then $KUBECONFIG / ~/.kube/config."""
+    try:
+        k8s_config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+async def run(options: RunOptions) -> None:
+    load_kubernetes_credentials()
+    state = OperatorState()
+    core = ServerCore(
+        CoreSettings(offer_heartbeat_seconds=options.heartbeat_seconds), desired=state
+    )
+    state.core = core
+    server = OpAMPServer(core, options.limits)
+    runner = web.AppRunner(server.app(), handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, options.host, options.port).start()
+    log.info("OpAMP server on %s:%d/v1/opamp", options.host, options.port)
+
+    registry = kopf.OperatorRegistry()
+    register(registry, state, server, HandlerSettings(status_interval=options.status_interval))
+    settings = kopf.OperatorSettings()
+    settings.posting.level = logging.INFO
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            clusterwide=not options.namespaces,
+            namespaces=options.namespaces,
+            standalone=options.peering is None,
+            peering_name=options.peering,
+            stop_flag=stop,
+        )
+    finally:
+        log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
+        await runner.cleanup()

@@ -1,0 +1,80 @@
+"""What the operator knows between handler calls: fleets, pods, and which agent belongs to
+which fleet. It is the OpAMP core's source of desired configs.
+
+Only live connections are in-memory truth; everything here is rebuilt from the cluster
+(kopf resumes fleets and re-lists pods on start), so a restarted operator converges to the
+same assignment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from opamp_operator.api.models import CollectorFleetSpec
+from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
+from opamp_operator.fleet.views import AgentView, PodView, agent_view
+from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.session import AgentRecord, ServerCore
+
+
+@dataclass
+class FleetRecord:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    selector: FleetSelector
+    spec: CollectorFleetSpec
+    config_text: str | None = None
+    config: RemoteConfig | None = None
+    config_error: str | None = None
+    revision: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def desired_hash(self) -> str:
+        return self.config.hash.hex() if self.config is not None else ""
+
+
+@dataclass
+class OperatorState:
+    core: ServerCore | None = None
+    fleets: dict[str, FleetRecord] = field(default_factory=dict)
+    pods: dict[str, PodView] = field(default_factory=dict)
+    assignment: FleetAssignment | None = None
+    views: dict[str, AgentView] = field(default_factory=dict)
+
+    def refresh(self) -> FleetAssignment:
+        """Re-map every agent to pods and fleets; cheap enough to run every few seconds."""
+        agents = self.core.agents.values() if self.core is not None else []
+        self.views = {v.instance_uid: v for v in map(agent_view, agents)}
+        self.assignment = assign_fleets(
+            [f.selector for f in self.fleets.values()],
+            list(self.pods.values()),
+            list(self.views.values()),
+        )
+        return self.assignment
+
+    def fleet_of(self, agent: AgentRecord) -> FleetRecord | None:
+        if self.assignment is None:
+            return None
+        key = self.assignment.fleet_of_agent.get(uid_str(agent.instance_uid))
+        return self.fleets.get(key) if key is not None else None
+
+    def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
+        """DesiredConfigSource: the config of the fleet the agent's pod belongs to."""
+        fleet = self.fleet_of(agent)
+        return fleet.config if fleet is not None else None
+
+    def fleets_using_config_map(self, namespace: str, name: str) -> list[FleetRecord]:
+        return [
+            f
+            for f in self.fleets.values()
+            if f.namespace == namespace
+            and f.spec.config.config_map_ref is not None
+            and f.spec.config.config_map_ref.name == name
+        ]

@@ -1,0 +1,200 @@
+"""`opamp-operator run` on the local cluster: a CollectorFleet over kwok-run pods, with
+real opamp-go agents claiming those pods' identities."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from opamp_operator.api.models import GROUP, VERSION
+from world import binaries
+from world.cluster import LocalCluster
+from world.collector import JsonlProcess, start_go_agent
+from world.operator_run import OperatorProcess, start_operator
+
+pytestmark = pytest.mark.world
+
+CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"collectorfleets.{GROUP}.yaml"
+CONFIG_V1 = "receivers:\n  otlp:\n    protocols:\n      grpc: {}\n"
+CONFIG_V2 = CONFIG_V1 + "exporters:\n  debug: {}\n"
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}")
+
+
+@pytest.fixture(scope="module")
+def crds(api_client: Any) -> Iterator[None]:
+    ext: Any = k8s.ApiextensionsV1Api(api_client)
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    ext.create_custom_resource_definition(crd)
+    _wait(
+        "the CRD to be served",
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions
+            or []
+        ),
+    )
+    yield
+    ext.delete_custom_resource_definition(crd["metadata"]["name"])
+
+
+@pytest.fixture
+def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    with start_operator(cluster.kubeconfig, tmp_path) as op:
+        yield op
+
+
+def _pods(api_client: Any, namespace: str) -> list[Any]:
+    core: Any = k8s.CoreV1Api(api_client)
+    pods = core.list_namespaced_pod(namespace, label_selector="app=collector").items
+    return [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+
+
+def _fleet(api_client: Any, namespace: str) -> dict[str, Any]:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    fleet: dict[str, Any] = co.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "collectorfleets", "collectors"
+    )
+    return fleet
+
+
+def _status(api_client: Any, namespace: str) -> dict[str, Any]:
+    return dict(_fleet(api_client, namespace).get("status") or {})
+
+
+def _ready(status: dict[str, Any]) -> str | None:
+    return next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+
+
+def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    apps: Any = k8s.AppsV1Api(api_client)
+    labels = {"app": "collector"}
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "collector"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "otelcol", "image": "otelcol:0.149.0"}]},
+                },
+            },
+        },
+    )
+    pods = _wait(
+        "3 Running pods", lambda: p if len(p := _pods(api_client, namespace)) == 3 else None
+    )
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "collectorfleets",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CollectorFleet",
+            "metadata": {"name": "collectors"},
+            "spec": {"selector": {"matchLabels": labels}, "config": {"inline": CONFIG_V1}},
+        },
+    )
+    # One agent per mapping rule, and one that claims no pod.
+    claims = [
+        [f"--attr=k8s.pod.uid={pods[0].metadata.uid}"],
+        [f"--attr=k8s.namespace.name={namespace}", f"--attr=k8s.pod.name={pods[1].metadata.name}"],
+        [f"--non-identifying=host.name={pods[2].metadata.name}"],
+        ["--attr=k8s.pod.name=not-a-pod"],
+    ]
+    agents: list[JsonlProcess] = []
+    try:
+        for claim in claims:
+            agents.append(start_go_agent(operator.ws_url, "--heartbeat=1s", *claim))
+        for agent in agents[:3]:
+            got = agent.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
+            assert got["remote_config"]["files"][""]["body"] == CONFIG_V1
+        status = _wait(
+            "status: 3 pods, 3 agents mapped, all applied, Ready",
+            lambda: (
+                s
+                if (s := _status(api_client, namespace)).get("configApplied") == 3
+                and _ready(s) == "True"
+                else None
+            ),
+        )
+        assert status["podsSelected"] == 3
+        assert status["agentsMapped"] == 3
+        assert status["podsWithoutAgent"] == 0
+        assert status["observedGeneration"] == 1
+        assert status["desiredRevision"].startswith("collectors-")
+        # The orphan claims no pod of this fleet: it gets no config.
+        assert not any("remote_config" in e for e in agents[3].seen)
+
+        revisions: Any = k8s.AppsV1Api(api_client)
+        listed = revisions.list_namespaced_controller_revision(
+            namespace, label_selector=f"{GROUP}/fleet=collectors"
+        ).items
+        assert [r.data["config"] for r in listed] == [CONFIG_V1]
+        assert listed[0].metadata.owner_references[0].kind == "CollectorFleet"
+
+        co.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "collectorfleets",
+            "collectors",
+            {"spec": {"config": {"inline": CONFIG_V2}}},
+        )
+        for agent in agents[:3]:
+            agent.wait_for(
+                "message",
+                timeout=60,
+                where=lambda e: (
+                    e.get("remote_config", {}).get("files", {}).get("", {}).get("body") == CONFIG_V2
+                ),
+            )
+        status = _wait(
+            "status: generation 2 applied by all",
+            lambda: (
+                s
+                if (s := _status(api_client, namespace)).get("observedGeneration") == 2
+                and s.get("configApplied") == 3
+                else None
+            ),
+        )
+        assert status["desiredRevision"] != listed[0].metadata.name
+        listed = revisions.list_namespaced_controller_revision(
+            namespace, label_selector=f"{GROUP}/fleet=collectors"
+        ).items
+        assert sorted(r.revision for r in listed) == [1, 2]
+
+        # An agent going unhealthy reaches the fleet's status.
+        agents[0].send(cmd="health", healthy=False, last_error="exporter down")
+        status = _wait(
+            "an unhealthy agent in status",
+            lambda: s if (s := _status(api_client, namespace)).get("unhealthy") == 1 else None,
+        )
+        assert _ready(status) == "False"
+        assert any("exporter down" in w["message"] for w in status["worstAgents"])
+    finally:
+        for agent in agents:
+            agent.stop()
