@@ -1,0 +1,428 @@
+"""Drift: does an agent run the config its fleet wants?
+
+A Collector reports its effective config re-serialised from its typed config: keys in
+another order, every default filled in, durations and secrets rendered its own way, and
+(under the supervisor) the supervisor's own extension added. So neither a raw hash nor a
+text comparison says anything; drift is "some value the desired config sets is missing or
+different in the effective config". The rule, applied recursively to the parsed YAML:
+
+- a mapping matches when each of its keys is present in the effective mapping and its
+  value matches; keys only the effective config has (defaults) do not count;
+- a list matches a list of the same length, item by item (items are matched by this same
+  rule, so defaults filled into list items do not count); `service.extensions` is the
+  exception: the supervisor appends its `opamp` extension, so each desired extension
+  need only be present;
+- null sets nothing and matches any value, but its key must be there; an empty mapping
+  or list also matches null;
+- scalars match when equal (booleans only to booleans), or when they are the same YAML
+  text, possibly under another type (`"10"` and `10`; NaN and NaN), or the same Go
+  duration (`1m` and `1m0s`, or the nanoseconds), or the effective value is the
+  Collector's `[REDACTED]` for a secret, or the desired value is a `${...}`
+  substitution the Collector resolved (its literal parts must still match).
+
+Differences name paths only, never values: configs hold secrets and these reasons go
+into status messages and events.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from fractions import Fraction
+from itertools import islice
+from typing import Any
+
+import yaml
+
+from opamp_operator.fleet.validation import ConfigSyntaxError, child_path, index_path, load_yaml
+from opamp_operator.fleet.views import AgentView
+
+MAX_REASONS = 20  # differing paths kept for a status message
+SHOWN_REASONS = 5  # of those, named in a verdict's one-line reason
+MAX_DIFF_CHARS = 64_000  # a unified diff for the read API stops here
+REDACTED = "[REDACTED]"  # how the Collector marshals a configopaque.String
+EXTENSIONS_PATH = "service.extensions"
+
+_UNITS = {
+    "ns": Fraction(1),
+    "us": Fraction(1000),
+    "µs": Fraction(1000),  # Go accepts both micro signs: U+00B5 and U+03BC
+    "μs": Fraction(1000),
+    "ms": Fraction(1_000_000),
+    "s": Fraction(1_000_000_000),
+    "m": Fraction(60_000_000_000),
+    "h": Fraction(3_600_000_000_000),
+}
+_DURATION_RE = re.compile(r"[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_DURATION_PART_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+class DriftState(StrEnum):
+    IN_SYNC = "InSync"
+    DRIFTED = "Drifted"
+    PENDING = "Pending"  # applying the desired config right now
+    UNKNOWN = "Unknown"  # nothing reported to judge by
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    """What the fleet layer concludes about one agent; `paths` are the first differing
+    paths when the effective config differs."""
+
+    state: DriftState
+    reason: str
+    paths: tuple[str, ...] = ()
+
+    @property
+    def drifted(self) -> bool:
+        return self.state is DriftState.DRIFTED
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A path the effective config does not satisfy: `missing` (absent), `changed`
+    (another value) or `added` (an extra list item)."""
+
+    path: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '(the whole config)'} ({self.kind})"
+
+
+# ---------------------------------------------------------------- scalar rules
+
+
+def _text(value: object) -> str | None:
+    """A scalar as YAML would write it; None for anything that is not a plain scalar."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    return None
+
+
+def _duration_ns(value: str) -> Fraction | None:
+    """A Go duration string (time.ParseDuration's syntax) in nanoseconds, else None."""
+    if value in ("0", "+0", "-0"):
+        return Fraction(0)
+    if not _DURATION_RE.fullmatch(value):
+        return None
+    total = sum(
+        (Fraction(number) * _UNITS[unit] for number, unit in _DURATION_PART_RE.findall(value)),
+        Fraction(0),
+    )
+    return -total if value.startswith("-") else total
+
+
+def _substitution_pattern(value: str) -> re.Pattern[str] | None:
+    """A regex for what the Collector can make of `value`: each `${...}` (braces may
+    nest, as in `${env:A:-${env:B}}`) resolves to anything, `$$` to `$`. None when the
+    whole value is one substitution: it may resolve to any value, even a mapping."""
+    parts: list[str] = []
+    i = 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            parts.append(re.escape("$"))
+            i += 2
+        elif value.startswith("${", i):
+            depth, j = 0, i
+            while j < len(value):
+                if value.startswith("${", j):
+                    depth, j = depth + 1, j + 2
+                    continue
+                if value[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if j >= len(value):  # unterminated: the Collector leaves it as text
+                parts.append(re.escape(value[i:]))
+                break
+            if i == 0 and j == len(value) - 1:
+                return None
+            parts.append("(?s:.*)")
+            i = j + 1
+        else:
+            parts.append(re.escape(value[i]))
+            i += 1
+    return re.compile("".join(parts))
+
+
+def _plain_equal(desired: object, effective: object) -> bool:
+    if isinstance(desired, bool) or isinstance(effective, bool):
+        return isinstance(desired, bool) and isinstance(effective, bool) and desired == effective
+    return bool(desired == effective)
+
+
+def _same_duration(desired: str, effective: object) -> bool:
+    wanted = _duration_ns(desired)
+    if wanted is None:
+        return False
+    if isinstance(effective, str):
+        return _duration_ns(effective) == wanted
+    return isinstance(effective, int) and not isinstance(effective, bool) and effective == wanted
+
+
+def _resolved(desired: str, effective: object) -> bool:
+    """Whether `effective` can be what the Collector made of a `${...}` in `desired`."""
+    if "$" not in desired:
+        return False
+    pattern = _substitution_pattern(desired)
+    if pattern is None:
+        return True
+    text = _text(effective)
+    return text is not None and pattern.fullmatch(text) is not None
+
+
+def _scalar_matches(desired: object, effective: object) -> bool:
+    desired_text = _text(desired)
+    return (
+        _plain_equal(desired, effective)
+        # "10" vs 10: the same YAML text, typed another way
+        or (desired_text is not None and desired_text == _text(effective))
+        or (
+            isinstance(desired, str)
+            and (
+                effective == REDACTED
+                or _resolved(desired, effective)
+                or _same_duration(desired, effective)
+            )
+        )
+    )
+
+
+# ---------------------------------------------------------------- the subset walk
+
+
+def _lookup(effective: Mapping[Any, Any], key: object) -> tuple[bool, Any]:
+    if key in effective:
+        return True, effective[key]
+    text = _text(key)  # `1:` in one file, `"1":` in the other
+    if text is not None and not isinstance(key, str) and text in effective:
+        return True, effective[text]
+    return False, None
+
+
+def _walk_mapping(desired: Mapping[Any, Any], effective: object, path: str) -> Iterator[Difference]:
+    if effective is None:
+        effective = {}
+    if not isinstance(effective, Mapping):
+        yield Difference(path, "changed")
+        return
+    for key, value in desired.items():
+        found, actual = _lookup(effective, key)
+        if found:
+            yield from _walk(value, actual, child_path(path, key))
+        else:
+            yield Difference(child_path(path, key), "missing")
+
+
+def _walk_list(desired: list[Any], effective: object, path: str) -> Iterator[Difference]:
+    if effective is None:
+        effective = []
+    if not isinstance(effective, list):
+        yield Difference(path, "changed")
+    elif path == EXTENSIONS_PATH:
+        for i, item in enumerate(desired):
+            if not any(_matches(item, candidate) for candidate in effective):
+                yield Difference(index_path(path, i), "missing")
+    else:
+        for i in range(max(len(desired), len(effective))):
+            if i >= len(effective):
+                yield Difference(index_path(path, i), "missing")
+            elif i >= len(desired):
+                yield Difference(index_path(path, i), "added")
+            else:
+                yield from _walk(desired[i], effective[i], index_path(path, i))
+
+
+def _walk(desired: object, effective: object, path: str) -> Iterator[Difference]:
+    """Each place where `effective` does not satisfy `desired`, in desired order."""
+    if desired is None:
+        return
+    if isinstance(desired, Mapping):
+        yield from _walk_mapping(desired, effective, path)
+    elif isinstance(desired, list):
+        yield from _walk_list(desired, effective, path)
+    elif not _scalar_matches(desired, effective):
+        yield Difference(path, "changed")
+
+
+def _matches(desired: object, effective: object) -> bool:
+    return next(_walk(desired, effective, ""), None) is None
+
+
+def differences(desired: object, effective: object, limit: int = MAX_REASONS) -> list[Difference]:
+    """The first `limit` places where a parsed effective config does not satisfy a parsed
+    desired config (see the module docstring for the rule)."""
+    return list(islice(_walk(desired, effective, ""), max(limit, 0)))
+
+
+def _parse_both(desired_yaml: str, effective_yaml: str) -> tuple[Any, Any, list[str]]:
+    errors: list[str] = []
+    desired = effective = None
+    try:
+        desired = load_yaml(desired_yaml)
+    except ConfigSyntaxError as error:
+        errors.append(f"the desired config is {error}")
+    try:
+        effective = load_yaml(effective_yaml)
+    except ConfigSyntaxError as error:
+        errors.append(f"the effective config is {error}")
+    return desired, effective, errors
+
+
+def drift_reasons(desired_yaml: str, effective_yaml: str, limit: int = MAX_REASONS) -> list[str]:
+    """Why the effective config does not satisfy the desired one: the first `limit`
+    differing paths (`path (missing|changed|added)`), or why either side could not be
+    read; [] when it is not drifted."""
+    desired, effective, errors = _parse_both(desired_yaml, effective_yaml)
+    if errors:
+        return errors[: max(limit, 0)]
+    return [str(d) for d in differences(desired, effective, limit)]
+
+
+def drifted(desired_yaml: str, effective_yaml: str) -> bool:
+    """True when some value the desired config sets is missing or different in the
+    effective config, or either side is not valid YAML."""
+    return bool(drift_reasons(desired_yaml, effective_yaml, limit=1))
+
+
+# ---------------------------------------------------------------- canonical form and diff
+
+
+def _sort_key(key: object) -> tuple[bool, str, str]:
+    # mixed key types (1: and a:) must still sort, and deterministically
+    return (not isinstance(key, str), type(key).__name__, str(key))
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {k: _canonical(value[k]) for k in sorted(value, key=_sort_key)}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return {k: None for k in sorted(value, key=_sort_key)}
+    return value
+
+
+def canonical_yaml(text: str) -> str:
+    """The config parsed and re-dumped with sorted keys and block style, so a diff shows
+    content, not formatting; text that is not valid YAML is returned as it is."""
+    try:
+        data = load_yaml(text)
+    except ConfigSyntaxError:
+        return text
+    if data is None:
+        return ""
+    return yaml.safe_dump(
+        _canonical(data), sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
+    )
+
+
+def unified_diff(
+    desired_yaml: str,
+    effective_yaml: str,
+    name: str = "config.yaml",
+    max_chars: int = MAX_DIFF_CHARS,
+) -> str:
+    """A unified diff from the desired config to the effective one, both in canonical
+    form, cut at a line boundary near `max_chars`; "" when they are the same."""
+    before = [line + "\n" for line in canonical_yaml(desired_yaml).splitlines()]
+    after = [line + "\n" for line in canonical_yaml(effective_yaml).splitlines()]
+    lines = list(difflib.unified_diff(before, after, f"desired/{name}", f"effective/{name}"))
+    out: list[str] = []
+    size = 0
+    for i, line in enumerate(lines):
+        if size + len(line) > max_chars:
+            out.append(f"... diff truncated: {len(lines) - i} more lines\n")
+            break
+        out.append(line)
+        size += len(line)
+    return "".join(out)
+
+
+# ---------------------------------------------------------------- one agent
+
+
+def _short(config_hash: str) -> str:
+    return config_hash[:12] if config_hash else "(none)"
+
+
+def _effective_verdict(desired_yaml: str, effective_yaml: str, applied: bool) -> DriftVerdict:
+    desired, effective, errors = _parse_both(desired_yaml, effective_yaml)
+    if errors:
+        return DriftVerdict(DriftState.DRIFTED, "; ".join(errors))
+    found = differences(desired, effective, MAX_REASONS)
+    if not found:
+        prefix = "applied the desired config and " if applied else ""
+        return DriftVerdict(DriftState.IN_SYNC, f"{prefix}its effective config matches it")
+    named = ", ".join(str(d) for d in found[:SHOWN_REASONS])
+    more = " and more" if len(found) > SHOWN_REASONS else ""
+    return DriftVerdict(
+        DriftState.DRIFTED,
+        f"its effective config differs from the desired config at {named}{more}",
+        tuple(d.path for d in found),
+    )
+
+
+_NO_ERROR = "(the agent gave no error message)"
+
+
+def _status_verdict(agent: AgentView, reported: str, wanted: str) -> DriftVerdict:
+    """The verdict from the remote config status alone, for an agent that does not
+    report APPLIED for the desired hash."""
+    status = agent.remote_config_status
+    same = bool(reported) and reported == wanted
+    if same and status == "APPLYING":
+        return DriftVerdict(DriftState.PENDING, "applying the desired config")
+    if status == "FAILED":
+        subject = "the desired config" if same else f"config {_short(reported)}"
+        tail = "" if same else f"; the desired config is {_short(wanted)}"
+        return DriftVerdict(
+            DriftState.DRIFTED,
+            f"failed to apply {subject}: {agent.remote_config_error or _NO_ERROR}{tail}",
+        )
+    if status == "UNSET" or not reported:
+        return DriftVerdict(
+            DriftState.DRIFTED,
+            f"the agent has no remote config (status {status}); "
+            f"the desired config is {_short(wanted)}",
+        )
+    doing = {"APPLIED": "runs", "APPLYING": "is applying"}.get(str(status), f"reports {status} for")
+    return DriftVerdict(
+        DriftState.DRIFTED,
+        f"the agent {doing} config {_short(reported)}, not the desired {_short(wanted)}",
+    )
+
+
+def agent_drift(agent: AgentView, desired_yaml: str, desired_hash: str) -> DriftVerdict:
+    """The drift verdict for one agent against its fleet's desired config (`desired_hash`
+    in hex, as agents echo it).
+
+    In sync: APPLIED for the desired hash, and no effective config reported or one that
+    satisfies the desired config. Pending: APPLYING the desired hash. Unknown: no remote
+    config status and no effective config (e.g. an agent that does not accept remote
+    config and reports nothing); with an effective config but no status, that config
+    alone decides. Drifted otherwise, with the reason.
+    """
+    status = agent.remote_config_status
+    reported = agent.remote_config_hash.lower()
+    wanted = desired_hash.lower()
+    has_effective = bool(agent.effective_config.strip())
+    if status is None:
+        if not has_effective:
+            return DriftVerdict(
+                DriftState.UNKNOWN,
+                "the agent has reported neither a remote config status nor an effective config",
+            )
+        return _effective_verdict(desired_yaml, agent.effective_config, applied=False)
+    if status == "APPLIED" and reported and reported == wanted:
+        if not has_effective:
+            return DriftVerdict(DriftState.IN_SYNC, "applied the desired config")
+        return _effective_verdict(desired_yaml, agent.effective_config, applied=True)
+    return _status_verdict(agent, reported, wanted)

@@ -1,0 +1,694 @@
+"""Drift: a Collector's re-serialised effective config is not drift, a local edit is,
+and the verdict for an agent follows its remote config status and effective config."""
+
+from __future__ import annotations
+
+import copy
+import random
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opamp_operator.fleet.drift import (
+    MAX_REASONS,
+    DriftState,
+    DriftVerdict,
+    canonical_yaml,
+    differences,
+    drift_reasons,
+    drifted,
+    unified_diff,
+)
+from opamp_operator.fleet.drift import agent_drift as judge
+from opamp_operator.fleet.validation import child_path, index_path
+from opamp_operator.fleet.views import AgentView
+
+# What the fleet asks for: a gateway with env substitutions, a secret header, a null
+# component, list items that are mappings (transform statements) and the extensions list.
+DESIRED = """\
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: ${env:MY_POD_IP}:4317
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_percentage: 80
+  batch:
+    timeout: 200ms
+  transform:
+    trace_statements:
+      - context: span
+        statements:
+          - set(attributes["tier"], "gateway")
+  resource:
+    attributes:
+      - {key: deployment.revision, value: 10, action: upsert}
+exporters:
+  otlp:
+    endpoint: tempo:4317
+    headers:
+      authorization: Bearer ${env:TEMPO_TOKEN}
+    retry_on_failure:
+      max_elapsed_time: 5m
+    tls:
+      insecure: true
+  debug:
+extensions:
+  health_check: {}
+  pprof:
+    endpoint: localhost:1777
+service:
+  extensions: [health_check, pprof]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, transform, resource, batch]
+      exporters: [otlp, debug]
+"""
+
+# The same config as a supervised Collector reports it: keys re-ordered, flow style gone,
+# defaults filled in (also inside list items), substitutions resolved, the secret
+# redacted, durations re-rendered (one as nanoseconds), an int field rendered as text,
+# and the supervisor's opamp extension added to extensions and service.extensions.
+EFFECTIVE = """\
+exporters:
+  debug:
+    sampling_initial: 2
+    sampling_thereafter: 1
+    use_internal_logger: true
+    verbosity: basic
+  otlp:
+    balancer_name: round_robin
+    compression: gzip
+    endpoint: tempo:4317
+    headers:
+      authorization: '[REDACTED]'
+    retry_on_failure:
+      enabled: true
+      initial_interval: 5s
+      max_elapsed_time: 5m0s
+      max_interval: 30s
+      multiplier: 1.5
+    sending_queue:
+      enabled: true
+      num_consumers: 10
+      queue_size: 1000
+    timeout: 5s
+    tls:
+      include_system_ca_certs_pool: false
+      insecure: true
+extensions:
+  health_check:
+    endpoint: 0.0.0.0:13133
+    path: /
+  opamp:
+    capabilities:
+      reports_effective_config: true
+    instance_uid: 01912e38-7d6a-7b4e-8a1b-2f8c4c9d0e11
+    server:
+      ws:
+        endpoint: ws://127.0.0.1:44123/v1/opamp
+  pprof:
+    block_profile_fraction: 0
+    endpoint: localhost:1777
+processors:
+  batch:
+    metadata_cardinality_limit: 1000
+    send_batch_max_size: 0
+    send_batch_size: 8192
+    timeout: 200000000
+  memory_limiter:
+    check_interval: 1s
+    limit_mib: 0
+    limit_percentage: 80
+    spike_limit_percentage: 0
+  resource:
+    attributes:
+      - action: upsert
+        key: deployment.revision
+        value: "10"
+  transform:
+    error_mode: propagate
+    trace_statements:
+      - conditions: []
+        context: span
+        error_mode: ""
+        statements:
+          - set(attributes["tier"], "gateway")
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 10.244.1.17:4317
+        max_recv_msg_size_mib: 0
+        read_buffer_size: 524288
+service:
+  extensions:
+    - health_check
+    - pprof
+    - opamp
+  pipelines:
+    traces:
+      exporters: [otlp, debug]
+      processors: [memory_limiter, transform, resource, batch]
+      receivers: [otlp]
+  telemetry:
+    logs:
+      encoding: json
+      level: info
+    resource:
+      service.instance.id: 01912e38-7d6a-7b4e-8a1b-2f8c4c9d0e11
+"""
+
+
+def test_a_real_collector_report_of_the_desired_config_is_not_drift() -> None:
+    assert drift_reasons(DESIRED, EFFECTIVE) == []
+    assert not drifted(DESIRED, EFFECTIVE)
+    assert EFFECTIVE != DESIRED  # and the raw texts do differ
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reasons"),
+    [
+        (
+            "    endpoint: tempo:4317\n",
+            "    endpoint: tempo-canary:4317\n",
+            ["exporters.otlp.endpoint (changed)"],
+        ),
+        (
+            "      insecure: true\n",
+            "      insecure: false\n",
+            ["exporters.otlp.tls.insecure (changed)"],
+        ),
+        (
+            "      max_elapsed_time: 5m0s\n",
+            "      max_elapsed_time: 10m0s\n",
+            ["exporters.otlp.retry_on_failure.max_elapsed_time (changed)"],
+        ),
+        (
+            "        endpoint: 10.244.1.17:4317\n",
+            "        endpoint: 10.244.1.17:4318\n",
+            ["receivers.otlp.protocols.grpc.endpoint (changed)"],
+        ),
+        (
+            "      processors: [memory_limiter, transform, resource, batch]\n",
+            "      processors: [memory_limiter, transform, resource]\n",
+            ["service.pipelines.traces.processors[3] (missing)"],
+        ),
+        (
+            "      processors: [memory_limiter, transform, resource, batch]\n",
+            "      processors: [memory_limiter, transform, resource, batch, filter]\n",
+            ["service.pipelines.traces.processors[4] (added)"],
+        ),
+        (
+            "      processors: [memory_limiter, transform, resource, batch]\n",
+            "      processors: [transform, memory_limiter, resource, batch]\n",
+            [
+                "service.pipelines.traces.processors[0] (changed)",
+                "service.pipelines.traces.processors[1] (changed)",
+            ],
+        ),
+        (
+            "    - pprof\n",
+            "",
+            ["service.extensions[1] (missing)"],
+        ),
+        (
+            '          - set(attributes["tier"], "gateway")\n',
+            '          - set(attributes["tier"], "edge")\n',
+            ["processors.transform.trace_statements[0].statements[0] (changed)"],
+        ),
+        (
+            "  pprof:\n    block_profile_fraction: 0\n    endpoint: localhost:1777\n",
+            "",
+            ["extensions.pprof (missing)"],
+        ),
+        (
+            '        value: "10"\n',
+            '        value: "11"\n',
+            ["processors.resource.attributes[0].value (changed)"],
+        ),
+        (
+            "    headers:\n      authorization: '[REDACTED]'\n",
+            "    headers: none\n",
+            ["exporters.otlp.headers (changed)"],
+        ),
+    ],
+)
+def test_a_local_edit_is_drift_named_by_path(old: str, new: str, reasons: list[str]) -> None:
+    assert old in EFFECTIVE
+    edited = EFFECTIVE.replace(old, new)
+    assert drift_reasons(DESIRED, edited) == reasons
+    assert drifted(DESIRED, edited)
+
+
+@pytest.mark.parametrize(
+    ("desired", "effective", "is_drift"),
+    [
+        # booleans are not numbers; numbers compare by value; NaN is NaN
+        ("a: true", "a: 1", True),
+        ("a: 1", "a: 1.0", False),
+        ("a: .nan", "a: .nan", False),
+        ("a: 0", "a: false", True),
+        # the same YAML text typed another way
+        ("a: '10'", "a: 10", False),
+        ("a: 10", "a: '10'", False),
+        ("a: true", "a: 'true'", False),
+        ("a: 10", "a: '10.0'", True),
+        # Go durations
+        ("a: 1m", "a: 1m0s", False),
+        ("a: 1m", "a: 60000000000", False),
+        ("a: 1.5h", "a: 1h30m0s", False),
+        ("a: 1m", "a: 61s", True),
+        ("a: 1m", "a: 60000000001", True),
+        ("a: 1m", "a: true", True),
+        ("a: abc", "a: 1m", True),
+        # secrets the Collector redacts
+        ("a: s3cret", "a: '[REDACTED]'", False),
+        ("a: '[REDACTED]'", "a: s3cret", True),
+        # substitutions the Collector resolved
+        ("a: ${env:X}", "a: {b: 1}", False),
+        ("a: ${env:X}", "b: 1", True),  # resolved to anything, but still there
+        ("a: 'http://${env:HOST}:4317'", "a: http://10.0.0.1:4317", False),
+        ("a: 'http://${env:HOST}:4317'", "a: http://10.0.0.1:4318", True),
+        ("a: '${env:A:-${env:B}}/x'", "a: anything/x", False),
+        ("a: '${env:A:-${env:B}}/x'", "a: anything/y", True),
+        ("a: 'cost $$5'", "a: cost $5", False),
+        ("a: '$${env:X}'", "a: '${env:X}'", False),
+        ("a: '${unterminated'", "a: '${unterminated'", False),
+        ("a: '${unterminated'", "a: something", True),
+        ("a: 'x${env:N}'", "a: 1", True),
+        # null sets nothing, but its key is there; empty containers match null
+        ("a: null", "a: {b: 1}", False),
+        ("a: null", "b: 1", True),
+        ("a: {}", "a: null", False),
+        ("a: []", "a: null", False),
+        ("a: {b: 1}", "a: null", True),
+        ("a: []", "a: [1]", True),
+        ("a: {}", "a: []", True),
+        ("a: [1]", "a: {0: 1}", True),
+        # lists are positional, their items matched by the same rule
+        ("a: [1, 2]", "a: [2, 1]", True),
+        ("a: [{k: 1}]", "a: [{k: 1, default: 2}]", False),
+        # only service.extensions is a set (the supervisor appends opamp)
+        ("service: {extensions: [a, b]}", "service: {extensions: [b, opamp, a]}", False),
+        ("service: {extensions: [a, b]}", "service: {extensions: [a]}", True),
+        ("x: {extensions: [a]}", "x: {extensions: [a, opamp]}", True),
+        # a key written as a number on one side and a string on the other
+        ("1: a", "'1': a", False),
+        ("a: 2024-01-01", "a: 2024-01-01", False),
+    ],
+)
+def test_value_rules(desired: str, effective: str, is_drift: bool) -> None:
+    assert drifted(desired, effective) is is_drift
+    assert bool(drift_reasons(desired, effective)) is is_drift
+
+
+def test_invalid_yaml_on_either_side_is_drift_with_a_reason() -> None:
+    assert drifted("a: [", "a: 1")
+    assert drifted("a: 1", "a: [")
+    assert drift_reasons("a: 1", "a: [") == [
+        "the effective config is not valid YAML: expected the node content, but found "
+        "'<stream end>' (while parsing a flow node) (line 1, column 5)"
+    ]
+    assert [r.split(":")[0] for r in drift_reasons("{", "]")] == [
+        "the desired config is not valid YAML",
+        "the effective config is not valid YAML",
+    ]
+
+
+def test_reasons_are_bounded_and_never_show_values() -> None:
+    desired = "\n".join(f"k{i}: secret-{i}" for i in range(50))
+    effective = "\n".join(f"k{i}: other-{i}" for i in range(50))
+    reasons = drift_reasons(desired, effective)
+    assert len(reasons) == MAX_REASONS
+    assert reasons[0] == "k0 (changed)"
+    assert not any("secret" in r or "other" in r for r in reasons)
+    assert drift_reasons(desired, effective, limit=3) == [
+        "k0 (changed)",
+        "k1 (changed)",
+        "k2 (changed)",
+    ]
+    assert drift_reasons(desired, effective, limit=0) == []
+    assert drift_reasons(desired, "") == [f"k{i} (missing)" for i in range(MAX_REASONS)]
+
+
+@pytest.mark.parametrize("depth", [99, 101, 450, 5000])
+def test_deep_documents_never_overflow_the_walks(depth: int) -> None:
+    deep = "a: " + "[" * depth + "]" * depth + "\n"
+    shallower = "a: " + "[" * (depth - 1) + "]" * (depth - 1) + "\n"
+    assert drifted(deep, shallower)
+    reasons = drift_reasons(deep, deep)
+    if depth < 100:
+        assert reasons == []
+    else:
+        assert len(reasons) == 2
+        assert reasons[0].startswith("the desired config is too deeply nested")
+        assert reasons[1].startswith("the effective config is too deeply nested")
+    assert unified_diff(deep, "a: 1\n").startswith("--- desired/config.yaml\n")
+
+
+def test_a_whole_config_of_another_shape_is_one_reason() -> None:
+    assert drift_reasons("a: 1", "- a") == ["(the whole config) (changed)"]
+    assert differences({"a": {"b": 1}}, {"a": [1]}) == differences({"a": {"b": 1}}, {"a": 3})
+    assert [str(d) for d in differences({"a": {"b": 1}}, {"a": [1]})] == ["a (changed)"]
+
+
+def test_odd_keys_get_unambiguous_paths() -> None:
+    desired = 'resource: {"service.name": a, "with space": b}'
+    effective = 'resource: {"service.name": x, "with space": y}'
+    assert drift_reasons(desired, effective) == [
+        'resource["service.name"] (changed)',
+        'resource["with space"] (changed)',
+    ]
+
+
+# ---------------------------------------------------------------- canonical form and diff
+
+
+def test_canonical_yaml_sorts_keys_and_drops_style() -> None:
+    assert canonical_yaml("b: {y: 1, x: [2, {d: 1, c: 2}]}\na: 'q'\n") == textwrap.dedent(
+        """\
+        a: q
+        b:
+          x:
+          - 2
+          - c: 2
+            d: 1
+          y: 1
+        """
+    )
+    assert canonical_yaml("") == ""
+    assert canonical_yaml("# nothing\n") == ""
+    assert canonical_yaml("a: [") == "a: ["  # unreadable text stays as it is
+    assert canonical_yaml("1: x\nb: y\n0: z\n") == "b: y\n0: z\n1: x\n"  # mixed key types
+
+
+def test_unified_diff_of_a_reordered_restyled_config_is_empty() -> None:
+    restyled = "service: {pipelines: {traces: {exporters: [debug], receivers: [otlp]}}}\n"
+    original = (
+        "service:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n"
+    )
+    assert unified_diff(original, restyled) == ""
+
+
+def test_unified_diff_shows_the_change_in_canonical_form() -> None:
+    desired = "exporters: {otlp: {endpoint: 'tempo:4317'}}\nreceivers: {otlp: {}}\n"
+    effective = (
+        "receivers:\n  otlp: {}\nexporters:\n  otlp:\n    endpoint: tempo:4318\n    timeout: 5s\n"
+    )
+    assert unified_diff(desired, effective, "collector.yaml") == textwrap.dedent(
+        """\
+        --- desired/collector.yaml
+        +++ effective/collector.yaml
+        @@ -1,5 +1,6 @@
+         exporters:
+           otlp:
+        -    endpoint: tempo:4317
+        +    endpoint: tempo:4318
+        +    timeout: 5s
+         receivers:
+           otlp: {}
+        """
+    )
+
+
+def test_unified_diff_shows_unreadable_text_as_it_is() -> None:
+    diff = unified_diff("a: 1\n", "a: [\n")
+    assert "-a: 1\n" in diff
+    assert "+a: [\n" in diff
+
+
+def test_unified_diff_is_bounded() -> None:
+    desired = "\n".join(f"key{i:04}: value-{i}" for i in range(2000))
+    effective = "\n".join(f"key{i:04}: changed-{i}" for i in range(2000))
+    full = unified_diff(desired, effective, max_chars=10**9)
+    assert full.count("\n") > 4000
+    cut = unified_diff(desired, effective, max_chars=2000)
+    body, marker = cut.rsplit("... diff truncated: ", 1)
+    assert len(body) <= 2000
+    assert full.startswith(body)
+    remaining = int(marker.split()[0])
+    assert remaining == full.count("\n") - body.count("\n")
+    assert marker == f"{remaining} more lines\n"
+
+
+# ---------------------------------------------------------------- one agent
+
+HASH = "ab" * 32
+OTHER = "cd" * 32
+
+
+def agent(
+    status: str | None = None, config_hash: str = "", error: str = "", effective: str = ""
+) -> AgentView:
+    return AgentView(
+        instance_uid="0191c9b8-0000-7000-8000-000000000001",
+        attributes={"service.name": "otelcol"},
+        remote_config_status=status,
+        remote_config_hash=config_hash,
+        remote_config_error=error,
+        effective_config=effective,
+    )
+
+
+EDITED = EFFECTIVE.replace("endpoint: tempo:4317", "endpoint: elsewhere:4317")
+
+
+@pytest.mark.parametrize(
+    ("view", "state", "reason"),
+    [
+        (agent("APPLIED", HASH), DriftState.IN_SYNC, "applied the desired config"),
+        (
+            agent("APPLIED", HASH.upper(), effective=EFFECTIVE),
+            DriftState.IN_SYNC,
+            "applied the desired config and its effective config matches it",
+        ),
+        (
+            agent("APPLIED", HASH, effective=EDITED),
+            DriftState.DRIFTED,
+            "its effective config differs from the desired config at "
+            "exporters.otlp.endpoint (changed)",
+        ),
+        (
+            agent("APPLIED", HASH, effective="exporters: {otlp: [\n"),
+            DriftState.DRIFTED,
+            "the effective config is not valid YAML: expected the node content, but found "
+            "'<stream end>' (while parsing a flow node) (line 2, column 1)",
+        ),
+        (agent("APPLYING", HASH), DriftState.PENDING, "applying the desired config"),
+        (
+            agent("FAILED", HASH, error="'exporters' unknown type: \"kafka\""),
+            DriftState.DRIFTED,
+            "failed to apply the desired config: 'exporters' unknown type: \"kafka\"",
+        ),
+        (
+            agent("FAILED", HASH),
+            DriftState.DRIFTED,
+            "failed to apply the desired config: (the agent gave no error message)",
+        ),
+        (
+            agent("APPLIED", OTHER, effective=EFFECTIVE),
+            DriftState.DRIFTED,
+            "the agent runs config cdcdcdcdcdcd, not the desired abababababab",
+        ),
+        (
+            agent("APPLYING", OTHER),
+            DriftState.DRIFTED,
+            "the agent is applying config cdcdcdcdcdcd, not the desired abababababab",
+        ),
+        (
+            agent("FAILED", OTHER, error="bad"),
+            DriftState.DRIFTED,
+            "failed to apply config cdcdcdcdcdcd: bad; the desired config is abababababab",
+        ),
+        (
+            agent("UNSET"),
+            DriftState.DRIFTED,
+            "the agent has no remote config (status UNSET); the desired config is abababababab",
+        ),
+        (
+            agent("SOMETHING_NEW", OTHER),
+            DriftState.DRIFTED,
+            "the agent reports SOMETHING_NEW for config cdcdcdcdcdcd, not the desired abababababab",
+        ),
+        (
+            agent(),
+            DriftState.UNKNOWN,
+            "the agent has reported neither a remote config status nor an effective config",
+        ),
+        (
+            agent(effective="  \n"),
+            DriftState.UNKNOWN,
+            "the agent has reported neither a remote config status nor an effective config",
+        ),
+        (agent(effective=EFFECTIVE), DriftState.IN_SYNC, "its effective config matches it"),
+        (
+            agent(effective=EDITED),
+            DriftState.DRIFTED,
+            "its effective config differs from the desired config at "
+            "exporters.otlp.endpoint (changed)",
+        ),
+    ],
+)
+def test_agent_drift(view: AgentView, state: DriftState, reason: str) -> None:
+    verdict = judge(view, DESIRED, HASH)
+    assert (verdict.state, verdict.reason) == (state, reason)
+    assert verdict.drifted is (state is DriftState.DRIFTED)
+
+
+def test_agent_drift_keeps_the_differing_paths_and_names_the_first_few() -> None:
+    edited = EFFECTIVE
+    for old, new in [
+        ("endpoint: tempo:4317", "endpoint: x:1"),
+        ("insecure: true", "insecure: false"),
+        ("check_interval: 1s", "check_interval: 2s"),
+        ("limit_percentage: 80", "limit_percentage: 90"),
+        ("timeout: 200000000", "timeout: 1"),
+        ("endpoint: localhost:1777", "endpoint: 0.0.0.0:1777"),
+        ("      receivers: [otlp]", "      receivers: [otlp, jaeger]"),
+    ]:
+        assert old in edited
+        edited = edited.replace(old, new)
+    verdict = judge(agent("APPLIED", HASH, effective=edited), DESIRED, HASH)
+    assert verdict == DriftVerdict(
+        DriftState.DRIFTED,
+        "its effective config differs from the desired config at "
+        "processors.memory_limiter.check_interval (changed), "
+        "processors.memory_limiter.limit_percentage (changed), "
+        "processors.batch.timeout (changed), "
+        "exporters.otlp.endpoint (changed), "
+        "exporters.otlp.tls.insecure (changed) and more",
+        (
+            "processors.memory_limiter.check_interval",
+            "processors.memory_limiter.limit_percentage",
+            "processors.batch.timeout",
+            "exporters.otlp.endpoint",
+            "exporters.otlp.tls.insecure",
+            "extensions.pprof.endpoint",
+            "service.pipelines.traces.receivers[1]",
+        ),
+    )
+
+
+# ---------------------------------------------------------------- properties
+
+# No "$" (a substitution matches anything) and no "[" (no "[REDACTED]"); keys cannot spell
+# "service" (service.extensions is matched as a set).
+_TEXT = st.text(alphabet="abcxyz019 _.:/-'\"#é\n", max_size=8)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | _TEXT
+)
+_KEYS = st.text(alphabet="abcxyz_.-/ 1", min_size=1, max_size=6)
+_DATA = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=30,
+)
+_CONFIGS = st.dictionaries(_KEYS, _DATA, min_size=1, max_size=5)
+
+
+def dump(data: object, flow: bool | None = False) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=flow, allow_unicode=True)
+
+
+def reserialise(data: object, rnd: random.Random, defaults: bool) -> object:
+    """What a Collector does to a config it reports: mappings in another order and, with
+    `defaults`, keys the desired config never set."""
+    if isinstance(data, dict):
+        items = list(data.items())
+        rnd.shuffle(items)
+        out = {k: reserialise(v, rnd, defaults) for k, v in items}
+        if defaults:
+            out["default_" + str(rnd.randrange(1000))] = rnd.choice([0, "x", {"deep": [1]}, None])
+        return out
+    if isinstance(data, list):
+        return [reserialise(item, rnd, defaults) for item in data]
+    return data
+
+
+def places(data: object, path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Every (path, container, key-or-index) in a parsed document, depth first."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield child_path(path, key), data, key
+            yield from places(value, child_path(path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield index_path(path, i), data, i
+            yield from places(value, index_path(path, i))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CONFIGS, st.sampled_from([True, False, None]))
+def test_a_config_is_never_drifted_against_itself(
+    config: dict[str, Any], flow: bool | None
+) -> None:
+    text = dump(config, flow)
+    assert drift_reasons(text, text) == []
+    assert not drifted(text, text)
+    assert unified_diff(text, text) == ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CONFIGS, st.randoms(use_true_random=False), st.sampled_from([True, False, None]))
+def test_reordered_restyled_config_with_defaults_is_not_drifted(
+    config: dict[str, Any], rnd: random.Random, flow: bool | None
+) -> None:
+    desired = dump(config)
+    reordered = dump(reserialise(config, rnd, defaults=False), flow)
+    assert not drifted(desired, reordered)
+    assert unified_diff(desired, reordered) == ""  # the canonical form ignores order and style
+    with_defaults = dump(reserialise(config, rnd, defaults=True), flow)
+    assert drift_reasons(desired, with_defaults) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CONFIGS, st.data())
+def test_removing_any_key_from_the_effective_config_is_drift_at_that_path(
+    config: dict[str, Any], data: st.DataObject
+) -> None:
+    effective = copy.deepcopy(config)
+    keyed = [(p, c, k) for p, c, k in places(effective) if isinstance(c, dict)]
+    path, container, key = data.draw(st.sampled_from(keyed))
+    del container[key]
+    assert drift_reasons(dump(config), dump(effective)) == [f"{path} (missing)"]
+    assert drifted(dump(config), dump(effective))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CONFIGS, st.data())
+def test_changing_any_value_in_the_effective_config_is_drift_at_that_path(
+    config: dict[str, Any], data: st.DataObject
+) -> None:
+    """Any value (scalar, list or mapping) replaced by one no rule can match; a null sets
+    nothing, so where everything is null a key is removed instead."""
+    effective = copy.deepcopy(config)
+    candidates = [(p, c, k) for p, c, k in places(effective) if c[k] is not None]
+    if not candidates:
+        key = data.draw(st.sampled_from(sorted(effective)))
+        del effective[key]
+        assert drift_reasons(dump(config), dump(effective)) == [f"{child_path('', key)} (missing)"]
+        return
+    path, container, key = data.draw(st.sampled_from(candidates))
+    container[key] = "\N{SNOWMAN} changed"
+    assert drift_reasons(dump(config), dump(effective)) == [f"{path} (changed)"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CONFIGS | _DATA, _CONFIGS | _DATA, st.integers(min_value=0, max_value=5))
+def test_reasons_are_bounded_and_agree_with_drifted(a: object, b: object, limit: int) -> None:
+    reasons = drift_reasons(dump(a), dump(b), limit=limit)
+    assert len(reasons) <= limit
+    assert drifted(dump(a), dump(b)) == bool(drift_reasons(dump(a), dump(b)))
