@@ -21,8 +21,20 @@ from world.operator_run import OperatorProcess, start_operator
 pytestmark = pytest.mark.world
 
 CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"collectorfleets.{GROUP}.yaml"
-CONFIG_V1 = "receivers:\n  otlp:\n    protocols:\n      grpc: {}\n"
-CONFIG_V2 = CONFIG_V1 + "exporters:\n  debug: {}\n"
+CONFIG_V1 = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {}
+exporters:
+  debug: {}
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [debug]
+"""
+CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
 
 
 def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -198,3 +210,36 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
     finally:
         for agent in agents:
             agent.stop()
+
+
+def _stalled(status: dict[str, Any]) -> bool:
+    return any(
+        c["type"] == "Stalled" and c["status"] == "True" for c in status.get("conditions", [])
+    )
+
+
+def test_fleet_with_an_invalid_config_is_stalled_and_offers_nothing(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    broken = CONFIG_V1.replace("exporters: [debug]", "exporters: [otlphttp]")
+    co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "collectorfleets",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CollectorFleet",
+            "metadata": {"name": "collectors"},
+            "spec": {"selector": {"matchLabels": {"app": "x"}}, "config": {"inline": broken}},
+        },
+    )
+    status = _wait(
+        "Stalled with the validation message",
+        lambda: s if _stalled(s := _status(api_client, namespace)) else None,
+    )
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert "service.pipelines.traces.exporters[0]" in stalled["message"]
+    assert '"otlphttp"' in stalled["message"]
+    assert status.get("desiredRevision") is None

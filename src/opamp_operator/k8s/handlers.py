@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
-import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 from opamp_operator.api.models import GROUP, VERSION, CollectorFleetSpec
 from opamp_operator.fleet.health import conditions, merge_conditions, summarize
 from opamp_operator.fleet.mapping import FleetSelector, SelectorError
+from opamp_operator.fleet.validation import format_problems, validate_config
 from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s import revisions
 from opamp_operator.k8s.state import FleetRecord, OperatorState
@@ -74,13 +74,9 @@ def _resolve_config(namespace: str, spec: CollectorFleetSpec) -> str:
 
 
 def _validate(text: str) -> str | None:
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        return f"config is not valid YAML: {exc}"
-    if not isinstance(parsed, dict):
-        return "config must be a YAML mapping"
-    return None
+    """What the Collector would refuse, as one message for the Stalled condition."""
+    problems = validate_config(text)
+    return format_problems(problems) if problems else None
 
 
 def _ensure_revision(body: kopf.Body, record: FleetRecord) -> str:
