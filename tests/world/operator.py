@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,11 +22,12 @@ from world.processes import ProcessRecord, free_port, spawn, terminate, wait_unt
 
 
 @dataclass
-class ServeProcess:
+class OpAMPEndpoint:
+    """Where agents reach one of our server processes on loopback."""
+
     record: ProcessRecord
     proc: subprocess.Popen[bytes]
     port: int
-    fleets: Path
 
     @property
     def ws_url(self) -> str:
@@ -34,6 +36,15 @@ class ServeProcess:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1/opamp"
+
+    def stop(self) -> None:
+        terminate(self.record)
+        self.proc.wait(timeout=5)
+
+
+@dataclass
+class ServeProcess(OpAMPEndpoint):
+    fleets: Path
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
@@ -60,10 +71,6 @@ class ServeProcess:
 
         wait_until(what, check, timeout=timeout, watch=[self.record])
         return found[0]
-
-    def stop(self) -> None:
-        terminate(self.record)
-        self.proc.wait(timeout=5)
 
     def __enter__(self) -> ServeProcess:
         return self
@@ -108,3 +115,41 @@ def write_fleets(path: Path, fleets: list[dict[str, Any]]) -> Path:
         now = max(time.time(), before + 1)
         os.utime(path, (now, now))
     return path
+
+
+@dataclass
+class OperatorProcess(OpAMPEndpoint):
+    """`opamp-operator run` against a cluster, as users run it."""
+
+    def __enter__(self) -> OperatorProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def start_operator(kubeconfig: Path, workdir: Path, *args: str) -> OperatorProcess:
+    port = free_port()
+    record, proc = spawn(
+        f"operator-{port}",
+        [
+            sys.executable,
+            "-m",
+            "opamp_operator.cli",
+            "run",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--status-interval=1",
+            *args,
+        ],
+        workdir,
+        env={"KUBECONFIG": str(kubeconfig)},
+    )
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until("opamp-operator run to listen", listening, timeout=60, watch=[record])
+    time.sleep(1.0)  # kopf lists resources right after; let it start watching
+    return OperatorProcess(record, proc, port)

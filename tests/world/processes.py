@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 def free_port() -> int:
@@ -104,6 +106,18 @@ def terminate(record: ProcessRecord, grace: float = 10.0) -> None:
 
 class StartupError(RuntimeError):
     """A component did not become ready; the message carries its log tail."""
+
+
+def eventually(what: str, check: Callable[[], _T | None], timeout: float = 60.0) -> _T:
+    """Poll `check` until it returns something truthy and return that; a test's wait."""
+    deadline = time.monotonic() + timeout
+    last: _T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def wait_until(

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from world import binaries
 from world.cluster import POD_CIDR, LocalCluster
 from world.pki import CertificateAuthority
+from world.processes import eventually
 
 pytestmark = pytest.mark.world
 
@@ -38,16 +39,6 @@ def _core(api_client: Any) -> Any:
 
 def _apps(api_client: Any) -> Any:
     return k8s.AppsV1Api(api_client)
-
-
-def _wait(what: str, check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_kubectl_get_nodes_shows_ready_kwok_nodes(cluster: LocalCluster) -> None:
@@ -128,7 +119,7 @@ def widget_crd(api_client: Any) -> Iterator[str]:
             c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
         )
 
-    _wait("CRD Established", established)
+    eventually("CRD Established", established)
     try:
         yield name
     finally:
@@ -232,7 +223,7 @@ def test_deployment_pods_reach_running_with_pod_ips(
     _apps(api_client).create_namespaced_deployment(
         namespace, _workload("Deployment", "collector", replicas=3)
     )
-    pods = _wait(
+    pods = eventually(
         "3 Running pods",
         lambda: p if _all_running(p := _pods(api_client, namespace, "app=collector"), 3) else None,
         90,
@@ -242,7 +233,7 @@ def test_deployment_pods_reach_running_with_pod_ips(
     assert len(ips) == 3
     assert all(ipaddress.ip_address(ip) in pod_net for ip in ips)
     assert {p.spec.node_name for p in pods} <= set(cluster.node_names)
-    deployment = _wait(
+    deployment = eventually(
         "Deployment available",
         lambda: (
             d
@@ -260,7 +251,7 @@ def test_daemonset_runs_one_pod_per_node(
     api_client: Any, namespace: str, cluster: LocalCluster
 ) -> None:
     _apps(api_client).create_namespaced_daemon_set(namespace, _workload("DaemonSet", "agent"))
-    pods = _wait(
+    pods = eventually(
         "a Running pod on every node",
         lambda: (
             p
@@ -314,7 +305,7 @@ def test_rbac_denies_unprivileged_service_account(
                 "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": namespace}],
             },
         )
-        _wait(
+        eventually(
             "the RoleBinding to take effect",
             lambda: _can(lambda: sa_core.list_namespaced_config_map(namespace)),
             30,
@@ -418,9 +409,9 @@ def test_admission_webhook_is_called_by_the_apiserver(
                 return exc
             return None  # created: the apiserver has not loaded the webhook yet
 
-        refused = _wait("the webhook to deny a labelled ConfigMap", refusal, 30)
+        refused = eventually("the webhook to deny a labelled ConfigMap", refusal, 30)
         assert refused.status == 403, refused.body
-        assert "denied by the proof webhook" in refused.body
+        assert "denied by the proof webhook" in str(refused.body)
         core.create_namespaced_config_map(namespace, {"metadata": {"name": "allowed"}})
         names = [r["request"]["object"]["metadata"]["name"] for r in reviews]
         assert "allowed" in names

@@ -3,8 +3,7 @@ real opamp-go agents claiming those pods' identities."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ from opamp_operator.api.models import GROUP, VERSION
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
-from world.operator_run import OperatorProcess, start_operator
+from world.operator import OperatorProcess, start_operator
+from world.processes import eventually
 
 pytestmark = pytest.mark.world
 
@@ -37,23 +37,12 @@ service:
 CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
 
 
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}")
-
-
 @pytest.fixture(scope="module")
 def crds(api_client: Any) -> Iterator[None]:
     ext: Any = k8s.ApiextensionsV1Api(api_client)
     crd = yaml.safe_load(CRD_FILE.read_text())
     ext.create_custom_resource_definition(crd)
-    _wait(
+    eventually(
         "the CRD to be served",
         lambda: any(
             c.type == "Established" and c.status == "True"
@@ -75,6 +64,22 @@ def _pods(api_client: Any, namespace: str) -> list[Any]:
     core: Any = k8s.CoreV1Api(api_client)
     pods = core.list_namespaced_pod(namespace, label_selector="app=collector").items
     return [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+
+
+def _create_fleet(api_client: Any, namespace: str, labels: dict[str, str], config: str) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "collectorfleets",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CollectorFleet",
+            "metadata": {"name": "collectors"},
+            "spec": {"selector": {"matchLabels": labels}, "config": {"inline": config}},
+        },
+    )
 
 
 def _fleet(api_client: Any, namespace: str) -> dict[str, Any]:
@@ -114,22 +119,11 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
             },
         },
     )
-    pods = _wait(
+    pods = eventually(
         "3 Running pods", lambda: p if len(p := _pods(api_client, namespace)) == 3 else None
     )
     co: Any = k8s.CustomObjectsApi(api_client)
-    co.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "collectorfleets",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CollectorFleet",
-            "metadata": {"name": "collectors"},
-            "spec": {"selector": {"matchLabels": labels}, "config": {"inline": CONFIG_V1}},
-        },
-    )
+    _create_fleet(api_client, namespace, labels, CONFIG_V1)
     # One agent per mapping rule, and one that claims no pod.
     claims = [
         [f"--attr=k8s.pod.uid={pods[0].metadata.uid}"],
@@ -144,7 +138,7 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
         for agent in agents[:3]:
             got = agent.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
             assert got["remote_config"]["files"][""]["body"] == CONFIG_V1
-        status = _wait(
+        status = eventually(
             "status: 3 pods, 3 agents mapped, all applied, Ready",
             lambda: (
                 s
@@ -184,7 +178,7 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
                     e.get("remote_config", {}).get("files", {}).get("", {}).get("body") == CONFIG_V2
                 ),
             )
-        status = _wait(
+        status = eventually(
             "status: generation 2 applied by all",
             lambda: (
                 s
@@ -201,7 +195,7 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
 
         # An agent going unhealthy reaches the fleet's status.
         agents[0].send(cmd="health", healthy=False, last_error="exporter down")
-        status = _wait(
+        status = eventually(
             "an unhealthy agent in status",
             lambda: s if (s := _status(api_client, namespace)).get("unhealthy") == 1 else None,
         )
@@ -221,21 +215,9 @@ def _stalled(status: dict[str, Any]) -> bool:
 def test_fleet_with_an_invalid_config_is_stalled_and_offers_nothing(
     operator: OperatorProcess, api_client: Any, namespace: str
 ) -> None:
-    co: Any = k8s.CustomObjectsApi(api_client)
     broken = CONFIG_V1.replace("exporters: [debug]", "exporters: [otlphttp]")
-    co.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "collectorfleets",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CollectorFleet",
-            "metadata": {"name": "collectors"},
-            "spec": {"selector": {"matchLabels": {"app": "x"}}, "config": {"inline": broken}},
-        },
-    )
-    status = _wait(
+    _create_fleet(api_client, namespace, {"app": "x"}, broken)
+    status = eventually(
         "Stalled with the validation message",
         lambda: s if _stalled(s := _status(api_client, namespace)) else None,
     )
