@@ -193,6 +193,20 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
         ).items
         assert sorted(r.revision for r in listed) == [1, 2]
 
+        # An agent running something else than it was given is drifted.
+        local_edit = CONFIG_V2.replace("detailed", "basic")
+        agents[1].send(cmd="effective_config", body=local_edit)
+        status = eventually(
+            "a drifted agent in status",
+            lambda: s if (s := _status(api_client, namespace)).get("drifted") == 1 else None,
+        )
+        assert any(w["reason"] == "Drifted" for w in status["worstAgents"])
+        agents[1].send(cmd="effective_config", body=CONFIG_V2)
+        eventually(
+            "the drift to clear",
+            lambda: s if (s := _status(api_client, namespace)).get("drifted") == 0 else None,
+        )
+
         # An agent going unhealthy reaches the fleet's status.
         agents[0].send(cmd="health", healthy=False, last_error="exporter down")
         status = eventually(
