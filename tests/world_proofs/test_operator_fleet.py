@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from opamp_operator.api.models import GROUP, VERSION
+from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
@@ -82,6 +82,20 @@ def _create_fleet(api_client: Any, namespace: str, labels: dict[str, str], confi
     )
 
 
+def _gates(api_client: Any, namespace: str) -> dict[str, str]:
+    """Pod name → status of the agent-ready condition (absent pods are left out)."""
+    out = {}
+    for pod in _pods(api_client, namespace):
+        for cond in pod.status.conditions or []:
+            if cond.type == AGENT_READY_CONDITION:
+                out[pod.metadata.name] = cond.status
+    return out
+
+
+def _all_true(gates: dict[str, str], pods: int) -> bool:
+    return len(gates) == pods and set(gates.values()) == {"True"}
+
+
 def _fleet(api_client: Any, namespace: str) -> dict[str, Any]:
     co: Any = k8s.CustomObjectsApi(api_client)
     fleet: dict[str, Any] = co.get_namespaced_custom_object(
@@ -114,7 +128,10 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "otelcol", "image": "otelcol:0.149.0"}]},
+                    "spec": {
+                        "containers": [{"name": "otelcol", "image": "otelcol:0.149.0"}],
+                        "readinessGates": [{"conditionType": AGENT_READY_CONDITION}],
+                    },
                 },
             },
         },
@@ -147,6 +164,11 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
                 else None
             ),
         )
+        gates = eventually(
+            "the agent-ready gate True on every pod",
+            lambda: g if _all_true(g := _gates(api_client, namespace), 3) else None,
+        )
+        assert sorted(gates) == sorted(p.metadata.name for p in pods)
         assert status["podsSelected"] == 3
         assert status["agentsMapped"] == 3
         assert status["podsWithoutAgent"] == 0
@@ -215,6 +237,15 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
         )
         assert _ready(status) == "False"
         assert any("exporter down" in w["message"] for w in status["worstAgents"])
+        gates = eventually(
+            "the unhealthy agent's pod gate False",
+            lambda: (
+                g
+                if (g := _gates(api_client, namespace)).get(pods[0].metadata.name) == "False"
+                else None
+            ),
+        )
+        assert [gates[p.metadata.name] for p in pods[1:]] == ["True", "True"]
     finally:
         for agent in agents:
             agent.stop()

@@ -16,10 +16,15 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from opamp_operator.api.models import GROUP, VERSION, CollectorFleetSpec
+from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION, CollectorFleetSpec
 from opamp_operator.fleet.drift import DriftState, agent_drift
-from opamp_operator.fleet.health import conditions, merge_conditions, summarize
-from opamp_operator.fleet.mapping import FleetSelector, SelectorError
+from opamp_operator.fleet.health import (
+    agent_ready_condition,
+    conditions,
+    merge_conditions,
+    summarize,
+)
+from opamp_operator.fleet.mapping import FleetSelector, MappingResult, SelectorError
 from opamp_operator.fleet.validation import format_problems, validate_config
 from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s import revisions
@@ -110,6 +115,8 @@ class FleetHandlers:
     def __init__(self, state: OperatorState, server: OpAMPServer) -> None:
         self.state = state
         self.server = server
+        # Pod conditions last written, so a pod is patched only when its gate changes.
+        self._gates: dict[str, tuple[str, str]] = {}
         # Drift needs YAML parsing; verdicts are cached per fleet by what they depend on,
         # and only the current agents' entries are kept.
         self._drift_cache: dict[str, dict[tuple[str, str, str, str], bool | None]] = {}
@@ -192,6 +199,32 @@ class FleetHandlers:
             )
             await self.reconcile(kopf.Body(cast(kopf.RawBody, fleet)), kopf.Patch(), logger)
 
+    async def write_readiness_gates(self, record: FleetRecord, mapping: MappingResult) -> int:
+        """Set the agent-ready condition on the fleet's pods that declare that readiness
+        gate, so a rollout of a new Collector image waits for OpAMP health. Returns how
+        many pods were patched."""
+        patched = 0
+        for key, pod in mapping.pods.items():
+            if AGENT_READY_CONDITION not in pod.readiness_gates:
+                continue
+            uid = mapping.agent_of.get(key)
+            agent = mapping.agents.get(uid) if uid is not None else None
+            cond = agent_ready_condition(agent, record.desired_hash, AGENT_READY_CONDITION)
+            if self._gates.get(key) == (cond["status"], cond["reason"]):
+                continue
+            body = {"status": {"conditions": [{**cond, "lastTransitionTime": _now()}]}}
+            try:
+                await asyncio.to_thread(
+                    k8s.CoreV1Api().patch_namespaced_pod_status, pod.name, pod.namespace, body
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            self._gates[key] = (cond["status"], cond["reason"])
+            patched += 1
+        return patched
+
     async def write_status(self, body: kopf.Body, patch: kopf.Patch) -> None:
         """Aggregate the fleet's agents; patch status only when something changed."""
         key = f"{body.metadata.namespace}/{body.metadata.name}"
@@ -201,6 +234,7 @@ class FleetHandlers:
         assignment = self.state.refresh()
         await self.server.push_offers()
         mapping = assignment.mapping_for(key)
+        await self.write_readiness_gates(record, mapping)
         drift = self.drift_of(record, mapping.agents)
         health = summarize(record.selector, mapping, record.desired_hash, drift)
         new_conditions = conditions(
