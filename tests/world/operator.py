@@ -41,12 +41,8 @@ class OpAMPEndpoint:
         terminate(self.record)
         self.proc.wait(timeout=5)
 
-
-@dataclass
-class ServeProcess(OpAMPEndpoint):
-    fleets: Path
-
     def get(self, path: str) -> Any:
+        """GET one of the read endpoints: JSON decoded, anything else as text."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
             body = r.read()
         return (
@@ -54,6 +50,11 @@ class ServeProcess(OpAMPEndpoint):
             if r.headers.get_content_type() == "application/json"
             else body.decode()
         )
+
+
+@dataclass
+class ServeProcess(OpAMPEndpoint):
+    fleets: Path
 
     def agents(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.get("/api/v1/agents")["agents"]

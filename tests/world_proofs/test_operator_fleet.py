@@ -169,6 +169,14 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
             lambda: g if _all_true(g := _gates(api_client, namespace), 3) else None,
         )
         assert sorted(gates) == sorted(p.metadata.name for p in pods)
+        fleet_api = operator.get(f"/api/v1/fleets/{namespace}/collectors")
+        assert fleet_api["configApplied"] == 3
+        assert fleet_api["desiredRevision"] == status["desiredRevision"]
+        rules = {
+            a["rule"]
+            for a in operator.get(f"/api/v1/fleets/{namespace}/collectors/agents")["agents"]
+        }
+        assert rules == {"k8s.pod.uid", "namespace+name", "host.name"}
         assert status["podsSelected"] == 3
         assert status["agentsMapped"] == 3
         assert status["podsWithoutAgent"] == 0
@@ -223,6 +231,16 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
             lambda: s if (s := _status(api_client, namespace)).get("drifted") == 1 else None,
         )
         assert any(w["reason"] == "Drifted" for w in status["worstAgents"])
+        drifted = operator.get(f"/api/v1/fleets/{namespace}/collectors/agents?state=drifted")
+        assert drifted["count"] == 1
+        (entry,) = drifted["agents"]
+        assert entry["pod"] == f"{namespace}/{pods[1].metadata.name}"
+        assert entry["rule"] == "namespace+name"
+        detail = operator.get(
+            f"/api/v1/fleets/{namespace}/collectors/agents/{entry['instanceUid']}"
+        )
+        assert "-    verbosity: detailed" in detail["diff"]
+        assert "+    verbosity: basic" in detail["diff"]
         agents[1].send(cmd="effective_config", body=CONFIG_V2)
         eventually(
             "the drift to clear",

@@ -11,6 +11,7 @@ import kopf
 from aiohttp import web
 from kubernetes import config as k8s_config
 
+from opamp_operator.k8s.api import FleetAPI
 from opamp_operator.k8s.handlers import HandlerSettings, register
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.opamp.session import CoreSettings, ServerCore
@@ -47,7 +48,9 @@ async def run(options: RunOptions) -> None:
     )
     state.core = core
     server = OpAMPServer(core, options.limits)
-    runner = web.AppRunner(server.app(), handle_signals=False)
+    app = server.app()
+    FleetAPI(state).add_routes(app)
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, options.host, options.port).start()
     log.info("OpAMP server on %s:%d/v1/opamp", options.host, options.port)

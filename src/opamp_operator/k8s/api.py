@@ -1,0 +1,147 @@
+"""The fleets part of the read API (served by the OpAMP server's application):
+
+    GET /api/v1/fleets
+    GET /api/v1/fleets/{namespace}/{name}
+    GET /api/v1/fleets/{namespace}/{name}/agents[?state=healthy|unhealthy|failed|applying|
+                                                    pending|drifted|disconnected|unmapped]
+    GET /api/v1/fleets/{namespace}/{name}/agents/{instance_uid}   (with a drift diff)
+
+Per-agent detail lives here, not in the CR status, which stays aggregated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from opamp_operator.fleet.drift import agent_drift, unified_diff
+from opamp_operator.fleet.health import ConfigState, config_state, summarize
+from opamp_operator.fleet.views import AgentView
+from opamp_operator.k8s.state import FleetRecord, OperatorState
+
+STATES = (
+    "healthy",
+    "unhealthy",
+    "failed",
+    "applying",
+    "pending",
+    "drifted",
+    "disconnected",
+    "unmapped",
+)
+
+
+class FleetAPI:
+    def __init__(self, state: OperatorState) -> None:
+        self.state = state
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/fleets", self.list_fleets)
+        app.router.add_get("/api/v1/fleets/{namespace}/{name}", self.get_fleet)
+        app.router.add_get("/api/v1/fleets/{namespace}/{name}/agents", self.list_agents)
+        app.router.add_get("/api/v1/fleets/{namespace}/{name}/agents/{uid}", self.get_agent)
+
+    def _fleet(self, request: web.Request) -> FleetRecord:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        record = self.state.fleets.get(key)
+        if record is None:
+            raise web.HTTPNotFound(text=f"no CollectorFleet {key} is known to this operator")
+        return record
+
+    def _summary(self, record: FleetRecord) -> dict[str, Any]:
+        assignment = self.state.assignment or self.state.refresh()
+        health = summarize(
+            record.selector, assignment.mapping_for(record.key), record.desired_hash, {}
+        )
+        return {
+            "namespace": record.namespace,
+            "name": record.name,
+            "desiredRevision": record.revision,
+            "desiredHash": record.desired_hash or None,
+            "configError": record.config_error,
+            "driftPolicy": record.spec.drift_policy,
+            **health.to_status(),
+        }
+
+    async def list_fleets(self, _: web.Request) -> web.Response:
+        self.state.refresh()
+        fleets = [self._summary(f) for f in sorted(self.state.fleets.values(), key=lambda f: f.key)]
+        return web.json_response({"fleets": fleets, "count": len(fleets)})
+
+    async def get_fleet(self, request: web.Request) -> web.Response:
+        self.state.refresh()
+        return web.json_response(self._summary(self._fleet(request)))
+
+    def _agent_json(self, record: FleetRecord, agent: AgentView, pod: str | None) -> dict[str, Any]:
+        assignment = self.state.assignment
+        rule = assignment.mapping.rule_of(agent.instance_uid) if assignment else None
+        drift = agent_drift(agent, record.config_text or "", record.desired_hash)
+        return {
+            "instanceUid": agent.instance_uid,
+            "pod": pod,
+            "rule": rule.value if rule is not None else None,
+            "connected": agent.connected,
+            "stale": agent.stale,
+            "healthy": agent.healthy,
+            "healthError": agent.health_error,
+            "config": config_state(agent, record.desired_hash).value,
+            "remoteConfigStatus": agent.remote_config_status,
+            "remoteConfigHash": agent.remote_config_hash,
+            "remoteConfigError": agent.remote_config_error,
+            "effectiveConfigHash": agent.effective_config_hash,
+            "drift": {
+                "state": drift.state.value,
+                "reason": drift.reason,
+                "paths": list(drift.paths),
+            },
+            "version": agent.service_version,
+            "attributes": dict(agent.attributes),
+        }
+
+    def _agents(self, record: FleetRecord) -> list[dict[str, Any]]:
+        assignment = self.state.refresh()
+        mapping = assignment.mapping_for(record.key)
+        pod_of = mapping.pod_of
+        return [
+            self._agent_json(record, a, pod_of.get(uid))
+            for uid, a in sorted(mapping.agents.items())
+        ]
+
+    async def list_agents(self, request: web.Request) -> web.Response:
+        record = self._fleet(request)
+        wanted = request.query.get("state")
+        if wanted is not None and wanted not in STATES:
+            raise web.HTTPBadRequest(text=f"state must be one of {', '.join(STATES)}")
+        agents = [a for a in self._agents(record) if wanted is None or _in_state(a, wanted)]
+        return web.json_response({"agents": agents, "count": len(agents)})
+
+    async def get_agent(self, request: web.Request) -> web.Response:
+        record = self._fleet(request)
+        wanted = request.match_info["uid"].replace("-", "").lower()
+        for agent in self._agents(record):
+            if agent["instanceUid"].replace("-", "").lower() == wanted:
+                view = self.state.views[agent["instanceUid"]]
+                agent["effectiveConfig"] = view.effective_config
+                agent["diff"] = (
+                    unified_diff(record.config_text or "", view.effective_config, "config.yaml")
+                    if view.effective_config
+                    else ""
+                )
+                return web.json_response(agent)
+        raise web.HTTPNotFound(text=f"no agent {request.match_info['uid']} in fleet {record.key}")
+
+
+def _in_state(agent: dict[str, Any], state: str) -> bool:
+    live = agent["connected"] and not agent["stale"]
+    checks = {
+        "healthy": live and agent["healthy"] is not False,
+        "unhealthy": agent["healthy"] is False or (agent["pod"] is not None and not live),
+        "failed": agent["config"] == ConfigState.FAILED.value,
+        "applying": agent["config"] == ConfigState.APPLYING.value,
+        "pending": agent["config"] == ConfigState.PENDING.value,
+        "drifted": agent["drift"]["state"] == "Drifted",
+        "disconnected": not live,
+        "unmapped": agent["pod"] is None,
+    }
+    return bool(checks[state])
