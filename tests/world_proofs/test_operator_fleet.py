@@ -231,6 +231,7 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
             lambda: s if (s := _status(api_client, namespace)).get("drifted") == 1 else None,
         )
         assert any(w["reason"] == "Drifted" for w in status["worstAgents"])
+        assert operator.get(f"/api/v1/fleets/{namespace}/collectors")["drifted"] == 1
         drifted = operator.get(f"/api/v1/fleets/{namespace}/collectors/agents?state=drifted")
         assert drifted["count"] == 1
         (entry,) = drifted["agents"]

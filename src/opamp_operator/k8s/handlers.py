@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -17,7 +16,6 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION, CollectorFleetSpec
-from opamp_operator.fleet.drift import DriftState, agent_drift
 from opamp_operator.fleet.health import (
     agent_ready_condition,
     conditions,
@@ -117,35 +115,6 @@ class FleetHandlers:
         self.server = server
         # Pod conditions last written, so a pod is patched only when its gate changes.
         self._gates: dict[str, tuple[str, str]] = {}
-        # Drift needs YAML parsing; verdicts are cached per fleet by what they depend on,
-        # and only the current agents' entries are kept.
-        self._drift_cache: dict[str, dict[tuple[str, str, str, str], bool | None]] = {}
-
-    def drift_of(self, record: FleetRecord, uids: Iterable[str]) -> dict[str, bool | None]:
-        """Per agent: does what it runs differ from the fleet's config? Only agents that say
-        they applied it (or report no status) are judged; a failed apply is counted as
-        failed, not as drift."""
-        if record.config_text is None:
-            return {}
-        verdicts: dict[str, bool | None] = {}
-        cache = self._drift_cache.get(record.key, {})
-        fresh: dict[tuple[str, str, str, str], bool | None] = {}
-        for uid in uids:
-            view = self.state.views.get(uid)
-            if view is None or view.remote_config_status not in (None, "APPLIED"):
-                continue
-            key = (
-                record.desired_hash,
-                view.remote_config_status or "",
-                view.remote_config_hash,
-                view.effective_config_hash,
-            )
-            if key not in cache:
-                verdict = agent_drift(view, record.config_text, record.desired_hash)
-                cache[key] = verdict.drifted if verdict.state != DriftState.UNKNOWN else None
-            fresh[key] = verdicts[uid] = cache[key]
-        self._drift_cache[record.key] = fresh
-        return verdicts
 
     async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
         """Read the fleet's spec and config, keep its revision, offer changes at once."""
@@ -235,7 +204,7 @@ class FleetHandlers:
         await self.server.push_offers()
         mapping = assignment.mapping_for(key)
         await self.write_readiness_gates(record, mapping)
-        drift = self.drift_of(record, mapping.agents)
+        drift = self.state.drift_of(record, mapping.agents)
         health = summarize(record.selector, mapping, record.desired_hash, drift)
         new_conditions = conditions(
             health,

@@ -8,9 +8,11 @@ same assignment.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from opamp_operator.api.models import CollectorFleetSpec
+from opamp_operator.fleet.drift import DriftState, agent_drift
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.opamp.configs import RemoteConfig
@@ -47,6 +49,11 @@ class OperatorState:
     pods: dict[str, PodView] = field(default_factory=dict)
     assignment: FleetAssignment | None = None
     views: dict[str, AgentView] = field(default_factory=dict)
+    # Drift needs YAML parsing; verdicts are cached per fleet by what they depend on, and
+    # only the current agents' entries are kept.
+    _drift_cache: dict[str, dict[tuple[str, str, str, str], bool | None]] = field(
+        default_factory=dict
+    )
 
     def refresh(self) -> FleetAssignment:
         """Re-map every agent to pods and fleets; cheap enough to run every few seconds."""
@@ -78,3 +85,29 @@ class OperatorState:
             and f.spec.config.config_map_ref is not None
             and f.spec.config.config_map_ref.name == name
         ]
+
+    def drift_of(self, record: FleetRecord, uids: Iterable[str]) -> dict[str, bool | None]:
+        """Per agent: does what it runs differ from the fleet's config? Only agents that say
+        they applied it (or report no status) are judged; a failed apply is counted as
+        failed, not as drift."""
+        if record.config_text is None:
+            return {}
+        verdicts: dict[str, bool | None] = {}
+        cache = self._drift_cache.get(record.key, {})
+        fresh: dict[tuple[str, str, str, str], bool | None] = {}
+        for uid in uids:
+            view = self.views.get(uid)
+            if view is None or view.remote_config_status not in (None, "APPLIED"):
+                continue
+            key = (
+                record.desired_hash,
+                view.remote_config_status or "",
+                view.remote_config_hash,
+                view.effective_config_hash,
+            )
+            if key not in cache:
+                verdict = agent_drift(view, record.config_text, record.desired_hash)
+                cache[key] = verdict.drifted if verdict.state != DriftState.UNKNOWN else None
+            fresh[key] = verdicts[uid] = cache[key]
+        self._drift_cache[record.key] = fresh
+        return verdicts
