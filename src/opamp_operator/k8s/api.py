@@ -51,9 +51,9 @@ class FleetAPI:
 
     def _summary(self, record: FleetRecord) -> dict[str, Any]:
         assignment = self.state.assignment or self.state.refresh()
-        health = summarize(
-            record.selector, assignment.mapping_for(record.key), record.desired_hash, {}
-        )
+        mapping = assignment.mapping_for(record.key)
+        drift = self.state.drift_of(record, mapping.agents)
+        health = summarize(record.selector, mapping, record.desired_hash, drift)
         return {
             "namespace": record.namespace,
             "name": record.name,
