@@ -91,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         peering=args.peering,
         status_interval=args.status_interval,
         heartbeat_seconds=args.heartbeat_seconds,
+        agent_endpoint=args.agent_endpoint,
+        remediation_wait_seconds=args.remediation_wait_seconds,
     )
     asyncio.run(run_operator(options))
     return 0
@@ -111,6 +113,19 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--status-interval", type=float, default=5.0, help="seconds between status writes"
     )
     p.add_argument("--heartbeat-seconds", type=int, default=30)
+    p.add_argument(
+        "--agent-endpoint",
+        default=None,
+        help="OpAMP URL given to template-mode Collectors, e.g. "
+        "ws://opamp-operator.opamp-system.svc:4320/v1/opamp",
+    )
+    p.add_argument(
+        "--remediation-wait-seconds",
+        type=float,
+        default=30.0,
+        help="drift policy Remediate: how long an agent gets to report after a re-offer or "
+        "restart before the next step (default 30)",
+    )
     p.set_defaults(func=_run)
 
 

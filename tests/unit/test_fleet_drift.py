@@ -530,6 +530,19 @@ EDITED = EFFECTIVE.replace("endpoint: tempo:4317", "endpoint: elsewhere:4317")
             "the agent has reported neither a remote config status nor an effective config",
         ),
         (agent(effective=EFFECTIVE), DriftState.IN_SYNC, "its effective config matches it"),
+        # UNSET is what opamp-go reports before any remote config: the effective config
+        # alone decides then.
+        (
+            agent("UNSET", effective=EFFECTIVE),
+            DriftState.IN_SYNC,
+            "its effective config matches it",
+        ),
+        (
+            agent("UNSET", effective=EDITED),
+            DriftState.DRIFTED,
+            "its effective config differs from the desired config at "
+            "exporters.otlp.endpoint (changed)",
+        ),
         (
             agent(effective=EDITED),
             DriftState.DRIFTED,

@@ -259,6 +259,71 @@ def test_changed_desired_config_is_pushed_to_websocket_agents_only() -> None:
     assert core.pending_offers() == []  # not twice
 
 
+def _applied(config: RemoteConfig, seq: int) -> pb.AgentToServer:
+    msg = beat(seq=seq)
+    msg.remote_config_status.last_remote_config_hash = config.hash
+    msg.remote_config_status.status = pb.RemoteConfigStatuses_APPLIED
+    return msg
+
+
+def test_reoffer_sends_the_config_again_to_an_agent_that_reports_it() -> None:
+    config = RemoteConfig.single(b"a: 1\n")
+    core = ServerCore(desired=Fixed(config))
+    ws = core.open(now=0.0)
+    core.receive(first(), now=0.0, conn=ws)
+    core.receive(_applied(config, 1), now=1.0, conn=ws)
+    assert core.pending_offers() == []
+    assert core.reoffer_config(UID)
+    pushed = core.pending_offers()
+    assert [m.remote_config.config_hash for _, m in pushed] == [config.hash]
+    assert core.pending_offers() == []  # once per request
+    # Over HTTP the re-offer rides on the next poll's reply, once.
+    core.receive(first(uid=OTHER), now=0.0)
+    core.receive(beat(OTHER, 1), now=0.5)
+    http_applied = _applied(config, 2)
+    http_applied.instance_uid = OTHER
+    assert not core.receive(http_applied, now=1.0).message.HasField("remote_config")
+    assert core.reoffer_config(OTHER)
+    assert core.receive(beat(OTHER, 3), now=2.0).message.HasField("remote_config")
+    assert not core.receive(beat(OTHER, 4), now=3.0).message.HasField("remote_config")
+
+
+def test_reoffer_and_restart_need_the_capability() -> None:
+    core = ServerCore(desired=Fixed(RemoteConfig.single(b"x")))
+    core.receive(first(caps=pb.AgentCapabilities_ReportsStatus), now=0.0)
+    assert not core.reoffer_config(UID)
+    assert not core.request_restart(UID)
+    assert not core.reoffer_config(OTHER)  # unknown agent
+
+
+def test_restart_command_travels_alone() -> None:
+    config = RemoteConfig.single(b"a: 1\n")
+    core = ServerCore(desired=Fixed(config))
+    caps = ACCEPTS | pb.AgentCapabilities_AcceptsRestartCommand
+    ws = core.open(now=0.0)
+    core.receive(first(caps=caps), now=0.0, conn=ws)
+    core.receive(_applied(config, 1), now=1.0, conn=ws)
+    assert core.reoffer_config(UID)
+    assert core.request_restart(UID)
+    pushed = [m for _, m in core.pending_offers()]
+    assert len(pushed) == 2
+    assert pushed[0].HasField("remote_config")
+    assert not pushed[0].HasField("command")
+    assert pushed[1].command.type == pb.CommandType_Restart
+    assert [f.name for f, _ in pushed[1].ListFields()] == ["instance_uid", "command"]
+    # HTTP: the command waits for a reply that carries nothing else.
+    core.receive(first(uid=OTHER, caps=caps), now=0.0)
+    assert core.request_restart(OTHER)
+    busy = core.receive(beat(OTHER, 1), now=1.0).message
+    assert busy.HasField("remote_config")
+    assert not busy.HasField("command")
+    http_applied = _applied(config, 2)
+    http_applied.instance_uid = OTHER
+    bare = core.receive(http_applied, now=2.0).message
+    assert bare.command.type == pb.CommandType_Restart
+    assert not core.receive(beat(OTHER, 3), now=3.0).message.HasField("command")
+
+
 def test_hash_only_available_components_asks_for_the_list() -> None:
     msg = first()
     msg.available_components.hash = b"abc"

@@ -3,6 +3,7 @@ real opamp-go agents claiming those pods' identities."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,13 @@ def _pods(api_client: Any, namespace: str) -> list[Any]:
     return [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
 
 
-def _create_fleet(api_client: Any, namespace: str, labels: dict[str, str], config: str) -> None:
+def _create_fleet(
+    api_client: Any,
+    namespace: str,
+    labels: dict[str, str],
+    config: str,
+    **spec: Any,
+) -> None:
     co: Any = k8s.CustomObjectsApi(api_client)
     co.create_namespaced_custom_object(
         GROUP,
@@ -77,7 +84,11 @@ def _create_fleet(api_client: Any, namespace: str, labels: dict[str, str], confi
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "CollectorFleet",
             "metadata": {"name": "collectors"},
-            "spec": {"selector": {"matchLabels": labels}, "config": {"inline": config}},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "config": {"inline": config},
+                **spec,
+            },
         },
     )
 
@@ -112,9 +123,9 @@ def _ready(status: dict[str, Any]) -> str | None:
     return next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), None)
 
 
-def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
-    operator: OperatorProcess, api_client: Any, namespace: str
-) -> None:
+def _deploy(api_client: Any, namespace: str, replicas: int) -> list[Any]:
+    """A Deployment of `replicas` kwok pods labelled app=collector, with the agent-ready
+    gate; returns its Running pods."""
     apps: Any = k8s.AppsV1Api(api_client)
     labels = {"app": "collector"}
     apps.create_namespaced_deployment(
@@ -124,7 +135,7 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
             "kind": "Deployment",
             "metadata": {"name": "collector"},
             "spec": {
-                "replicas": 3,
+                "replicas": replicas,
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
@@ -136,9 +147,18 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
             },
         },
     )
-    pods = eventually(
-        "3 Running pods", lambda: p if len(p := _pods(api_client, namespace)) == 3 else None
+    pods: list[Any] = eventually(
+        f"{replicas} Running pods",
+        lambda: p if len(p := _pods(api_client, namespace)) == replicas else None,
     )
+    return pods
+
+
+def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    labels = {"app": "collector"}
+    pods = _deploy(api_client, namespace, 3)
     co: Any = k8s.CustomObjectsApi(api_client)
     _create_fleet(api_client, namespace, labels, CONFIG_V1)
     # One agent per mapping rule, and one that claims no pod.
@@ -289,3 +309,86 @@ def test_fleet_with_an_invalid_config_is_stalled_and_offers_nothing(
     assert "service.pipelines.traces.exporters[0]" in stalled["message"]
     assert '"otlphttp"' in stalled["message"]
     assert status.get("desiredRevision") is None
+
+
+def _seen(agent: JsonlProcess, event: str, key: str | None = None) -> list[dict[str, Any]]:
+    """Every `event` the agent printed so far (with `key` present, when given)."""
+    with contextlib.suppress(TimeoutError):
+        agent.wait_for("(read everything printed so far)", timeout=0.5)
+    return [e for e in agent.seen if e["event"] == event and (key is None or key in e)]
+
+
+def _events(api_client: Any, namespace: str) -> dict[str, list[str]]:
+    """The fleet's Event reasons → messages."""
+    core: Any = k8s.CoreV1Api(api_client)
+    out: dict[str, list[str]] = {}
+    for e in core.list_namespaced_event(namespace).items:
+        if e.involved_object.kind == "CollectorFleet":
+            out.setdefault(e.reason, []).append(e.message)
+    return out
+
+
+def test_remediate_reoffers_then_restarts_then_gives_up(
+    crds: None, cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    pods = _deploy(api_client, namespace, 2)
+    local_edit = CONFIG_V2.replace("detailed", "basic")
+    with start_operator(cluster.kubeconfig, tmp_path, "--remediation-wait-seconds=2") as op:
+        _create_fleet(
+            api_client, namespace, {"app": "collector"}, CONFIG_V2, driftPolicy="Remediate"
+        )
+        # `fixes` takes whatever it is offered; `stuck` ignores offers (so it never
+        # reports a config status) and runs a local edit, but accepts restart commands.
+        fixes = start_go_agent(
+            op.ws_url, "--heartbeat=1s", f"--attr=k8s.pod.uid={pods[0].metadata.uid}"
+        )
+        stuck = start_go_agent(
+            op.ws_url,
+            "--heartbeat=1s",
+            "--apply=ignore",
+            "--accept-restart",
+            f"--effective-config={local_edit}",
+            f"--attr=k8s.pod.uid={pods[1].metadata.uid}",
+        )
+        try:
+            fixes.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
+            eventually(
+                "the stuck agent drifted and given up on, the other in sync",
+                lambda: "RemediationFailed" in _events(api_client, namespace),
+                timeout=90,
+            )
+            assert (
+                len(_seen(stuck, "message", "remote_config")) == 2
+            )  # the first offer and one re-offer, not a loop
+            commands = [e["type"] for e in _seen(stuck, "command")]
+            assert commands == ["CommandType_Restart"]
+            events = _events(api_client, namespace)
+            assert pods[1].metadata.name in events["RemediationFailed"][0]
+            assert any("restarting 1 agents" in m for m in events["DriftRemediating"])
+            assert "Remediated" not in events
+            status = _status(api_client, namespace)
+            assert status["drifted"] == 1
+            assert [w["reason"] for w in status["worstAgents"]] == ["Drifted"]
+
+            # A local edit on an agent that takes offers is undone by the re-offer.
+            fixes.send(cmd="effective_config", body=local_edit)
+            eventually(
+                "the re-offer to undo the local edit",
+                lambda: "Remediated" in _events(api_client, namespace),
+                timeout=90,
+            )
+            assert len(_seen(fixes, "message", "remote_config")) == 2
+            assert _seen(fixes, "command") == []
+            events = _events(api_client, namespace)
+            assert pods[0].metadata.name in events["Remediated"][0]
+            assert "DriftDetected" in events
+            status = eventually(
+                "one drifted agent left",
+                lambda: s if (s := _status(api_client, namespace)).get("drifted") == 1 else None,
+            )
+            assert status["configApplied"] == 1
+            # After giving up, the stuck agent is left alone: no further offers.
+            assert len(_seen(stuck, "message", "remote_config")) == 2
+        finally:
+            fixes.stop()
+            stuck.stop()

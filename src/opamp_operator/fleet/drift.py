@@ -407,14 +407,15 @@ def agent_drift(agent: AgentView, desired_yaml: str, desired_hash: str) -> Drift
     In sync: APPLIED for the desired hash, and no effective config reported or one that
     satisfies the desired config. Pending: APPLYING the desired hash. Unknown: no remote
     config status and no effective config (e.g. an agent that does not accept remote
-    config and reports nothing); with an effective config but no status, that config
-    alone decides. Drifted otherwise, with the reason.
+    config and reports nothing); with an effective config but no status (or UNSET, what
+    opamp-go reports before any remote config), that config alone decides. Drifted
+    otherwise, with the reason.
     """
     status = agent.remote_config_status
     reported = agent.remote_config_hash.lower()
     wanted = desired_hash.lower()
     has_effective = bool(agent.effective_config.strip())
-    if status is None:
+    if status is None or (status == "UNSET" and not reported and has_effective):
         if not has_effective:
             return DriftVerdict(
                 DriftState.UNKNOWN,

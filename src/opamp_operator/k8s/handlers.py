@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -15,19 +17,29 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION, CollectorFleetSpec
+from opamp_operator.api.models import (
+    AGENT_READY_CONDITION,
+    GROUP,
+    VERSION,
+    CollectorFleetSpec,
+    DriftPolicy,
+)
 from opamp_operator.fleet.health import (
+    Reason,
     agent_ready_condition,
     conditions,
     merge_conditions,
     summarize,
 )
 from opamp_operator.fleet.mapping import FleetSelector, MappingResult, SelectorError
+from opamp_operator.fleet.remediation import Action, RemediationSettings, plan_remediation
 from opamp_operator.fleet.validation import format_problems, validate_config
 from opamp_operator.fleet.views import PodView
-from opamp_operator.k8s import revisions
+from opamp_operator.k8s import revisions, workload
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.server.app import OpAMPServer
 
 log = logging.getLogger(__name__)
@@ -37,6 +49,9 @@ FLEETS = (GROUP, VERSION, "collectorfleets")
 @dataclass(frozen=True)
 class HandlerSettings:
     status_interval: float = 5.0
+    # The OpAMP URL template-mode Collectors are given (the operator's Service).
+    agent_endpoint: str | None = None
+    remediation: RemediationSettings = field(default_factory=RemediationSettings)
 
 
 def _now() -> str:
@@ -110,9 +125,12 @@ def _ensure_revision(body: kopf.Body, record: FleetRecord) -> str:
 class FleetHandlers:
     """The handlers' logic, with the state and the server they act on."""
 
-    def __init__(self, state: OperatorState, server: OpAMPServer) -> None:
+    def __init__(
+        self, state: OperatorState, server: OpAMPServer, settings: HandlerSettings
+    ) -> None:
         self.state = state
         self.server = server
+        self.settings = settings
         # Pod conditions last written, so a pod is patched only when its gate changes.
         self._gates: dict[str, tuple[str, str]] = {}
 
@@ -141,6 +159,7 @@ class FleetHandlers:
         if record.config_error is None and record.config_text is not None:
             record.config = RemoteConfig.single(record.config_text.encode())
             record.revision = await asyncio.to_thread(_ensure_revision, body, record)
+        await workload.reconcile_workload(body, record, self.settings.agent_endpoint)
         previous = self.state.fleets.get(record.key)
         self.state.fleets[record.key] = record
         if previous is None or previous.desired_hash != record.desired_hash:
@@ -205,6 +224,8 @@ class FleetHandlers:
         mapping = assignment.mapping_for(key)
         await self.write_readiness_gates(record, mapping)
         drift = self.state.drift_of(record, mapping.agents)
+        if record.spec.drift_policy == DriftPolicy.REMEDIATE:
+            await self.remediate(body, record, mapping, drift)
         health = summarize(record.selector, mapping, record.desired_hash, drift)
         new_conditions = conditions(
             health,
@@ -228,6 +249,79 @@ class FleetHandlers:
         if {k: old_status.get(k) for k in status} != status:
             patch.status.update(status)
             _announce(body, old_status.get("conditions", []), merged)
+            _announce_counts(body, old_status, status)
+
+    async def remediate(
+        self,
+        body: kopf.Body,
+        record: FleetRecord,
+        mapping: MappingResult,
+        drift: dict[str, bool | None],
+    ) -> None:
+        """Policy Remediate: re-offer the desired config to drifted agents, then restart
+        those that accept it, then give up and say so (see fleet/remediation.py)."""
+        core = self.state.core
+        if core is None:
+            return
+        raw = {uid_str(uid): agent for uid, agent in core.agents.items()}
+        live = {uid: v for uid, v in drift.items() if uid in raw and raw[uid].live}
+        can_restart = {
+            uid: raw[uid].can(pb.AgentCapabilities_AcceptsRestartCommand) for uid in live
+        }
+        plan = plan_remediation(
+            live,
+            self.state.remediation.get(record.key, {}),
+            record.desired_hash,
+            can_restart,
+            now=time.monotonic(),
+            settings=self.settings.remediation,
+        )
+        self.state.remediation[record.key] = dict(plan.attempts)
+        for uid, action in plan.actions.items():
+            if action is Action.REOFFER:
+                core.reoffer_config(raw[uid].instance_uid)
+            else:
+                core.request_restart(raw[uid].instance_uid)
+        if plan.actions:
+            await self.server.push_offers()
+
+        def pods(uids: Iterable[str]) -> str:
+            names = sorted(mapping.pod_of.get(uid, uid) for uid in uids)
+            return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+        by_action = {a: [u for u, x in plan.actions.items() if x is a] for a in Action}
+        if by_action[Action.REOFFER]:
+            kopf.event(
+                body,
+                type="Normal",
+                reason="DriftRemediating",
+                message=f"re-offered the desired config to {len(by_action[Action.REOFFER])} "
+                f"drifted agents: {pods(by_action[Action.REOFFER])}",
+            )
+        if by_action[Action.RESTART]:
+            kopf.event(
+                body,
+                type="Normal",
+                reason="DriftRemediating",
+                message=f"drift outlived the re-offer; restarting "
+                f"{len(by_action[Action.RESTART])} agents: {pods(by_action[Action.RESTART])}",
+            )
+        if plan.remediated:
+            kopf.event(
+                body,
+                type="Normal",
+                reason="Remediated",
+                message=f"{len(plan.remediated)} agents run the desired config again: "
+                f"{pods(plan.remediated)}",
+            )
+        if plan.gave_up:
+            kopf.event(
+                body,
+                type="Warning",
+                reason="RemediationFailed",
+                message=f"drift persists on {len(plan.gave_up)} agents after re-offer"
+                f" and restart; a local config may override the fleet's: {pods(plan.gave_up)}",
+            )
 
 
 def register(
@@ -238,7 +332,7 @@ def register(
 ) -> None:
     """Attach every handler to `registry` (no module-level decorators: tests and the
     CLI build their own registries)."""
-    handlers = FleetHandlers(state, server)
+    handlers = FleetHandlers(state, server, settings)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -272,6 +366,41 @@ def register(
     @kopf.timer(*FLEETS, interval=settings.status_interval, registry=registry)
     async def write_status(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         await handlers.write_status(body, patch)
+
+
+# Status counts whose rise is announced, with the Event's reason and wording.
+_COUNT_EVENTS = (
+    ("configFailed", "ConfigFailed", "agents report the config FAILED"),
+    ("drifted", "DriftDetected", "agents run something other than the desired config"),
+    ("unhealthy", "AgentsUnhealthy", "agents report unhealthy components"),
+)
+
+
+_WORST_REASONS = {
+    "configFailed": {Reason.CONFIG_FAILED.value},
+    "drifted": {Reason.DRIFTED.value},
+    "unhealthy": {Reason.UNHEALTHY.value},
+}
+
+
+def _announce_counts(body: kopf.Body, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A Warning Event when the number of failed, drifted or unhealthy agents rises; the
+    worst agents' reasons name who (one Event per status write, never per agent)."""
+    for key, reason, text in _COUNT_EVENTS:
+        before, after = int(old.get(key) or 0), int(new.get(key) or 0)
+        if after > before:
+            who = [
+                w.get("pod") or w.get("instanceUid", "")
+                for w in new.get("worstAgents", [])
+                if w.get("reason") in _WORST_REASONS[key]
+            ]
+            named = f" (e.g. {', '.join(who[:5])})" if who else ""
+            kopf.event(
+                body,
+                type="Warning",
+                reason=reason,
+                message=f"{after} {text}, was {before}{named}"[:1024],
+            )
 
 
 def _stalled(body: kopf.Body, message: str) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import kopf
 from aiohttp import web
 from kubernetes import config as k8s_config
 
+from opamp_operator.fleet.remediation import RemediationSettings
 from opamp_operator.k8s.api import FleetAPI
 from opamp_operator.k8s.handlers import HandlerSettings, register
 from opamp_operator.k8s.state import OperatorState
@@ -28,6 +29,8 @@ class RunOptions:
     peering: str | None = None  # kopf peering name for an active/standby pair
     status_interval: float = 5.0
     heartbeat_seconds: int | None = 30
+    agent_endpoint: str | None = None
+    remediation_wait_seconds: float = 30.0
     limits: Limits = field(default_factory=Limits)
 
 
@@ -56,7 +59,16 @@ async def run(options: RunOptions) -> None:
     log.info("OpAMP server on %s:%d/v1/opamp", options.host, options.port)
 
     registry = kopf.OperatorRegistry()
-    register(registry, state, server, HandlerSettings(status_interval=options.status_interval))
+    register(
+        registry,
+        state,
+        server,
+        HandlerSettings(
+            status_interval=options.status_interval,
+            agent_endpoint=options.agent_endpoint,
+            remediation=RemediationSettings(wait_seconds=options.remediation_wait_seconds),
+        ),
+    )
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.INFO
     stop = asyncio.Event()

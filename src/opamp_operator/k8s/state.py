@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.drift import DriftState, agent_drift
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
+from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.ids import uid_str
@@ -51,6 +52,8 @@ class OperatorState:
     views: dict[str, AgentView] = field(default_factory=dict)
     # Drift needs YAML parsing; verdicts are cached per fleet by what they depend on, and
     # only the current agents' entries are kept.
+    # Drift remediation attempts per fleet, per agent (policy Remediate).
+    remediation: dict[str, dict[str, Attempt]] = field(default_factory=dict)
     _drift_cache: dict[str, dict[tuple[str, str, str, str], bool | None]] = field(
         default_factory=dict
     )
@@ -88,8 +91,8 @@ class OperatorState:
 
     def drift_of(self, record: FleetRecord, uids: Iterable[str]) -> dict[str, bool | None]:
         """Per agent: does what it runs differ from the fleet's config? Only agents that say
-        they applied it (or report no status) are judged; a failed apply is counted as
-        failed, not as drift."""
+        they applied it (or report no status, or UNSET) are judged; a failed apply is
+        counted as failed, not as drift."""
         if record.config_text is None:
             return {}
         verdicts: dict[str, bool | None] = {}
@@ -97,7 +100,7 @@ class OperatorState:
         fresh: dict[tuple[str, str, str, str], bool | None] = {}
         for uid in uids:
             view = self.views.get(uid)
-            if view is None or view.remote_config_status not in (None, "APPLIED"):
+            if view is None or view.remote_config_status not in (None, "UNSET", "APPLIED"):
                 continue
             key = (
                 record.desired_hash,

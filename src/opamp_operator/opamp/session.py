@@ -97,6 +97,10 @@ class AgentRecord:
     disconnected_at: float | None = None
     offered_config_hash: bytes | None = None
     offered_heartbeat: bool = False
+    # Drift remediation: offer the config again although the agent reports its hash,
+    # and/or send a Restart command, at the next chance.
+    reoffer_config: bool = False
+    restart_requested: bool = False
     messages: int = 0
 
     def can(self, capability: int) -> bool:
@@ -169,6 +173,11 @@ def message_kind(msg: pb.AgentToServer) -> str:
     return "heartbeat"
 
 
+def _bare(msg: pb.ServerToAgent) -> bool:
+    """Nothing but who we are: a command may ride on it."""
+    return {f.name for f, _ in msg.ListFields()} <= {"capabilities", "instance_uid"}
+
+
 def error_reply(
     kind: int, message: str, retry_after_seconds: float | None = None
 ) -> pb.ServerToAgent:
@@ -211,6 +220,25 @@ class ServerCore:
         for conn, c in self._conns.items():
             if c.uid is not None and c.uid in self._agents:
                 yield conn, self._agents[c.uid]
+
+    # ---- server-initiated ------------------------------------------------------------
+
+    def reoffer_config(self, uid: bytes) -> bool:
+        """Offer the desired config again even though the agent reports having applied it
+        (drift remediation). False when the agent cannot take remote config."""
+        agent = self._agents.get(uid)
+        if agent is None or not agent.can(pb.AgentCapabilities_AcceptsRemoteConfig):
+            return False
+        agent.reoffer_config = True
+        return True
+
+    def request_restart(self, uid: bytes) -> bool:
+        """Send the agent a Restart command. False when it does not accept one."""
+        agent = self._agents.get(uid)
+        if agent is None or not agent.can(pb.AgentCapabilities_AcceptsRestartCommand):
+            return False
+        agent.restart_requested = True
+        return True
 
     # ---- transport events ------------------------------------------------------------
 
@@ -263,7 +291,8 @@ class ServerCore:
         if msg.HasField("agent_disconnect"):
             events.append(self._disconnect(agent, now))
             return Reply(reply, events, close=transport is Transport.WEBSOCKET)
-        self._add_offers(agent, reply)
+        if not self._add_offers(agent, reply) and _bare(reply):
+            self._add_command(agent, reply)
         return Reply(reply, events)
 
     def _identify(
@@ -354,6 +383,9 @@ class ServerCore:
             msg = pb.ServerToAgent(instance_uid=agent.instance_uid)
             if self._add_offers(agent, msg):
                 out.append((conn, msg))
+            command = pb.ServerToAgent(instance_uid=agent.instance_uid)
+            if self._add_command(agent, command):
+                out.append((conn, command))
         return out
 
     # ---- internals -------------------------------------------------------------------
@@ -398,13 +430,16 @@ class ServerCore:
             desired = self.desired.config_for(agent)
         # WebSocket delivery is reliable: offer once per connection. An HTTP reply may be
         # lost, so repeat until the agent reports the hash.
-        if (
-            desired is not None
-            and agent.reported_config_hash != desired.hash
-            and (agent.transport is Transport.HTTP or agent.offered_config_hash != desired.hash)
+        if desired is not None and (
+            agent.reoffer_config
+            or (
+                agent.reported_config_hash != desired.hash
+                and (agent.transport is Transport.HTTP or agent.offered_config_hash != desired.hash)
+            )
         ):
             msg.remote_config.CopyFrom(desired.to_proto())
             agent.offered_config_hash = desired.hash
+            agent.reoffer_config = False
             added = True
         seconds = self.settings.offer_heartbeat_seconds
         if (
@@ -420,6 +455,16 @@ class ServerCore:
             agent.heartbeat_seconds = float(seconds)
             added = True
         return added
+
+    @staticmethod
+    def _add_command(agent: AgentRecord, msg: pb.ServerToAgent) -> bool:
+        """A requested command, in a message of its own: the spec says an agent ignores
+        every other field of a ServerToAgent that carries a command."""
+        if not agent.restart_requested:
+            return False
+        msg.command.type = pb.CommandType_Restart
+        agent.restart_requested = False
+        return True
 
     def _disconnect(self, agent: AgentRecord, now: float) -> Event:
         agent.connected = False

@@ -219,6 +219,7 @@ func main() {
 	unhealthy := flag.Bool("unhealthy", false, "report unhealthy at start")
 	components := flag.String("components", "", "comma-separated kind/type pairs reported as AvailableComponents, e.g. receivers/otlp,exporters/debug")
 	verbose := flag.Bool("verbose", false, "also print the client's debug log")
+	acceptRestart := flag.Bool("accept-restart", false, "declare AcceptsRestartCommand (a received command is printed, nothing restarts)")
 	flag.Var(identifying, "attr", "identifying attribute key=value (repeatable)")
 	flag.Var(nonIdentifying, "non-identifying", "non-identifying attribute key=value (repeatable)")
 	flag.Var(headers, "header", "HTTP header key=value sent with every request (repeatable)")
@@ -226,7 +227,7 @@ func main() {
 
 	out := jsonl.New(os.Stdout)
 	if err := run(out, *serverURL, *uidHex, *serviceName, *heartbeat, *applyMode, *initialConfig,
-		*unhealthy, *components, *verbose, identifying, nonIdentifying, headers); err != nil {
+		*unhealthy, *components, *verbose, *acceptRestart, identifying, nonIdentifying, headers); err != nil {
 		out.Emit("fatal", map[string]any{"error": err.Error()})
 		os.Exit(1)
 	}
@@ -248,7 +249,7 @@ func parseComponents(spec string) (*protobufs.AvailableComponents, error) {
 }
 
 func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat time.Duration, applyMode,
-	initialConfig string, unhealthy bool, components string, verbose bool,
+	initialConfig string, unhealthy bool, components string, verbose, acceptRestart bool,
 	identifying, nonIdentifying, headers kvFlag) error {
 	u, err := url.Parse(serverURL)
 	if err != nil {
@@ -308,6 +309,9 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig |
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsHealth |
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat
+	if acceptRestart {
+		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsRestartCommand
+	}
 	if components != "" {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_ReportsAvailableComponents
 		ac, err := parseComponents(components)
