@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +28,7 @@ from opamp_operator.fleet.views import AgentView, PodView
 UID_A = "0190a000-0000-7000-8000-00000000000a"
 UID_B = "0190a000-0000-7000-8000-00000000000b"
 UID_C = "0190a000-0000-7000-8000-00000000000c"
+UID_D = "0190a000-0000-7000-8000-00000000000d"
 
 
 def pod(
@@ -511,6 +513,25 @@ def test_mapping_for_holds_only_that_fleets_share() -> None:
     assert list(part.agents) == [UID_A]
     assert part.pods_without_agent == ("a/q",)
     assert list(result.mapping_for("b/f").agents) == [UID_B]
+
+
+def test_a_fleet_token_decides_the_fleet_and_is_required_where_configured() -> None:
+    locked = FleetSelector("obs", "locked", 0.0, OTEL, requires_token=True)
+    open_ = FleetSelector("team", "open", 1.0)
+    pods = [pod("in", "obs", labels=OTEL), pod("t", "team")]
+    with_token = replace(agent(UID_A, {"k8s.pod.uid": "uid-obs-in"}), identity="obs/locked")
+    without = agent(UID_B, {"k8s.pod.uid": "uid-obs-in"})
+    # A token wins over the pod: this agent claims a pod of the open fleet.
+    elsewhere = replace(agent(UID_C, {"k8s.pod.uid": "uid-team-t"}), identity="obs/locked")
+    result = assign_fleets([locked, open_], pods, [with_token, without, elsewhere])
+    assert result.fleet_of_agent == {UID_A: "obs/locked", UID_C: "obs/locked"}
+    assert result.unauthenticated == {"obs/locked": (UID_B,)}
+    assert UID_B in result.unassigned_agents
+    part = result.mapping_for("obs/locked")
+    assert set(part.agents) == {UID_A, UID_C}
+    # A token naming no current fleet is no help, nor harm, on an open fleet.
+    stale = replace(agent(UID_D, {"k8s.pod.uid": "uid-team-t"}), identity="obs/deleted")
+    assert assign_fleets([open_], pods, [stale]).fleet_of_agent == {UID_D: "team/open"}
 
 
 def test_duplicate_fleet_keys_are_refused() -> None:

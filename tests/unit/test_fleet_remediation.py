@@ -95,8 +95,9 @@ def test_actions_per_agent_are_bounded_and_only_for_drifted_agents(
                 assert uid in restartable
             done.setdefault(uid, []).append(action)
         assert set(plan.attempts) <= set(drift)
-        for uid in [*plan.remediated, *(set(done) - set(drift))]:
-            done.pop(uid, None)  # gone or back in sync: a later drift is a new episode
+        assert set(plan.remediated) <= {u for u, v in drift.items() if v is False}
+        for uid in [u for u in done if u not in drift or drift[u] is False]:
+            done.pop(uid)  # gone or back in sync: a later drift is a new episode
         attempts = dict(plan.attempts)
     for actions in done.values():
         assert actions.count(Action.REOFFER) <= FAST.max_reoffers

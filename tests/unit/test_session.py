@@ -324,6 +324,24 @@ def test_restart_command_travels_alone() -> None:
     assert not core.receive(beat(OTHER, 3), now=3.0).message.HasField("command")
 
 
+def test_authenticated_identity_is_kept_and_a_uid_is_not_taken_across_identities() -> None:
+    core = ServerCore()
+    ws = core.open(now=0.0, identity="ns/fleet-a")
+    core.receive(first(), now=0.0, conn=ws)
+    assert core.agents[UID].identity == "ns/fleet-a"
+    # Over HTTP, the same uid under another identity (or none) is someone else.
+    reply = core.receive(first(), now=1.0, identity="ns/fleet-b").message
+    assert reply.agent_identification.new_instance_uid not in (b"", UID)
+    assert core.agents[UID].identity == "ns/fleet-a"
+    anonymous = core.receive(first(uid=OTHER), now=1.0).message
+    assert not anonymous.HasField("agent_identification")
+    assert core.agents[OTHER].identity is None
+    again = core.receive(beat(OTHER, 1), now=2.0, identity="ns/fleet-a").message
+    assert again.HasField("agent_identification")
+    same = core.receive(beat(OTHER, 2), now=3.0).message
+    assert not same.HasField("agent_identification")
+
+
 def test_hash_only_available_components_asks_for_the_list() -> None:
     msg = first()
     msg.available_components.hash = b"abc"

@@ -4,6 +4,7 @@ real opamp-go agents claiming those pods' identities."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -392,3 +393,95 @@ def test_remediate_reoffers_then_restarts_then_gives_up(
         finally:
             fixes.stop()
             stuck.stop()
+
+
+def test_a_fleet_token_admits_its_agents_and_refuses_others(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    core: Any = k8s.CoreV1Api(api_client)
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "agent-token"}, "stringData": {"token": "s3cret-fleet-token"}},
+    )
+    pods = _deploy(api_client, namespace, 3)
+    _create_fleet(
+        api_client,
+        namespace,
+        {"app": "collector"},
+        CONFIG_V1,
+        authSecretRef={"name": "agent-token"},
+    )
+    bearer = "--header=Authorization=Bearer s3cret-fleet-token"
+    admitted_ws = start_go_agent(
+        operator.ws_url, "--heartbeat=1s", bearer, f"--attr=k8s.pod.uid={pods[0].metadata.uid}"
+    )
+    admitted_http = start_go_agent(
+        operator.http_url, "--heartbeat=1s", bearer, f"--attr=k8s.pod.uid={pods[1].metadata.uid}"
+    )
+    anonymous = start_go_agent(
+        operator.ws_url, "--heartbeat=1s", f"--attr=k8s.pod.uid={pods[2].metadata.uid}"
+    )
+    wrong = start_go_agent(
+        operator.ws_url,
+        "--heartbeat=1s",
+        "--header=Authorization=Bearer guessed",
+        f"--attr=k8s.pod.uid={pods[2].metadata.uid}",
+    )
+    try:
+        for agent in (admitted_ws, admitted_http):
+            got = agent.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
+            assert got["remote_config"]["files"][""]["body"] == CONFIG_V1
+        # opamp-go reports a refused WebSocket upgrade as "bad handshake"; the 401 is
+        # counted by the server.
+        failed = wrong.wait_for("connect_failed", timeout=30)
+        assert "bad handshake" in failed["error"]
+        status = eventually(
+            "two agents applied, one unauthenticated",
+            lambda: (
+                s
+                if (s := _status(api_client, namespace)).get("configApplied") == 2
+                and s.get("agentsUnauthenticated") == 1
+                else None
+            ),
+        )
+        assert status["agentsMapped"] == 2
+        assert status["podsWithoutAgent"] == 1
+        # The anonymous agent claiming a pod of this fleet is given nothing.
+        assert _seen(anonymous, "message", "remote_config") == []
+        assert _seen(wrong, "message") == []
+        metrics = operator.get("/metrics")
+        refused = re.search(r'opamp_errors_total\{reason="unauthorized"\} (\d+)', metrics)
+        assert refused is not None
+        assert int(refused.group(1)) >= 1
+
+        # A missing Secret stalls nothing already running but says why it is not Ready.
+        core.delete_namespaced_secret("agent-token", namespace)
+        co: Any = k8s.CustomObjectsApi(api_client)
+        co.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "collectorfleets",
+            "collectors",
+            {"spec": {"authSecretRef": {"name": "no-such-secret"}}},
+        )
+
+        def not_ready_message() -> str:
+            conditions = _status(api_client, namespace).get("conditions", [])
+            return next(
+                (
+                    c["message"]
+                    for c in conditions
+                    if c["type"] == "Ready" and c["status"] == "False"
+                ),
+                "",
+            )
+
+        message = eventually(
+            "not Ready, naming the missing Secret",
+            lambda: m if "no-such-secret" in (m := not_ready_message()) else None,
+        )
+        assert "not found" in message
+    finally:
+        for agent in (admitted_ws, admitted_http, anonymous, wrong):
+            agent.stop()

@@ -79,16 +79,36 @@ class WorkloadKind(StrEnum):
 
 
 class FleetTemplate(_Spec):
-    """Template mode: the operator renders the Collector workload itself, wired to its
-    OpAMP Service, with the pod identity in the agent's attributes."""
+    """Template mode: the operator renders the Collector workload itself: pods running
+    opampsupervisor, wired to the operator's OpAMP endpoint, labelled to match the
+    selector, with the pod identity in the agent's attributes and the agent-ready gate."""
 
     kind: WorkloadKind = WorkloadKind.DEPLOYMENT
-    image: Annotated[str, Field(min_length=1)]
-    replicas: Annotated[int, Field(ge=0)] = 1
+    image: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="An image whose entrypoint is opampsupervisor, "
+            "e.g. otel/opentelemetry-collector-opampsupervisor",
+        ),
+    ]
+    replicas: Annotated[int, Field(ge=0, description="Pods of a Deployment")] = 1
     resources: dict[str, Any] | None = Field(
         default=None, description="core/v1 ResourceRequirements of the Collector container"
     )
     service_account_name: str | None = None
+    agent_executable: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The Collector binary in the image, which the supervisor runs",
+        ),
+    ] = "/otelcontribcol"
+    supervisor_config: dict[str, Any] | None = Field(
+        default=None,
+        description="Merged over the supervisor config the operator renders (maps key by "
+        "key, anything else replaced), e.g. server.tls, agent.args or telemetry",
+    )
 
 
 class CollectorFleetSpec(_Spec):
@@ -146,6 +166,8 @@ class CollectorFleetStatus(_Status):
     pods_without_agent: int = 0
     agents_without_pod: int = 0
     duplicate_agents: int = 0
+    # Agents whose pod this fleet selects but that did not present its token.
+    agents_unauthenticated: int = 0
     overlapping_fleets: list[str] = Field(default_factory=list)
     desired_revision: str | None = None
     desired_hash: str | None = None

@@ -294,6 +294,8 @@ class FleetSelector:
     created: str | float  # metadata.creationTimestamp (RFC 3339) or Unix seconds
     match_labels: Mapping[str, str] = field(default_factory=dict)
     match_expressions: tuple[LabelRequirement, ...] = ()
+    # Agents must present this fleet's token (spec.authSecretRef) to belong to it.
+    requires_token: bool = False
 
     def __post_init__(self) -> None:
         _epoch(self.created)  # reject a bad timestamp now, not while sorting
@@ -363,6 +365,8 @@ class FleetAssignment:
     fleet_of_agent: Mapping[str, str]
     overlaps: Mapping[str, tuple[Overlap, ...]]  # fleet key -> overlaps involving it
     unassigned_agents: tuple[str, ...]  # no pod, or a pod no fleet selects
+    # Fleet key -> agents whose pod it selects but that lack its token (not given to it).
+    unauthenticated: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def pods_of(self, fleet: str) -> tuple[str, ...]:
         return tuple(p for p, f in self.fleet_of_pod.items() if f == fleet)
@@ -379,6 +383,10 @@ def assign_fleets(
     fleets: Sequence[FleetSelector], pods: Sequence[PodView], agents: Sequence[AgentView]
 ) -> FleetAssignment:
     """Give each pod to the oldest fleet selecting it and each agent to its pod's fleet.
+
+    A fleet's token identifies the fleet: an agent that presented one (AgentView.identity)
+    belongs to that fleet whatever pod it claims. An agent whose pod's fleet requires a
+    token it did not present belongs to no fleet and is listed in `unauthenticated`.
 
     Agents are mapped against all the pods given, not only selected ones, so an agent of a
     pod outside every fleet is recognised as such rather than matched by a weaker rule to a
@@ -405,11 +413,20 @@ def assign_fleets(
             for key in selecting:
                 overlaps[key].append(overlap)
 
-    fleet_of_agent = {
-        uid: fleet_of_pod[claim.pod]
-        for uid, claim in mapping.claims.items()
-        if claim.pod in fleet_of_pod
-    }
+    fleet_of_agent: dict[str, str] = {}
+    unauthenticated: dict[str, list[str]] = defaultdict(list)
+    for uid, agent in mapping.agents.items():
+        if agent.identity in by_key:
+            fleet_of_agent[uid] = agent.identity
+            continue
+        claim = mapping.claims.get(uid)
+        owner = fleet_of_pod.get(claim.pod) if claim is not None else None
+        if owner is None:
+            continue
+        if by_key[owner].requires_token:
+            unauthenticated[owner].append(uid)
+        else:
+            fleet_of_agent[uid] = owner
     return FleetAssignment(
         mapping=mapping,
         fleets=tuple(f.key for f in ordered),
@@ -417,4 +434,5 @@ def assign_fleets(
         fleet_of_agent=fleet_of_agent,
         overlaps={k: tuple(v) for k, v in overlaps.items()},
         unassigned_agents=tuple(u for u in mapping.agents if u not in fleet_of_agent),
+        unauthenticated={k: tuple(v) for k, v in unauthenticated.items()},
     )

@@ -44,6 +44,8 @@ class AgentView:
     remote_config_error: str = ""
     effective_config_hash: str = ""
     effective_config: str = ""
+    # The fleet (namespace/name) whose token the agent presented; "" when it sent none.
+    identity: str = ""
 
     @property
     def live(self) -> bool:
@@ -93,4 +95,5 @@ def agent_view(agent: AgentRecord) -> AgentView:
             agent.effective_config_hash.hex() if agent.effective_config_hash is not None else ""
         ),
         effective_config=effective,
+        identity=agent.identity or "",
     )

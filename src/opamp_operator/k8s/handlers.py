@@ -5,6 +5,9 @@ heartbeat)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -52,6 +55,8 @@ class HandlerSettings:
     # The OpAMP URL template-mode Collectors are given (the operator's Service).
     agent_endpoint: str | None = None
     remediation: RemediationSettings = field(default_factory=RemediationSettings)
+    # How often a fleet's token Secret is read again (rotation).
+    token_refresh_seconds: float = 30.0
 
 
 def _now() -> str:
@@ -91,6 +96,39 @@ def _resolve_config(namespace: str, spec: CollectorFleetSpec) -> str:
     if ref.key not in data:
         raise ValueError(f"ConfigMap {namespace}/{ref.name} has no key {ref.key!r}")
     return str(data[ref.key])
+
+
+def _resolve_token(namespace: str, spec: CollectorFleetSpec) -> bytes | None:
+    """sha256 of the fleet's agent token; raises ValueError with a message for the status.
+    Only `get` on the one Secret named: the operator never lists Secrets."""
+    ref = spec.auth_secret_ref
+    if ref is None:
+        return None
+    try:
+        secret = k8s.CoreV1Api().read_namespaced_secret(ref.name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ValueError(f"Secret {namespace}/{ref.name} not found") from None
+        if exc.status == 403:
+            raise ValueError(f"the operator may not read Secret {namespace}/{ref.name}") from None
+        raise
+    data = secret.data or {}
+    if ref.key not in data:
+        raise ValueError(f"Secret {namespace}/{ref.name} has no key {ref.key!r}")
+    token = base64.b64decode(data[ref.key]).decode(errors="replace").strip()
+    if not token:
+        raise ValueError(f"Secret {namespace}/{ref.name} key {ref.key!r} is empty")
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def _read_token(record: FleetRecord) -> None:
+    try:
+        record.token_digest = await asyncio.to_thread(_resolve_token, record.namespace, record.spec)
+        record.auth_error = None
+    except ValueError as exc:
+        # Keep a token already known: a Secret briefly missing must not lock agents out.
+        record.auth_error = str(exc)
+    record.token_read_at = time.monotonic()
 
 
 def _validate(text: str) -> str | None:
@@ -150,7 +188,9 @@ class FleetHandlers:
             patch.status["conditions"] = _stalled(body, f"invalid spec: {exc}")
             return
         generation = int(meta.get("generation", 0))
+        selector = dataclasses.replace(selector, requires_token=spec.auth_secret_ref is not None)
         record = FleetRecord(namespace, name, meta.uid or "", generation, selector, spec)
+        await _read_token(record)
         try:
             record.config_text = await asyncio.to_thread(_resolve_config, namespace, spec)
             record.config_error = _validate(record.config_text)
@@ -219,6 +259,11 @@ class FleetHandlers:
         record = self.state.fleets.get(key)
         if record is None:
             return
+        if (
+            record.spec.auth_secret_ref is not None
+            and time.monotonic() - record.token_read_at > self.settings.token_refresh_seconds
+        ):
+            await _read_token(record)
         assignment = self.state.refresh()
         await self.server.push_offers()
         mapping = assignment.mapping_for(key)
@@ -231,8 +276,8 @@ class FleetHandlers:
             health,
             record.generation,
             int(body.metadata.get("generation", 0)),
-            record.config_error is None,
-            record.config_error or "",
+            record.config_error is None and record.auth_error is None,
+            record.config_error or record.auth_error or "",
         )
         old_status = dict(body.get("status", {}))
         merged = merge_conditions(old_status.get("conditions", []), new_conditions, _now())
@@ -242,6 +287,7 @@ class FleetHandlers:
             "conditions": merged,
             "desiredRevision": record.revision,
             "desiredHash": record.desired_hash or None,
+            "agentsUnauthenticated": len(assignment.unauthenticated.get(key, ())),
             "overlappingFleets": sorted(
                 {f for o in assignment.overlaps.get(key, ()) for f in o.fleets if f != key}
             ),

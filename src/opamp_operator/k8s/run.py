@@ -50,7 +50,7 @@ async def run(options: RunOptions) -> None:
         CoreSettings(offer_heartbeat_seconds=options.heartbeat_seconds), desired=state
     )
     state.core = core
-    server = OpAMPServer(core, options.limits)
+    server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
     app = server.app()
     FleetAPI(state).add_routes(app)
     runner = web.AppRunner(app, handle_signals=False)

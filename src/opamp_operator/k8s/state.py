@@ -8,6 +8,8 @@ same assignment.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -19,6 +21,7 @@ from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.session import AgentRecord, ServerCore
+from opamp_operator.server.app import UnauthorizedError
 
 
 @dataclass
@@ -33,6 +36,10 @@ class FleetRecord:
     config: RemoteConfig | None = None
     config_error: str | None = None
     revision: str | None = None
+    # sha256 of the bearer token agents must present (spec.authSecretRef), when set.
+    token_digest: bytes | None = None
+    auth_error: str | None = None
+    token_read_at: float = 0.0
 
     @property
     def key(self) -> str:
@@ -68,6 +75,26 @@ class OperatorState:
             list(self.views.values()),
         )
         return self.assignment
+
+    def authenticate(self, authorization: str | None) -> str | None:
+        """The OpAMP server's Authenticator: a fleet's bearer token identifies that fleet;
+        no header is an anonymous agent (welcome in fleets without a token); any other
+        credential is refused."""
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedError("the Authorization header must be 'Bearer <fleet token>'")
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        matches = [
+            record
+            for record in self.fleets.values()
+            if record.token_digest is not None and hmac.compare_digest(record.token_digest, digest)
+        ]
+        if not matches:
+            raise UnauthorizedError("the bearer token is not the token of any CollectorFleet")
+        # Two fleets sharing a token: the oldest, as with overlapping selectors.
+        return min(matches, key=lambda r: r.selector.priority).key
 
     def fleet_of(self, agent: AgentRecord) -> FleetRecord | None:
         if self.assignment is None:

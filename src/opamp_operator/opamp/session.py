@@ -97,6 +97,8 @@ class AgentRecord:
     disconnected_at: float | None = None
     offered_config_hash: bytes | None = None
     offered_heartbeat: bool = False
+    # Who the transport authenticated the agent as (e.g. the fleet whose token it sent).
+    identity: str | None = None
     # Drift remediation: offer the config again although the agent reports its hash,
     # and/or send a Restart command, at the next chance.
     reoffer_config: bool = False
@@ -159,6 +161,7 @@ class _Conn:
     peer: str
     opened_at: float
     uid: bytes | None = None
+    identity: str | None = None
 
 
 def message_kind(msg: pb.AgentToServer) -> str:
@@ -242,11 +245,12 @@ class ServerCore:
 
     # ---- transport events ------------------------------------------------------------
 
-    def open(self, now: float, peer: str = "") -> ConnId:
-        """A WebSocket was accepted; messages on it are fed with `receive(..., conn=...)`."""
+    def open(self, now: float, peer: str = "", identity: str | None = None) -> ConnId:
+        """A WebSocket was accepted; messages on it are fed with `receive(..., conn=...)`.
+        `identity` is who the transport authenticated the peer as, if anyone."""
         conn = self._next_conn
         self._next_conn += 1
-        self._conns[conn] = _Conn(Transport.WEBSOCKET, peer, now)
+        self._conns[conn] = _Conn(Transport.WEBSOCKET, peer, now, identity=identity)
         return conn
 
     def close(self, conn: ConnId, now: float) -> list[Event]:
@@ -259,12 +263,23 @@ class ServerCore:
         return [self._disconnect(agent, now)]
 
     def receive(
-        self, msg: pb.AgentToServer, now: float, conn: ConnId | None = None, peer: str = ""
+        self,
+        msg: pb.AgentToServer,
+        now: float,
+        conn: ConnId | None = None,
+        peer: str = "",
+        identity: str | None = None,
     ) -> Reply:
-        """An AgentToServer over WebSocket (`conn` given) or plain HTTP (`conn` None)."""
+        """An AgentToServer over WebSocket (`conn` given) or plain HTTP (`conn` None, and
+        `identity` the request's authenticated identity)."""
         transport = Transport.WEBSOCKET if conn is not None else Transport.HTTP
+        if conn is not None:
+            identity = self._conns[conn].identity
         reply = pb.ServerToAgent(capabilities=SERVER_CAPABILITIES)
-        agent, full_state_needed, events = self._identify(msg, now, conn, transport, reply)
+        agent, full_state_needed, events = self._identify(
+            msg, now, conn, transport, reply, identity=identity
+        )
+        agent.identity = identity
         if conn is not None:
             agent.peer = peer or self._conns[conn].peer
         elif peer:
@@ -302,9 +317,15 @@ class ServerCore:
         conn: ConnId | None,
         transport: Transport,
         reply: pb.ServerToAgent,
+        *,
+        identity: str | None,
     ) -> tuple[AgentRecord, bool, list[Event]]:
         """The agent's record (new, returning or current), whether its full state must be
-        requested, and the identity events; a new uid goes into `reply` when needed."""
+        requested, and the identity events; a new uid goes into `reply` when needed.
+
+        A uid already known under another authenticated identity is not taken over: the
+        newcomer gets a uid of its own, so one fleet's token cannot speak for another's
+        agent."""
         events: list[Event] = []
         uid = msg.instance_uid
         agent = self._agents.get(uid)
@@ -312,6 +333,7 @@ class ServerCore:
             not ids.valid_uid(uid)
             or msg.flags & pb.AgentToServerFlags_RequestInstanceUid
             or self._held_elsewhere(agent, conn)
+            or (agent is not None and agent.identity != identity and agent.messages > 0)
         ):
             new = self._new_uid()
             reply.agent_identification.new_instance_uid = new

@@ -58,6 +58,19 @@ class Limits:
 EventListener = Callable[[Event, AgentRecord | None], None]
 
 
+class UnauthorizedError(Exception):
+    """Raised by an Authenticator: the request's credentials are refused."""
+
+
+# The Authorization header (None when absent) → the identity the agent is known by, or
+# None for an anonymous agent; raises UnauthorizedError to refuse the connection.
+Authenticator = Callable[[str | None], str | None]
+
+
+def _anonymous(_: str | None) -> str | None:
+    return None
+
+
 class OpAMPServer:
     """Binds the core to aiohttp; one instance per process (or per test)."""
 
@@ -66,8 +79,10 @@ class OpAMPServer:
         core: ServerCore,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
+        authenticate: Authenticator = _anonymous,
     ) -> None:
         self.core = core
+        self.authenticate = authenticate
         self.limits = limits or Limits()
         self.clock = clock
         self.metrics = ServerMetrics()
@@ -143,8 +158,12 @@ class OpAMPServer:
     # ---- OpAMP -----------------------------------------------------------------------
 
     async def handle_opamp(self, request: web.Request) -> web.StreamResponse:
+        try:
+            identity = self.authenticate(request.headers.get("Authorization"))
+        except UnauthorizedError as exc:
+            return self._unauthorized(str(exc))
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._websocket(request)
+            return await self._websocket(request, identity)
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(
                 request.method, ["POST"], text="OpAMP over HTTP uses POST"
@@ -154,9 +173,21 @@ class OpAMPServer:
             raise web.HTTPUnsupportedMediaType(
                 text=f"OpAMP over HTTP needs Content-Type: {PROTOBUF}, got {request.content_type!r}"
             )
-        return await self._http(request)
+        return await self._http(request, identity)
 
-    async def _http(self, request: web.Request) -> web.StreamResponse:
+    def _unauthorized(self, text: str) -> web.Response:
+        """401 before any OpAMP exchange (WebSocket upgrade or HTTP POST alike), as the
+        spec's transports expect; the reason is in a ServerErrorResponse too."""
+        self.metrics.errors.labels("unauthorized").inc()
+        body = wire.encode_http(error_reply(pb.ServerErrorResponseType_BadRequest, text))
+        return web.Response(
+            status=401,
+            body=body,
+            content_type=PROTOBUF,
+            headers={"WWW-Authenticate": 'Bearer realm="opamp"'},
+        )
+
+    async def _http(self, request: web.Request, identity: str | None) -> web.StreamResponse:
         if self._http_in_flight >= self.limits.max_http_in_flight:
             return self._shed("http")
         self._http_in_flight += 1
@@ -180,7 +211,7 @@ class OpAMPServer:
                 return self._http_bad_request(str(exc))
             self.metrics.agent_messages.labels(message_kind(msg)).inc()
             peer = request.remote or ""
-            reply = self.core.receive(msg, self.clock(), peer=peer)
+            reply = self.core.receive(msg, self.clock(), peer=peer, identity=identity)
             self._after_reply(reply)
             payload = wire.encode_http(reply.message)
             self.metrics.messages.labels("out", "http").inc()
@@ -210,13 +241,13 @@ class OpAMPServer:
             status=503, body=body, content_type=PROTOBUF, headers={"Retry-After": str(retry)}
         )
 
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+    async def _websocket(self, request: web.Request, identity: str | None) -> web.StreamResponse:
         if len(self._sockets) >= self.limits.max_websockets:
             return self._shed("websocket")
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_message_bytes)
         await ws.prepare(request)
         now = self.clock()
-        conn = self.core.open(now, peer=request.remote or "")
+        conn = self.core.open(now, peer=request.remote or "", identity=identity)
         self._sockets[conn] = ws
         try:
             async for frame in ws:
