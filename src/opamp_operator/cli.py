@@ -13,6 +13,7 @@ from opamp_operator import __version__
 from opamp_operator.api.crd import render_all
 from opamp_operator.k8s.run import RunOptions
 from opamp_operator.k8s.run import run as run_operator
+from opamp_operator.k8s.webhook import WebhookOptions
 from opamp_operator.opamp.wire import protobuf_backend
 from opamp_operator.server.app import Limits
 from opamp_operator.simulator.command import add_parser as _add_simulate
@@ -93,6 +94,16 @@ def _run(args: argparse.Namespace) -> int:
         heartbeat_seconds=args.heartbeat_seconds,
         agent_endpoint=args.agent_endpoint,
         remediation_wait_seconds=args.remediation_wait_seconds,
+        webhook=(
+            WebhookOptions(
+                port=args.webhook_port,
+                host=args.webhook_host,
+                cert_dir=args.webhook_cert_dir,
+                configuration=args.webhook_configuration or None,
+            )
+            if args.webhook_port
+            else None
+        ),
     )
     asyncio.run(run_operator(options))
     return 0
@@ -125,6 +136,26 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=30.0,
         help="drift policy Remediate: how long an agent gets to report after a re-offer or "
         "restart before the next step (default 30)",
+    )
+    hook = p.add_argument_group("validating admission webhook (off unless --webhook-port)")
+    hook.add_argument("--webhook-port", type=int, default=0, help="HTTPS port, e.g. 9443")
+    hook.add_argument(
+        "--webhook-host",
+        default="127.0.0.1",
+        help="name or IP the apiserver reaches the webhook at (in the certificate)",
+    )
+    hook.add_argument(
+        "--webhook-cert-dir",
+        type=Path,
+        default=None,
+        help="directory with tls.crt, tls.key (and ca.crt); default: self-signed at start",
+    )
+    hook.add_argument(
+        "--webhook-configuration",
+        default="",
+        help="name (a domain, e.g. collectorfleets.opampoperator.io) of a "
+        "ValidatingWebhookConfiguration the operator creates and keeps pointed at itself "
+        "with its CA; leave empty when the chart manages it",
     )
     p.set_defaults(func=_run)
 

@@ -4,6 +4,7 @@ real opamp-go agents claiming those pods' identities."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
 from world.operator import OperatorProcess, start_operator
-from world.processes import eventually
+from world.processes import eventually, free_port
 
 pytestmark = pytest.mark.world
 
@@ -485,3 +486,66 @@ def test_a_fleet_token_admits_its_agents_and_refuses_others(
     finally:
         for agent in (admitted_ws, admitted_http, anonymous, wrong):
             agent.stop()
+
+
+def test_the_admission_webhook_refuses_broken_fleets_with_the_reason(
+    crds: None, cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    admission: Any = k8s.AdmissionregistrationV1Api(api_client)
+    configuration = f"{namespace}.opampoperator.io"
+    webhook_port = free_port()
+    args = (
+        f"--webhook-port={webhook_port}",
+        "--webhook-host=127.0.0.1",
+        f"--webhook-configuration={configuration}",
+    )
+    co: Any = k8s.CustomObjectsApi(api_client)
+    try:
+        with start_operator(cluster.kubeconfig, tmp_path, *args):
+            config = eventually(
+                "kopf to create the webhook configuration",
+                lambda: next(
+                    (
+                        c
+                        for c in admission.list_validating_webhook_configuration().items
+                        if c.metadata.name == configuration and c.webhooks
+                    ),
+                    None,
+                ),
+            )
+            (hook,) = config.webhooks
+            assert hook.failure_policy == "Ignore"
+            assert hook.client_config.ca_bundle
+            assert hook.client_config.url.startswith(f"https://127.0.0.1:{webhook_port}/")
+
+            broken = CONFIG_V1.replace("exporters: [debug]", "exporters: [otlphttp]")
+            with pytest.raises(k8s.ApiException) as refused:
+                _create_fleet(api_client, namespace, {"app": "x"}, broken)
+            assert refused.value.status == 422
+            body = json.loads(str(refused.value.body))
+            assert "service.pipelines.traces.exporters[0]" in body["message"]
+            assert '"otlphttp"' in body["message"]
+
+            with pytest.raises(k8s.ApiException) as not_yaml:
+                _create_fleet(api_client, namespace, {"app": "x"}, "receivers: [unclosed\n")
+            assert not_yaml.value.status == 422
+            assert "YAML" in json.loads(str(not_yaml.value.body))["message"]
+
+            _create_fleet(api_client, namespace, {"app": "x"}, CONFIG_V1)
+            with pytest.raises(k8s.ApiException) as update:
+                co.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    "collectorfleets",
+                    "collectors",
+                    {"spec": {"config": {"inline": broken}}},
+                )
+            assert update.value.status == 422
+            assert _fleet(api_client, namespace)["spec"]["config"]["inline"] == CONFIG_V1
+            assert _fleet(api_client, namespace)["metadata"]["generation"] == 1
+    finally:
+        with contextlib.suppress(k8s.ApiException):
+            admission.delete_validating_webhook_configuration(configuration)
+        with contextlib.suppress(k8s.ApiException):
+            admission.delete_mutating_webhook_configuration(configuration)

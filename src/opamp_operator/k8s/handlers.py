@@ -38,7 +38,7 @@ from opamp_operator.fleet.mapping import FleetSelector, MappingResult, SelectorE
 from opamp_operator.fleet.remediation import Action, RemediationSettings, plan_remediation
 from opamp_operator.fleet.validation import format_problems, validate_config
 from opamp_operator.fleet.views import PodView
-from opamp_operator.k8s import revisions, workload
+from opamp_operator.k8s import revisions, webhook, workload
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.ids import uid_str
@@ -57,6 +57,8 @@ class HandlerSettings:
     remediation: RemediationSettings = field(default_factory=RemediationSettings)
     # How often a fleet's token Secret is read again (rotation).
     token_refresh_seconds: float = 30.0
+    # Serve the validating admission webhook (run.py configures kopf's server).
+    webhook: bool = False
 
 
 def _now() -> str:
@@ -129,6 +131,17 @@ async def _read_token(record: FleetRecord) -> None:
         # Keep a token already known: a Secret briefly missing must not lock agents out.
         record.auth_error = str(exc)
     record.token_read_at = time.monotonic()
+
+
+def _read_config_map(namespace: str, name: str, key: str) -> str | None:
+    try:
+        cm = k8s.CoreV1Api().read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    value = (cm.data or {}).get(key)
+    return None if value is None else str(value)
 
 
 def _validate(text: str) -> str | None:
@@ -408,6 +421,22 @@ def register(
     @kopf.on.event("configmaps", registry=registry)
     async def config_map_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
         await handlers.config_map_changed(body, logger)
+
+    if settings.webhook:
+
+        @kopf.on.validate(
+            *FLEETS,
+            id="validate",
+            operations=["CREATE", "UPDATE"],
+            ignore_failures=True,
+            registry=registry,
+        )
+        def validate_fleet(
+            spec: kopf.Spec, namespace: str | None, name: str | None, **_: Any
+        ) -> None:
+            problem = webhook.fleet_problems(spec, namespace or "", name or "", _read_config_map)
+            if problem is not None:
+                raise kopf.AdmissionError(problem[:4096], code=422)
 
     @kopf.timer(*FLEETS, interval=settings.status_interval, registry=registry)
     async def write_status(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import kopf
 from aiohttp import web
@@ -15,6 +17,7 @@ from opamp_operator.fleet.remediation import RemediationSettings
 from opamp_operator.k8s.api import FleetAPI
 from opamp_operator.k8s.handlers import HandlerSettings, register
 from opamp_operator.k8s.state import OperatorState
+from opamp_operator.k8s.webhook import WebhookOptions, webhook_server
 from opamp_operator.opamp.session import CoreSettings, ServerCore
 from opamp_operator.server.app import DEFAULT_PORT, Limits, OpAMPServer
 
@@ -31,6 +34,7 @@ class RunOptions:
     heartbeat_seconds: int | None = 30
     agent_endpoint: str | None = None
     remediation_wait_seconds: float = 30.0
+    webhook: WebhookOptions | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -67,10 +71,15 @@ async def run(options: RunOptions) -> None:
             status_interval=options.status_interval,
             agent_endpoint=options.agent_endpoint,
             remediation=RemediationSettings(wait_seconds=options.remediation_wait_seconds),
+            webhook=options.webhook is not None,
         ),
     )
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.INFO
+    scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-webhook-")
+    if options.webhook is not None:
+        settings.admission.server = webhook_server(options.webhook, Path(scratch.name))
+        settings.admission.managed = options.webhook.configuration
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -88,3 +97,4 @@ async def run(options: RunOptions) -> None:
     finally:
         log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
         await runner.cleanup()
+        scratch.cleanup()
