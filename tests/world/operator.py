@@ -129,8 +129,11 @@ class OperatorProcess(OpAMPEndpoint):
         self.stop()
 
 
-def start_operator(kubeconfig: Path, workdir: Path, *args: str) -> OperatorProcess:
-    port = free_port()
+def start_operator(
+    kubeconfig: Path, workdir: Path, *args: str, port: int | None = None
+) -> OperatorProcess:
+    """`port` given: the same address as an operator before it (a restart)."""
+    port = port or free_port()
     record, proc = spawn(
         f"operator-{port}",
         [

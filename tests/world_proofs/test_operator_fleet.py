@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -549,3 +550,67 @@ def test_the_admission_webhook_refuses_broken_fleets_with_the_reason(
             admission.delete_validating_webhook_configuration(configuration)
         with contextlib.suppress(k8s.ApiException):
             admission.delete_mutating_webhook_configuration(configuration)
+
+
+def test_an_operator_restart_resumes_without_new_revisions_offers_or_annotations(
+    crds: None, cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    pods = _deploy(api_client, namespace, 2)
+    first = start_operator(cluster.kubeconfig, tmp_path / "first")
+    port = first.port
+    agents = [
+        start_go_agent(first.ws_url, "--heartbeat=1s", f"--attr=k8s.pod.uid={p.metadata.uid}")
+        for p in pods
+    ]
+    try:
+        _create_fleet(api_client, namespace, {"app": "collector"}, CONFIG_V1)
+        before = eventually(
+            "both agents applied, Ready",
+            lambda: (
+                s
+                if (s := _status(api_client, namespace)).get("configApplied") == 2
+                and _ready(s) == "True"
+                else None
+            ),
+        )
+        first.stop()
+        second = start_operator(cluster.kubeconfig, tmp_path / "second", port=port)
+        try:
+
+            def applied_on_second() -> bool:
+                try:
+                    fleet = second.get(f"/api/v1/fleets/{namespace}/collectors")
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 404:  # 404: not resumed yet
+                        raise
+                    return False
+                return bool(fleet["configApplied"] == 2)
+
+            eventually("both agents back on the new operator", applied_on_second, timeout=120)
+            after = eventually(
+                "Ready again",
+                lambda: s if _ready(s := _status(api_client, namespace)) == "True" else None,
+            )
+            assert after["desiredRevision"] == before["desiredRevision"]
+            assert after["desiredHash"] == before["desiredHash"]
+            assert after["observedGeneration"] == 1
+            apps: Any = k8s.AppsV1Api(api_client)
+            revisions = apps.list_namespaced_controller_revision(
+                namespace, label_selector=f"{GROUP}/fleet=collectors"
+            ).items
+            assert [r.revision for r in revisions] == [1]
+            # The agents report the desired hash: nothing is offered again.
+            for agent in agents:
+                assert len(_seen(agent, "message", "remote_config")) == 1
+            assert len(_events(api_client, namespace).get("ConfigRevision", [])) == 1
+            # kopf's bookkeeping is in status, never in the metadata GitOps tools own.
+            fleet = _fleet(api_client, namespace)
+            annotations = fleet["metadata"].get("annotations") or {}
+            assert not [a for a in annotations if "kopf" in a]
+            assert "kopf" in fleet["status"]
+        finally:
+            second.stop()
+    finally:
+        for agent in agents:
+            agent.stop()
+        first.stop()

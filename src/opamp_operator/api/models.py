@@ -174,6 +174,11 @@ class CollectorFleetStatus(_Status):
     stable_revision: str | None = None
     versions: list[VersionCount] = Field(default_factory=list)
     worst_agents: list[AgentProblem] = Field(default_factory=list)
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description="The operator framework's handler progress and last handled spec; kept "
+        "in status, not annotations, so GitOps tools see no changes to objects they own",
+    )
 
 
 class CollectorFleet(_Model):

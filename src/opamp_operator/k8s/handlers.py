@@ -150,8 +150,9 @@ def _validate(text: str) -> str | None:
     return format_problems(problems) if problems else None
 
 
-def _ensure_revision(body: kopf.Body, record: FleetRecord) -> str:
-    """Keep the config as a ControllerRevision; returns the revision's name."""
+def _ensure_revision(body: kopf.Body, record: FleetRecord) -> tuple[str, bool]:
+    """Keep the config as a ControllerRevision; returns its name and whether it was
+    created now."""
     if record.config is None or record.config_text is None:
         raise ValueError("a fleet without a valid config has no revision")
     apps: Any = k8s.AppsV1Api()
@@ -170,7 +171,7 @@ def _ensure_revision(body: kopf.Body, record: FleetRecord) -> str:
         )
     for name in plan.prune:
         apps.delete_namespaced_controller_revision(name, record.namespace)
-    return plan.current.name
+    return plan.current.name, plan.create
 
 
 class FleetHandlers:
@@ -209,16 +210,18 @@ class FleetHandlers:
             record.config_error = _validate(record.config_text)
         except ValueError as exc:
             record.config_error = str(exc)
+        created = False
         if record.config_error is None and record.config_text is not None:
             record.config = RemoteConfig.single(record.config_text.encode())
-            record.revision = await asyncio.to_thread(_ensure_revision, body, record)
+            record.revision, created = await asyncio.to_thread(_ensure_revision, body, record)
         await workload.reconcile_workload(body, record, self.settings.agent_endpoint)
         previous = self.state.fleets.get(record.key)
         self.state.fleets[record.key] = record
         if previous is None or previous.desired_hash != record.desired_hash:
             self.state.refresh()
             pushed = await self.server.push_offers()
-            if record.config is not None:
+            # Not on a restart's resume: the revision is old news then.
+            if record.config is not None and (created or previous is not None):
                 kopf.info(
                     body,
                     reason="ConfigRevision",

@@ -76,6 +76,10 @@ async def run(options: RunOptions) -> None:
     )
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.INFO
+    # Handler progress and the last handled spec live in status, never in annotations:
+    # Argo CD and Flux own the metadata and spec of the objects they apply.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
     scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-webhook-")
     if options.webhook is not None:
         settings.admission.server = webhook_server(options.webhook, Path(scratch.name))
