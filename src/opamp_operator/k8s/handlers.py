@@ -214,7 +214,11 @@ class FleetHandlers:
         if record.config_error is None and record.config_text is not None:
             record.config = RemoteConfig.single(record.config_text.encode())
             record.revision, created = await asyncio.to_thread(_ensure_revision, body, record)
-        await workload.reconcile_workload(body, record, self.settings.agent_endpoint)
+        try:
+            await workload.reconcile_workload(body, record, self.settings.agent_endpoint)
+        except workload.TemplateError as exc:
+            record.workload_error = f"spec.template: {exc}"
+            kopf.warn(body, reason="TemplateInvalid", message=record.workload_error[:1024])
         previous = self.state.fleets.get(record.key)
         self.state.fleets[record.key] = record
         if previous is None or previous.desired_hash != record.desired_hash:
@@ -292,8 +296,8 @@ class FleetHandlers:
             health,
             record.generation,
             int(body.metadata.get("generation", 0)),
-            record.config_error is None and record.auth_error is None,
-            record.config_error or record.auth_error or "",
+            record.problem is None,
+            record.problem or "",
         )
         old_status = dict(body.get("status", {}))
         merged = merge_conditions(old_status.get("conditions", []), new_conditions, _now())

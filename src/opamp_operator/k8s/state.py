@@ -39,11 +39,17 @@ class FleetRecord:
     # sha256 of the bearer token agents must present (spec.authSecretRef), when set.
     token_digest: bytes | None = None
     auth_error: str | None = None
+    workload_error: str | None = None
     token_read_at: float = 0.0
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def problem(self) -> str | None:
+        """What keeps the fleet from being Ready whatever its agents do."""
+        return self.config_error or self.auth_error or self.workload_error
 
     @property
     def desired_hash(self) -> str:

@@ -1,16 +1,484 @@
-"""Template mode: the Collector workload a fleet renders itself."""
+"""Template mode: the Collector workload a fleet renders itself.
+
+A fleet with `spec.template` gets, owned by the fleet (so deleting it garbage-collects
+them), named after it:
+
+- ConfigMap `<fleet>-supervisor`: the opampsupervisor config. The Collector config is not
+  in it: it arrives over OpAMP, so the container runs the supervisor, which accepts remote
+  config and runs the Collector (`agentExecutable`) with it.
+- Deployment (or DaemonSet) `<fleet>-collector`: pods labelled with the fleet's
+  `matchLabels` plus `app.kubernetes.io/managed-by: opamp-operator` and
+  `opampoperator.io/fleet-workload: <fleet>` (the workload's own, immutable selector);
+  the pod identity comes from the downward API into the agent's non-identifying
+  attributes (`k8s.pod.uid` first, which the operator maps agents by); the pod template
+  declares the `opampoperator.io/agent-ready` readiness gate.
+
+The pod label is not `opampoperator.io/fleet`: a DaemonSet copies its pod labels onto its
+own ControllerRevisions, which would then be listed as the fleet's config revisions.
+
+Rendering is pure (fleet, spec, endpoint -> manifests). Applying is server-side apply as
+`opamp-operator`, so fields dropped from the template are dropped from the objects; an
+object of the same name the fleet does not control is never taken over.
+"""
 
 from __future__ import annotations
 
-import kopf
+import asyncio
+import copy
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
 
+import kopf
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from opamp_operator.api.models import (
+    AGENT_READY_CONDITION,
+    API_VERSION,
+    GROUP,
+    CollectorFleetSpec,
+    FleetTemplate,
+    WorkloadKind,
+)
+from opamp_operator.fleet.mapping import ATTR_NAMESPACE, ATTR_POD_NAME, ATTR_POD_UID
 from opamp_operator.k8s.state import FleetRecord
+
+MANAGER = "opamp-operator"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+WORKLOAD_LABEL = f"{GROUP}/fleet-workload"
+CONFIG_HASH_ANNOTATION = f"{GROUP}/supervisor-config-hash"
+CONTAINER = "collector"
+CONFIG_DIR = "/etc/opampsupervisor"
+CONFIG_KEY = "supervisor.yaml"
+STORAGE_DIR = "/var/lib/opampsupervisor"
+AUTH_TOKEN_ENV = "OPAMP_AUTH_TOKEN"  # noqa: S105 - the name of an env var
+ATTR_NODE_NAME = "k8s.node.name"
+# Downward API env var -> pod field. The Collector inherits them too, so a remote config
+# can say ${env:K8S_NODE_NAME} (a DaemonSet's kubeletstats receiver, for instance).
+POD_ENV = {
+    "K8S_POD_NAME": "metadata.name",
+    "K8S_NAMESPACE": "metadata.namespace",
+    "K8S_POD_UID": "metadata.uid",
+    "K8S_NODE_NAME": "spec.nodeName",
+}
+# Agent attribute -> the env var its value comes from, expanded by the supervisor itself
+# (it loads its config through the Collector's confmap resolver with the env provider).
+POD_ATTRIBUTES = {
+    ATTR_POD_NAME: "K8S_POD_NAME",
+    ATTR_NAMESPACE: "K8S_NAMESPACE",
+    ATTR_POD_UID: "K8S_POD_UID",
+    ATTR_NODE_NAME: "K8S_NODE_NAME",
+}
+# opampsupervisor's defaults (3 s to start the Collector, 5 s for it to turn healthy on a
+# new config) are too short for a Collector under a CPU limit; a timeout here means the
+# supervisor exits or reports a good config as failed.
+AGENT_TIMEOUT = "30s"
+_MAX_LABEL_VALUE = 63
+_SCHEMES = ("ws", "wss", "http", "https")
+
+
+class TemplateError(ValueError):
+    """The template cannot be rendered or applied as written; the message is for the
+    fleet's status."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a template becomes: the supervisor's ConfigMap and the workload."""
+
+    config_map: dict[str, Any]
+    workload: dict[str, Any]
+
+    @property
+    def objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """In apply order: the pods mount the ConfigMap."""
+        return (self.config_map, self.workload)
+
+
+def workload_name(fleet: str) -> str:
+    return f"{fleet}-collector"
+
+
+def config_map_name(fleet: str) -> str:
+    return f"{fleet}-supervisor"
+
+
+def selector_labels(fleet: str) -> dict[str, str]:
+    """The workload's own selector: immutable, so not the fleet's (which may change)."""
+    if len(fleet) > _MAX_LABEL_VALUE:
+        raise TemplateError(
+            f"template mode needs a fleet name of at most {_MAX_LABEL_VALUE} characters "
+            f"(it is the value of the pod label {WORKLOAD_LABEL})"
+        )
+    return {MANAGED_BY_LABEL: MANAGER, WORKLOAD_LABEL: fleet}
+
+
+def pod_labels(record: FleetRecord) -> dict[str, str]:
+    """The fleet's matchLabels plus the workload's; the fleet's selector must select the
+    result, or the fleet would not see its own pods."""
+    own = selector_labels(record.name)
+    wanted = dict(record.selector.match_labels)
+    clashes = sorted(k for k, v in own.items() if k in wanted and wanted[k] != v)
+    if clashes:
+        raise TemplateError(
+            f"spec.selector.matchLabels sets {', '.join(clashes)}, which template mode "
+            "sets on the pods it renders"
+        )
+    labels = {**wanted, **own}
+    for req in record.selector.match_expressions:
+        if not req.matches(labels):
+            values = f" {list(req.values)}" if req.values else ""
+            raise TemplateError(
+                f"spec.selector.matchExpressions {req.key} {req.operator}{values} does not "
+                f"select the template's pods (labels {labels}); select them with matchLabels"
+            )
+    return labels
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` over `base`: maps merged key by key, any other value replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def supervisor_config(spec: CollectorFleetSpec, agent_endpoint: str | None) -> dict[str, Any]:
+    """The opampsupervisor config for the fleet's pods."""
+    template = _template(spec)
+    server: dict[str, Any] = {"endpoint": agent_endpoint} if agent_endpoint else {}
+    if spec.auth_secret_ref is not None:
+        server["headers"] = {"Authorization": [f"Bearer ${{env:{AUTH_TOKEN_ENV}}}"]}
+    rendered = {
+        "server": server,
+        "capabilities": {
+            "accepts_remote_config": True,
+            "reports_remote_config": True,
+            "reports_effective_config": True,
+            "reports_health": True,
+            "reports_heartbeat": True,
+            "reports_own_metrics": False,
+        },
+        "agent": {
+            "executable": template.agent_executable,
+            "bootstrap_timeout": AGENT_TIMEOUT,
+            "config_apply_timeout": AGENT_TIMEOUT,
+            "description": {
+                "non_identifying_attributes": {
+                    attr: f"${{env:{var}}}" for attr, var in POD_ATTRIBUTES.items()
+                }
+            },
+        },
+        "storage": {"directory": STORAGE_DIR},
+    }
+    config = merge(rendered, template.supervisor_config or {})
+    _check_endpoint(config)
+    return config
+
+
+def _check_endpoint(config: Mapping[str, Any]) -> None:
+    server = config.get("server")
+    endpoint = server.get("endpoint") if isinstance(server, Mapping) else None
+    if not endpoint:
+        raise TemplateError(
+            "template mode needs the OpAMP URL its Collectors connect to: run the operator "
+            "with --agent-endpoint=ws://<service>.<namespace>.svc:4320/v1/opamp, or set "
+            "spec.template.supervisorConfig.server.endpoint"
+        )
+    if not isinstance(endpoint, str) or urlsplit(endpoint).scheme not in _SCHEMES:
+        raise TemplateError(
+            f"the agents' OpAMP endpoint {endpoint!r} is not a {'/'.join(_SCHEMES)} URL"
+        )
+
+
+def _template(spec: CollectorFleetSpec) -> FleetTemplate:
+    if spec.template is None:
+        raise TemplateError("the fleet has no spec.template")
+    return spec.template
+
+
+def owner_reference(record: FleetRecord) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "CollectorFleet",
+        "name": record.name,
+        "uid": record.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(record: FleetRecord, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": record.namespace,
+        "labels": selector_labels(record.name),
+        "ownerReferences": [owner_reference(record)],
+    }
+
+
+def pod_template(record: FleetRecord, template: FleetTemplate, config_text: str) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+        for var, path in POD_ENV.items()
+    ]
+    ref = record.spec.auth_secret_ref
+    if ref is not None:
+        env.append(
+            {
+                "name": AUTH_TOKEN_ENV,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": template.image,
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": env,
+        "volumeMounts": [
+            {"name": "supervisor-config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "supervisor-storage", "mountPath": STORAGE_DIR},
+        ],
+    }
+    if template.resources is not None:
+        container["resources"] = template.resources
+    spec: dict[str, Any] = {
+        "readinessGates": [{"conditionType": AGENT_READY_CONDITION}],
+        "containers": [container],
+        "volumes": [
+            {"name": "supervisor-config", "configMap": {"name": config_map_name(record.name)}},
+            # The supervisor keeps the agent's instance UID and last remote config here:
+            # kept across container restarts, new for a new pod (a new pod is a new agent).
+            {"name": "supervisor-storage", "emptyDir": {}},
+        ],
+    }
+    if template.service_account_name:
+        spec["serviceAccountName"] = template.service_account_name
+    digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+    return {
+        "metadata": {
+            "labels": pod_labels(record),
+            # The supervisor reads its config once: a new config must roll the pods.
+            "annotations": {CONFIG_HASH_ANNOTATION: digest},
+        },
+        "spec": spec,
+    }
+
+
+def render(record: FleetRecord, agent_endpoint: str | None) -> Rendered:
+    """The fleet's ConfigMap and workload; raises TemplateError for what the user must fix."""
+    template = _template(record.spec)
+    text = yaml.safe_dump(supervisor_config(record.spec, agent_endpoint), sort_keys=False)
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(record, config_map_name(record.name)),
+        "data": {CONFIG_KEY: text},
+    }
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(record.name)},
+        "template": pod_template(record, template, text),
+    }
+    if template.kind == WorkloadKind.DEPLOYMENT:
+        spec = {"replicas": template.replicas, **spec}
+    workload = {
+        "apiVersion": "apps/v1",
+        "kind": str(template.kind),
+        "metadata": _metadata(record, workload_name(record.name)),
+        "spec": spec,
+    }
+    return Rendered(config_map, workload)
+
+
+class Ownership(StrEnum):
+    OURS = "ours"
+    # Controlled by an earlier fleet of the same name: garbage whose owner is gone.
+    STALE = "stale"
+    FOREIGN = "foreign"
+
+
+def ownership(owner_references: Sequence[Mapping[str, Any]], record: FleetRecord) -> Ownership:
+    controller = next((r for r in owner_references if r.get("controller")), None)
+    if controller is None:
+        return Ownership.FOREIGN
+    if controller.get("uid") == record.uid:
+        return Ownership.OURS
+    if (
+        controller.get("kind") == "CollectorFleet"
+        and str(controller.get("apiVersion", "")).startswith(f"{GROUP}/")
+        and controller.get("name") == record.name
+    ):
+        return Ownership.STALE
+    return Ownership.FOREIGN
+
+
+@dataclass(frozen=True)
+class _Kind:
+    read: Callable[..., Any]
+    patch: Callable[..., Any]
+    delete: Callable[..., Any]
+
+
+def _kinds() -> dict[str, _Kind]:
+    apps: Any = k8s.AppsV1Api()
+    core: Any = k8s.CoreV1Api()
+    return {
+        "ConfigMap": _Kind(
+            core.read_namespaced_config_map,
+            core.patch_namespaced_config_map,
+            core.delete_namespaced_config_map,
+        ),
+        "Deployment": _Kind(
+            apps.read_namespaced_deployment,
+            apps.patch_namespaced_deployment,
+            apps.delete_namespaced_deployment,
+        ),
+        "DaemonSet": _Kind(
+            apps.read_namespaced_daemon_set,
+            apps.patch_namespaced_daemon_set,
+            apps.delete_namespaced_daemon_set,
+        ),
+    }
+
+
+def _read(kind: _Kind, name: str, namespace: str) -> Any | None:
+    try:
+        return kind.read(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _owner_refs(obj: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": r.api_version,
+            "kind": r.kind,
+            "name": r.name,
+            "uid": r.uid,
+            "controller": bool(r.controller),
+        }
+        for r in obj.metadata.owner_references or []
+    ]
+
+
+def _delete(kind: _Kind, obj: Any) -> bool:
+    """Delete exactly this object (uid precondition); False if it was already gone."""
+    options = k8s.V1DeleteOptions(
+        propagation_policy="Background",
+        preconditions=k8s.V1Preconditions(uid=obj.metadata.uid),
+    )
+    try:
+        kind.delete(obj.metadata.name, obj.metadata.namespace, body=options)
+    except ApiException as exc:
+        if exc.status in (404, 409):
+            return False
+        raise
+    return True
+
+
+def _apply_one(kinds: Mapping[str, _Kind], record: FleetRecord, obj: dict[str, Any]) -> str | None:
+    """Server-side apply one object; returns what changed, None when nothing did."""
+    what = f"{obj['kind']} {obj['metadata']['name']}"
+    kind = kinds[obj["kind"]]
+    name = obj["metadata"]["name"]
+    current = _read(kind, name, record.namespace)
+    verb = "updated"
+    if current is not None:
+        owner = ownership(_owner_refs(current), record)
+        if owner == Ownership.FOREIGN:
+            raise TemplateError(f"{what} exists and is not controlled by this fleet")
+        if current.metadata.deletion_timestamp is not None:
+            raise kopf.TemporaryError(f"waiting for {what} to be deleted", delay=5)
+        if owner == Ownership.STALE:
+            _delete(kind, current)
+            current, verb = None, "replaced"
+    else:
+        verb = "created"
+    try:
+        applied = kind.patch(
+            name,
+            record.namespace,
+            obj,
+            field_manager=MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+    except ApiException as exc:
+        if exc.status in (400, 422):
+            raise TemplateError(f"{what} was refused: {_reason(exc)}") from None
+        raise
+    if current is not None and applied.metadata.resource_version == (
+        current.metadata.resource_version
+    ):
+        return None
+    return f"{verb} {what}"
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        body = yaml.safe_load(exc.body or "")
+    except yaml.YAMLError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or exc.reason)
+
+
+def apply(record: FleetRecord, rendered: Rendered) -> list[str]:
+    """Create or update the rendered objects and remove a workload of the other kind;
+    returns what changed, for the fleet's events."""
+    kinds = _kinds()
+    changes = [c for obj in rendered.objects if (c := _apply_one(kinds, record, obj))]
+    other = "DaemonSet" if rendered.workload["kind"] == "Deployment" else "Deployment"
+    changes += _remove(kinds, record, [(other, workload_name(record.name))])
+    return changes
+
+
+def remove(record: FleetRecord) -> list[str]:
+    """Delete what an earlier template of this fleet rendered."""
+    targets = [
+        ("Deployment", workload_name(record.name)),
+        ("DaemonSet", workload_name(record.name)),
+        ("ConfigMap", config_map_name(record.name)),
+    ]
+    return _remove(_kinds(), record, targets)
+
+
+def _remove(
+    kinds: Mapping[str, _Kind], record: FleetRecord, targets: Sequence[tuple[str, str]]
+) -> list[str]:
+    removed = []
+    for kind_name, name in targets:
+        kind = kinds[kind_name]
+        current = _read(kind, name, record.namespace)
+        if current is None or ownership(_owner_refs(current), record) != Ownership.OURS:
+            continue
+        if _delete(kind, current):
+            removed.append(f"deleted {kind_name} {name}")
+    return removed
 
 
 async def reconcile_workload(
     body: kopf.Body, record: FleetRecord, agent_endpoint: str | None
 ) -> None:
-    """Create, update or remove the fleet's own Deployment / DaemonSet."""
+    """Create, update or remove the fleet's own Deployment / DaemonSet.
+
+    Raises TemplateError (a ValueError) for what the user must fix in the spec or the
+    operator's flags; API errors propagate for kopf to retry.
+    """
     if record.spec.template is None:
-        return
-    raise NotImplementedError("template mode")
+        changes = await asyncio.to_thread(remove, record)
+    else:
+        rendered = render(record, agent_endpoint)
+        changes = await asyncio.to_thread(apply, record, rendered)
+    for change in changes:
+        kopf.info(body, reason="Workload", message=change)

@@ -1,0 +1,335 @@
+"""Template mode rendering: what a fleet's template becomes, checked field by field, and
+read back the way the operator reads pods and the supervisor reads its config."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, cast
+
+import kopf
+import pytest
+import yaml
+
+from opamp_operator.api.models import AGENT_READY_CONDITION, CollectorFleetSpec
+from opamp_operator.fleet.mapping import FleetSelector
+from opamp_operator.k8s.handlers import pod_view
+from opamp_operator.k8s.state import FleetRecord
+from opamp_operator.k8s.workload import (
+    CONFIG_HASH_ANNOTATION,
+    CONFIG_KEY,
+    MANAGED_BY_LABEL,
+    WORKLOAD_LABEL,
+    Ownership,
+    Rendered,
+    TemplateError,
+    config_map_name,
+    merge,
+    ownership,
+    render,
+    supervisor_config,
+    workload_name,
+)
+
+ENDPOINT = "ws://opamp-operator.opamp-system.svc:4320/v1/opamp"
+UID = "0b7c2a4e-5f51-4c1e-9d3a-2f6a1c7e8b90"
+
+
+def _record(
+    template: dict[str, Any] | None = None,
+    selector: dict[str, Any] | None = None,
+    name: str = "gateways",
+    **spec: Any,
+) -> FleetRecord:
+    parsed = CollectorFleetSpec.model_validate(
+        {
+            "selector": selector or {"matchLabels": {"app": "gateway"}},
+            "config": {"inline": "receivers: {}"},
+            "template": {"image": "otel/opentelemetry-collector-opampsupervisor:0.149.0"}
+            if template is None
+            else template,
+            **spec,
+        }
+    )
+    fleet_selector = FleetSelector.from_label_selector(
+        "observability", name, 0.0, parsed.selector.model_dump(by_alias=True)
+    )
+    return FleetRecord("observability", name, UID, 1, fleet_selector, parsed)
+
+
+def _pod_template(rendered: Rendered) -> dict[str, Any]:
+    pod: dict[str, Any] = rendered.workload["spec"]["template"]
+    return pod
+
+
+def _container(rendered: Rendered) -> dict[str, Any]:
+    (container,) = _pod_template(rendered)["spec"]["containers"]
+    return cast(dict[str, Any], container)
+
+
+def _supervisor(rendered: Rendered) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(rendered.config_map["data"][CONFIG_KEY])
+    return loaded
+
+
+def _as_pod(rendered: Rendered, name: str = "gateways-collector-abc12") -> kopf.Body:
+    """A pod of the rendered template, as the API would return it."""
+    pod = _pod_template(rendered)
+    raw = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**pod["metadata"], "name": name, "namespace": "observability"},
+        "spec": pod["spec"],
+    }
+    return kopf.Body(cast(kopf.RawBody, raw))
+
+
+def test_deployment_is_owned_by_the_fleet_with_its_replicas_image_and_resources() -> None:
+    resources = {"limits": {"cpu": "500m", "memory": "512Mi"}}
+    rendered = render(
+        _record(
+            {
+                "image": "example.com/otelcol-supervised:1.2.3",
+                "replicas": 4,
+                "resources": resources,
+                "serviceAccountName": "collector",
+            }
+        ),
+        ENDPOINT,
+    )
+    deployment = rendered.workload
+    assert (deployment["apiVersion"], deployment["kind"]) == ("apps/v1", "Deployment")
+    assert deployment["metadata"]["name"] == workload_name("gateways") == "gateways-collector"
+    assert deployment["metadata"]["namespace"] == "observability"
+    assert deployment["spec"]["replicas"] == 4
+    for obj in rendered.objects:
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner == {
+            "apiVersion": "opampoperator.io/v1alpha1",
+            "kind": "CollectorFleet",
+            "name": "gateways",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    container = _container(rendered)
+    assert container["image"] == "example.com/otelcol-supervised:1.2.3"
+    assert container["resources"] == resources
+    assert _pod_template(rendered)["spec"]["serviceAccountName"] == "collector"
+
+
+def test_defaults_leave_out_optional_pod_fields() -> None:
+    rendered = render(_record(), ENDPOINT)
+    assert rendered.workload["spec"]["replicas"] == 1
+    assert "resources" not in _container(rendered)
+    assert "serviceAccountName" not in _pod_template(rendered)["spec"]
+
+
+def test_daemon_set_has_no_replicas() -> None:
+    rendered = render(_record({"kind": "DaemonSet", "image": "img", "replicas": 7}), ENDPOINT)
+    assert rendered.workload["kind"] == "DaemonSet"
+    assert "replicas" not in rendered.workload["spec"]
+    assert rendered.workload["spec"]["template"]["spec"]["readinessGates"] == [
+        {"conditionType": AGENT_READY_CONDITION}
+    ]
+
+
+def test_rendered_pods_are_selected_by_the_fleet_and_declare_the_gate() -> None:
+    record = _record(
+        selector={
+            "matchLabels": {"app": "gateway", "tier": "edge"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["edge", "core"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+                {"key": "app", "operator": "NotIn", "values": ["agent"]},
+            ],
+        }
+    )
+    rendered = render(record, ENDPOINT)
+    view = pod_view(_as_pod(rendered))
+    assert record.selector.selects(view)
+    assert AGENT_READY_CONDITION in view.readiness_gates
+    assert dict(view.labels) == {
+        "app": "gateway",
+        "tier": "edge",
+        MANAGED_BY_LABEL: "opamp-operator",
+        WORKLOAD_LABEL: "gateways",
+    }
+    # The workload's own selector does not follow the fleet's (it is immutable).
+    assert rendered.workload["spec"]["selector"] == {
+        "matchLabels": {MANAGED_BY_LABEL: "opamp-operator", WORKLOAD_LABEL: "gateways"}
+    }
+    other = render(_record(selector={"matchLabels": {"app": "other"}}), ENDPOINT)
+    assert other.workload["spec"]["selector"] == rendered.workload["spec"]["selector"]
+
+
+def test_pod_identity_reaches_the_agent_attributes_through_the_downward_api() -> None:
+    rendered = render(_record(), ENDPOINT)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in _container(rendered)["env"]}
+    attributes = _supervisor(rendered)["agent"]["description"]["non_identifying_attributes"]
+    from_pod = {}
+    for attr, value in attributes.items():
+        assert value.startswith("${env:"), attr
+        assert value.endswith("}"), attr
+        from_pod[attr] = env[value[len("${env:") : -1]]
+    assert from_pod == {
+        "k8s.pod.name": "metadata.name",
+        "k8s.namespace.name": "metadata.namespace",
+        "k8s.pod.uid": "metadata.uid",
+        "k8s.node.name": "spec.nodeName",
+    }
+
+
+def test_supervisor_config_points_at_the_operator_and_accepts_remote_config() -> None:
+    rendered = render(_record(), ENDPOINT)
+    config = _supervisor(rendered)
+    assert config["server"] == {"endpoint": ENDPOINT}
+    caps = config["capabilities"]
+    for cap in (
+        "accepts_remote_config",
+        "reports_remote_config",
+        "reports_effective_config",
+        "reports_health",
+    ):
+        assert caps[cap] is True, cap
+    assert config["agent"]["executable"] == "/otelcontribcol"
+    assert config["agent"]["bootstrap_timeout"] == "30s"
+    # The supervisor reads the mounted ConfigMap and keeps its state on the emptyDir.
+    pod = _pod_template(rendered)["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in _container(rendered)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["supervisor-config"]["configMap"]["name"] == config_map_name("gateways")
+    assert rendered.config_map["metadata"]["name"] == "gateways-supervisor"
+    assert _container(rendered)["args"] == [
+        "--config",
+        f"{mounts['supervisor-config']}/{CONFIG_KEY}",
+    ]
+    assert volumes["supervisor-storage"] == {"name": "supervisor-storage", "emptyDir": {}}
+    assert config["storage"]["directory"] == mounts["supervisor-storage"]
+
+
+def test_a_new_supervisor_config_rolls_the_pods_and_replicas_do_not() -> None:
+    def digest(rendered: Rendered) -> str:
+        value: str = _pod_template(rendered)["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+        return value
+
+    base = render(_record(), ENDPOINT)
+    text = base.config_map["data"][CONFIG_KEY]
+    assert digest(base) == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert digest(render(_record({"image": "x", "replicas": 9}), ENDPOINT)) == digest(base)
+    assert digest(render(_record(), "wss://elsewhere:4320/v1/opamp")) != digest(base)
+
+
+def test_executable_and_supervisor_config_can_be_overridden() -> None:
+    record = _record(
+        {
+            "image": "img",
+            "agentExecutable": "/usr/bin/otelcol-custom",
+            "supervisorConfig": {
+                "server": {"tls": {"ca_file": "/etc/ca/ca.crt"}},
+                "agent": {"args": ["--feature-gates=x"], "bootstrap_timeout": "1m"},
+                "capabilities": {"reports_own_metrics": True},
+            },
+        }
+    )
+    config = supervisor_config(record.spec, ENDPOINT)
+    assert config["server"] == {"endpoint": ENDPOINT, "tls": {"ca_file": "/etc/ca/ca.crt"}}
+    assert config["agent"]["executable"] == "/usr/bin/otelcol-custom"
+    assert config["agent"]["args"] == ["--feature-gates=x"]
+    assert config["agent"]["bootstrap_timeout"] == "1m"
+    assert "k8s.pod.uid" in config["agent"]["description"]["non_identifying_attributes"]
+    assert config["capabilities"]["reports_own_metrics"] is True
+    assert config["capabilities"]["accepts_remote_config"] is True
+
+
+def test_merge_replaces_non_maps_and_leaves_its_inputs_alone() -> None:
+    base = {"a": {"b": 1, "c": [1]}, "d": 2}
+    override = {"a": {"c": [2], "e": {"f": 3}}, "d": {"g": 4}}
+    assert merge(base, override) == {"a": {"b": 1, "c": [2], "e": {"f": 3}}, "d": {"g": 4}}
+    assert base == {"a": {"b": 1, "c": [1]}, "d": 2}
+
+
+def test_an_auth_secret_becomes_a_bearer_header_from_the_secret() -> None:
+    rendered = render(_record(authSecretRef={"name": "fleet-token"}), ENDPOINT)
+    (token,) = [e for e in _container(rendered)["env"] if "secretKeyRef" in e["valueFrom"]]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "fleet-token", "key": "token"}
+    headers = _supervisor(rendered)["server"]["headers"]
+    assert headers == {"Authorization": [f"Bearer ${{env:{token['name']}}}"]}
+
+
+def test_without_an_endpoint_template_mode_says_how_to_give_one() -> None:
+    with pytest.raises(ValueError, match="--agent-endpoint"):
+        render(_record(), None)
+    given = _record({"image": "img", "supervisorConfig": {"server": {"endpoint": ENDPOINT}}})
+    assert _supervisor(render(given, None))["server"]["endpoint"] == ENDPOINT
+
+
+@pytest.mark.parametrize("endpoint", ["grpc://op:4320", "op:4320", "/v1/opamp"])
+def test_an_endpoint_that_is_not_an_opamp_url_is_refused(endpoint: str) -> None:
+    with pytest.raises(TemplateError, match="is not a ws/wss/http/https URL"):
+        render(_record(), endpoint)
+
+
+def test_match_expressions_the_pods_cannot_satisfy_are_an_error() -> None:
+    record = _record(
+        selector={
+            "matchLabels": {"app": "gateway"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["edge"]}],
+        }
+    )
+    with pytest.raises(TemplateError, match=r"matchExpressions tier In \['edge'\]"):
+        render(record, ENDPOINT)
+    exists = _record(selector={"matchExpressions": [{"key": "zone", "operator": "Exists"}]})
+    with pytest.raises(TemplateError, match="zone Exists does not select"):
+        render(exists, ENDPOINT)
+    excluded = _record(
+        selector={
+            "matchLabels": {"app": "gateway"},
+            "matchExpressions": [
+                {"key": MANAGED_BY_LABEL, "operator": "NotIn", "values": ["opamp-operator"]}
+            ],
+        }
+    )
+    with pytest.raises(TemplateError, match="NotIn"):
+        render(excluded, ENDPOINT)
+
+
+def test_match_labels_that_clash_with_the_workload_labels_are_an_error() -> None:
+    record = _record(selector={"matchLabels": {MANAGED_BY_LABEL: "helm"}})
+    with pytest.raises(TemplateError, match=re.escape(MANAGED_BY_LABEL)):
+        render(record, ENDPOINT)
+
+
+def test_a_fleet_name_too_long_for_a_label_value_is_an_error() -> None:
+    with pytest.raises(TemplateError, match="at most 63 characters"):
+        render(_record(name="f" * 64), ENDPOINT)
+    assert render(_record(name="f" * 63), ENDPOINT).workload["metadata"]["name"].startswith("f")
+
+
+def test_a_fleet_without_template_renders_nothing() -> None:
+    record = _record()
+    record.spec.template = None
+    with pytest.raises(TemplateError, match=r"no spec\.template"):
+        render(record, ENDPOINT)
+
+
+def _ref(**fields: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "opampoperator.io/v1alpha1",
+        "kind": "CollectorFleet",
+        "name": "gateways",
+        "uid": UID,
+        "controller": True,
+        **fields,
+    }
+
+
+def test_ownership_tells_ours_from_an_earlier_fleet_and_from_others() -> None:
+    record = _record()
+    assert ownership([_ref()], record) == Ownership.OURS
+    assert ownership([_ref(uid="old")], record) == Ownership.STALE
+    assert ownership([_ref(uid="old", name="other")], record) == Ownership.FOREIGN
+    assert ownership([_ref(controller=False)], record) == Ownership.FOREIGN
+    assert ownership([], record) == Ownership.FOREIGN
+    helm = _ref(apiVersion="apps/v1", kind="ReplicaSet", uid="x")
+    assert ownership([helm], record) == Ownership.FOREIGN

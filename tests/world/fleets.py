@@ -1,0 +1,215 @@
+"""CollectorFleets on the local cluster for operator proofs: the CRD, kwok-run workloads,
+fleet objects and their status, and what the real agents look like from outside.
+
+Plain functions over a kubernetes ApiClient; test modules wrap them in fixtures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from opamp_operator.api.models import GROUP, VERSION
+from world import binaries
+from world.processes import eventually
+
+CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"collectorfleets.{GROUP}.yaml"
+PLURAL = "collectorfleets"
+
+
+def _crd_name() -> str:
+    name: str = yaml.safe_load(CRD_FILE.read_text())["metadata"]["name"]
+    return name
+
+
+def _read_crd(ext: Any, name: str) -> Any | None:
+    try:
+        return ext.read_custom_resource_definition(name)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def release_fleets(api_client: Any) -> int:
+    """Drop the finalizers of every CollectorFleet left on the cluster; returns how many.
+
+    kopf puts a finalizer on fleets (their status timer must be stopped before they go);
+    once the operator that put it there has stopped, nothing would remove it, and the
+    fleet, its namespace and the CRD would stay Terminating for good.
+    """
+    co: Any = k8s.CustomObjectsApi(api_client)
+    released = 0
+    for item in co.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]:
+        meta = item["metadata"]
+        if not meta.get("finalizers"):
+            continue
+        try:
+            co.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                {"metadata": {"finalizers": None}},
+            )
+            released += 1
+        except ApiException as error:
+            if error.status != 404:
+                raise
+    return released
+
+
+def install_crd(api_client: Any, timeout: float = 60.0) -> bool:
+    """Create the CollectorFleet CRD and wait until it is served. True when this call
+    created it; False when it was already there (someone else's, left for them to remove).
+
+    A CRD another module left being deleted is helped along (see `release_fleets`) and
+    waited out first.
+    """
+    ext: Any = k8s.ApiextensionsV1Api(api_client)
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    name = crd["metadata"]["name"]
+    existing = _read_crd(ext, name)
+    if existing is not None and existing.metadata.deletion_timestamp is not None:
+        release_fleets(api_client)
+        eventually(f"CRD {name} to finish deleting", lambda: _read_crd(ext, name) is None, timeout)
+        existing = None
+    if existing is None:
+        ext.create_custom_resource_definition(crd)
+    eventually(
+        "the CRD to be served",
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition(name).status.conditions or []
+        ),
+        timeout,
+    )
+    return existing is None
+
+
+def remove_crd(api_client: Any, timeout: float = 120.0) -> None:
+    """Delete the CollectorFleet CRD and wait until it is gone, so the next module that
+    installs it starts clean. Call it once no operator runs: fleets' finalizers are
+    dropped first."""
+    ext: Any = k8s.ApiextensionsV1Api(api_client)
+    name = _crd_name()
+    release_fleets(api_client)
+    try:
+        ext.delete_custom_resource_definition(name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+    eventually(f"CRD {name} to be deleted", lambda: _read_crd(ext, name) is None, timeout)
+
+
+def create_deployment(
+    api_client: Any,
+    namespace: str,
+    name: str,
+    labels: dict[str, str],
+    *,
+    replicas: int = 1,
+    readiness_gates: tuple[str, ...] = (),
+) -> None:
+    """A Deployment kwok runs (the image is never pulled); its pods carry `labels`."""
+    apps: Any = k8s.AppsV1Api(api_client)
+    pod_spec: dict[str, Any] = {"containers": [{"name": "otelcol", "image": "otelcol:0.149.0"}]}
+    if readiness_gates:
+        pod_spec["readinessGates"] = [{"conditionType": g} for g in readiness_gates]
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            },
+        },
+    )
+
+
+def running_pods(api_client: Any, namespace: str, labels: dict[str, str]) -> list[Any]:
+    """Pods with `labels` that kwok reports Running with an IP."""
+    core: Any = k8s.CoreV1Api(api_client)
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    return [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
+
+
+def pod_condition(api_client: Any, namespace: str, name: str, condition: str) -> str | None:
+    """The status ("True"/"False") of one condition of a pod; None when it has none."""
+    core: Any = k8s.CoreV1Api(api_client)
+    pod = core.read_namespaced_pod(name, namespace)
+    return next(
+        (c.status for c in pod.status.conditions or [] if c.type == condition),
+        None,
+    )
+
+
+def create_fleet(
+    api_client: Any, namespace: str, name: str, labels: dict[str, str], config: str
+) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CollectorFleet",
+            "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": labels}, "config": {"inline": config}},
+        },
+    )
+
+
+def set_fleet_config(api_client: Any, namespace: str, name: str, config: str) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"config": {"inline": config}}}
+    )
+
+
+def fleet_status(api_client: Any, namespace: str, name: str) -> dict[str, Any]:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    fleet: dict[str, Any] = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return dict(fleet.get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> str | None:
+    """The status of the fleet condition `kind` ("True"/"False"), None when absent."""
+    return next((c["status"] for c in status.get("conditions", []) if c["type"] == kind), None)
+
+
+def single_file_hash(body: str, content_type: str = "text/yaml") -> str:
+    """The hash the operator gives a config of one unnamed file, computed here from the
+    definition (docs/opamp-server.md: SHA-256 over name, content type and body, each
+    prefixed by its length as 8 big-endian bytes) rather than by the operator's code."""
+    digest = hashlib.sha256()
+    for item in (b"", content_type.encode(), body.encode()):
+        digest.update(len(item).to_bytes(8, "big") + item)
+    return digest.hexdigest()
+
+
+def child_processes(pid: int) -> dict[int, str]:
+    """The direct children of `pid`: pid → command line, read from /proc."""
+    found: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found[int(stat.parent.name)] = cmdline
+        except (OSError, IndexError, ValueError):
+            continue
+    return found

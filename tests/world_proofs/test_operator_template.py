@@ -1,0 +1,420 @@
+"""Template mode on the local cluster: the operator renders the Collector workload, kwok
+runs its pods, and the real opampsupervisor — started with the rendered config and the
+environment the downward API gives one of those pods — maps to that pod, applies the
+fleet's config and turns the pod's agent-ready gate True."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
+from opamp_operator.k8s.workload import (
+    CONFIG_KEY,
+    MANAGED_BY_LABEL,
+    WORKLOAD_LABEL,
+    config_map_name,
+    workload_name,
+)
+from world.cluster import LocalCluster
+from world.collector import base_collector_config, collector_config_with_health
+from world.fleets import PLURAL, install_crd, remove_crd
+from world.operator import OperatorProcess, start_operator
+from world.processes import eventually, free_port
+from world.template import container_env, start_pod_supervisor
+
+pytestmark = pytest.mark.world
+
+FLEET = "collectors"
+LABELS = {"app": "collector"}
+IMAGE = "otel/opentelemetry-collector-opampsupervisor:0.149.0"
+WAIT = 120.0
+
+
+@pytest.fixture(scope="module")
+def crds(api_client: Any) -> Iterator[None]:
+    created = install_crd(api_client)
+    yield
+    if created:
+        remove_crd(api_client)
+
+
+@pytest.fixture
+def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator, told that its template-mode agents reach it on its own port."""
+    port = free_port()
+    endpoint = f"--agent-endpoint=ws://127.0.0.1:{port}/v1/opamp"
+    with start_operator(cluster.kubeconfig, tmp_path, endpoint, port=port) as op:
+        assert op.port == port
+        yield op
+
+
+def _create_fleet(
+    api_client: Any, namespace: str, config: str, template: dict[str, Any], **spec: Any
+) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CollectorFleet",
+            "metadata": {"name": FLEET},
+            "spec": {
+                "selector": {"matchLabels": LABELS},
+                "config": {"inline": config},
+                "template": template,
+                **spec,
+            },
+        },
+    )
+
+
+def _patch_fleet(api_client: Any, namespace: str, ops: list[dict[str, Any]]) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, FLEET, ops, _content_type="application/json-patch+json"
+    )
+
+
+def _running_pods(api_client: Any, namespace: str) -> list[Any]:
+    core: Any = k8s.CoreV1Api(api_client)
+    pods = core.list_namespaced_pod(namespace, label_selector="app=collector").items
+    return sorted(
+        (
+            p
+            for p in pods
+            if p.status.phase == "Running"
+            and p.status.pod_ip
+            and p.metadata.deletion_timestamp is None
+        ),
+        key=lambda p: p.metadata.name,
+    )
+
+
+def _n_running(api_client: Any, namespace: str, n: int) -> list[Any]:
+    return eventually(
+        f"{n} Running pods of the fleet",
+        lambda: p if len(p := _running_pods(api_client, namespace)) == n else None,
+        timeout=WAIT,
+    )
+
+
+def _gate(pod: Any) -> str | None:
+    return next(
+        (c.status for c in pod.status.conditions or [] if c.type == AGENT_READY_CONDITION), None
+    )
+
+
+def _read_or_none(read: Callable[[str, str], Any], name: str, namespace: str) -> Any | None:
+    try:
+        return read(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _gone(read: Callable[[str, str], Any], name: str, namespace: str) -> bool:
+    return _read_or_none(read, name, namespace) is None
+
+
+def _workload_events(api_client: Any, namespace: str, *expected: str) -> set[str]:
+    """Wait for the fleet's Workload events to include `expected`; returns all of them."""
+    core: Any = k8s.CoreV1Api(api_client)
+
+    def messages() -> set[str] | None:
+        events = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={FLEET},reason=Workload"
+        ).items
+        seen = {e.message for e in events}
+        return seen if set(expected) <= seen else None
+
+    return eventually(f"Workload events {expected}", messages, timeout=WAIT)
+
+
+def _controlled_by_the_fleet(obj: Any, api_client: Any, namespace: str) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    fleet = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, FLEET)
+    (owner,) = obj.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == (
+        "CollectorFleet",
+        FLEET,
+        fleet["metadata"]["uid"],
+    )
+    assert owner.controller is True
+
+
+def test_template_deployment_runs_supervised_collectors_mapped_to_their_pods(
+    operator: OperatorProcess, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    apps: Any = k8s.AppsV1Api(api_client)
+    core: Any = k8s.CoreV1Api(api_client)
+    health_port = free_port()
+    collector = base_collector_config(health_port)
+    # The Collector inherits the container's environment from the supervisor.
+    collector["extensions"]["health_check"]["path"] = "/${env:K8S_POD_UID}"
+    config = yaml.safe_dump(collector, sort_keys=False)
+    _create_fleet(api_client, namespace, config, {"image": IMAGE, "replicas": 2})
+
+    deployment = eventually(
+        "the rendered Deployment",
+        lambda: _read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace),
+        timeout=WAIT,
+    )
+    _controlled_by_the_fleet(deployment, api_client, namespace)
+    assert deployment.spec.replicas == 2
+    assert deployment.spec.template.spec.containers[0].image == IMAGE
+    pods = _n_running(api_client, namespace, 2)
+    for pod in pods:
+        assert [g.condition_type for g in pod.spec.readiness_gates] == [AGENT_READY_CONDITION]
+        assert pod.metadata.labels[MANAGED_BY_LABEL] == "opamp-operator"
+        assert pod.metadata.labels[WORKLOAD_LABEL] == FLEET
+    cm = core.read_namespaced_config_map(config_map_name(FLEET), namespace)
+    _controlled_by_the_fleet(cm, api_client, namespace)
+    created = _workload_events(
+        api_client,
+        namespace,
+        f"created ConfigMap {config_map_name(FLEET)}",
+        f"created Deployment {workload_name(FLEET)}",
+    )
+    assert len(created) == 2
+    supervisor_yaml = cm.data[CONFIG_KEY]
+    assert yaml.safe_load(supervisor_yaml)["server"]["endpoint"] == operator.ws_url
+
+    # Be the kubelet of the first pod: its container, its downward API values.
+    target = pods[0]
+    pod_json = api_client.sanitize_for_serialization(target)
+    env = container_env(pod_json, api_client)
+    assert env["K8S_POD_UID"] == target.metadata.uid
+    health_url = f"http://127.0.0.1:{health_port}/{target.metadata.uid}"
+    with start_pod_supervisor(
+        supervisor_yaml, pod_json, env, tmp_path / "pod-0", health_url=health_url
+    ) as supervisor:
+        agents_url = f"/api/v1/fleets/{namespace}/{FLEET}/agents"
+        agent = eventually(
+            "the supervised Collector mapped to its pod, config applied",
+            lambda: next(
+                (
+                    a
+                    for a in operator.get(agents_url)["agents"]
+                    if a["pod"] == f"{namespace}/{target.metadata.name}"
+                    and a["remoteConfigStatus"] == "APPLIED"
+                ),
+                None,
+            ),
+            timeout=WAIT,
+        )
+        assert agent["rule"] == "k8s.pod.uid"
+        assert agent["config"] == "Applied"
+        assert agent["attributes"]["k8s.pod.uid"] == target.metadata.uid
+        assert agent["attributes"]["k8s.namespace.name"] == namespace
+        assert agent["attributes"]["k8s.node.name"] == target.spec.node_name
+        # The Collector runs the fleet's config: its health_check extension answers, on
+        # the path the pod's uid made.
+        supervisor.wait_healthy(timeout=WAIT)
+
+        gates = eventually(
+            "the agent-ready gate True on the supervised pod, False on the other",
+            lambda: (
+                g
+                if (g := {p.metadata.name: _gate(p) for p in _running_pods(api_client, namespace)})
+                == {target.metadata.name: "True", pods[1].metadata.name: "False"}
+                else None
+            ),
+            timeout=WAIT,
+        )
+        assert len(gates) == 2
+
+        _patch_fleet(
+            api_client,
+            namespace,
+            [{"op": "replace", "path": "/spec/template/replicas", "value": 3}],
+        )
+        eventually(
+            "the Deployment scaled to 3",
+            lambda: (
+                apps.read_namespaced_deployment(workload_name(FLEET), namespace).spec.replicas == 3
+            ),
+            timeout=WAIT,
+        )
+        _workload_events(api_client, namespace, f"updated Deployment {workload_name(FLEET)}")
+        scaled = _n_running(api_client, namespace, 3)
+        # Only replicas changed: the pods were not rolled, the agent keeps its pod.
+        assert target.metadata.uid in {p.metadata.uid for p in scaled}
+
+    _patch_fleet(api_client, namespace, [{"op": "remove", "path": "/spec/template"}])
+    eventually(
+        "the Deployment and the ConfigMap deleted",
+        lambda: (
+            _gone(apps.read_namespaced_deployment, workload_name(FLEET), namespace)
+            and _gone(core.read_namespaced_config_map, config_map_name(FLEET), namespace)
+        ),
+        timeout=WAIT,
+    )
+    _workload_events(
+        api_client,
+        namespace,
+        f"deleted Deployment {workload_name(FLEET)}",
+        f"deleted ConfigMap {config_map_name(FLEET)}",
+    )
+    eventually(
+        "the pods gone",
+        lambda: not core.list_namespaced_pod(namespace, label_selector="app=collector").items,
+        timeout=WAIT,
+    )
+
+
+def test_template_daemon_set_gives_one_pod_per_node_and_goes_with_the_fleet(
+    operator: OperatorProcess, api_client: Any, namespace: str, cluster: LocalCluster
+) -> None:
+    apps: Any = k8s.AppsV1Api(api_client)
+    core: Any = k8s.CoreV1Api(api_client)
+    co: Any = k8s.CustomObjectsApi(api_client)
+    config, _ = collector_config_with_health()
+    _create_fleet(api_client, namespace, config, {"image": IMAGE, "replicas": 1})
+    _n_running(api_client, namespace, 1)
+
+    _patch_fleet(
+        api_client,
+        namespace,
+        [{"op": "replace", "path": "/spec/template/kind", "value": "DaemonSet"}],
+    )
+    daemon_set = eventually(
+        "the rendered DaemonSet",
+        lambda: _read_or_none(apps.read_namespaced_daemon_set, workload_name(FLEET), namespace),
+        timeout=WAIT,
+    )
+    _controlled_by_the_fleet(daemon_set, api_client, namespace)
+    eventually(
+        "the Deployment replaced by the DaemonSet",
+        lambda: _gone(apps.read_namespaced_deployment, workload_name(FLEET), namespace),
+        timeout=WAIT,
+    )
+    nodes = len(cluster.node_names)
+    pods = eventually(
+        "one Running DaemonSet pod per kwok node",
+        lambda: (
+            p
+            if len(p := _running_pods(api_client, namespace)) == nodes
+            and all(x.metadata.owner_references[0].kind == "DaemonSet" for x in p)
+            else None
+        ),
+        timeout=WAIT,
+    )
+    assert sorted(p.spec.node_name for p in pods) == sorted(cluster.node_names)
+    # The DaemonSet keeps its history in ControllerRevisions labelled like its pods; none
+    # of them may pass for one of the fleet's config revisions.
+    listed = apps.list_namespaced_controller_revision(
+        namespace, label_selector=f"{GROUP}/fleet={FLEET}"
+    ).items
+    assert [r.data["config"] for r in listed] == [config]
+
+    co.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, FLEET)
+    eventually(
+        "the DaemonSet and the ConfigMap garbage-collected with the fleet",
+        lambda: (
+            _gone(apps.read_namespaced_daemon_set, workload_name(FLEET), namespace)
+            and _gone(core.read_namespaced_config_map, config_map_name(FLEET), namespace)
+        ),
+        timeout=WAIT,
+    )
+
+
+def test_template_pods_present_the_fleet_token_from_its_secret(
+    operator: OperatorProcess, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    core: Any = k8s.CoreV1Api(api_client)
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "agent-token"}, "stringData": {"token": "t0ken-42"}}
+    )
+    config, health_port = collector_config_with_health()
+    _create_fleet(
+        api_client,
+        namespace,
+        config,
+        {"image": IMAGE, "replicas": 1},
+        authSecretRef={"name": "agent-token"},
+    )
+    (pod,) = _n_running(api_client, namespace, 1)
+    supervisor_yaml = eventually(
+        "the rendered supervisor config",
+        lambda: _read_or_none(core.read_namespaced_config_map, config_map_name(FLEET), namespace),
+        timeout=WAIT,
+    ).data[CONFIG_KEY]
+    pod_json = api_client.sanitize_for_serialization(pod)
+    env = container_env(pod_json, api_client)
+    assert "t0ken-42" in env.values()
+    assert "t0ken-42" not in supervisor_yaml
+    with start_pod_supervisor(
+        supervisor_yaml,
+        pod_json,
+        env,
+        tmp_path / "pod-0",
+        health_url=f"http://127.0.0.1:{health_port}/",
+    ) as supervisor:
+        # The fleet requires its token: only an agent that sent it gets the fleet's config.
+        agents_url = f"/api/v1/fleets/{namespace}/{FLEET}/agents"
+        eventually(
+            "the agent with the fleet's token mapped to its pod, config applied",
+            lambda: any(
+                a["pod"] == f"{namespace}/{pod.metadata.name}"
+                and a["remoteConfigStatus"] == "APPLIED"
+                for a in operator.get(agents_url)["agents"]
+            ),
+            timeout=WAIT,
+        )
+        supervisor.wait_healthy(timeout=WAIT)
+        eventually(
+            "the agent-ready gate True",
+            lambda: [_gate(p) for p in _running_pods(api_client, namespace)] == ["True"],
+            timeout=WAIT,
+        )
+
+
+def test_a_template_that_cannot_be_rendered_is_not_ready_with_the_reason(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    config, _ = collector_config_with_health()
+    # The selector asks for a label the rendered pods would not carry.
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CollectorFleet",
+            "metadata": {"name": FLEET},
+            "spec": {
+                "selector": {
+                    "matchLabels": LABELS,
+                    "matchExpressions": [{"key": "tier", "operator": "Exists"}],
+                },
+                "config": {"inline": config},
+                "template": {"image": IMAGE},
+            },
+        },
+    )
+
+    def not_ready() -> str | None:
+        fleet = co.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, FLEET)
+        for cond in (fleet.get("status") or {}).get("conditions", []):
+            if cond["type"] == "Ready" and cond["status"] == "False":
+                return str(cond["message"])
+        return None
+
+    message = eventually("Ready=False naming the template", not_ready, timeout=WAIT)
+    assert message.startswith("spec.template: ")
+    assert "tier" in message
+    apps: Any = k8s.AppsV1Api(api_client)
+    assert _read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace) is None
