@@ -90,6 +90,8 @@ def _run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         peering=args.peering,
+        peering_priority=args.peering_priority,
+        peering_lifetime=args.peering_lifetime,
         status_interval=args.status_interval,
         heartbeat_seconds=args.heartbeat_seconds,
         agent_endpoint=args.agent_endpoint,
@@ -119,7 +121,19 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--namespace", action="append", default=[], help="watch only these (repeat)")
     p.add_argument("--host", default="0.0.0.0", help="OpAMP listen address")  # noqa: S104
     p.add_argument("--port", type=int, default=4320, help="OpAMP listen port")
-    p.add_argument("--peering", default=None, help="kopf peering name (active/standby pair)")
+    p.add_argument(
+        "--peering",
+        default=None,
+        help="kopf peering object name: replicas sharing it run active/standby "
+        "(needs deploy/crds/kopf-peering.yaml); the standby fails /readyz",
+    )
+    p.add_argument("--peering-priority", type=int, default=None, help="default: random per start")
+    p.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds before a silent replica is presumed dead and its standby takes over",
+    )
     p.add_argument(
         "--status-interval", type=float, default=5.0, help="seconds between status writes"
     )

@@ -8,14 +8,17 @@ import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import kopf
 from aiohttp import web
 from kubernetes import config as k8s_config
 
 from opamp_operator.fleet.remediation import RemediationSettings
+from opamp_operator.k8s import peering
 from opamp_operator.k8s.api import FleetAPI
 from opamp_operator.k8s.handlers import HandlerSettings, register
+from opamp_operator.k8s.peering import PeeringWatch
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.k8s.webhook import WebhookOptions, webhook_server
 from opamp_operator.opamp.session import CoreSettings, ServerCore
@@ -30,6 +33,8 @@ class RunOptions:
     host: str = "0.0.0.0"  # noqa: S104 - agents connect from other pods
     port: int = DEFAULT_PORT
     peering: str | None = None  # kopf peering name for an active/standby pair
+    peering_priority: int | None = None  # None: random, so identical replicas differ
+    peering_lifetime: int = 60  # seconds a silent replica is still presumed alive
     status_interval: float = 5.0
     heartbeat_seconds: int | None = 30
     agent_endpoint: str | None = None
@@ -57,6 +62,16 @@ async def run(options: RunOptions) -> None:
     server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
     app = server.app()
     FleetAPI(state).add_routes(app)
+    watch: PeeringWatch | None = None
+    identity = peering.new_identity()
+    if options.peering is not None:
+        server.set_standby(True)
+        watch = PeeringWatch(
+            options.peering,
+            identity,
+            options.namespaces,
+            on_change=lambda active: server.set_standby(not active),
+        )
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, options.host, options.port).start()
@@ -80,6 +95,13 @@ async def run(options: RunOptions) -> None:
     # Argo CD and Flux own the metadata and spec of the objects they apply.
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    if options.peering is not None:
+        settings.peering.mandatory = True
+        settings.peering.lifetime = options.peering_lifetime
+        settings.peering.priority = options.peering_priority or peering.random_priority()
+        log.info(
+            "peering %s as %s, priority %d", options.peering, identity, settings.peering.priority
+        )
     scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-webhook-")
     if options.webhook is not None:
         settings.admission.server = webhook_server(options.webhook, Path(scratch.name))
@@ -88,6 +110,10 @@ async def run(options: RunOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watching = None
+    if watch is not None:
+        await asyncio.to_thread(watch.ensure)
+        watching = asyncio.create_task(watch.run())
     try:
         await kopf.operator(
             registry=registry,
@@ -96,9 +122,12 @@ async def run(options: RunOptions) -> None:
             namespaces=options.namespaces,
             standalone=options.peering is None,
             peering_name=options.peering,
+            identity=cast(Any, identity),
             stop_flag=stop,
         )
     finally:
+        if watching is not None:
+            watching.cancel()
         log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
         await runner.cleanup()
         scratch.cleanup()

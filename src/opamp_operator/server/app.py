@@ -90,7 +90,9 @@ class OpAMPServer:
         self._http_in_flight = 0
         self._listeners: list[EventListener] = []
         self._ready = False
+        self._standby = False
         self._ticker: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     # ---- wiring ----------------------------------------------------------------------
 
@@ -125,8 +127,21 @@ class OpAMPServer:
         self._ready = False
         if self._ticker is not None:
             self._ticker.cancel()
+        await self._close_all(b"server shutting down")
+
+    async def _close_all(self, reason: bytes) -> None:
         for ws in list(self._sockets.values()):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=reason)
+
+    def set_standby(self, standby: bool) -> None:
+        """A standby replica (see k8s/peering.py) is not ready and turns agents away;
+        becoming standby closes the WebSockets it holds (1001) so agents go to the
+        active replica."""
+        if standby and not self._standby:
+            task = asyncio.get_running_loop().create_task(self._close_all(b"standby replica"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        self._standby = standby
 
     async def _tick_forever(self) -> None:
         while True:
@@ -158,6 +173,8 @@ class OpAMPServer:
     # ---- OpAMP -----------------------------------------------------------------------
 
     async def handle_opamp(self, request: web.Request) -> web.StreamResponse:
+        if self._standby:
+            return self._unavailable("standby", "this operator replica is on standby")
         try:
             identity = self.authenticate(request.headers.get("Authorization"))
         except UnauthorizedError as exc:
@@ -230,13 +247,12 @@ class OpAMPServer:
 
     def _shed(self, transport: str) -> web.Response:
         """Past the limit: 503 + Retry-After, and the same as a ServerErrorResponse."""
-        self.metrics.errors.labels(f"shed_{transport}").inc()
+        return self._unavailable(f"shed_{transport}", "server is at its connection limit")
+
+    def _unavailable(self, reason: str, text: str) -> web.Response:
+        self.metrics.errors.labels(reason).inc()
         retry = self.limits.retry_after_seconds
-        body = wire.encode_http(
-            error_reply(
-                pb.ServerErrorResponseType_Unavailable, "server is at its connection limit", retry
-            )
-        )
+        body = wire.encode_http(error_reply(pb.ServerErrorResponseType_Unavailable, text, retry))
         return web.Response(
             status=503, body=body, content_type=PROTOBUF, headers={"Retry-After": str(retry)}
         )
@@ -330,6 +346,8 @@ class OpAMPServer:
     async def readyz(self, _: web.Request) -> web.Response:
         if not self._ready:
             raise web.HTTPServiceUnavailable(text="not ready")
+        if self._standby:
+            raise web.HTTPServiceUnavailable(text="standby")
         return web.Response(text="ok")
 
     async def metrics_endpoint(self, _: web.Request) -> web.Response:
