@@ -454,14 +454,14 @@ def register(
 _COUNT_EVENTS = (
     ("configFailed", "ConfigFailed", "agents report the config FAILED"),
     ("drifted", "DriftDetected", "agents run something other than the desired config"),
-    ("unhealthy", "AgentsUnhealthy", "agents report unhealthy components"),
+    ("unhealthy", "AgentsUnhealthy", "agents are unhealthy, disconnected or silent"),
 )
 
 
 _WORST_REASONS = {
     "configFailed": {Reason.CONFIG_FAILED.value},
     "drifted": {Reason.DRIFTED.value},
-    "unhealthy": {Reason.UNHEALTHY.value},
+    "unhealthy": {Reason.UNHEALTHY.value, Reason.DISCONNECTED.value, Reason.STALE.value},
 }
 
 

@@ -124,8 +124,8 @@ class OperatorState:
 
     def drift_of(self, record: FleetRecord, uids: Iterable[str]) -> dict[str, bool | None]:
         """Per agent: does what it runs differ from the fleet's config? Only agents that say
-        they applied it (or report no status, or UNSET) are judged; a failed apply is
-        counted as failed, not as drift."""
+        they applied it (or report no status, or UNSET with an effective config) are
+        judged; a failed apply is counted as failed, not as drift."""
         if record.config_text is None:
             return {}
         verdicts: dict[str, bool | None] = {}
@@ -135,6 +135,8 @@ class OperatorState:
             view = self.views.get(uid)
             if view is None or view.remote_config_status not in (None, "UNSET", "APPLIED"):
                 continue
+            if view.remote_config_status == "UNSET" and not view.effective_config.strip():
+                continue  # has not applied anything yet: pending, not drifted
             key = (
                 record.desired_hash,
                 view.remote_config_status or "",
