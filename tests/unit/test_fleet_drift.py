@@ -83,7 +83,6 @@ exporters:
     sampling_initial: 2
     sampling_thereafter: 1
     use_internal_logger: true
-    verbosity: basic
   otlp:
     balancer_name: round_robin
     compression: gzip
@@ -304,6 +303,15 @@ def test_a_local_edit_is_drift_named_by_path(old: str, new: str, reasons: list[s
         # a key written as a number on one side and a string on the other
         ("1: a", "'1': a", False),
         ("a: 2024-01-01", "a: 2024-01-01", False),
+        # levels the Collector reads in any case and reports capitalised
+        ("a: none", "a: None", False),
+        ("a: INFO", "a: info", False),
+        ("a: detailed", "a: Normal", True),
+        ("a: nonelike", "a: NoneLike", True),
+        # basic is the zero level: the debug exporter's verbosity (omitempty) omits it
+        ("d: {verbosity: basic}", "d: {sampling_initial: 2}", False),
+        ("d: {verbosity: detailed}", "d: {sampling_initial: 2}", True),
+        ("d: {auth: basic}", "d: {sampling_initial: 2}", True),
     ],
 )
 def test_value_rules(desired: str, effective: str, is_drift: bool) -> None:

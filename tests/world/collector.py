@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,14 @@ from typing import Any
 import yaml
 
 from world import binaries
-from world.processes import ProcessRecord, free_port, spawn, terminate, wait_until
+from world.processes import (
+    ProcessRecord,
+    StartupError,
+    free_port,
+    spawn,
+    terminate,
+    wait_until,
+)
 
 CollectorConfig = dict[str, Any]
 
@@ -127,23 +134,47 @@ def start_collector(
     return Agent(record, proc, workdir, f"http://127.0.0.1:{health_port}/")
 
 
+# The supervisor's placeholders for its own parts of the Collector's config, usable in
+# `config_files`. When some are left out it adds them: OWN_TELEMETRY_CONFIG first, the user's
+# files, then OPAMP_EXTENSION_CONFIG and REMOTE_CONFIG; later files win where they overlap.
+OWN_TELEMETRY_CONFIG = "$OWN_TELEMETRY_CONFIG"
+OPAMP_EXTENSION_CONFIG = "$OPAMP_EXTENSION_CONFIG"
+REMOTE_CONFIG = "$REMOTE_CONFIG"
+
+
 def start_supervised_collector(
     opamp_endpoint: str,
     workdir: Path,
     *,
     name: str = "opampsupervisor",
     attributes: dict[str, str] | None = None,
+    identifying_attributes: dict[str, str] | None = None,
+    config_files: Sequence[str | Path] | None = None,
 ) -> Agent:
     """opampsupervisor running otelcol-opamp, reporting to `opamp_endpoint`.
 
-    A local config file gives the Collector a pipeline and a health check before any
-    remote config arrives, so a test can see that the supervisor really started it.
+    By default a local config file gives the Collector a pipeline and a health check
+    before any remote config arrives, so a test can see that the supervisor really started
+    it. `config_files` replaces that: the supervisor's `agent.config_files` as given, paths
+    and the placeholders above in merge order; the Agent then has no `health_url`.
+
+    `identifying_attributes` and `attributes` (non-identifying) are added to, or override,
+    the description the Collector reports. The supervisor keeps its instance uid, the last
+    remote config and its status in `workdir/storage`: starting it again on the same
+    `workdir` brings back the same agent.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    health_port = free_port()
-    local = base_collector_config(health_port)
-    local_path = workdir / "local.yaml"
-    local_path.write_text(yaml.safe_dump(local, sort_keys=False))
+    health_url: str | None = None
+    if config_files is None:
+        health_port = free_port()
+        local = base_collector_config(health_port)
+        local_path = workdir / "local.yaml"
+        local_path.write_text(yaml.safe_dump(local, sort_keys=False))
+        config_files = [local_path]
+        health_url = f"http://127.0.0.1:{health_port}/"
+    description: dict[str, dict[str, str]] = {"non_identifying_attributes": attributes or {}}
+    if identifying_attributes:
+        description["identifying_attributes"] = identifying_attributes
     supervisor = {
         "server": {"endpoint": opamp_endpoint, "tls": {"insecure": True}},
         "capabilities": {
@@ -156,18 +187,86 @@ def start_supervised_collector(
         },
         "agent": {
             "executable": str(binaries.find("otelcol-opamp")),
-            "config_files": [str(local_path)],
-            "description": {"non_identifying_attributes": attributes or {}},
+            "config_files": [str(f) for f in config_files],
+            "description": description,
+            # The defaults (3 s to start the Collector and hear from it, 5 s for it to turn
+            # healthy on a new config) fail on a loaded 2-core machine. v0.149.0 reports a
+            # config APPLIED only when config_apply_timeout is over (and the Collector is
+            # healthy by then), so every apply takes that long: not more than needed.
+            "bootstrap_timeout": "20s",
+            "config_apply_timeout": "10s",
+            # The Collector's own metrics default to a listener on localhost:8888, which
+            # every Collector on this machine would want, the supervisor's bootstrap run
+            # (whose config it writes itself) included. Flags follow the config files.
+            "args": ["--set=service::telemetry::metrics::level=none"],
         },
         "storage": {"directory": str(workdir / "storage")},
         "telemetry": {"logs": {"level": "info", "output_paths": [str(workdir / "supervisor.log")]}},
     }
     config_path = workdir / "supervisor.yaml"
     config_path.write_text(yaml.safe_dump(supervisor, sort_keys=False))
-    record, proc = spawn(
-        name, [binaries.find("opampsupervisor"), f"--config={config_path}"], workdir
-    )
-    return Agent(record, proc, workdir, f"http://127.0.0.1:{health_port}/")
+    argv = [str(binaries.find("opampsupervisor")), f"--config={config_path}"]
+    agent_log = workdir / "storage" / "agent.log"  # the Collector's output
+    for _ in range(SUPERVISOR_START_ATTEMPTS):
+        if agent_log.exists():
+            agent_log.replace(agent_log.with_name("agent.previous.log"))
+        record, proc = spawn(name, argv, workdir)
+        if _bootstrapped(record, proc, workdir / "supervisor.log", agent_log):
+            break
+    else:
+        raise StartupError(
+            f"{name} lost its feature gates {SUPERVISOR_START_ATTEMPTS} times in a row; "
+            f"log {record.log}:\n{record.log_tail()}"
+        )
+    return Agent(record, proc, workdir, health_url)
+
+
+# opampsupervisor v0.149.0 asks the Collector for its feature gates with a one-shot run
+# whose stdout it can lose (commander.StartOneShot calls cmd.Wait, which closes the pipe,
+# while its reader may not have read yet: "Error reading agent stdout ... file already
+# closed"). Without `service.AllowNoPipelines` in that output it bootstraps the Collector
+# with `nop` receivers and exporters. otelcol-opamp includes them now (test-deps/
+# otelcol-builder.yaml), so that bootstrap works; a Collector built without them says
+# `unknown type: "nop"` in storage/agent.log and exits, and the supervisor gives up once
+# bootstrap_timeout is over. Such a start is stopped at once and retried; any other
+# failure is left to the caller, who sees the process gone.
+SUPERVISOR_START_ATTEMPTS = 8
+_NO_NOP = 'unknown type: "nop"'
+_STARTED = '"msg":"Supervisor starting"'
+
+
+def _bootstrapped(
+    record: ProcessRecord,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    agent_log: Path,
+    timeout: float = 90.0,
+) -> bool:
+    """Wait for the supervisor just spawned to finish its bootstrap. False when it hit
+    the lost-feature-gates race (it is stopped then); True when it started, or died of
+    something else. `agent_log` must not hold an earlier Collector's output."""
+    starts_before = log.read_text().count(_STARTED) if log.exists() else 0
+
+    def started() -> bool:
+        return log.exists() and log.read_text().count(_STARTED) > starts_before
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not started():
+        if agent_log.exists() and _NO_NOP in agent_log.read_text(errors="replace"):
+            terminate(record)
+            proc.wait(timeout=5)
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def supervisor_instance_uid(workdir: Path) -> str:
+    """The instance uid the supervisor started on `workdir` keeps in its storage ("" until
+    it has written one)."""
+    state = workdir / "storage" / "persistent_state.yaml"
+    if not state.exists():
+        return ""
+    return str((yaml.safe_load(state.read_text()) or {}).get("instance_id", ""))
 
 
 @dataclass

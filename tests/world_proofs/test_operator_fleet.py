@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
+from world.fleets import release_fleets
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 
@@ -614,3 +616,30 @@ def test_an_operator_restart_resumes_without_new_revisions_offers_or_annotations
         for agent in agents:
             agent.stop()
         first.stop()
+
+
+def test_an_operator_limited_to_a_namespace_leaves_other_fleets_alone(
+    crds: None, cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    core: Any = k8s.CoreV1Api(api_client)
+    other = core.create_namespace(
+        k8s.V1Namespace(metadata=k8s.V1ObjectMeta(generate_name="not-watched-"))
+    ).metadata.name
+    try:
+        with start_operator(cluster.kubeconfig, tmp_path, f"--namespace={namespace}") as op:
+            _create_fleet(api_client, namespace, {"app": "collector"}, CONFIG_V1)
+            _create_fleet(api_client, other, {"app": "collector"}, CONFIG_V1)
+            eventually(
+                "the watched fleet reconciled",
+                lambda: _status(api_client, namespace).get("desiredRevision"),
+            )
+            time.sleep(3)  # several status intervals for the other fleet
+            assert _status(api_client, other) == {}
+            assert [
+                f"{f['namespace']}/{f['name']}" for f in op.get("/api/v1/fleets")["fleets"]
+            ] == [f"{namespace}/collectors"]
+            apps: Any = k8s.AppsV1Api(api_client)
+            assert apps.list_namespaced_controller_revision(other).items == []
+    finally:
+        release_fleets(api_client)
+        core.delete_namespace(other)

@@ -18,7 +18,11 @@ different in the effective config". The rule, applied recursively to the parsed 
   text, possibly under another type (`"10"` and `10`; NaN and NaN), or the same Go
   duration (`1m` and `1m0s`, or the nanoseconds), or the effective value is the
   Collector's `[REDACTED]` for a secret, or the desired value is a `${...}`
-  substitution the Collector resolved (its literal parts must still match).
+  substitution the Collector resolved (its literal parts must still match), or the
+  same level in another case (the Collector reads `none` and reports `None`);
+- a key the effective config lacks is not missing when the desired value is one the
+  Collector leaves out as its zero value: `basic`, the zero telemetry level, which the
+  debug exporter's `verbosity` (omitempty) never reports.
 
 Differences name paths only, never values: configs hold secrets and these reasons go
 into status messages and events.
@@ -56,6 +60,14 @@ _UNITS = {
     "m": Fraction(60_000_000_000),
     "h": Fraction(3_600_000_000_000),
 }
+# Levels the Collector parses in any case and reports in one: configtelemetry.Level
+# (`level`, `verbosity`: None, Basic, Normal, Detailed) and zapcore.Level (log `level`).
+_LEVELS = frozenset(
+    {"none", "basic", "normal", "detailed"}
+    | {"debug", "info", "warn", "error", "dpanic", "panic", "fatal"}
+)
+# Desired values a reported config leaves out: zero values of omitempty fields, by key.
+_OMITTED_ZERO_VALUES = {"verbosity": frozenset({"basic"})}  # configtelemetry.LevelBasic == 0
 _DURATION_RE = re.compile(r"[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+")
 _DURATION_PART_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 
@@ -178,6 +190,14 @@ def _resolved(desired: str, effective: object) -> bool:
     return text is not None and pattern.fullmatch(text) is not None
 
 
+def _same_level(desired: str, effective: object) -> bool:
+    return (
+        isinstance(effective, str)
+        and desired.lower() == effective.lower()
+        and effective.lower() in _LEVELS
+    )
+
+
 def _scalar_matches(desired: object, effective: object) -> bool:
     desired_text = _text(desired)
     return (
@@ -190,9 +210,16 @@ def _scalar_matches(desired: object, effective: object) -> bool:
                 effective == REDACTED
                 or _resolved(desired, effective)
                 or _same_duration(desired, effective)
+                or _same_level(desired, effective)
             )
         )
     )
+
+
+def _omitted_zero(key: object, desired: object) -> bool:
+    """Whether a reported config leaves this desired value out (see _OMITTED_ZERO_VALUES)."""
+    zeros = _OMITTED_ZERO_VALUES.get(str(key), frozenset())
+    return isinstance(desired, str) and desired.lower() in zeros
 
 
 # ---------------------------------------------------------------- the subset walk
@@ -217,7 +244,7 @@ def _walk_mapping(desired: Mapping[Any, Any], effective: object, path: str) -> I
         found, actual = _lookup(effective, key)
         if found:
             yield from _walk(value, actual, child_path(path, key))
-        else:
+        elif not _omitted_zero(key, value):
             yield Difference(child_path(path, key), "missing")
 
 
