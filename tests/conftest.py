@@ -7,6 +7,7 @@ error in the test that needs it, never a skip: CI must not go green without the 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,7 +56,8 @@ def api_client(kubeconfig: Path) -> Iterator[Any]:
 def namespace(api_client: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards."""
     core: Any = k8s.CoreV1Api(api_client)
-    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    # A DNS label: parametrized test names carry brackets and other punctuation.
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
     ns = core.create_namespace(
         k8s.V1Namespace(metadata=k8s.V1ObjectMeta(generate_name=f"{base}-"))
     ).metadata.name

@@ -56,6 +56,11 @@ def _walk(schema: object, path: str = "") -> list[str]:
         for key in ("$ref", "anyOf", "oneOf", "allOf", "title", "$defs"):
             if key in schema and not path.endswith("properties"):
                 bad.append(f"{path}.{key}")
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            # OpenAPI v3.0 (what CRDs speak) has booleans here; JSON Schema's numbers
+            # are refused by the apiserver.
+            if key in schema and not isinstance(schema[key], bool):
+                bad.append(f"{path}.{key}")
         for key, value in schema.items():
             bad += _walk(value, f"{path}.{key}")
     elif isinstance(schema, list):

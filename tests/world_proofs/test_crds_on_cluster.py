@@ -14,7 +14,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from opamp_operator.api.models import GROUP, VERSION, CollectorFleet
+from opamp_operator.api.models import GROUP, VERSION, CollectorFleet, ConfigRollout
 from world import binaries
 
 pytestmark = pytest.mark.world
@@ -147,3 +147,108 @@ def test_status_subresource_and_printer_columns(api_client: Any, namespace: str)
     columns = [c["name"] for c in table["columnDefinitions"]]
     assert columns[:6] == ["Name", "Agents", "Healthy", "Drifted", "Ready", "Age"]
     assert table["rows"][0]["cells"][1:5] == [7, 6, 1, "False"]
+
+
+ROLLOUT_CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"configrollouts.{GROUP}.yaml"
+
+
+@pytest.fixture(scope="module")
+def rollout_crd(api_client: Any) -> Iterator[None]:
+    ext: Any = k8s.ApiextensionsV1Api(api_client)
+    crd = yaml.safe_load(ROLLOUT_CRD_FILE.read_text())
+    name = crd["metadata"]["name"]
+    ext.create_custom_resource_definition(crd)
+    co: Any = k8s.CustomObjectsApi(api_client)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            co.list_cluster_custom_object(GROUP, VERSION, "configrollouts")
+            break
+        except ApiException:
+            time.sleep(0.25)
+    yield
+    ext.delete_custom_resource_definition(name)
+
+
+def _rollout(name: str, steps: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ConfigRollout",
+        "metadata": {"name": name},
+        "spec": {"fleetRef": {"name": "gateways"}, "steps": steps, **spec},
+    }
+
+
+def _create_rollout(api_client: Any, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    created: dict[str, Any] = co.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "configrollouts", manifest
+    )
+    return created
+
+
+@pytest.mark.usefixtures("rollout_crd")
+def test_rollout_is_stored_with_defaults_and_read_by_the_model(
+    api_client: Any, namespace: str
+) -> None:
+    steps: list[dict[str, Any]] = [
+        {"agents": 1, "pause": {"untilPromoted": True}},
+        {"selector": {"attributes": {"deployment.environment": "canary"}}},
+        {"percent": 25, "pause": {"seconds": 300}, "gates": {"maxFailedPercent": 5}},
+        {"percent": 100},
+    ]
+    created = _create_rollout(api_client, namespace, _rollout("staged", steps))
+    spec = created["spec"]
+    assert spec["onFailure"] == "Rollback"
+    assert spec["paused"] is False
+    rollout = ConfigRollout.model_validate(created)
+    assert rollout.spec.preflight.enabled is True  # objects left out: the model's defaults
+    assert rollout.spec.steps[2].gates is not None
+    assert rollout.spec.steps[2].gates.max_failed_percent == 5
+
+
+@pytest.mark.usefixtures("rollout_crd")
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ({"agents": 1, "percent": 10}, "exactly one of agents, percent and selector"),
+        ({}, "exactly one of agents, percent and selector"),
+        ({"percent": 0}, "percent must be more than 0"),
+        ({"percent": 101}, "should be less than or equal to 100"),
+        ({"percent": 10, "pause": {"seconds": 5, "untilPromoted": True}}, "either seconds or"),
+        ({"percent": 10, "pause": {}}, "either seconds or"),
+        ({"selector": {}}, "at least one attribute or pod label"),
+    ],
+)
+def test_rollout_step_rules_are_enforced(
+    api_client: Any, namespace: str, step: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ApiException) as refused:
+        _create_rollout(api_client, namespace, _rollout("bad", [step]))
+    assert refused.value.status == 422
+    assert message in json.loads(refused.value.body or "{}").get("message", "")
+
+
+@pytest.mark.usefixtures("rollout_crd")
+def test_rollout_printer_columns_are_served(api_client: Any, namespace: str) -> None:
+    _create_rollout(api_client, namespace, _rollout("columns", [{"percent": 100}]))
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        "configrollouts",
+        "columns",
+        {"status": {"phase": "Progressing", "currentStep": 0, "stableRevision": "gateways-1"}},
+    )
+    response = api_client.call_api(
+        "GET",
+        f"{api_client.configuration.host}/apis/{GROUP}/{VERSION}/namespaces/{namespace}"
+        "/configrollouts/columns",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
+    response.read()
+    table = json.loads(response.data)
+    names = [c["name"] for c in table["columnDefinitions"]]
+    assert names[:8] == ["Name", "Fleet", "Phase", "Step", "Desired", "Stable", "Ready", "Age"]
+    assert table["rows"][0]["cells"][1:4] == ["gateways", "Progressing", 0]

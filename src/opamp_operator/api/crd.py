@@ -19,6 +19,8 @@ from opamp_operator.api.models import (
     VERSION,
     CollectorFleetSpec,
     CollectorFleetStatus,
+    ConfigRolloutSpec,
+    ConfigRolloutStatus,
 )
 
 Schema = dict[str, Any]
@@ -36,6 +38,31 @@ _RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
             "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0)"
             " || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
             "message": "selector must select something: an empty selector would claim every pod",
+        }
+    ],
+    ("spec", "steps", "[]"): [
+        {
+            "rule": "[has(self.agents), has(self.percent), has(self.selector)]"
+            ".filter(x, x).size() == 1",
+            "message": "a step is exactly one of agents, percent and selector",
+        },
+        {
+            # `minimum` alone lets a 0 through (seen on kube-apiserver 1.34).
+            "rule": "!has(self.percent) || self.percent > 0.0",
+            "message": "percent must be more than 0",
+        },
+    ],
+    ("spec", "steps", "[]", "pause"): [
+        {
+            "rule": "has(self.seconds) != (has(self.untilPromoted) && self.untilPromoted)",
+            "message": "a pause is either seconds or untilPromoted: true",
+        }
+    ],
+    ("spec", "steps", "[]", "selector"): [
+        {
+            "rule": "(has(self.attributes) ? size(self.attributes) : 0)"
+            " + (has(self.podLabels) ? size(self.podLabels) : 0) > 0",
+            "message": "a step selector must name at least one attribute or pod label",
         }
     ],
 }
@@ -119,22 +146,29 @@ def _ready_column() -> dict[str, str]:
     }
 
 
-def collector_fleet_crd() -> Schema:
-    spec = _schema_of(CollectorFleetSpec, ("spec",))
-    status = _schema_of(CollectorFleetStatus, ("status",))
+def _crd(
+    kind: str,
+    plural: str,
+    *,
+    short_names: list[str],
+    description: str,
+    spec_model: type[BaseModel],
+    status_model: type[BaseModel],
+    columns: list[dict[str, str]],
+) -> Schema:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"collectorfleets.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "plural": "collectorfleets",
-                "singular": "collectorfleet",
-                "kind": "CollectorFleet",
-                "listKind": "CollectorFleetList",
-                "shortNames": ["cfleet", "cfl"],
+                "plural": plural,
+                "singular": kind.lower(),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "shortNames": short_names,
                 "categories": ["opamp"],
             },
             "versions": [
@@ -144,27 +178,21 @@ def collector_fleet_crd() -> Schema:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
-                        {
-                            "name": "Agents",
-                            "type": "integer",
-                            "jsonPath": ".status.agentsConnected",
-                        },
-                        {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthy"},
-                        {"name": "Drifted", "type": "integer", "jsonPath": ".status.drifted"},
+                        *columns,
                         _ready_column(),
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "A fleet of Collectors managed over OpAMP.",
+                            "description": description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
+                                "spec": _schema_of(spec_model, ("spec",)),
+                                "status": _schema_of(status_model, ("status",)),
                             },
                         }
                     },
@@ -174,12 +202,47 @@ def collector_fleet_crd() -> Schema:
     }
 
 
+def collector_fleet_crd() -> Schema:
+    return _crd(
+        "CollectorFleet",
+        "collectorfleets",
+        short_names=["cfleet", "cfl"],
+        description="A fleet of Collectors managed over OpAMP.",
+        spec_model=CollectorFleetSpec,
+        status_model=CollectorFleetStatus,
+        columns=[
+            {"name": "Agents", "type": "integer", "jsonPath": ".status.agentsConnected"},
+            {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthy"},
+            {"name": "Drifted", "type": "integer", "jsonPath": ".status.drifted"},
+        ],
+    )
+
+
+def config_rollout_crd() -> Schema:
+    return _crd(
+        "ConfigRollout",
+        "configrollouts",
+        short_names=["crollout", "cro"],
+        description="How a CollectorFleet's config changes reach its agents: staged, gated "
+        "on what the agents report, rolled back on failure.",
+        spec_model=ConfigRolloutSpec,
+        status_model=ConfigRolloutStatus,
+        columns=[
+            {"name": "Fleet", "type": "string", "jsonPath": ".spec.fleetRef.name"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
+            {"name": "Desired", "type": "string", "jsonPath": ".status.desiredRevision"},
+            {"name": "Stable", "type": "string", "jsonPath": ".status.stableRevision"},
+        ],
+    )
+
+
 def render_all() -> dict[str, str]:
     """File name → YAML text of every CRD, as committed under deploy/crds/."""
     header = (
         "# Generated by `opamp-operator crds` from src/opamp_operator/api/models.py. Do not edit.\n"
     )
-    crd = collector_fleet_crd()
     return {
-        f"{crd['metadata']['name']}.yaml": header + yaml.safe_dump(crd, sort_keys=False, width=100),
+        f"{crd['metadata']['name']}.yaml": header + yaml.safe_dump(crd, sort_keys=False, width=100)
+        for crd in (collector_fleet_crd(), config_rollout_crd())
     }

@@ -171,7 +171,12 @@ class CollectorFleetStatus(_Status):
     overlapping_fleets: list[str] = Field(default_factory=list)
     desired_revision: str | None = None
     desired_hash: str | None = None
-    stable_revision: str | None = None
+    stable_revision: str | None = Field(
+        default=None,
+        description="What agents outside a ConfigRollout's reach run (the desired revision "
+        "when no rollout governs the fleet)",
+    )
+    stable_hash: str | None = None
     versions: list[VersionCount] = Field(default_factory=list)
     worst_agents: list[AgentProblem] = Field(default_factory=list)
     kopf: dict[str, Any] | None = Field(
@@ -191,3 +196,172 @@ class CollectorFleet(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: CollectorFleetSpec
     status: CollectorFleetStatus | None = None
+
+
+# ---- ConfigRollout ---------------------------------------------------------------------
+
+
+class FleetRef(_Spec):
+    name: Annotated[str, Field(min_length=1, description="A CollectorFleet in this namespace")]
+
+
+class OnFailure(StrEnum):
+    ROLLBACK = "Rollback"
+    PAUSE = "Pause"
+
+
+class RolloutGates(_Spec):
+    """What must hold for a step to pass; every field left out keeps the default (or,
+    in a step, the rollout's `gates`)."""
+
+    max_failed: Annotated[
+        int | None,
+        Field(ge=0, description="Members whose apply failed or timed out (default 0)"),
+    ] = None
+    max_failed_percent: Annotated[
+        float | None,
+        Field(ge=0, le=100, description="…or a percentage of the step's members (wins)"),
+    ] = None
+    max_unhealthy: Annotated[
+        int | None, Field(ge=0, description="Members reporting unhealthy (default 0)")
+    ] = None
+    require_effective_config: bool | None = Field(
+        default=None,
+        description="A member counts as applied only when its effective config matches "
+        "the desired one (default true)",
+    )
+    bake_seconds: Annotated[
+        int | None,
+        Field(ge=0, le=86400, description="After every member applied, gates keep holding"),
+    ] = None
+    apply_timeout_seconds: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=86400,
+            description="APPLYING, pending or silent longer counts as failed (default 300)",
+        ),
+    ] = None
+
+
+class StepSelector(_Spec):
+    attributes: dict[str, str] = Field(
+        default_factory=dict, description="Agent attributes that must all be equal"
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels of the agent's pod that must all be equal"
+    )
+
+
+class StepPause(_Spec):
+    seconds: Annotated[int | None, Field(ge=1, le=7 * 86400)] = None
+    until_promoted: bool = False
+
+
+class RolloutStep(_Spec):
+    """Exactly one of agents, percent, selector; cumulative."""
+
+    agents: Annotated[
+        int | None, Field(ge=1, description="Agents on the new revision after this step")
+    ] = None
+    percent: Annotated[
+        float | None,
+        Field(ge=0.01, le=100, description="Percent of the fleet's agents, rounded up"),
+    ] = None
+    selector: StepSelector | None = Field(default=None, description="Adds matching agents")
+    pause: StepPause | None = Field(default=None, description="After the step passed")
+    gates: RolloutGates | None = None
+
+
+class Preflight(_Spec):
+    enabled: bool = True
+    block_on_unreported: bool = Field(
+        default=False,
+        description="Agents that report no AvailableComponents block the step too",
+    )
+
+
+class ConfigRolloutSpec(_Spec):
+    fleet_ref: FleetRef
+    paused: bool = False
+    on_failure: OnFailure = OnFailure.ROLLBACK
+    gates: RolloutGates = Field(default_factory=RolloutGates)
+    preflight: Preflight = Field(default_factory=Preflight)
+    steps: list[RolloutStep] = Field(
+        default_factory=list, max_length=20, description="Ordered; empty means one step of 100%"
+    )
+
+
+class RolloutStepStatus(_Status):
+    offered: int = 0
+    applied: int = 0
+    failed: int = 0
+    unhealthy: int = 0
+    drifted: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class MissingComponent(_Status):
+    component: str  # "exporters/kafka"
+    agents: int
+
+
+class PreflightStatus(_Status):
+    blocked: bool = False
+    missing: list[MissingComponent] = Field(default_factory=list)
+    unreported: int = 0
+    checked: int = 0
+
+
+class FailingAgent(_Status):
+    instance_uid: str
+    pod: str = ""
+    reason: str
+    message: str = ""
+
+
+class ConfigRolloutStatus(_Status):
+    """Progress, persisted before any offer depends on it: a restarted operator or the
+    standby resumes exactly (docs/rollout.md)."""
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    phase: str | None = None
+    pause_reason: str | None = None
+    message: str | None = None
+    current_step: int | None = None
+    step_armed: bool | None = None
+    cutoff: str | None = Field(default=None, description="Bucket cutoff, 16 hex digits")
+    attempt: int | None = None
+    desired_revision: str | None = None
+    desired_hash: str | None = None
+    stable_revision: str | None = None
+    stable_hash: str | None = None
+    started_at: str | None = None
+    step_started_at: str | None = None
+    bake_started_at: str | None = None
+    paused_at: str | None = None
+    pause_until: str | None = None
+    finished_at: str | None = None
+    steps: list[RolloutStepStatus] = Field(default_factory=list)
+    agents: int | None = Field(default=None, description="Managed agents of the fleet")
+    unmanaged: int | None = Field(default=None, description="Agents that cannot take remote config")
+    preflight: PreflightStatus | None = None
+    failing_agents: list[FailingAgent] = Field(default_factory=list)
+    controls: dict[str, str] = Field(
+        default_factory=dict, description="The last token acted on per control annotation"
+    )
+    kopf: dict[str, Any] | None = None
+
+
+class ConfigRollout(_Model):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    api_version: Literal["opampoperator.io/v1alpha1"] = Field(
+        "opampoperator.io/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["ConfigRollout"] = "ConfigRollout"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ConfigRolloutSpec
+    status: ConfigRolloutStatus | None = None
