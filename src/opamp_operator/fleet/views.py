@@ -46,6 +46,11 @@ class AgentView:
     effective_config: str = ""
     # The fleet (namespace/name) whose token the agent presented; "" when it sent none.
     identity: str = ""
+    accepts_remote_config: bool = True
+    connected_at: float = 0.0
+    # AvailableComponents: component types per plural kind ("receivers": {"otlp"});
+    # None when the agent reports none.
+    components: Mapping[str, frozenset[str]] | None = None
 
     @property
     def live(self) -> bool:
@@ -63,6 +68,29 @@ def _peer_ip(peer: str) -> str:
     if peer.count(":") == 1:
         return peer.split(":", 1)[0]
     return peer
+
+
+_COMPONENTS_CACHE: dict[bytes, Mapping[str, frozenset[str]]] = {}
+_COMPONENTS_CACHE_LIMIT = 256
+
+
+def components_of(available: pb.AvailableComponents | None) -> Mapping[str, frozenset[str]] | None:
+    """AvailableComponents as the Collector reports them (kind → types in
+    sub_component_map). Many agents share one build, so results are kept by the agent's
+    hash of them."""
+    if available is None or not available.components:
+        return None
+    key = available.hash
+    if key and key in _COMPONENTS_CACHE:
+        return _COMPONENTS_CACHE[key]
+    parsed = {
+        kind: frozenset(details.sub_component_map) for kind, details in available.components.items()
+    }
+    if key:
+        if len(_COMPONENTS_CACHE) >= _COMPONENTS_CACHE_LIMIT:
+            _COMPONENTS_CACHE.clear()
+        _COMPONENTS_CACHE[key] = parsed
+    return parsed
 
 
 def agent_view(agent: AgentRecord) -> AgentView:
@@ -96,4 +124,7 @@ def agent_view(agent: AgentRecord) -> AgentView:
         ),
         effective_config=effective,
         identity=agent.identity or "",
+        accepts_remote_config=agent.can(pb.AgentCapabilities_AcceptsRemoteConfig),
+        connected_at=agent.connected_at,
+        components=components_of(agent.available_components),
     )
