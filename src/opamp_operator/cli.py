@@ -93,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         peering_priority=args.peering_priority,
         peering_lifetime=args.peering_lifetime,
         status_interval=args.status_interval,
+        rollout_interval=args.rollout_interval,
+        rollout_startup_grace=args.rollout_startup_grace,
         heartbeat_seconds=args.heartbeat_seconds,
         agent_endpoint=args.agent_endpoint,
         remediation_wait_seconds=args.remediation_wait_seconds,
@@ -136,6 +138,19 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--status-interval", type=float, default=5.0, help="seconds between status writes"
+    )
+    p.add_argument(
+        "--rollout-interval",
+        type=float,
+        default=2.0,
+        help="seconds between ConfigRollout gate evaluations",
+    )
+    p.add_argument(
+        "--rollout-startup-grace",
+        type=float,
+        default=15.0,
+        help="seconds after a start during which rollouts hold their persisted progress "
+        "while agents reconnect, before gates and steps are evaluated again",
     )
     p.add_argument("--heartbeat-seconds", type=int, default=30)
     p.add_argument(

@@ -44,6 +44,8 @@ def test_drift_counts_judge_applied_and_status_less_agents_only() -> None:
         _view("applied", "APPLIED", DESIRED, record.desired_hash),
         _view("applied-edited", "APPLIED", EDITED, record.desired_hash),
         _view("failed", "FAILED", EDITED, record.desired_hash),  # counted as failed
+        # Applied the fleet's previous config, the new one is on its way: pending.
+        _view("applied-older", "APPLIED", EDITED, "0" * 64),
         _view("silent", None),  # reports nothing at all: unknown
     ]
     state = OperatorState(views={v.instance_uid: v for v in views})

@@ -7,6 +7,8 @@ Plain functions over a kubernetes ApiClient; test modules wrap them in fixtures.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,10 @@ from world import binaries
 from world.processes import eventually
 
 CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"collectorfleets.{GROUP}.yaml"
+ROLLOUT_CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"configrollouts.{GROUP}.yaml"
+CRD_FILES = (CRD_FILE, ROLLOUT_CRD_FILE)
 PLURAL = "collectorfleets"
-
-
-def _crd_name() -> str:
-    name: str = yaml.safe_load(CRD_FILE.read_text())["metadata"]["name"]
-    return name
+ROLLOUTS = "configrollouts"
 
 
 def _read_crd(ext: Any, name: str) -> Any | None:
@@ -45,67 +45,83 @@ def release_fleets(api_client: Any) -> int:
     """
     co: Any = k8s.CustomObjectsApi(api_client)
     released = 0
-    for item in co.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]:
-        meta = item["metadata"]
-        if not meta.get("finalizers"):
-            continue
+    for plural in (PLURAL, ROLLOUTS):
         try:
-            co.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                meta["namespace"],
-                PLURAL,
-                meta["name"],
-                {"metadata": {"finalizers": None}},
-            )
-            released += 1
+            items = co.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
         except ApiException as error:
-            if error.status != 404:
-                raise
+            if error.status == 404:
+                continue  # that CRD is not installed
+            raise
+        for item in items:
+            meta = item["metadata"]
+            if not meta.get("finalizers"):
+                continue
+            try:
+                co.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    meta["namespace"],
+                    plural,
+                    meta["name"],
+                    {"metadata": {"finalizers": None}},
+                )
+                released += 1
+            except ApiException as error:
+                if error.status != 404:
+                    raise
     return released
 
 
-def install_crd(api_client: Any, timeout: float = 60.0) -> bool:
-    """Create the CollectorFleet CRD and wait until it is served. True when this call
-    created it; False when it was already there (someone else's, left for them to remove).
+def _gone(ext: Any, name: str) -> Callable[[], bool]:
+    return lambda: _read_crd(ext, name) is None
 
-    A CRD another module left being deleted is helped along (see `release_fleets`) and
+
+def _established(ext: Any, name: str) -> Callable[[], bool]:
+    return lambda: any(
+        c.type == "Established" and c.status == "True"
+        for c in ext.read_custom_resource_definition(name).status.conditions or []
+    )
+
+
+def install_crd(api_client: Any, timeout: float = 60.0) -> bool:
+    """Create the operator's CRDs (CollectorFleet, ConfigRollout) and wait until they are
+    served. True when this call created them; False when they were already there
+    (someone else's, left for them to remove).
+
+    CRDs another module left being deleted are helped along (see `release_fleets`) and
     waited out first.
     """
     ext: Any = k8s.ApiextensionsV1Api(api_client)
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    name = crd["metadata"]["name"]
-    existing = _read_crd(ext, name)
-    if existing is not None and existing.metadata.deletion_timestamp is not None:
-        release_fleets(api_client)
-        eventually(f"CRD {name} to finish deleting", lambda: _read_crd(ext, name) is None, timeout)
-        existing = None
-    if existing is None:
-        ext.create_custom_resource_definition(crd)
-    eventually(
-        "the CRD to be served",
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in ext.read_custom_resource_definition(name).status.conditions or []
-        ),
-        timeout,
-    )
-    return existing is None
+    created = False
+    for path in CRD_FILES:
+        crd = yaml.safe_load(path.read_text())
+        name = crd["metadata"]["name"]
+        existing = _read_crd(ext, name)
+        if existing is not None and existing.metadata.deletion_timestamp is not None:
+            release_fleets(api_client)
+            eventually(f"CRD {name} to finish deleting", _gone(ext, name), timeout)
+            existing = None
+        if existing is None:
+            ext.create_custom_resource_definition(crd)
+            created = True
+        eventually(f"the CRD {name} to be served", _established(ext, name), timeout)
+    return created
 
 
 def remove_crd(api_client: Any, timeout: float = 120.0) -> None:
-    """Delete the CollectorFleet CRD and wait until it is gone, so the next module that
-    installs it starts clean. Call it once no operator runs: fleets' finalizers are
-    dropped first."""
+    """Delete the operator's CRDs and wait until they are gone, so the next module that
+    installs them starts clean. Call it once no operator runs: finalizers are dropped
+    first."""
     ext: Any = k8s.ApiextensionsV1Api(api_client)
-    name = _crd_name()
     release_fleets(api_client)
-    try:
-        ext.delete_custom_resource_definition(name)
-    except ApiException as error:
-        if error.status != 404:
-            raise
-    eventually(f"CRD {name} to be deleted", lambda: _read_crd(ext, name) is None, timeout)
+    for path in CRD_FILES:
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        try:
+            ext.delete_custom_resource_definition(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        eventually(f"CRD {name} to be deleted", _gone(ext, name), timeout)
 
 
 def create_deployment(
@@ -213,3 +229,52 @@ def child_processes(pid: int) -> dict[int, str]:
         except (OSError, IndexError, ValueError):
             continue
     return found
+
+
+def create_rollout(
+    api_client: Any, namespace: str, name: str, fleet: str, **spec: Any
+) -> dict[str, Any]:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    created: dict[str, Any] = co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        ROLLOUTS,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ConfigRollout",
+            "metadata": {"name": name},
+            "spec": {"fleetRef": {"name": fleet}, **spec},
+        },
+    )
+    return created
+
+
+def patch_rollout(api_client: Any, namespace: str, name: str, body: dict[str, Any]) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.patch_namespaced_custom_object(GROUP, VERSION, namespace, ROLLOUTS, name, body)
+
+
+def rollout_control(api_client: Any, namespace: str, name: str, control: str) -> str:
+    """`kubectl annotate configrollout NAME opampoperator.io/CONTROL=<new token>`."""
+    token = f"{control}-{time.time_ns()}"
+    patch_rollout(
+        api_client, namespace, name, {"metadata": {"annotations": {f"{GROUP}/{control}": token}}}
+    )
+    return token
+
+
+def rollout_status(api_client: Any, namespace: str, name: str) -> dict[str, Any]:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    obj: dict[str, Any] = co.get_namespaced_custom_object(GROUP, VERSION, namespace, ROLLOUTS, name)
+    return dict(obj.get("status") or {})
+
+
+def events_of(api_client: Any, namespace: str, kind: str) -> list[tuple[str, str]]:
+    """(reason, message) of the Events about objects of `kind`, oldest first."""
+    core: Any = k8s.CoreV1Api(api_client)
+    items = [
+        e for e in core.list_namespaced_event(namespace).items if e.involved_object.kind == kind
+    ]
+    items.sort(key=lambda e: (e.first_timestamp or e.event_time or 0, e.metadata.name))
+    return [(e.reason, e.message) for e in items]

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
-from world.fleets import release_fleets
+from world.fleets import install_crd, release_fleets, remove_crd
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 
@@ -45,19 +44,10 @@ CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
 
 @pytest.fixture(scope="module")
 def crds(api_client: Any) -> Iterator[None]:
-    ext: Any = k8s.ApiextensionsV1Api(api_client)
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    ext.create_custom_resource_definition(crd)
-    eventually(
-        "the CRD to be served",
-        lambda: any(
-            c.type == "Established" and c.status == "True"
-            for c in ext.read_custom_resource_definition(crd["metadata"]["name"]).status.conditions
-            or []
-        ),
-    )
+    created = install_crd(api_client)
     yield
-    ext.delete_custom_resource_definition(crd["metadata"]["name"])
+    if created:
+        remove_crd(api_client)
 
 
 @pytest.fixture

@@ -29,10 +29,12 @@ from world.fleets import (
     condition,
     create_deployment,
     create_fleet,
+    create_rollout,
     fleet_status,
     install_crd,
     pod_condition,
     remove_crd,
+    rollout_status,
     running_pods,
     set_fleet_config,
     single_file_hash,
@@ -304,5 +306,89 @@ def test_supervised_collector_is_a_fleet_member_that_applies_drifts_and_follows(
             SUPERVISOR_WAIT,
         )
         assert status["agentsMapped"] == 1
+    finally:
+        supervisor.stop()
+
+
+def test_supervisor_failing_a_config_triggers_the_rollback_to_the_stable_one(
+    operator: OperatorProcess, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    """ConfigRollout with the real supervisor: a config the Collector refuses to start
+    with (valid YAML, every reference defined; a field the debug exporter does not have)
+    is reported FAILED by the supervisor, the rollout rolls back, and the Collector ends
+    up running the stable config, as its own effective config says."""
+    create_deployment(api_client, namespace, "collector", LABELS)
+    (pod,) = eventually(
+        "1 Running pod",
+        lambda: p if len(p := running_pods(api_client, namespace, LABELS)) else None,
+    )
+    health_v1, health_bad, grpc_port = free_port(), free_port(), free_port()
+    config_v1 = fleet_config(grpc_port, health_v1, "basic", "2s")
+    broken = fleet_config(grpc_port, health_bad, "basic", "2s").replace(
+        "    verbosity: basic\n", "    verbosity: basic\n    no_such_setting: true\n"
+    )
+    hash_v1, hash_bad = single_file_hash(config_v1), single_file_hash(broken)
+    create_fleet(api_client, namespace, FLEET, LABELS, config_v1)
+    workdir = tmp_path / "supervisor"
+    supervisor = start_supervised_collector(
+        operator.ws_url,
+        workdir,
+        identifying_attributes={"k8s.pod.uid": pod.metadata.uid},
+        config_files=[OWN_TELEMETRY_CONFIG, OPAMP_EXTENSION_CONFIG, REMOTE_CONFIG],
+    )
+    try:
+        uid = eventually("the supervisor's instance uid", lambda: supervisor_instance_uid(workdir))
+        eventually(
+            "the Collector running the first config",
+            lambda: _runs(operator, namespace, uid, hash_v1, health_v1),
+            SUPERVISOR_WAIT,
+        )
+        create_rollout(api_client, namespace, FLEET, FLEET, gates={"applyTimeoutSeconds": 90})
+        eventually(
+            "the rollout to take the fleet's config as stable",
+            lambda: rollout_status(api_client, namespace, FLEET).get("phase") == "Succeeded",
+        )
+
+        set_fleet_config(api_client, namespace, FLEET, broken)
+        status = eventually(
+            "the rollout rolled back",
+            lambda: (
+                s
+                if (s := rollout_status(api_client, namespace, FLEET)).get("phase")
+                in ("RolledBack", "Failed")
+                else None
+            ),
+            SUPERVISOR_WAIT,
+        )
+        assert status["phase"] == "RolledBack"
+        assert status["desiredHash"] == hash_bad
+        assert status["stableHash"] == hash_v1
+        (failing,) = status["failingAgents"]
+        assert failing["instanceUid"] == uid
+        assert failing["reason"] == "ConfigFailed"
+        assert failing["message"]  # the supervisor's own words
+
+        detail = eventually(
+            "the Collector running the stable config again, by its effective config",
+            lambda: _runs(operator, namespace, uid, hash_v1, health_v1),
+            SUPERVISOR_WAIT,
+        )
+        assert detail["revision"] == "stable"
+        assert "no_such_setting" not in detail["effectiveConfig"]
+        supervisor.health_url = f"http://127.0.0.1:{health_v1}/"
+        supervisor.wait_healthy(timeout=SUPERVISOR_WAIT)
+        assert not _answers(health_bad)
+        f_status = eventually(
+            "the fleet Stalled by the rollback, nothing drifted",
+            lambda: (
+                s
+                if condition(s := fleet_status(api_client, namespace, FLEET), "Stalled") == "True"
+                and s.get("drifted") == 0
+                else None
+            ),
+        )
+        assert f_status["stableHash"] == hash_v1
+        stalled = next(c for c in f_status["conditions"] if c["type"] == "Stalled")
+        assert stalled["reason"] == "RolloutRolledBack"
     finally:
         supervisor.stop()

@@ -330,10 +330,12 @@ def conditions(
     generation: int,
     config_valid: bool,
     message: str = "",
+    *,
+    reason: str = "InvalidConfig",
 ) -> list[dict[str, Any]]:
-    """Ready, Reconciling and Stalled for the fleet; `message` says why the config is
-    invalid and is used only when `config_valid` is False. Timestamps are left to
-    `merge_conditions`.
+    """Ready, Reconciling and Stalled for the fleet; `message` and `reason` say why the
+    fleet cannot progress (an invalid config, a rolled-back rollout…) and are used only
+    when `config_valid` is False. Timestamps are left to `merge_conditions`.
 
     Stalled: the config is invalid, nothing will progress until the spec changes.
     Reconciling: the spec changed since it was observed, or live agents are still to apply
@@ -344,11 +346,9 @@ def conditions(
     if not config_valid:
         why = message or "the Collector config is not valid"
         return [
-            _condition(READY, False, "InvalidConfig", why, observed_generation),
-            _condition(
-                RECONCILING, False, "Stalled", "stalled on an invalid config", observed_generation
-            ),
-            _condition(STALLED, True, "InvalidConfig", why, observed_generation),
+            _condition(READY, False, reason, why, observed_generation),
+            _condition(RECONCILING, False, "Stalled", f"stalled: {reason}", observed_generation),
+            _condition(STALLED, True, reason, why, observed_generation),
         ]
     stalled = _condition(STALLED, False, "ConfigValid", "the config is valid", observed_generation)
     in_progress: tuple[str, str] | None = None

@@ -59,6 +59,9 @@ class FleetAPI:
             "name": record.name,
             "desiredRevision": record.revision,
             "desiredHash": record.desired_hash or None,
+            "stableRevision": record.stable[0] or None,
+            "stableHash": record.stable[1] or None,
+            "rollout": record.governance.rollout if record.governance is not None else None,
             "configError": record.config_error,
             "driftPolicy": record.spec.drift_policy,
             **health.to_status(),
@@ -76,7 +79,8 @@ class FleetAPI:
     def _agent_json(self, record: FleetRecord, agent: AgentView, pod: str | None) -> dict[str, Any]:
         assignment = self.state.assignment
         rule = assignment.mapping.rule_of(agent.instance_uid) if assignment else None
-        drift = agent_drift(agent, record.config_text or "", record.desired_hash)
+        text, expected_hash, _ = self.state.expected(record, agent.instance_uid)
+        drift = agent_drift(agent, text or "", expected_hash)
         return {
             "instanceUid": agent.instance_uid,
             "pod": pod,
@@ -85,7 +89,11 @@ class FleetAPI:
             "stale": agent.stale,
             "healthy": agent.healthy,
             "healthError": agent.health_error,
-            "config": config_state(agent, record.desired_hash).value,
+            "config": config_state(agent, expected_hash).value,
+            # Which revision this agent is to run: the desired one, or (a rollout not
+            # having reached it) the stable one.
+            "revision": "desired" if expected_hash == record.desired_hash else "stable",
+            "expectedHash": expected_hash or None,
             "remoteConfigStatus": agent.remote_config_status,
             "remoteConfigHash": agent.remote_config_hash,
             "remoteConfigError": agent.remote_config_error,

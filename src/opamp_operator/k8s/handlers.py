@@ -39,6 +39,7 @@ from opamp_operator.fleet.remediation import Action, RemediationSettings, plan_r
 from opamp_operator.fleet.validation import format_problems, validate_config
 from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s import revisions, webhook, workload
+from opamp_operator.k8s.rollouts import ROLLOUTS, RolloutHandlers
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.ids import uid_str
@@ -59,6 +60,11 @@ class HandlerSettings:
     token_refresh_seconds: float = 30.0
     # Serve the validating admission webhook (run.py configures kopf's server).
     webhook: bool = False
+    # How often each ConfigRollout's planner runs (gate verdicts, step changes).
+    rollout_interval: float = 2.0
+    # After a start, how long a rollout only holds its persisted progress while agents
+    # reconnect, before planning again.
+    rollout_startup_grace: float = 15.0
 
 
 def _now() -> str:
@@ -183,6 +189,7 @@ class FleetHandlers:
         self.state = state
         self.server = server
         self.settings = settings
+        self.rollouts = RolloutHandlers(state, server, settings.rollout_startup_grace)
         # Pod conditions last written, so a pod is patched only when its gate changes.
         self._gates: dict[str, tuple[str, str]] = {}
 
@@ -220,6 +227,9 @@ class FleetHandlers:
             record.workload_error = f"spec.template: {exc}"
             kopf.warn(body, reason="TemplateInvalid", message=record.workload_error[:1024])
         previous = self.state.fleets.get(record.key)
+        # Before anything is offered: which agents a governing rollout keeps on the stable
+        # revision (after a restart, only the rollout's status knows).
+        await self.rollouts.load_for_fleet(record, previous, dict(body.get("status", {})))
         self.state.fleets[record.key] = record
         if previous is None or previous.desired_hash != record.desired_hash:
             self.state.refresh()
@@ -257,7 +267,8 @@ class FleetHandlers:
                 continue
             uid = mapping.agent_of.get(key)
             agent = mapping.agents.get(uid) if uid is not None else None
-            cond = agent_ready_condition(agent, record.desired_hash, AGENT_READY_CONDITION)
+            expected_hash = self.state.expected(record, uid)[1] if uid is not None else ""
+            cond = agent_ready_condition(agent, expected_hash, AGENT_READY_CONDITION)
             if self._gates.get(key) == (cond["status"], cond["reason"]):
                 continue
             body = {"status": {"conditions": [{**cond, "lastTransitionTime": _now()}]}}
@@ -292,12 +303,14 @@ class FleetHandlers:
         if record.spec.drift_policy == DriftPolicy.REMEDIATE:
             await self.remediate(body, record, mapping, drift)
         health = summarize(record.selector, mapping, record.desired_hash, drift)
+        problem = record.problem_reason
         new_conditions = conditions(
             health,
             record.generation,
             int(body.metadata.get("generation", 0)),
-            record.problem is None,
-            record.problem or "",
+            problem is None,
+            problem[1] if problem is not None else "",
+            reason=problem[0] if problem is not None else "InvalidConfig",
         )
         old_status = dict(body.get("status", {}))
         merged = merge_conditions(old_status.get("conditions", []), new_conditions, _now())
@@ -307,6 +320,8 @@ class FleetHandlers:
             "conditions": merged,
             "desiredRevision": record.revision,
             "desiredHash": record.desired_hash or None,
+            "stableRevision": record.stable[0] or None,
+            "stableHash": record.stable[1] or None,
             "agentsUnauthenticated": len(assignment.unauthenticated.get(key, ())),
             "overlappingFleets": sorted(
                 {f for o in assignment.overlaps.get(key, ()) for f in o.fleets if f != key}
@@ -424,6 +439,21 @@ def register(
     def fleet_deleted(body: kopf.Body, **_: Any) -> None:
         state.fleets.pop(f"{body.metadata.namespace}/{body.metadata.name}", None)
         state.refresh()
+
+    @kopf.on.resume(*ROLLOUTS, registry=registry)
+    @kopf.on.create(*ROLLOUTS, registry=registry)
+    @kopf.on.update(*ROLLOUTS, registry=registry)
+    async def rollout_changed(body: kopf.Body, **_: Any) -> None:
+        """Spec and control annotations act at once, not at the next tick."""
+        await handlers.rollouts.tick(body)
+
+    @kopf.on.delete(*ROLLOUTS, registry=registry, optional=True)
+    async def rollout_deleted(body: kopf.Body, **_: Any) -> None:
+        await handlers.rollouts.forget(body)
+
+    @kopf.timer(*ROLLOUTS, interval=settings.rollout_interval, registry=registry)
+    async def rollout_tick(body: kopf.Body, **_: Any) -> None:
+        await handlers.rollouts.tick(body)
 
     @kopf.on.event("configmaps", registry=registry)
     async def config_map_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:

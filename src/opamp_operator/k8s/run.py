@@ -36,6 +36,8 @@ class RunOptions:
     peering_priority: int | None = None  # None: random, so identical replicas differ
     peering_lifetime: int = 60  # seconds a silent replica is still presumed alive
     status_interval: float = 5.0
+    rollout_interval: float = 2.0
+    rollout_startup_grace: float = 15.0
     heartbeat_seconds: int | None = 30
     agent_endpoint: str | None = None
     remediation_wait_seconds: float = 30.0
@@ -84,6 +86,8 @@ async def run(options: RunOptions) -> None:
         server,
         HandlerSettings(
             status_interval=options.status_interval,
+            rollout_interval=options.rollout_interval,
+            rollout_startup_grace=options.rollout_startup_grace,
             agent_endpoint=options.agent_endpoint,
             remediation=RemediationSettings(wait_seconds=options.remediation_wait_seconds),
             webhook=options.webhook is not None,

@@ -17,11 +17,40 @@ from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.drift import DriftState, agent_drift
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
 from opamp_operator.fleet.remediation import Attempt
+from opamp_operator.fleet.rollout import Membership
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.session import AgentRecord, ServerCore
 from opamp_operator.server.app import UnauthorizedError
+
+
+@dataclass(frozen=True)
+class Governance:
+    """A ConfigRollout's hold on its fleet: which agents get the desired revision (the
+    membership); every other agent gets the stable revision's exact bytes."""
+
+    rollout: str  # namespace/name
+    membership: Membership
+    stable_revision: str
+    stable_hash: str
+    stable_text: str | None = None
+    stable_config: RemoteConfig | None = None
+    # Why the fleet cannot become Ready while the rollout is where it is:
+    # (condition reason, message), e.g. after a rollback.
+    problem: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class RolloutRef:
+    namespace: str
+    name: str
+    fleet: str  # namespace/name of the CollectorFleet it governs
+    created: str  # creationTimestamp: the oldest rollout of a fleet governs it
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass
@@ -41,6 +70,7 @@ class FleetRecord:
     auth_error: str | None = None
     workload_error: str | None = None
     token_read_at: float = 0.0
+    governance: Governance | None = None
 
     @property
     def key(self) -> str:
@@ -49,7 +79,31 @@ class FleetRecord:
     @property
     def problem(self) -> str | None:
         """What keeps the fleet from being Ready whatever its agents do."""
-        return self.config_error or self.auth_error or self.workload_error
+        found = self.problem_reason
+        return found[1] if found is not None else None
+
+    @property
+    def problem_reason(self) -> tuple[str, str] | None:
+        """(condition reason, message) of `problem`."""
+        for reason, message in (
+            ("InvalidConfig", self.config_error),
+            ("AuthSecretInvalid", self.auth_error),
+            ("TemplateInvalid", self.workload_error),
+        ):
+            if message:
+                return reason, message
+        if self.governance is not None:
+            return self.governance.problem
+        return None
+
+    @property
+    def stable(self) -> tuple[str, str]:
+        """(revision, hash) every agent outside a rollout's membership runs: the governing
+        rollout's stable revision, or the desired one when no rollout governs."""
+        g = self.governance
+        if g is not None and g.stable_config is not None:
+            return g.stable_revision, g.stable_hash
+        return self.revision or "", self.desired_hash
 
     @property
     def desired_hash(self) -> str:
@@ -67,6 +121,7 @@ class OperatorState:
     # only the current agents' entries are kept.
     # Drift remediation attempts per fleet, per agent (policy Remediate).
     remediation: dict[str, dict[str, Attempt]] = field(default_factory=dict)
+    rollouts: dict[str, RolloutRef] = field(default_factory=dict)
     _drift_cache: dict[str, dict[tuple[str, str, str, str], bool | None]] = field(
         default_factory=dict
     )
@@ -109,9 +164,44 @@ class OperatorState:
         return self.fleets.get(key) if key is not None else None
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
-        """DesiredConfigSource: the config of the fleet the agent's pod belongs to."""
+        """DesiredConfigSource: the config of the fleet the agent's pod belongs to, or,
+        while a rollout governs the fleet, the revision the rollout gives this agent."""
         fleet = self.fleet_of(agent)
-        return fleet.config if fleet is not None else None
+        if fleet is None:
+            return None
+        return self.expected(fleet, uid_str(agent.instance_uid))[2]
+
+    def is_member(self, record: FleetRecord, uid: str) -> bool:
+        """Whether the agent is to run the fleet's desired revision."""
+        g = record.governance
+        if g is None or g.stable_config is None:
+            return True
+        if g.membership.desired_hash != record.desired_hash:
+            return False  # the rollout has not taken this revision in hand yet
+        view = self.views.get(uid)
+        attributes = view.attributes if view is not None else {}
+        pod = self.pod_of_agent(uid)
+        return g.membership.contains(uid, attributes, pod.labels if pod is not None else {})
+
+    def expected(
+        self, record: FleetRecord, uid: str
+    ) -> tuple[str | None, str, RemoteConfig | None]:
+        """(text, hash, config) of the revision this agent should run."""
+        g = record.governance
+        if g is not None and g.stable_config is not None and not self.is_member(record, uid):
+            return g.stable_text, g.stable_hash, g.stable_config
+        return record.config_text, record.desired_hash, record.config
+
+    def pod_of_agent(self, uid: str) -> PodView | None:
+        if self.assignment is None:
+            return None
+        key = self.assignment.mapping.pod_of.get(uid)
+        return self.pods.get(key) if key is not None else None
+
+    def governing_rollout(self, fleet: str) -> RolloutRef | None:
+        """The oldest ConfigRollout naming the fleet; any other is told it conflicts."""
+        refs = [r for r in self.rollouts.values() if r.fleet == fleet]
+        return min(refs, key=lambda r: (r.created, r.name)) if refs else None
 
     def fleets_using_config_map(self, namespace: str, name: str) -> list[FleetRecord]:
         return [
@@ -123,7 +213,8 @@ class OperatorState:
         ]
 
     def drift_of(self, record: FleetRecord, uids: Iterable[str]) -> dict[str, bool | None]:
-        """Per agent: does what it runs differ from the fleet's config? Only agents that say
+        """Per agent: does what it runs differ from the config it should run (the fleet's,
+        or the stable one for an agent a rollout has not reached)? Only agents that say
         they applied it (or report no status, or UNSET with an effective config) are
         judged; a failed apply is counted as failed, not as drift."""
         if record.config_text is None:
@@ -137,14 +228,22 @@ class OperatorState:
                 continue
             if view.remote_config_status == "UNSET" and not view.effective_config.strip():
                 continue  # has not applied anything yet: pending, not drifted
+            text, expected_hash, _ = self.expected(record, uid)
+            if text is None:
+                continue
+            if (
+                view.remote_config_status == "APPLIED"
+                and view.remote_config_hash.lower() != expected_hash
+            ):
+                continue  # still on an older config it was given: pending, not drifted
             key = (
-                record.desired_hash,
+                expected_hash,
                 view.remote_config_status or "",
                 view.remote_config_hash,
                 view.effective_config_hash,
             )
             if key not in cache:
-                verdict = agent_drift(view, record.config_text, record.desired_hash)
+                verdict = agent_drift(view, text, expected_hash)
                 cache[key] = verdict.drifted if verdict.state != DriftState.UNKNOWN else None
             fresh[key] = verdicts[uid] = cache[key]
         self._drift_cache[record.key] = fresh

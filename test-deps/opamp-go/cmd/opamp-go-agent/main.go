@@ -75,6 +75,7 @@ type agent struct {
 	out             *jsonl.Emitter
 	client          client.OpAMPClient
 	applyMode       string
+	failContaining  string
 	effectiveConfig map[string]*protobufs.AgentConfigFile
 }
 
@@ -133,12 +134,20 @@ func (a *agent) onMessage(ctx context.Context, msg *types.MessageData) {
 // effective config, report it FAILED, or leave it unanswered (a stuck agent).
 func (a *agent) applyRemoteConfig(ctx context.Context, rc *protobufs.AgentRemoteConfig) {
 	status := &protobufs.RemoteConfigStatus{LastRemoteConfigHash: rc.ConfigHash}
-	switch a.applyMode {
+	mode := a.applyMode
+	if a.failContaining != "" && rc.Config != nil {
+		for _, f := range rc.Config.ConfigMap {
+			if strings.Contains(string(f.Body), a.failContaining) {
+				mode = "fail"
+			}
+		}
+	}
+	switch mode {
 	case "ignore":
 		return
 	case "fail":
 		status.Status = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_FAILED
-		status.ErrorMessage = "rejected by opamp-go-agent --apply=fail"
+		status.ErrorMessage = "rejected by opamp-go-agent (--apply=fail or --fail-containing)"
 	default:
 		a.mu.Lock()
 		a.effectiveConfig = map[string]*protobufs.AgentConfigFile{}
@@ -153,7 +162,7 @@ func (a *agent) applyRemoteConfig(ctx context.Context, rc *protobufs.AgentRemote
 	if err := a.client.SetRemoteConfigStatus(status); err != nil {
 		a.out.Emit("error", map[string]any{"op": "SetRemoteConfigStatus", "error": err.Error()})
 	}
-	if a.applyMode != "fail" {
+	if mode != "fail" {
 		if err := a.client.UpdateEffectiveConfig(ctx); err != nil {
 			a.out.Emit("error", map[string]any{"op": "UpdateEffectiveConfig", "error": err.Error()})
 		}
@@ -219,6 +228,7 @@ func main() {
 	unhealthy := flag.Bool("unhealthy", false, "report unhealthy at start")
 	components := flag.String("components", "", "comma-separated kind/type pairs reported as AvailableComponents, e.g. receivers/otlp,exporters/debug")
 	verbose := flag.Bool("verbose", false, "also print the client's debug log")
+	failContaining := flag.String("fail-containing", "", "report FAILED for an offered config whose body contains this text (and apply others)")
 	acceptRestart := flag.Bool("accept-restart", false, "declare AcceptsRestartCommand (a received command is printed, nothing restarts)")
 	flag.Var(identifying, "attr", "identifying attribute key=value (repeatable)")
 	flag.Var(nonIdentifying, "non-identifying", "non-identifying attribute key=value (repeatable)")
@@ -227,7 +237,7 @@ func main() {
 
 	out := jsonl.New(os.Stdout)
 	if err := run(out, *serverURL, *uidHex, *serviceName, *heartbeat, *applyMode, *initialConfig,
-		*unhealthy, *components, *verbose, *acceptRestart, identifying, nonIdentifying, headers); err != nil {
+		*unhealthy, *components, *verbose, *acceptRestart, *failContaining, identifying, nonIdentifying, headers); err != nil {
 		out.Emit("fatal", map[string]any{"error": err.Error()})
 		os.Exit(1)
 	}
@@ -249,7 +259,7 @@ func parseComponents(spec string) (*protobufs.AvailableComponents, error) {
 }
 
 func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat time.Duration, applyMode,
-	initialConfig string, unhealthy bool, components string, verbose, acceptRestart bool,
+	initialConfig string, unhealthy bool, components string, verbose, acceptRestart bool, failContaining string,
 	identifying, nonIdentifying, headers kvFlag) error {
 	u, err := url.Parse(serverURL)
 	if err != nil {
@@ -286,7 +296,7 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 		uid = types.InstanceUid(v7)
 	}
 
-	a := &agent{out: out, client: c, applyMode: applyMode,
+	a := &agent{out: out, client: c, applyMode: applyMode, failContaining: failContaining,
 		effectiveConfig: map[string]*protobufs.AgentConfigFile{}}
 	if initialConfig != "" {
 		a.effectiveConfig[""] = &protobufs.AgentConfigFile{Body: []byte(initialConfig), ContentType: "text/yaml"}

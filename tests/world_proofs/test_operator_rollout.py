@@ -1,0 +1,453 @@
+"""ConfigRollout under `opamp-operator run` on the local cluster: staged config changes
+reaching real opamp-go agents that claim kwok-run pods, gated on what they report.
+
+Which agent gets which revision is read from the agents themselves (the config they
+were offered and the status they report), not from the operator's view of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from world.cluster import LocalCluster
+from world.collector import JsonlProcess, start_go_agent
+from world.fleets import (
+    condition,
+    create_deployment,
+    create_fleet,
+    create_rollout,
+    events_of,
+    fleet_status,
+    install_crd,
+    patch_rollout,
+    remove_crd,
+    rollout_control,
+    rollout_status,
+    running_pods,
+    set_fleet_config,
+    single_file_hash,
+)
+from world.operator import OperatorProcess, start_operator
+from world.processes import eventually
+
+pytestmark = pytest.mark.world
+
+LABELS = {"app": "collector"}
+FLEET = "collectors"
+ROLLOUT = "collectors"
+CONFIG_V1 = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {}
+exporters:
+  debug: {}
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [debug]
+"""
+CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
+CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
+BROKEN_MARK = "rollout-proof: refused by some agents"
+CONFIG_BAD = CONFIG_V2 + f"# {BROKEN_MARK}\n"
+H1, H2, H3, HBAD = (single_file_hash(c) for c in (CONFIG_V1, CONFIG_V2, CONFIG_V3, CONFIG_BAD))
+
+
+@pytest.fixture(scope="module")
+def crds(api_client: Any) -> Iterator[None]:
+    created = install_crd(api_client)
+    yield
+    if created:
+        remove_crd(api_client)
+
+
+@pytest.fixture
+def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    with start_operator(cluster.kubeconfig, tmp_path, "--rollout-interval=1") as op:
+        yield op
+
+
+class Fleet:
+    """A fleet of opamp-go agents, one per kwok pod (claimed by pod uid)."""
+
+    def __init__(self, api_client: Any, namespace: str, operator: OperatorProcess) -> None:
+        self.api = api_client
+        self.ns = namespace
+        self.operator = operator
+        self.agents: dict[str, JsonlProcess] = {}  # pod name -> agent
+
+    def deploy(self, pods: int) -> list[Any]:
+        create_deployment(self.api, self.ns, "collector", LABELS, replicas=pods)
+        found: list[Any] = eventually(
+            f"{pods} Running pods",
+            lambda: p if len(p := running_pods(self.api, self.ns, LABELS)) == pods else None,
+        )
+        return found
+
+    def start_agent(self, pod: Any, *args: str, url: str | None = None) -> JsonlProcess:
+        agent = start_go_agent(
+            url or self.operator.ws_url,
+            "--heartbeat=1s",
+            f"--attr=k8s.pod.uid={pod.metadata.uid}",
+            *args,
+        )
+        self.agents[pod.metadata.name] = agent
+        return agent
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+
+    def reported(self) -> dict[str, tuple[str, str]]:
+        """Pod name → (status, config hash) each agent last reported (its own output)."""
+        out = {}
+        for pod, agent in self.agents.items():
+            with contextlib.suppress(TimeoutError):
+                agent.wait_for("(drain)", timeout=0.2)
+            statuses = [e for e in agent.seen if e["event"] == "remote_config_status"]
+            if statuses:
+                out[pod] = (statuses[-1]["status"].rsplit("_", 1)[-1], statuses[-1]["config_hash"])
+        return out
+
+    def offered(self, pod: str) -> list[str]:
+        """Hashes of every config the agent on `pod` was offered, in order."""
+        agent = self.agents[pod]
+        with contextlib.suppress(TimeoutError):
+            agent.wait_for("(drain)", timeout=0.2)
+        return [
+            e["remote_config"]["config_hash"]
+            for e in agent.seen
+            if e["event"] == "message" and "remote_config" in e
+        ]
+
+    def on(self, config_hash: str) -> set[str]:
+        """Pods whose agent last reported APPLIED for `config_hash`."""
+        return {
+            pod for pod, (s, h) in self.reported().items() if s == "APPLIED" and h == config_hash
+        }
+
+    def wait_on(self, config_hash: str, pods: int, what: str, timeout: float = 60) -> set[str]:
+        found: set[str] = eventually(
+            what,
+            lambda: on if len(on := self.on(config_hash)) == pods else None,
+            timeout=timeout,
+        )
+        return found
+
+    def create(self, config: str) -> None:
+        create_fleet(self.api, self.ns, FLEET, LABELS, config)
+        self.wait_on(single_file_hash(config), len(self.agents), "every agent on the first config")
+
+    def rollout(self, **spec: Any) -> None:
+        create_rollout(self.api, self.ns, ROLLOUT, FLEET, **spec)
+        self.wait_phase("Succeeded")
+
+    def status(self) -> dict[str, Any]:
+        return rollout_status(self.api, self.ns, ROLLOUT)
+
+    def wait_phase(
+        self,
+        phase: str,
+        step: int | None = None,
+        timeout: float = 60,
+        where: Callable[[dict[str, Any]], bool] = lambda _: True,
+    ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            s = self.status()
+            ok = s.get("phase") == phase and (step is None or s.get("currentStep") == step)
+            return s if ok and where(s) else None
+
+        found: dict[str, Any] = eventually(
+            f"rollout phase {phase}" + (f" at step {step}" if step is not None else ""),
+            check,
+            timeout=timeout,
+        )
+        return found
+
+    def reasons(self) -> list[str]:
+        return [r for r, _ in events_of(self.api, self.ns, "ConfigRollout")]
+
+
+@pytest.fixture
+def fleet(operator: OperatorProcess, api_client: Any, namespace: str) -> Iterator[Fleet]:
+    f = Fleet(api_client, namespace, operator)
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+def _bucket(desired_hash: str, uid: str) -> int:
+    """docs/rollout.md: the first 8 bytes of sha256(desiredHash/instanceUid)."""
+    return int.from_bytes(hashlib.sha256(f"{desired_hash}/{uid}".encode()).digest()[:8], "big")
+
+
+def test_staged_rollout_with_pauses_and_promote(fleet: Fleet) -> None:
+    pods = fleet.deploy(4)
+    for pod in pods:
+        fleet.start_agent(pod)
+    fleet.create(CONFIG_V1)
+    fleet.rollout(
+        steps=[
+            {"agents": 1, "pause": {"untilPromoted": True}},
+            {"percent": 50, "pause": {"seconds": 3}},
+            {"percent": 100},
+        ]
+    )
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+    status = fleet.wait_phase("Paused", step=0)
+    assert status["pauseReason"] == "Step"
+    assert status["desiredHash"] == H2
+    assert status["stableHash"] == H1
+    canary = fleet.wait_on(H2, 1, "the canary on v2")
+    assert fleet.on(H1) == set(fleet.agents) - canary
+    time.sleep(3)  # a pause until promoted holds
+    assert fleet.on(H2) == canary
+    assert fleet.status()["phase"] == "Paused"
+    f_status = fleet_status(fleet.api, fleet.ns, FLEET)
+    assert f_status["stableHash"] == H1
+    assert f_status["desiredHash"] == H2
+    # Agents the rollout has not reached are on the stable config: not drifted, not failed.
+    assert f_status["drifted"] == 0
+    assert f_status["configFailed"] == 0
+
+    rollout_control(fleet.api, fleet.ns, ROLLOUT, "promote")
+    status = fleet.wait_phase("Paused", step=1)
+    half = fleet.wait_on(H2, 2, "half the agents on v2")
+    assert canary < half
+    status = fleet.wait_phase("Succeeded", timeout=60)
+    fleet.wait_on(H2, 4, "every agent on v2")
+    assert status["stableHash"] == H2
+    assert [s["offered"] for s in status["steps"]] == [1, 2, 4]
+    assert all(s["applied"] == s["offered"] for s in status["steps"])
+    assert condition(status, "Ready") == "True"
+    reasons = fleet.reasons()
+    for expected in ("StepStarted", "Paused", "Promoted", "StepPassed", "Succeeded"):
+        assert expected in reasons
+    # Nobody was offered v2 twice or offered it before its step.
+    for pod in fleet.agents:
+        assert fleet.offered(pod).count(H2) == 1
+    f_status = eventually(
+        "the fleet's stable revision to follow",
+        lambda: (
+            s if (s := fleet_status(fleet.api, fleet.ns, FLEET)).get("stableHash") == H2 else None
+        ),
+    )
+    assert condition(f_status, "Ready") == "True"
+
+
+def test_a_config_failing_on_some_agents_is_rolled_back_everywhere(fleet: Fleet) -> None:
+    pods = fleet.deploy(4)
+    for i, pod in enumerate(pods):
+        fleet.start_agent(pod, *([f"--fail-containing={BROKEN_MARK}"] if i < 2 else []))
+    fleet.create(CONFIG_V1)
+    fleet.rollout(steps=[{"percent": 100}])
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_BAD)
+    status = fleet.wait_phase("RolledBack")
+    assert status["stableHash"] == H1
+    assert {a["reason"] for a in status["failingAgents"]} == {"ConfigFailed"}
+    assert len(status["failingAgents"]) == 2
+    assert "rejected by opamp-go-agent" in status["failingAgents"][0]["message"]
+    assert condition(status, "Stalled") == "True"
+    fleet.wait_on(H1, 4, "every agent back on the stable config")
+    # The two that took the bad config were offered the stable bytes again.
+    for pod in pods[2:]:
+        assert fleet.offered(pod.metadata.name)[-2:] == [HBAD, H1]
+    f_status = eventually(
+        "the fleet Stalled by the rollback",
+        lambda: (
+            s
+            if condition(s := fleet_status(fleet.api, fleet.ns, FLEET), "Stalled") == "True"
+            else None
+        ),
+    )
+    stalled = next(c for c in f_status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "RolloutRolledBack"
+    assert "GateFailed" in fleet.reasons()
+    assert "RolledBack" in fleet.reasons()
+
+    # A fixed config supersedes the failed one and goes through.
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+    fleet.wait_phase("Succeeded", where=lambda s: s.get("desiredHash") == H2)
+    fleet.wait_on(H2, 4, "every agent on the fixed config")
+
+
+def test_pause_resume_abort_retry(fleet: Fleet) -> None:
+    pods = fleet.deploy(3)
+    for pod in pods:
+        fleet.start_agent(pod)
+    fleet.create(CONFIG_V1)
+    fleet.rollout(
+        steps=[{"agents": 1}, {"agents": 2, "pause": {"untilPromoted": True}}, {"percent": 100}]
+    )
+    patch_rollout(fleet.api, fleet.ns, ROLLOUT, {"spec": {"paused": True}})
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+    status = fleet.wait_phase("Paused", where=lambda s: s.get("desiredHash") == H2)
+    assert status["pauseReason"] == "SpecPaused"
+    time.sleep(3)
+    assert fleet.on(H2) == set()
+
+    patch_rollout(fleet.api, fleet.ns, ROLLOUT, {"spec": {"paused": False}})
+    fleet.wait_phase("Paused", step=1, where=lambda s: s.get("pauseReason") == "Step")
+    members = fleet.wait_on(H2, 2, "two agents on v2")
+
+    rollout_control(fleet.api, fleet.ns, ROLLOUT, "abort")
+    status = fleet.wait_phase("Aborted")
+    assert condition(status, "Stalled") == "True"
+    fleet.wait_on(H1, 3, "every agent back on v1 after the abort")
+
+    rollout_control(fleet.api, fleet.ns, ROLLOUT, "retry")
+    status = fleet.wait_phase("Paused", step=1, where=lambda s: s.get("attempt") == 2)
+    # Membership is a function of the revision: the retry reaches the same agents.
+    assert fleet.wait_on(H2, 2, "the same two agents on v2 again") == members
+    rollout_control(fleet.api, fleet.ns, ROLLOUT, "promote")
+    fleet.wait_phase("Succeeded")
+    fleet.wait_on(H2, 3, "every agent on v2")
+    reasons = fleet.reasons()
+    for expected in ("Aborted", "Retried", "Resumed", "Succeeded"):
+        assert expected in reasons
+
+
+def test_preflight_blocks_on_a_missing_component(fleet: Fleet) -> None:
+    pods = fleet.deploy(3)
+    components = "--components=receivers/otlp,exporters/debug"
+    fleet.start_agent(pods[0], components)
+    fleet.start_agent(pods[1], components)
+    fleet.start_agent(pods[2])  # reports no components
+    fleet.create(CONFIG_V1)
+    fleet.rollout()
+    needs_otlphttp = CONFIG_V1.replace(
+        "debug: {}", "debug: {}\n  otlphttp:\n    endpoint: http://127.0.0.1:1"
+    ).replace("exporters: [debug]", "exporters: [debug, otlphttp]")
+    set_fleet_config(fleet.api, fleet.ns, FLEET, needs_otlphttp)
+    status = fleet.wait_phase(
+        "Pending", where=lambda s: bool((s.get("preflight") or {}).get("blocked"))
+    )
+    assert status["preflight"]["missing"] == [{"component": "exporters/otlphttp", "agents": 2}]
+    assert status["preflight"]["unreported"] == 1
+    assert condition(status, "Stalled") == "True"
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "PreflightFailed"
+    assert "exporters/otlphttp" in stalled["message"]
+    time.sleep(2)
+    assert fleet.on(H1) == set(fleet.agents)
+    assert "PreflightFailed" in fleet.reasons()
+
+    # A config the agents can run unblocks it.
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+    fleet.wait_phase("Succeeded", where=lambda s: s.get("desiredHash") == H2)
+    fleet.wait_on(H2, 3, "every agent on v2")
+
+
+def test_operator_killed_mid_step_resumes_exactly(
+    fleet: Fleet, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    pods = fleet.deploy(4)
+    for pod in pods:
+        fleet.start_agent(pod)
+    fleet.create(CONFIG_V1)
+    fleet.rollout(steps=[{"agents": 2, "pause": {"untilPromoted": True}}, {"percent": 100}])
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+    before = fleet.wait_phase("Paused", step=0)
+    members = fleet.wait_on(H2, 2, "two agents on v2")
+
+    old = fleet.operator
+    os.killpg(old.record.pid, signal.SIGKILL)
+    old.proc.wait(timeout=10)
+    with start_operator(
+        cluster.kubeconfig, tmp_path / "restarted", "--rollout-interval=1", port=old.port
+    ) as restarted:
+        fleet.operator = restarted
+        eventually(
+            "every agent back on the restarted operator",
+            lambda: len(restarted.get(f"/api/v1/fleets/{fleet.ns}/{FLEET}/agents")["agents"]) == 4,
+        )
+        time.sleep(4)  # several ticks of the restarted planner
+        after = fleet.status()
+        for key in ("phase", "currentStep", "cutoff", "startedAt", "stepStartedAt", "attempt"):
+            assert after.get(key) == before.get(key), key
+        assert fleet.on(H2) == members
+        for pod in set(fleet.agents) - members:
+            assert H2 not in fleet.offered(pod)
+        assert fleet.reasons().count("StepStarted") == 1
+        rollout_control(fleet.api, fleet.ns, ROLLOUT, "promote")
+        fleet.wait_phase("Succeeded")
+        fleet.wait_on(H2, 4, "every agent on v2")
+        assert fleet.reasons().count("StepStarted") == 2
+
+
+def test_agents_joining_and_leaving_mid_rollout(fleet: Fleet) -> None:
+    pods = fleet.deploy(5)
+    for pod in pods[:4]:
+        fleet.start_agent(pod)
+    fleet.create(CONFIG_V1)
+    fleet.rollout(steps=[{"percent": 50, "pause": {"untilPromoted": True}}, {"percent": 100}])
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+    status = fleet.wait_phase("Paused", step=0)
+    members = fleet.wait_on(H2, 2, "half the agents on v2")
+    cutoff = int(status["cutoff"], 16)
+
+    # One member leaves: not a failure.
+    gone = sorted(members)[0]
+    fleet.agents.pop(gone).stop()
+    time.sleep(3)
+    assert fleet.status()["phase"] == "Paused"
+
+    # A new agent gets what its bucket says.
+    joiner = fleet.start_agent(pods[4])
+    uid = str(uuid.UUID(hex=joiner.wait_for("started", timeout=30)["instance_uid"]))
+    expected = H2 if _bucket(H2, uid) <= cutoff else H1
+    eventually(
+        "the joiner on its bucket's revision", lambda: pods[4].metadata.name in fleet.on(expected)
+    )
+    assert fleet.offered(pods[4].metadata.name) == [expected]
+    rollout_control(fleet.api, fleet.ns, ROLLOUT, "promote")
+    fleet.wait_phase("Succeeded")
+    fleet.wait_on(H2, 4, "every agent left on v2")
+
+
+def test_a_new_revision_supersedes_a_running_rollout(fleet: Fleet) -> None:
+    pods = fleet.deploy(4)
+    for pod in pods:
+        fleet.start_agent(pod)
+    fleet.create(CONFIG_V1)
+    fleet.rollout(steps=[{"agents": 2, "pause": {"untilPromoted": True}}, {"percent": 100}])
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+    fleet.wait_phase("Paused", step=0)
+    fleet.wait_on(H2, 2, "two agents on v2")
+    set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V3)
+    status = fleet.wait_phase("Paused", step=0, where=lambda s: s.get("desiredHash") == H3)
+    assert status["stableHash"] == H1
+    on_v3 = fleet.wait_on(H3, 2, "two agents on v3")
+    eventually("nobody left on v2", lambda: not fleet.on(H2))
+    assert fleet.on(H1) == set(fleet.agents) - on_v3
+    assert "Superseded" in fleet.reasons()
+
+
+def test_a_rollout_of_a_missing_fleet_is_stalled(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    create_rollout(api_client, namespace, "orphan", "no-such-fleet")
+    status = eventually(
+        "the rollout Stalled",
+        lambda: (
+            s
+            if condition(s := rollout_status(api_client, namespace, "orphan"), "Stalled") == "True"
+            else None
+        ),
+    )
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "FleetNotFound"
+    assert "no-such-fleet" in stalled["message"]
