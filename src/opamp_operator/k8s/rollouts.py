@@ -339,9 +339,10 @@ class RolloutHandlers:
         """The fleet's live agents, with what the gates and preflight need."""
         assignment = self.state.assignment or self.state.refresh()
         mapping = assignment.mapping_for(record.key)
-        drift = self.state.drift_of(record, mapping.agents)
+        views = self.state.refresh_views(mapping.agents)
+        drift = self.state.drift_of(record, views)
         agents = []
-        for uid, view in mapping.agents.items():
+        for uid, view in views.items():
             if not view.live:
                 continue
             pod_key = mapping.pod_of.get(uid, "")

@@ -137,6 +137,17 @@ class OperatorState:
         )
         return self.assignment
 
+    def refresh_views(self, uids: Iterable[str]) -> dict[str, AgentView]:
+        """Fresh views of some agents (what they report now), without re-mapping
+        everything: a rollout's gates need the last few seconds' reports, and the
+        agent ↔ pod mapping rarely changes between status ticks."""
+        if self.core is None:
+            return {}
+        records = {uid_str(k): r for k, r in self.core.agents.items()}
+        fresh = {uid: agent_view(records[uid]) for uid in uids if uid in records}
+        self.views.update(fresh)
+        return fresh
+
     def authenticate(self, authorization: str | None) -> str | None:
         """The OpAMP server's Authenticator: a fleet's bearer token identifies that fleet;
         no header is an anonymous agent (welcome in fleets without a token); any other
