@@ -191,13 +191,17 @@ def fleet_problem(progress: planner.Progress) -> tuple[str, str] | None:
     phase = planner.Phase(progress.phase)
     if phase not in (planner.Phase.FAILED, planner.Phase.ROLLED_BACK, planner.Phase.ABORTED):
         return None
-    short = progress.desired_hash[:12]
-    return (
-        f"Rollout{phase.value}",
-        f"the ConfigRollout {phase.value.lower()} revision {progress.desired_revision} "
-        f"({short}); agents outside it run stable revision {progress.stable_revision}: "
-        f"{progress.message}",
-    )
+    revision = f"{progress.desired_revision} ({progress.desired_hash[:12]})"
+    stable = progress.stable_revision
+    said = {
+        planner.Phase.ROLLED_BACK: f"rolled back revision {revision}; every agent runs "
+        f"stable revision {stable}",
+        planner.Phase.ABORTED: f"was aborted on revision {revision}; every agent runs "
+        f"stable revision {stable}",
+        planner.Phase.FAILED: f"failed on revision {revision} and holds: agents it has not "
+        f"reached run stable revision {stable}",
+    }[phase]
+    return f"Rollout{phase.value}", f"the ConfigRollout {said}: {progress.message}"
 
 
 class RolloutHandlers:
