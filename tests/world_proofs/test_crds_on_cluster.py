@@ -201,8 +201,8 @@ def test_rollout_is_stored_with_defaults_and_read_by_the_model(
     spec = created["spec"]
     assert spec["onFailure"] == "Rollback"
     assert spec["paused"] is False
+    assert spec["preflight"] == {"enabled": True, "blockOnUnreported": False}
     rollout = ConfigRollout.model_validate(created)
-    assert rollout.spec.preflight.enabled is True  # objects left out: the model's defaults
     assert rollout.spec.steps[2].gates is not None
     assert rollout.spec.steps[2].gates.max_failed_percent == 5
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from world.cluster import LocalCluster
-from world.collector import JsonlProcess, start_go_agent
+from world.collector import JsonlProcess, start_collector, start_go_agent
 from world.fleets import (
     condition,
     create_deployment,
@@ -451,3 +451,36 @@ def test_a_rollout_of_a_missing_fleet_is_stalled(
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert stalled["reason"] == "FleetNotFound"
     assert "no-such-fleet" in stalled["message"]
+
+
+def test_an_agent_that_cannot_take_remote_config_is_unmanaged_not_failed(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The bare opampextension (the real Collector, no supervisor) does not accept remote
+    config: the rollout counts it as unmanaged and goes through without it."""
+    pods = fleet.deploy(3)
+    for pod in pods[:2]:
+        fleet.start_agent(pod)
+
+    def claim(config: dict[str, Any]) -> None:
+        config["extensions"]["opamp"]["agent_description"] = {
+            "non_identifying_attributes": {"k8s.pod.uid": pods[2].metadata.uid}
+        }
+
+    collector = start_collector(fleet.operator.ws_url, tmp_path / "collector", extra=claim)
+    try:
+        fleet.create(CONFIG_V1)
+        fleet.rollout(steps=[{"agents": 1}, {"percent": 100}])
+        set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
+        status = fleet.wait_phase("Succeeded", where=lambda s: s.get("desiredHash") == H2)
+        assert status["unmanaged"] == 1
+        assert status["agents"] == 2
+        assert status["failingAgents"] == []
+        assert [s["offered"] for s in status["steps"]] == [1, 2]
+        fleet.wait_on(H2, 2, "both managed agents on v2")
+        agents = fleet.operator.get(f"/api/v1/fleets/{fleet.ns}/{FLEET}/agents")["agents"]
+        (bare,) = [a for a in agents if a["pod"] == f"{fleet.ns}/{pods[2].metadata.name}"]
+        assert bare["attributes"]["service.name"] == "otelcol-opamp"  # the real Collector
+        assert bare["remoteConfigStatus"] in (None, "UNSET")
+    finally:
+        collector.stop()

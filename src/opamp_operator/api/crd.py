@@ -72,6 +72,9 @@ _EXTRA: dict[tuple[str, ...], dict[str, Any]] = {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
     },
+    # Objects a user may leave out whose fields have defaults: the apiserver then fills
+    # them in, so `kubectl get -o yaml` shows the preflight settings in force.
+    ("spec", "preflight"): {"default": {}},
 }
 
 
