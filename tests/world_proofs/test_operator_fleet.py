@@ -19,7 +19,7 @@ from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
-from world.fleets import install_crd, release_fleets, remove_crd
+from world.fleets import install_crd, release_fleets, remove_crd, single_file_hash
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 
@@ -633,3 +633,62 @@ def test_an_operator_limited_to_a_namespace_leaves_other_fleets_alone(
     finally:
         release_fleets(api_client)
         core.delete_namespace(other)
+
+
+def test_going_back_to_an_older_config_reuses_its_revision(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    """The older config's ControllerRevision moves to the newest number, same bytes; the
+    apiserver refuses any update of a revision's data, so this must not be a patch."""
+    _create_fleet(api_client, namespace, {"app": "collector"}, CONFIG_V1)
+    first = eventually(
+        "the first revision",
+        lambda: s.get("desiredRevision") if (s := _status(api_client, namespace)) else None,
+    )
+    co: Any = k8s.CustomObjectsApi(api_client)
+    apps: Any = k8s.AppsV1Api(api_client)
+
+    def set_config(text: str) -> None:
+        co.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "collectorfleets",
+            "collectors",
+            {"spec": {"config": {"inline": text}}},
+        )
+
+    def revisions() -> dict[str, int]:
+        listed = apps.list_namespaced_controller_revision(
+            namespace, label_selector=f"{GROUP}/fleet=collectors"
+        ).items
+        return {r.metadata.name: r.revision for r in listed}
+
+    set_config(CONFIG_V2)
+    eventually("a second revision", lambda: len(revisions()) == 2)
+    set_config(CONFIG_V1)
+    eventually(
+        "the first config's revision moved to number 3",
+        lambda: revisions().get(first) == 3,
+    )
+    status = eventually(
+        "status back on the first revision",
+        lambda: (
+            s
+            if (s := _status(api_client, namespace)).get("desiredRevision") == first
+            and s.get("observedGeneration") == 3
+            else None
+        ),
+    )
+    assert sorted(revisions().values()) == [2, 3]
+    (data,) = [
+        r.data["config"]
+        for r in apps.list_namespaced_controller_revision(
+            namespace, label_selector=f"{GROUP}/fleet=collectors"
+        ).items
+        if r.metadata.name == first
+    ]
+    assert data == CONFIG_V1
+    assert status["desiredHash"] == single_file_hash(CONFIG_V1)
+    log = Path(operator.record.log).read_text()
+    assert "immutable" not in log

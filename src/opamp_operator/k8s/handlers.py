@@ -172,9 +172,11 @@ def _ensure_revision(body: kopf.Body, record: FleetRecord) -> tuple[str, bool]:
     if plan.create:
         apps.create_namespaced_controller_revision(record.namespace, obj)
     elif any(r.name == plan.current.name and r.revision != plan.current.revision for r in existing):
-        apps.patch_namespaced_controller_revision(
-            plan.current.name, record.namespace, {"revision": plan.current.revision}
-        )
+        # Back to an older config: its object moves to the newest number. Not a patch: the
+        # apiserver re-encodes `data` on any update and then refuses it as changed
+        # ("data: field is immutable"). The bytes are the same, so delete and create.
+        apps.delete_namespaced_controller_revision(plan.current.name, record.namespace)
+        apps.create_namespaced_controller_revision(record.namespace, obj)
     for name in plan.prune:
         apps.delete_namespaced_controller_revision(name, record.namespace)
     return plan.current.name, plan.create
