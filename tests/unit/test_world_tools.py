@@ -102,6 +102,7 @@ def test_test_deps_check_lists_every_missing_component(tmp_path: Path) -> None:
         "opamp-go",
         "node-agent",
         "helm",
+        "kstatus",
     ]
 
 
