@@ -1,0 +1,655 @@
+"""The Helm chart on the local cluster: `helm install` works, its CRDs are served, and the
+operator running with nothing but the chart's ServiceAccount token reconciles fleets and
+rollouts without a single 403 — while that same token cannot read Secrets or touch
+objects beyond what the chart grants.
+
+kwok plays the kubelet, so the operator's own pod "runs" without its image; the operator
+that does the work is a local process using the ServiceAccount's token (TokenRequest API).
+The local apiserver cannot reach Services (no kube-proxy), so the installs the operator
+runs against have the webhook off; one install keeps it on to prove the apiserver accepts
+the Secret and ValidatingWebhookConfiguration the chart makes.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
+from world import binaries
+from world.cluster import LocalCluster
+from world.collector import JsonlProcess, start_go_agent
+from world.fleets import (
+    PLURAL,
+    ROLLOUTS,
+    condition,
+    create_deployment,
+    create_rollout,
+    fleet_status,
+    pod_condition,
+    release_fleets,
+    remove_crd,
+    rollout_status,
+    running_pods,
+    set_fleet_config,
+    single_file_hash,
+)
+from world.operator import start_operator
+from world.processes import eventually
+
+pytestmark = pytest.mark.world
+
+CHART = binaries.REPO_ROOT / "deploy" / "helm" / "opamp-operator"
+CRD_NAMES = (
+    f"collectorfleets.{GROUP}",
+    f"configrollouts.{GROUP}",
+    "clusterkopfpeerings.kopf.dev",
+    "kopfpeerings.kopf.dev",
+)
+TOKEN_SECRET = "agent-token"
+TOKEN = "chart-rbac-s3cret"
+LABELS = {"app": "collector"}
+CONFIG_V1 = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {}
+exporters:
+  debug: {}
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [debug]
+"""
+CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
+CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
+# What an authorization failure looks like in the operator's log (kopf and the client).
+DENIED = re.compile(r"\b403\b|forbidden|Not enough permissions", re.IGNORECASE)
+
+
+def _denials(log: str) -> list[str]:
+    """Authorization failures in an operator log. Events posted into a namespace another
+    test is deleting are refused too (NamespaceTerminating), which is not RBAC."""
+    return [
+        line
+        for line in log.splitlines()
+        if DENIED.search(line) and "because it is being terminated" not in line
+    ]
+
+
+def _helm(cluster: LocalCluster, home: Path, *args: str) -> str:
+    env = {
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [str(binaries.find("helm")), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"helm {' '.join(args)} failed:\n{done.stderr}"
+    return done.stdout
+
+
+def _new_namespace(core: Any, prefix: str) -> str:
+    name: str = core.create_namespace(
+        k8s.V1Namespace(metadata=k8s.V1ObjectMeta(generate_name=f"{prefix}-"))
+    ).metadata.name
+    return name
+
+
+@dataclass(frozen=True)
+class Release:
+    """One `helm install` of the chart and the namespaces around it."""
+
+    name: str
+    namespace: str
+    watched: tuple[str, ...]  # empty: a cluster-wide install
+    outside: str  # a namespace a namespaced install does not watch
+    values: tuple[str, ...]
+
+    @property
+    def service_account(self) -> str:
+        return f"{self.name}-opamp-operator"
+
+
+def _install(cluster: LocalCluster, home: Path, release: Release) -> str:
+    """`helm install --wait`; returns the rendered manifest helm stored for the release."""
+    sets = [f"--set={v}" for v in release.values]
+    sets += [f"--set=watchNamespaces[{i}]={ns}" for i, ns in enumerate(release.watched)]
+    _helm(
+        cluster,
+        home,
+        "install",
+        release.name,
+        str(CHART),
+        f"--namespace={release.namespace}",
+        *sets,
+        "--wait",
+        "--timeout=90s",
+    )
+    return _helm(cluster, home, "get", "manifest", release.name, f"--namespace={release.namespace}")
+
+
+@pytest.fixture(scope="module")
+def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helm")
+
+
+@pytest.fixture(scope="module")
+def installs(
+    cluster: LocalCluster, api_client: Any, helm_home: Path
+) -> Iterator[dict[str, tuple[Release, str]]]:
+    """A namespaced install watching two namespaces and a cluster-wide one with the
+    webhook on; both uninstalled (and the CRDs removed) at the end."""
+    core: Any = k8s.CoreV1Api(api_client)
+    made: list[str] = []
+
+    def ns(prefix: str) -> str:
+        made.append(_new_namespace(core, prefix))
+        return made[-1]
+
+    namespaced = Release(
+        name="scoped",
+        namespace=ns("chart-scoped"),
+        watched=(ns("chart-watched-a"), ns("chart-watched-b")),
+        outside=ns("chart-outside"),
+        values=(
+            "webhook.enabled=false",
+            "image.pullPolicy=Never",
+            f"tokenSecrets.resourceNames[0]={TOKEN_SECRET}",
+        ),
+    )
+    clusterwide = Release(
+        name="wide",
+        namespace=ns("chart-wide"),
+        watched=(),
+        outside=namespaced.outside,
+        values=("image.pullPolicy=Never",),
+    )
+    done: list[Release] = []
+    try:
+        found: dict[str, tuple[Release, str]] = {}
+        for key, release in (("namespaced", namespaced), ("clusterwide", clusterwide)):
+            manifest = _install(cluster, helm_home, release)
+            done.append(release)
+            found[key] = (release, manifest)
+        yield found
+    finally:
+        for release in done:
+            _helm(
+                cluster,
+                helm_home,
+                "uninstall",
+                release.name,
+                f"--namespace={release.namespace}",
+                "--wait",
+            )
+        release_fleets(api_client)
+        for name in made:
+            core.delete_namespace(name)
+        remove_crd(api_client)
+        ext: Any = k8s.ApiextensionsV1Api(api_client)
+        for crd in CRD_NAMES[2:]:
+            try:
+                ext.delete_custom_resource_definition(crd)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+
+
+def _token(api_client: Any, release: Release) -> str:
+    """A short-lived token of the chart's ServiceAccount (TokenRequest API)."""
+    core: Any = k8s.CoreV1Api(api_client)
+    request = core.create_namespaced_service_account_token(
+        release.service_account,
+        release.namespace,
+        k8s.AuthenticationV1TokenRequest(
+            spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        ),
+    )
+    token: str = request.status.token
+    return token
+
+
+def _token_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
+    ca = (cluster.pki_dir / "ca.crt").read_bytes()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "local",
+                        "cluster": {
+                            "server": cluster.server,
+                            "certificate-authority-data": base64.b64encode(ca).decode(),
+                        },
+                    }
+                ],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "operator", "context": {"cluster": "local", "user": "operator"}}
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def as_operator(
+    cluster: LocalCluster, api_client: Any, tmp_path: Path
+) -> Iterator[Callable[[Release], tuple[Path, Any]]]:
+    """A kubeconfig and an API client that are the chart's ServiceAccount, nothing more."""
+    clients: list[Any] = []
+
+    def make(release: Release) -> tuple[Path, Any]:
+        path = _token_kubeconfig(
+            cluster, _token(api_client, release), tmp_path / f"{release.name}.kubeconfig"
+        )
+        client = k8s_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+        clients.append(client)
+        return path, client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def _denied(call: Callable[[], object]) -> ApiException:
+    with pytest.raises(ApiException) as caught:
+        call()
+    assert caught.value.status == 403, caught.value
+    return caught.value
+
+
+def _objects(manifest: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def test_helm_install_is_deployed_and_its_crds_are_served(
+    installs: dict[str, tuple[Release, str]],
+    api_client: Any,
+    cluster: LocalCluster,
+    helm_home: Path,
+) -> None:
+    ext: Any = k8s.ApiextensionsV1Api(api_client)
+    for name in CRD_NAMES:
+        crd = ext.read_custom_resource_definition(name)
+        assert any(c.type == "Established" and c.status == "True" for c in crd.status.conditions), (
+            name
+        )
+    apps: Any = k8s.AppsV1Api(api_client)
+    for release, manifest in installs.values():
+        status = _helm(cluster, helm_home, "status", release.name, f"-n={release.namespace}")
+        assert "STATUS: deployed" in status
+        notes = _helm(cluster, helm_home, "get", "notes", release.name, f"-n={release.namespace}")
+        assert f"ws://{release.name}-opamp-operator.{release.namespace}.svc:4320/v1/opamp" in notes
+        scope = ", ".join(release.watched) if release.watched else "every namespace"
+        assert scope in notes
+        deployment = apps.read_namespaced_deployment(
+            f"{release.name}-opamp-operator", release.namespace
+        )
+        assert deployment.status.ready_replicas == 1
+        kinds = {o["kind"] for o in _objects(manifest)}
+        assert {"Deployment", "ServiceAccount", "ClusterRole", "Service"} <= kinds
+    scoped, scoped_manifest = installs["namespaced"]
+    roles = [o for o in _objects(scoped_manifest) if o["kind"] in {"Role", "RoleBinding"}]
+    assert sorted((o["kind"], o["metadata"]["namespace"]) for o in roles) == sorted(
+        (kind, ns) for kind in ("Role", "RoleBinding") for ns in scoped.watched
+    )
+    assert "ValidatingWebhookConfiguration" not in {o["kind"] for o in _objects(scoped_manifest)}
+    wide, wide_manifest = installs["clusterwide"]
+    reg: Any = k8s.AdmissionregistrationV1Api(api_client)
+    hook = reg.read_validating_webhook_configuration(f"{wide.name}-opamp-operator")
+    admin: Any = k8s.CoreV1Api(api_client)
+    secret = admin.read_namespaced_secret(f"{wide.name}-opamp-operator-webhook-tls", wide.namespace)
+    assert hook.webhooks[0].client_config.ca_bundle == secret.data["ca.crt"]
+    assert hook.webhooks[0].failure_policy == "Ignore"
+    assert "ValidatingWebhookConfiguration" in {o["kind"] for o in _objects(wide_manifest)}
+
+
+class Agents:
+    """opamp-go agents, one per kwok pod, each claiming its pod by uid."""
+
+    def __init__(self) -> None:
+        self.running: list[JsonlProcess] = []
+
+    def start(self, url: str, token: str, pods: list[Any]) -> None:
+        for pod in pods:
+            self.running.append(
+                start_go_agent(
+                    url,
+                    "--heartbeat=1s",
+                    f"--header=Authorization=Bearer {token}",
+                    f"--attr=k8s.pod.uid={pod.metadata.uid}",
+                )
+            )
+
+    def stop(self) -> None:
+        for agent in self.running:
+            agent.stop()
+
+
+def _fleet(api_client: Any, namespace: str) -> None:
+    co: Any = k8s.CustomObjectsApi(api_client)
+    co.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "CollectorFleet",
+            "metadata": {"name": "collectors"},
+            "spec": {
+                "selector": {"matchLabels": LABELS},
+                "config": {"inline": CONFIG_V1},
+                "authSecretRef": {"name": TOKEN_SECRET},
+            },
+        },
+    )
+
+
+@pytest.mark.parametrize("mode", ["namespaced", "clusterwide"])
+def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
+    mode: str,
+    *,
+    installs: dict[str, tuple[Release, str]],
+    as_operator: Callable[[Release], tuple[Path, Any]],
+    api_client: Any,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    release, _ = installs[mode]
+    kubeconfig, _ = as_operator(release)
+    if release.watched:
+        namespace = release.watched[-1]
+    core: Any = k8s.CoreV1Api(api_client)
+    # A token names its fleet: each mode's fleet has its own.
+    token = f"{TOKEN}-{mode}"
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": TOKEN_SECRET}, "stringData": {"token": token}}
+    )
+    labels = {**LABELS, "mode": mode}
+    create_deployment(
+        api_client,
+        namespace,
+        f"collector-{mode}",
+        labels,
+        replicas=3,
+        readiness_gates=(AGENT_READY_CONDITION,),
+    )
+    pods: list[Any] = eventually(
+        "3 Running pods",
+        lambda: p if len(p := running_pods(api_client, namespace, labels)) == 3 else None,
+    )
+    args = [f"--namespace={ns}" for ns in release.watched]
+    agents = Agents()
+    op = start_operator(kubeconfig, tmp_path, "--rollout-interval=1", *args)
+    try:
+        _fleet(api_client, namespace)
+        agents.start(op.ws_url, token, pods)
+        status = eventually(
+            "the fleet to apply its config on 3 agents",
+            lambda: (
+                s
+                if (s := fleet_status(api_client, namespace, "collectors")).get("configApplied")
+                == 3
+                and condition(s, "Ready") == "True"
+                else None
+            ),
+        )
+        assert status["desiredHash"] == single_file_hash(CONFIG_V1)
+        assert status.get("agentsUnauthenticated", 0) == 0
+        names = [pod.metadata.name for pod in pods]
+        eventually(
+            "the agent-ready gate True on every pod",
+            lambda: all(
+                pod_condition(api_client, namespace, n, AGENT_READY_CONDITION) == "True"
+                for n in names
+            ),
+        )
+        create_rollout(
+            api_client,
+            namespace,
+            "collectors",
+            "collectors",
+            steps=[{"agents": 1}, {"percent": 100}],
+        )
+        eventually(
+            "the rollout of the first config to succeed",
+            lambda: rollout_status(api_client, namespace, "collectors").get("phase") == "Succeeded",
+        )
+        set_fleet_config(api_client, namespace, "collectors", CONFIG_V2)
+        done = eventually(
+            "the rollout of the new config to succeed",
+            lambda: (
+                s
+                if (s := rollout_status(api_client, namespace, "collectors")).get("phase")
+                == "Succeeded"
+                and s.get("desiredHash") == single_file_hash(CONFIG_V2)
+                else None
+            ),
+            timeout=90,
+        )
+        assert done["stableHash"] == single_file_hash(CONFIG_V2)
+        eventually(
+            "every agent on the new config",
+            lambda: (
+                fleet_status(api_client, namespace, "collectors").get("configApplied") == 3
+                and fleet_status(api_client, namespace, "collectors").get("desiredHash")
+                == single_file_hash(CONFIG_V2)
+            ),
+        )
+        apps: Any = k8s.AppsV1Api(api_client)
+        assert len(apps.list_namespaced_controller_revision(namespace).items) == 2
+        # A third config with a history of one: the two older revisions are pruned.
+        k8s.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            "collectors",
+            {"spec": {"config": {"inline": CONFIG_V3}, "revisionHistoryLimit": 1}},
+        )
+        [kept] = eventually(
+            "one ControllerRevision left, the third config's",
+            lambda: (
+                items
+                if len(items := apps.list_namespaced_controller_revision(namespace).items) == 1
+                and single_file_hash(CONFIG_V3) in (items[0].metadata.annotations or {}).values()
+                else None
+            ),
+        )
+        assert kept.revision == 3
+        eventually(
+            "the rollout of the third config to succeed",
+            lambda: (
+                (s := rollout_status(api_client, namespace, "collectors")).get("phase")
+                == "Succeeded"
+                and s.get("stableHash") == single_file_hash(CONFIG_V3)
+            ),
+            timeout=90,
+        )
+        events = core.list_namespaced_event(namespace).items
+        assert any(e.reason == "ConfigRevision" for e in events)
+    except AssertionError as failed:
+        raise AssertionError(
+            f"{failed}\nfleet status: {fleet_status(api_client, namespace, 'collectors')}\n"
+            f"operator log ({op.record.log}):\n{op.record.log_tail(40)}"
+        ) from failed
+    finally:
+        agents.stop()
+        op.stop()
+        release_fleets(api_client)
+    log = Path(op.record.log).read_text()
+    denied = _denials(log)
+    assert not denied, "\n".join(denied[:20])
+    assert "fleet " in log
+    assert "reconciled" in log
+
+
+def test_the_namespaced_identity_cannot_read_secrets_or_leave_its_namespaces(
+    installs: dict[str, tuple[Release, str]],
+    as_operator: Callable[[Release], tuple[Path, Any]],
+    api_client: Any,
+) -> None:
+    release, _ = installs["namespaced"]
+    _, client = as_operator(release)
+    core: Any = k8s.CoreV1Api(client)
+    apps: Any = k8s.AppsV1Api(client)
+    co: Any = k8s.CustomObjectsApi(client)
+    admin: Any = k8s.CoreV1Api(api_client)
+    watched = release.watched[0]
+    for ns in (watched, release.outside):
+        for name in (TOKEN_SECRET, "other"):
+            admin.create_namespaced_secret(
+                ns, {"metadata": {"name": name}, "stringData": {"token": "x"}}
+            )
+    pod = {"metadata": {"name": "intruder"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+
+    assert core.read_namespaced_secret(TOKEN_SECRET, watched).metadata.name == TOKEN_SECRET
+    assert len(core.list_namespaced_pod(watched).items) >= 0
+    _denied(lambda: core.list_namespaced_secret(watched))
+    _denied(core.list_secret_for_all_namespaces)
+    _denied(lambda: core.read_namespaced_secret("other", watched))
+    _denied(lambda: core.read_namespaced_secret(TOKEN_SECRET, release.outside))
+    _denied(lambda: core.create_namespaced_pod(watched, pod))
+    _denied(lambda: core.delete_collection_namespaced_pod(watched))
+    _denied(lambda: core.list_namespaced_pod(release.outside))
+    _denied(core.list_pod_for_all_namespaces)
+    _denied(lambda: core.list_namespaced_config_map(release.outside))
+    _denied(lambda: apps.list_namespaced_controller_revision(release.outside))
+    _denied(lambda: co.list_namespaced_custom_object(GROUP, VERSION, release.outside, PLURAL))
+    _denied(lambda: co.list_namespaced_custom_object(GROUP, VERSION, release.outside, ROLLOUTS))
+    _denied(lambda: co.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+    _denied(lambda: core.create_namespace({"metadata": {"name": "made-by-operator"}}))
+    _denied(lambda: core.list_namespaced_service_account(watched))
+
+
+def test_the_clusterwide_identity_still_cannot_list_or_write_what_it_does_not_need(
+    installs: dict[str, tuple[Release, str]],
+    as_operator: Callable[[Release], tuple[Path, Any]],
+    api_client: Any,
+) -> None:
+    release, _ = installs["clusterwide"]
+    _, client = as_operator(release)
+    core: Any = k8s.CoreV1Api(client)
+    rbac: Any = k8s.RbacAuthorizationV1Api(client)
+    reg: Any = k8s.AdmissionregistrationV1Api(client)
+    ns = release.outside
+    pod = {"metadata": {"name": "intruder"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+
+    assert isinstance(core.list_pod_for_all_namespaces().items, list)
+    _denied(core.list_secret_for_all_namespaces)
+    _denied(lambda: core.list_namespaced_secret(ns))
+    _denied(lambda: core.create_namespaced_pod(ns, pod))
+    _denied(lambda: core.delete_collection_namespaced_pod(ns))
+    _denied(lambda: core.patch_namespaced_secret(TOKEN_SECRET, ns, {"data": {}}))
+    _denied(rbac.list_cluster_role)
+    _denied(reg.list_validating_webhook_configuration)
+    _denied(core.list_node)
+
+
+def _exists(read: Callable[[str, str], object], name: str, namespace: str) -> bool:
+    try:
+        read(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
+
+
+def test_template_mode_with_the_charts_identity_renders_swaps_and_removes_its_workload(
+    installs: dict[str, tuple[Release, str]],
+    as_operator: Callable[[Release], tuple[Path, Any]],
+    api_client: Any,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """What template mode writes (ConfigMap, Deployment, DaemonSet: get, create by
+    server-side apply, patch, delete) is granted, and nothing more is asked for."""
+    release, _ = installs["clusterwide"]
+    kubeconfig, _ = as_operator(release)
+    apps: Any = k8s.AppsV1Api(api_client)
+    core: Any = k8s.CoreV1Api(api_client)
+    co: Any = k8s.CustomObjectsApi(api_client)
+    op = start_operator(kubeconfig, tmp_path, "--agent-endpoint=ws://127.0.0.1:1/v1/opamp")
+    try:
+        co.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "CollectorFleet",
+                "metadata": {"name": "rendered"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "rendered"}},
+                    "config": {"inline": CONFIG_V1},
+                    "template": {"image": "otelcol-supervisor:0.149.0", "replicas": 1},
+                },
+            },
+        )
+        eventually(
+            "the rendered Deployment and supervisor ConfigMap",
+            lambda: (
+                _exists(apps.read_namespaced_deployment, "rendered-collector", namespace)
+                and _exists(core.read_namespaced_config_map, "rendered-supervisor", namespace)
+            ),
+        )
+        co.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            "rendered",
+            {"spec": {"template": {"kind": "DaemonSet"}}},
+        )
+        eventually(
+            "the Deployment swapped for a DaemonSet",
+            lambda: (
+                _exists(apps.read_namespaced_daemon_set, "rendered-collector", namespace)
+                and not _exists(apps.read_namespaced_deployment, "rendered-collector", namespace)
+            ),
+        )
+        co.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "rendered", {"spec": {"template": None}}
+        )
+        eventually(
+            "the DaemonSet and ConfigMap removed with the template",
+            lambda: (
+                not _exists(apps.read_namespaced_daemon_set, "rendered-collector", namespace)
+                and not _exists(core.read_namespaced_config_map, "rendered-supervisor", namespace)
+            ),
+        )
+    finally:
+        op.stop()
+        release_fleets(api_client)
+    denied = _denials(Path(op.record.log).read_text())
+    assert not denied, "\n".join(denied[:20])
