@@ -11,6 +11,7 @@ from pathlib import Path
 
 from opamp_operator import __version__
 from opamp_operator.api.crd import render_all
+from opamp_operator.api.reference import render_reference
 from opamp_operator.k8s.run import RunOptions
 from opamp_operator.k8s.run import run as run_operator
 from opamp_operator.k8s.webhook import WebhookOptions
@@ -202,6 +203,16 @@ def _crds(args: argparse.Namespace) -> int:
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(path)
+    reference: Path | None = args.reference
+    if reference is not None:
+        text = render_reference()
+        if args.check:
+            if not reference.exists() or reference.read_text() != text:
+                stale.append(str(reference))
+        else:
+            reference.parent.mkdir(parents=True, exist_ok=True)
+            reference.write_text(text)
+            print(reference)
     if stale:
         print(f"stale CRDs (run `opamp-operator crds`): {', '.join(stale)}", file=sys.stderr)
         return 1
@@ -212,6 +223,12 @@ def _add_crds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("crds", help="write the CRDs generated from the typed models")
     p.add_argument("--out", type=Path, default=Path("deploy/crds"), help="directory (deploy/crds)")
     p.add_argument("--check", action="store_true", help="only compare; exit 1 when stale")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=Path("docs/reference.md"),
+        help="also the configuration reference (docs/reference.md)",
+    )
     p.set_defaults(func=_crds)
 
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from opamp_operator.api.crd import render_all
 from opamp_operator.api.models import CollectorFleet, CollectorFleetSpec, DriftPolicy
+from opamp_operator.api.reference import render_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +27,7 @@ def test_committed_crds_match_the_models() -> None:
             "crds",
             "--check",
             f"--out={REPO / 'deploy/crds'}",
+            f"--reference={REPO / 'docs/reference.md'}",
         ],
         capture_output=True,
         text=True,
@@ -38,8 +40,18 @@ def test_committed_crds_match_the_models() -> None:
 def test_check_fails_on_a_stale_file(tmp_path: Path) -> None:
     for name, text in render_all().items():
         (tmp_path / name).write_text(text.replace("Healthy", "Happy"))
+    reference = tmp_path / "reference.md"
+    reference.write_text(render_reference())
     result = subprocess.run(
-        [sys.executable, "-m", "opamp_operator.cli", "crds", "--check", f"--out={tmp_path}"],
+        [
+            sys.executable,
+            "-m",
+            "opamp_operator.cli",
+            "crds",
+            "--check",
+            f"--out={tmp_path}",
+            f"--reference={reference}",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -100,3 +112,41 @@ def test_models_refuse_unknown_spec_fields() -> None:
         CollectorFleetSpec.model_validate(
             {"selector": {"matchLabels": {"a": "b"}}, "config": {"configmapRef": {"name": "x"}}}
         )
+
+
+def test_a_stale_reference_fails_the_check(tmp_path: Path) -> None:
+    for name, text in render_all().items():
+        (tmp_path / name).write_text(text)
+    reference = tmp_path / "reference.md"
+    reference.write_text(render_reference().replace("maxFailed", "maxFails"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "opamp_operator.cli",
+            "crds",
+            "--check",
+            f"--out={tmp_path}",
+            f"--reference={reference}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "reference.md" in result.stderr
+
+
+def test_the_reference_names_every_spec_field_with_its_rules() -> None:
+    text = render_reference()
+    for field in (
+        "`spec.steps[].percent`",
+        "`spec.steps[].pause.untilPromoted`",
+        "`spec.gates.applyTimeoutSeconds`",
+        "`spec.template.image`",
+        "`status.failingAgents[].reason`",
+    ):
+        assert field in text
+    assert "a step is exactly one of agents, percent and selector" in text
+    assert "`status.kopf" not in text

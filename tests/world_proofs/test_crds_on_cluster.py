@@ -252,3 +252,21 @@ def test_rollout_printer_columns_are_served(api_client: Any, namespace: str) -> 
     names = [c["name"] for c in table["columnDefinitions"]]
     assert names[:8] == ["Name", "Fleet", "Phase", "Step", "Desired", "Stable", "Ready", "Age"]
     assert table["rows"][0]["cells"][1:4] == ["gateways", "Progressing", 0]
+
+
+@pytest.mark.usefixtures("fleet_crd", "rollout_crd")
+def test_the_examples_are_accepted_by_the_apiserver(api_client: Any, namespace: str) -> None:
+    """Every custom object in examples/ passes the CRDs' schema and CEL rules (dry run)."""
+    co: Any = k8s.CustomObjectsApi(api_client)
+    plural = {"CollectorFleet": "collectorfleets", "ConfigRollout": "configrollouts"}
+    tried = 0
+    for path in sorted((binaries.REPO_ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc["kind"] not in plural:
+                continue
+            doc["metadata"]["namespace"] = namespace
+            co.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural[doc["kind"]], doc, dry_run="All"
+            )
+            tried += 1
+    assert tried >= 4
