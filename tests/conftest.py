@@ -20,6 +20,7 @@ from kubernetes import config as k8s_config
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import Agent, start_collector, start_supervised_collector
+from world.fleets import install_crd, remove_crd
 
 
 def _keep_logs() -> bool:
@@ -92,3 +93,13 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"test world binaries: {binaries.bin_dir()}" + (
         f" (+ KUBEBUILDER_ASSETS={assets})" if assets else ""
     )
+
+
+@pytest.fixture(scope="module")
+def crds(api_client: Any) -> Iterator[None]:
+    """The operator's CRDs for one test module; removed after it only if it installed
+    them (a module may override this fixture with more CRDs)."""
+    created = install_crd(api_client)
+    yield
+    if created:
+        remove_crd(api_client)

@@ -25,6 +25,23 @@ ROLLOUT_CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"configrollouts.{GR
 CRD_FILES = (CRD_FILE, ROLLOUT_CRD_FILE)
 PLURAL = "collectorfleets"
 ROLLOUTS = "configrollouts"
+# A small complete Collector config (a traces pipeline) and two versions of it that differ
+# in one value: what the operator proofs offer and roll out.
+CONFIG_V1 = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {}
+exporters:
+  debug: {}
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      exporters: [debug]
+"""
+CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
+CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
 
 
 def _read_crd(ext: Any, name: str) -> Any | None:

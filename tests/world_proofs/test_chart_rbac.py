@@ -31,6 +31,9 @@ from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
 from world.fleets import (
+    CONFIG_V1,
+    CONFIG_V2,
+    CONFIG_V3,
     PLURAL,
     ROLLOUTS,
     condition,
@@ -60,21 +63,6 @@ CRD_NAMES = (
 TOKEN_SECRET = "agent-token"
 TOKEN = "chart-rbac-s3cret"
 LABELS = {"app": "collector"}
-CONFIG_V1 = """\
-receivers:
-  otlp:
-    protocols:
-      grpc: {}
-exporters:
-  debug: {}
-service:
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [debug]
-"""
-CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
-CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
 # What an authorization failure looks like in the operator's log (kopf and the client).
 DENIED = re.compile(r"\b403\b|forbidden|Not enough permissions", re.IGNORECASE)
 

@@ -27,13 +27,13 @@ from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
 from world.fleets import (
+    CONFIG_V1,
+    CONFIG_V2,
     PLURAL,
     ROLLOUTS,
     create_deployment,
     create_fleet,
     create_rollout,
-    install_crd,
-    remove_crd,
     rollout_control,
     running_pods,
     set_fleet_config,
@@ -47,20 +47,6 @@ ARGOCD = binaries.REPO_ROOT / "deploy" / "argocd"
 KINDS = ("CollectorFleet", "ConfigRollout")
 LABELS = {"app": "collector"}
 FLEET = "collectors"
-CONFIG_V1 = """\
-receivers:
-  otlp:
-    protocols:
-      grpc: {}
-exporters:
-  debug: {}
-service:
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [debug]
-"""
-CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
 CONFIG_INVALID = CONFIG_V1.replace("exporters: [debug]", "exporters: [otlphttp]")
 BROKEN_MARK = "gitops-proof: refused by every agent"
 CONFIG_BAD = CONFIG_V2.replace("detailed", "basic") + f"# {BROKEN_MARK}\n"
@@ -124,14 +110,6 @@ def test_the_argocd_cm_patch_carries_the_scripts_byte_for_byte() -> None:
         assert patch["data"][f"resource.customizations.health.{GROUP}_{kind}"] == health_script(
             kind
         )
-
-
-@pytest.fixture(scope="module")
-def crds(api_client: Any) -> Iterator[None]:
-    created = install_crd(api_client)
-    yield
-    if created:
-        remove_crd(api_client)
 
 
 class World:

@@ -26,11 +26,12 @@ from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
 from world.fleets import (
+    CONFIG_V1,
+    CONFIG_V2,
+    CONFIG_V3,
     create_deployment,
     create_fleet,
     create_rollout,
-    install_crd,
-    remove_crd,
     rollout_status,
     running_pods,
     set_fleet_config,
@@ -45,21 +46,6 @@ PLUGIN = Path(sys.executable).parent / "kubectl-opamp"
 LABELS = {"app": "collector"}
 FLEET = "collectors"
 ROLLOUT = "collectors"
-CONFIG_V1 = """\
-receivers:
-  otlp:
-    protocols:
-      grpc: {}
-exporters:
-  debug: {}
-service:
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [debug]
-"""
-CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
-CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
 BROKEN_MARK = "kubectl-plugin-proof: refused by one agent"
 CONFIG_BAD = CONFIG_V1 + f"# {BROKEN_MARK}\n"
 H1, H2, H3, HBAD = (single_file_hash(c) for c in (CONFIG_V1, CONFIG_V2, CONFIG_V3, CONFIG_BAD))
@@ -73,14 +59,6 @@ def _host_ip() -> str:
         ip: str = s.getsockname()[0]
     assert not ip.startswith("127."), f"no non-loopback address on this machine: {ip}"
     return ip
-
-
-@pytest.fixture(scope="module")
-def crds(api_client: Any) -> Iterator[None]:
-    created = install_crd(api_client)
-    yield
-    if created:
-        remove_crd(api_client)
 
 
 @pytest.fixture

@@ -19,35 +19,18 @@ from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
-from world.fleets import install_crd, release_fleets, remove_crd, single_file_hash
+from world.fleets import (
+    CONFIG_V1,
+    CONFIG_V2,
+    release_fleets,
+    single_file_hash,
+)
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 
 pytestmark = pytest.mark.world
 
 CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"collectorfleets.{GROUP}.yaml"
-CONFIG_V1 = """\
-receivers:
-  otlp:
-    protocols:
-      grpc: {}
-exporters:
-  debug: {}
-service:
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [debug]
-"""
-CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
-
-
-@pytest.fixture(scope="module")
-def crds(api_client: Any) -> Iterator[None]:
-    created = install_crd(api_client)
-    yield
-    if created:
-        remove_crd(api_client)
 
 
 @pytest.fixture

@@ -22,15 +22,16 @@ import pytest
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_collector, start_go_agent
 from world.fleets import (
+    CONFIG_V1,
+    CONFIG_V2,
+    CONFIG_V3,
     condition,
     create_deployment,
     create_fleet,
     create_rollout,
     events_of,
     fleet_status,
-    install_crd,
     patch_rollout,
-    remove_crd,
     rollout_control,
     rollout_status,
     running_pods,
@@ -45,32 +46,9 @@ pytestmark = pytest.mark.world
 LABELS = {"app": "collector"}
 FLEET = "collectors"
 ROLLOUT = "collectors"
-CONFIG_V1 = """\
-receivers:
-  otlp:
-    protocols:
-      grpc: {}
-exporters:
-  debug: {}
-service:
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [debug]
-"""
-CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
-CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
 BROKEN_MARK = "rollout-proof: refused by some agents"
 CONFIG_BAD = CONFIG_V2 + f"# {BROKEN_MARK}\n"
 H1, H2, H3, HBAD = (single_file_hash(c) for c in (CONFIG_V1, CONFIG_V2, CONFIG_V3, CONFIG_BAD))
-
-
-@pytest.fixture(scope="module")
-def crds(api_client: Any) -> Iterator[None]:
-    created = install_crd(api_client)
-    yield
-    if created:
-        remove_crd(api_client)
 
 
 @pytest.fixture

@@ -31,9 +31,7 @@ from world.fleets import (
     create_fleet,
     create_rollout,
     fleet_status,
-    install_crd,
     pod_condition,
-    remove_crd,
     rollout_status,
     running_pods,
     set_fleet_config,
@@ -47,14 +45,6 @@ pytestmark = pytest.mark.world
 FLEET = "collectors"
 LABELS = {"app": "supervised-collector"}
 SUPERVISOR_WAIT = 120.0  # the supervisor restarts the Collector for every config; 2 shared cores
-
-
-@pytest.fixture(scope="module")
-def crds(api_client: Any) -> Iterator[None]:
-    created = install_crd(api_client)
-    yield
-    if created:
-        remove_crd(api_client)
 
 
 @pytest.fixture

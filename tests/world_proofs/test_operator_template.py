@@ -24,7 +24,7 @@ from opamp_operator.k8s.workload import (
 )
 from world.cluster import LocalCluster
 from world.collector import base_collector_config, collector_config_with_health
-from world.fleets import PLURAL, install_crd, remove_crd
+from world.fleets import PLURAL
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 from world.template import container_env, start_pod_supervisor
@@ -35,14 +35,6 @@ FLEET = "collectors"
 LABELS = {"app": "collector"}
 IMAGE = "otel/opentelemetry-collector-opampsupervisor:0.149.0"
 WAIT = 120.0
-
-
-@pytest.fixture(scope="module")
-def crds(api_client: Any) -> Iterator[None]:
-    created = install_crd(api_client)
-    yield
-    if created:
-        remove_crd(api_client)
 
 
 @pytest.fixture
