@@ -48,12 +48,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from tempfile import mkdtemp
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
 import kopf
@@ -1209,8 +1209,24 @@ def main() -> None:
         "--keep", action="store_true", help="keep the work dir (logs, audit log, profiles)"
     )
     args = parser.parse_args()
+    results = run_in_world(args, "fleet-scale-", run_bench)
+    print_report(results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n")
+
+
+_R = TypeVar("_R")
+
+
+def run_in_world(
+    args: argparse.Namespace,
+    prefix: str,
+    bench: Callable[[AuditedCluster, argparse.Namespace, Path], Coroutine[Any, Any, _R]],
+) -> _R:
+    """Start the audited cluster in a fresh work dir, run `bench` in it, stop everything
+    (also on failure, SIGTERM or Ctrl-C); the work dir is kept with --keep or on failure."""
     raise_file_limit(args.agents + 1000)
-    workdir = Path(mkdtemp(prefix="fleet-scale-"))
+    workdir = Path(mkdtemp(prefix=prefix))
     log(f"work dir {workdir}")
     cluster = AuditedCluster(workdir=workdir / "cluster", nodes=args.nodes)
 
@@ -1223,7 +1239,7 @@ def main() -> None:
         t = time.time()
         cluster.start()
         log(f"cluster up in {time.time() - t:.1f} s")
-        results = asyncio.run(run_bench(cluster, args, workdir))
+        results = asyncio.run(bench(cluster, args, workdir))
         failed = False
     finally:
         cluster.stop(remove=False)
@@ -1231,9 +1247,7 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             log(f"logs kept in {workdir}")
-    print_report(results)
-    if args.json is not None:
-        args.json.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n")
+    return results
 
 
 if __name__ == "__main__":

@@ -19,12 +19,9 @@ import argparse
 import asyncio
 import itertools
 import json
-import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from tempfile import mkdtemp
 from typing import Any
 
 from fleet_scale import (
@@ -37,11 +34,11 @@ from fleet_scale import (
     fleets_path,
     log,
     read_audit,
+    run_in_world,
     tally,
 )
 
 from opamp_operator.api.models import API_VERSION, GROUP, VERSION
-from opamp_operator.simulator.runner import raise_file_limit
 
 ROLLOUT = "collectors"
 
@@ -229,30 +226,13 @@ def main() -> None:
     args = parser.parse_args()
     # What Bench reads and this benchmark does not vary.
     args.readiness_gates, args.py_spy, args.idle, args.changes = False, None, 0.0, 0
-    raise_file_limit(args.agents + 1000)
-    workdir = Path(mkdtemp(prefix="rollout-scale-"))
-    log(f"work dir {workdir}")
-    cluster = AuditedCluster(workdir=workdir / "cluster", nodes=args.nodes)
 
-    def on_term(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    failed = True
-
-    async def go() -> RolloutResults:
+    async def go(
+        cluster: AuditedCluster, args: argparse.Namespace, workdir: Path
+    ) -> RolloutResults:
         return await RolloutBench(cluster, args, workdir).run_rollout()
 
-    try:
-        cluster.start()
-        results = asyncio.run(go())
-        failed = False
-    finally:
-        cluster.stop(remove=False)
-        if not args.keep and not failed:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"logs kept in {workdir}")
+    results = run_in_world(args, "rollout-scale-", go)
     print_report(results, args)
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(results), indent=2, default=str) + "\n")
