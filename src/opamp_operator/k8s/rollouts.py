@@ -9,6 +9,7 @@ effect, so a crash in between repeats an offer and never loses or repeats a step
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -65,32 +66,10 @@ def _now_iso() -> str:
 
 
 def _gates(base: planner.Gates, override: RolloutGates | None) -> planner.Gates:
+    """`base` with the fields the spec sets (same names in the model and the planner)."""
     if override is None:
         return base
-    return planner.Gates(
-        max_failed=override.max_failed if override.max_failed is not None else base.max_failed,
-        max_failed_percent=(
-            override.max_failed_percent
-            if override.max_failed_percent is not None
-            else base.max_failed_percent
-        ),
-        max_unhealthy=(
-            override.max_unhealthy if override.max_unhealthy is not None else base.max_unhealthy
-        ),
-        require_effective_config=(
-            override.require_effective_config
-            if override.require_effective_config is not None
-            else base.require_effective_config
-        ),
-        bake_seconds=(
-            override.bake_seconds if override.bake_seconds is not None else base.bake_seconds
-        ),
-        apply_timeout_seconds=(
-            override.apply_timeout_seconds
-            if override.apply_timeout_seconds is not None
-            else base.apply_timeout_seconds
-        ),
-    )
+    return dataclasses.replace(base, **override.model_dump(exclude_none=True))
 
 
 def to_policy(spec: ConfigRolloutSpec) -> planner.Policy:
