@@ -103,6 +103,7 @@ def test_test_deps_check_lists_every_missing_component(tmp_path: Path) -> None:
         "node-agent",
         "helm",
         "kstatus",
+        "kind",
     ]
 
 
