@@ -134,18 +134,16 @@ def start_operator(
 ) -> OperatorProcess:
     """`port` given: the same address as an operator before it (a restart)."""
     port = port or free_port()
+    argv = ["run", "--host=127.0.0.1", f"--port={port}", "--status-interval=1", *args]
+    return spawn_operator(kubeconfig, workdir, argv, port)
+
+
+def spawn_operator(kubeconfig: Path, workdir: Path, argv: list[str], port: int) -> OperatorProcess:
+    """`opamp-operator *argv` (which must make it listen on 127.0.0.1:`port`), once it
+    listens."""
     record, proc = spawn(
         f"operator-{port}",
-        [
-            sys.executable,
-            "-m",
-            "opamp_operator.cli",
-            "run",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            "--status-interval=1",
-            *args,
-        ],
+        [sys.executable, "-m", "opamp_operator.cli", *argv],
         workdir,
         env={"KUBECONFIG": str(kubeconfig)},
     )

@@ -12,9 +12,7 @@ the Secret and ValidatingWebhookConfiguration the chart makes.
 
 from __future__ import annotations
 
-import base64
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,14 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
-from world import binaries
+from world.chart import (
+    CHART,
+    CRD_NAMES,
+    helm,
+    remove_chart_crds,
+    service_account_token,
+    token_kubeconfig,
+)
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
 from world.fleets import (
@@ -42,7 +47,6 @@ from world.fleets import (
     fleet_status,
     pod_condition,
     release_fleets,
-    remove_crd,
     rollout_status,
     running_pods,
     set_fleet_config,
@@ -53,13 +57,6 @@ from world.processes import eventually
 
 pytestmark = pytest.mark.world
 
-CHART = binaries.REPO_ROOT / "deploy" / "helm" / "opamp-operator"
-CRD_NAMES = (
-    f"collectorfleets.{GROUP}",
-    f"configrollouts.{GROUP}",
-    "clusterkopfpeerings.kopf.dev",
-    "kopfpeerings.kopf.dev",
-)
 TOKEN_SECRET = "agent-token"
 TOKEN = "chart-rbac-s3cret"
 LABELS = {"app": "collector"}
@@ -75,26 +72,6 @@ def _denials(log: str) -> list[str]:
         for line in log.splitlines()
         if DENIED.search(line) and "because it is being terminated" not in line
     ]
-
-
-def _helm(cluster: LocalCluster, home: Path, *args: str) -> str:
-    env = {
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-        "PATH": "/usr/bin:/bin",
-    }
-    done = subprocess.run(
-        [str(binaries.find("helm")), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, f"helm {' '.join(args)} failed:\n{done.stderr}"
-    return done.stdout
 
 
 def _new_namespace(core: Any, prefix: str) -> str:
@@ -123,8 +100,8 @@ def _install(cluster: LocalCluster, home: Path, release: Release) -> str:
     """`helm install --wait`; returns the rendered manifest helm stored for the release."""
     sets = [f"--set={v}" for v in release.values]
     sets += [f"--set=watchNamespaces[{i}]={ns}" for i, ns in enumerate(release.watched)]
-    _helm(
-        cluster,
+    helm(
+        cluster.kubeconfig,
         home,
         "install",
         release.name,
@@ -134,7 +111,14 @@ def _install(cluster: LocalCluster, home: Path, release: Release) -> str:
         "--wait",
         "--timeout=90s",
     )
-    return _helm(cluster, home, "get", "manifest", release.name, f"--namespace={release.namespace}")
+    return helm(
+        cluster.kubeconfig,
+        home,
+        "get",
+        "manifest",
+        release.name,
+        f"--namespace={release.namespace}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -183,67 +167,17 @@ def installs(
         yield found
     finally:
         for release in done:
-            _helm(
-                cluster,
+            helm(
+                cluster.kubeconfig,
                 helm_home,
                 "uninstall",
                 release.name,
                 f"--namespace={release.namespace}",
                 "--wait",
             )
-        release_fleets(api_client)
         for name in made:
             core.delete_namespace(name)
-        remove_crd(api_client)
-        ext: Any = k8s.ApiextensionsV1Api(api_client)
-        for crd in CRD_NAMES[2:]:
-            try:
-                ext.delete_custom_resource_definition(crd)
-            except ApiException as error:
-                if error.status != 404:
-                    raise
-
-
-def _token(api_client: Any, release: Release) -> str:
-    """A short-lived token of the chart's ServiceAccount (TokenRequest API)."""
-    core: Any = k8s.CoreV1Api(api_client)
-    request = core.create_namespaced_service_account_token(
-        release.service_account,
-        release.namespace,
-        k8s.AuthenticationV1TokenRequest(
-            spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-        ),
-    )
-    token: str = request.status.token
-    return token
-
-
-def _token_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
-    ca = (cluster.pki_dir / "ca.crt").read_bytes()
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "local",
-                        "cluster": {
-                            "server": cluster.server,
-                            "certificate-authority-data": base64.b64encode(ca).decode(),
-                        },
-                    }
-                ],
-                "users": [{"name": "operator", "user": {"token": token}}],
-                "contexts": [
-                    {"name": "operator", "context": {"cluster": "local", "user": "operator"}}
-                ],
-                "current-context": "operator",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
+        remove_chart_crds(api_client)
 
 
 @pytest.fixture
@@ -254,9 +188,8 @@ def as_operator(
     clients: list[Any] = []
 
     def make(release: Release) -> tuple[Path, Any]:
-        path = _token_kubeconfig(
-            cluster, _token(api_client, release), tmp_path / f"{release.name}.kubeconfig"
-        )
+        token = service_account_token(api_client, release.service_account, release.namespace)
+        path = token_kubeconfig(cluster, token, tmp_path / f"{release.name}.kubeconfig")
         client = k8s_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
         clients.append(client)
         return path, client
@@ -291,9 +224,13 @@ def test_helm_install_is_deployed_and_its_crds_are_served(
         )
     apps: Any = k8s.AppsV1Api(api_client)
     for release, manifest in installs.values():
-        status = _helm(cluster, helm_home, "status", release.name, f"-n={release.namespace}")
+        status = helm(
+            cluster.kubeconfig, helm_home, "status", release.name, f"-n={release.namespace}"
+        )
         assert "STATUS: deployed" in status
-        notes = _helm(cluster, helm_home, "get", "notes", release.name, f"-n={release.namespace}")
+        notes = helm(
+            cluster.kubeconfig, helm_home, "get", "notes", release.name, f"-n={release.namespace}"
+        )
         assert f"ws://{release.name}-opamp-operator.{release.namespace}.svc:4320/v1/opamp" in notes
         scope = ", ".join(release.watched) if release.watched else "every namespace"
         assert scope in notes
