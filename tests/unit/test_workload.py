@@ -178,6 +178,8 @@ def test_pod_identity_reaches_the_agent_attributes_through_the_downward_api() ->
         "k8s.pod.uid": "metadata.uid",
         "k8s.node.name": "spec.nodeName",
     }
+    # Not an attribute, but there for configs that listen on the pod's own address.
+    assert env["K8S_POD_IP"] == "status.podIP"
 
 
 def test_supervisor_config_points_at_the_operator_and_accepts_remote_config() -> None:

@@ -59,12 +59,14 @@ STORAGE_DIR = "/var/lib/opampsupervisor"
 AUTH_TOKEN_ENV = "OPAMP_AUTH_TOKEN"  # noqa: S105 - the name of an env var
 ATTR_NODE_NAME = "k8s.node.name"
 # Downward API env var -> pod field. The Collector inherits them too, so a remote config
-# can say ${env:K8S_NODE_NAME} (a DaemonSet's kubeletstats receiver, for instance).
+# can say ${env:K8S_NODE_NAME} (a DaemonSet's kubeletstats receiver, for instance) or
+# listen on ${env:K8S_POD_IP}:4317 rather than on every interface.
 POD_ENV = {
     "K8S_POD_NAME": "metadata.name",
     "K8S_NAMESPACE": "metadata.namespace",
     "K8S_POD_UID": "metadata.uid",
     "K8S_NODE_NAME": "spec.nodeName",
+    "K8S_POD_IP": "status.podIP",
 }
 # Agent attribute -> the env var its value comes from, expanded by the supervisor itself
 # (it loads its config through the Collector's confmap resolver with the env provider).
