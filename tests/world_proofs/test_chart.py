@@ -30,6 +30,8 @@ from world import binaries
 pytestmark = pytest.mark.world
 
 CHART = binaries.REPO_ROOT / "deploy" / "helm" / "opamp-operator"
+KIND_VALUES = binaries.REPO_ROOT / "deploy" / "kind" / "values.yaml"
+KIND_CONFIG = binaries.REPO_ROOT / "kind-config.yaml"
 CRDS = binaries.REPO_ROOT / "deploy" / "crds"
 RELEASE, NS = "rel", "obs"
 FULL = f"{RELEASE}-opamp-operator"
@@ -450,6 +452,7 @@ def test_pod_placement_and_annotations_come_from_values(render: Render) -> None:
         ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("operator.agentEndpoint=tcp://x", "/operator/agentEndpoint"),
+        ("service.nodePort=4320", "/service/nodePort"),
     ],
 )
 def test_the_schema_refuses_bad_values(helm_env: dict[str, str], value: str, message: str) -> None:
@@ -457,6 +460,34 @@ def test_the_schema_refuses_bad_values(helm_env: dict[str, str], value: str, mes
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
     assert message in done.stderr, done.stderr
+
+
+def test_the_kind_values_expose_opamp_where_kind_config_maps_it(helm_env: dict[str, str]) -> None:
+    """deploy/kind/values.yaml and kind-config.yaml agree: the OpAMP Service's node port
+    is the control plane's mapped container port, and the image is the one kind-e2e
+    builds and loads (never pulled)."""
+    values = ("-f", str(KIND_VALUES))
+    lint = _helm(helm_env, "lint", "--strict", str(CHART), *values)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    done = _helm(
+        helm_env, "template", "opamp-operator", str(CHART), "--namespace=opamp-system", *values
+    )
+    assert done.returncode == 0, done.stderr
+    r = Rendered([o for o in yaml.safe_load_all(done.stdout) if o])
+    service = r.one("Service", "opamp-operator")
+    assert service["spec"]["type"] == "NodePort"
+    (port,) = service["spec"]["ports"]
+    kind = yaml.safe_load(KIND_CONFIG.read_text())
+    (control_plane,) = [n for n in kind["nodes"] if n["role"] == "control-plane"]
+    (mapping,) = control_plane["extraPortMappings"]
+    assert port["nodePort"] == mapping["containerPort"] == 30320
+    assert (mapping["hostPort"], mapping["listenAddress"]) == (4320, "127.0.0.1")
+    assert r.container()["image"] == "opamp-operator:dev"
+    assert r.container()["imagePullPolicy"] == "Never"
+    # The default ClusterIP Service never gets a node port, whatever the value says.
+    plain = _helm(helm_env, "template", RELEASE, str(CHART), "--set=service.nodePort=30320")
+    assert plain.returncode == 0, plain.stderr
+    assert "nodePort" not in plain.stdout
 
 
 def test_the_charts_crds_are_the_generated_ones() -> None:
