@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts in scripts/: where the repository is, and a virtualenv with the
 # project and its dev tools installed (made or refreshed when pyproject.toml changes).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -14,6 +15,6 @@ ensure_venv() {
   echo "[setup] installing the project and its dev tools into $VENV" >&2
   [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install --quiet -e "${ROOT}[dev]"
   touch "$stamp"
 }

@@ -1,0 +1,220 @@
+"""Where the e2e module (tests/e2e) runs its operator and Collectors: the target.
+
+OPAMP_E2E_TARGET=local (the default; CI): the test world's cluster. The chart is installed
+with helm the way scripts/kind-e2e installs it (deploy/kind/values.yaml), except that the
+webhook is off (this apiserver cannot reach Services: no kube-proxy). The operator runs as
+a process with the arguments the chart gives its pod and the token of the chart's
+ServiceAccount; only its listening address and the agents' endpoint are local. kwok runs
+the fleet's pods, so a stand-in kubelet starts each pod's container here — the real
+opampsupervisor and Collector, with the pod's environment (world/template.py).
+
+OPAMP_E2E_TARGET=kind (scripts/kind-e2e): the cluster of $KUBECONFIG with the chart
+installed from the image, and the fleet's pods running the Collector image
+$OPAMP_E2E_COLLECTOR_IMAGE. The operator is reached through the API server's service
+proxy, as `kubectl opamp` reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from opamp_operator.k8s.workload import CONFIG_KEY, WORKLOAD_LABEL, config_map_name
+from world import binaries
+from world.chart import (
+    CHART,
+    helm,
+    remove_chart_crds,
+    service_account_token,
+    token_kubeconfig,
+)
+from world.cluster import LocalCluster
+from world.collector import Agent
+from world.operator import OperatorProcess, spawn_operator
+from world.processes import eventually, free_port
+from world.template import container_env, start_pod_supervisor
+
+RELEASE = "opamp-operator"
+RELEASE_NAMESPACE = "opamp-system"
+KIND_VALUES = binaries.REPO_ROOT / "deploy" / "kind" / "values.yaml"
+PLUGIN = Path(sys.executable).parent / "kubectl-opamp"
+# The Collector in deploy/kind/collector/Dockerfile.
+AGENT_EXECUTABLE = "/otelcol-opamp"
+HEALTH_PORT = 13133
+WAIT = 180.0
+
+
+def target_name() -> str:
+    name = os.environ.get("OPAMP_E2E_TARGET", "local")
+    if name not in ("local", "kind"):
+        raise pytest.UsageError(f"OPAMP_E2E_TARGET must be local or kind, not {name!r}")
+    return name
+
+
+@dataclass
+class Target:
+    """What a test needs to know about where it runs; see the module docstring."""
+
+    name: str
+    kubeconfig: Path
+    api_client: Any
+    collector_image: str
+    operator_url: str | None  # None: the service proxy
+    workdir: Path
+    agents: dict[str, Agent] = field(default_factory=dict)  # pod uid -> its container
+
+    @property
+    def service(self) -> str:
+        return f"{RELEASE_NAMESPACE}/{RELEASE}"
+
+    def operator_get(self, path: str) -> str:
+        """GET a path of the operator's HTTP port, as text."""
+        if self.operator_url is not None:
+            with urllib.request.urlopen(f"{self.operator_url}{path}", timeout=10) as r:  # noqa: S310
+                return str(r.read().decode())
+        core: Any = k8s.CoreV1Api(self.api_client)
+        answer = core.connect_get_namespaced_service_proxy_with_path(
+            f"{RELEASE}:4320", RELEASE_NAMESPACE, path.lstrip("/"), _preload_content=False
+        )
+        return str(answer.data.decode())
+
+    def plugin(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`kubectl opamp ARGS` as a user runs it against this target."""
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env.pop("OPAMP_OPERATOR_URL", None)
+        if self.operator_url is not None:
+            env["OPAMP_OPERATOR_URL"] = self.operator_url
+        return subprocess.run(
+            [str(PLUGIN), *args], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
+
+    def fleet_agents(self, namespace: str, fleet: str) -> list[dict[str, Any]]:
+        done = self.plugin("agents", fleet, "-n", namespace, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        agents: list[dict[str, Any]] = json.loads(done.stdout)["agents"]
+        return agents
+
+    def run_pods(self, namespace: str, fleet: str, count: int) -> list[Any]:
+        """Wait for `count` Running pods of the fleet's workload and make sure their
+        Collectors run: on kind the kubelet does it, locally the stand-in does."""
+        core: Any = k8s.CoreV1Api(self.api_client)
+
+        def running() -> list[Any] | None:
+            pods = core.list_namespaced_pod(
+                namespace, label_selector=f"{WORKLOAD_LABEL}={fleet}"
+            ).items
+            up = [
+                p
+                for p in pods
+                if p.status.phase == "Running"
+                and p.status.pod_ip
+                and p.metadata.deletion_timestamp is None
+            ]
+            return up if len(up) == count else None
+
+        pods: list[Any] = eventually(f"{count} Running pods of {fleet}", running, timeout=WAIT)
+        if self.name == "kind":
+            return pods
+        supervisor_yaml = core.read_namespaced_config_map(config_map_name(fleet), namespace).data[
+            CONFIG_KEY
+        ]
+        for pod in pods:
+            if pod.metadata.uid in self.agents:
+                continue
+            pod_json = self.api_client.sanitize_for_serialization(pod)
+            self.agents[pod.metadata.uid] = start_pod_supervisor(
+                supervisor_yaml,
+                pod_json,
+                container_env(pod_json, self.api_client),
+                self.workdir / pod.metadata.name,
+                health_url=f"http://{pod.status.pod_ip}:{HEALTH_PORT}/",
+            )
+        return pods
+
+
+def kind_target(workdir: Path) -> Iterator[Target]:
+    kubeconfig = Path(os.environ["KUBECONFIG"])
+    image = os.environ.get("OPAMP_E2E_COLLECTOR_IMAGE")
+    if not image:
+        raise pytest.UsageError("OPAMP_E2E_TARGET=kind needs OPAMP_E2E_COLLECTOR_IMAGE")
+    api = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    try:
+        yield Target("kind", kubeconfig, api, image, None, workdir)
+    finally:
+        api.close()
+
+
+def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
+    admin = k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    home = workdir / "helm"
+    installed = False
+    operator: OperatorProcess | None = None
+    target: Target | None = None
+    try:
+        helm(
+            cluster.kubeconfig,
+            home,
+            "install",
+            RELEASE,
+            str(CHART),
+            f"--namespace={RELEASE_NAMESPACE}",
+            "--create-namespace",
+            f"--values={KIND_VALUES}",
+            "--set=webhook.enabled=false",
+            "--wait",
+            "--timeout=120s",
+        )
+        installed = True
+        operator = _operator_as_the_chart_runs_it(cluster, admin, workdir)
+        url = f"http://127.0.0.1:{operator.port}"
+        target = Target("local", cluster.kubeconfig, admin, "kwok-runs-no-image", url, workdir)
+        yield target
+    finally:
+        for agent in target.agents.values() if target else ():
+            agent.stop()
+        if operator is not None:
+            operator.stop()
+        if installed:
+            helm(
+                cluster.kubeconfig,
+                home,
+                "uninstall",
+                RELEASE,
+                f"--namespace={RELEASE_NAMESPACE}",
+                "--wait",
+            )
+            remove_chart_crds(admin)
+            k8s.CoreV1Api(admin).delete_namespace(RELEASE_NAMESPACE)
+        admin.close()
+
+
+def _operator_as_the_chart_runs_it(
+    cluster: LocalCluster, admin: Any, workdir: Path
+) -> OperatorProcess:
+    """The chart's Deployment's own arguments and ServiceAccount token; the address it
+    listens on and tells agents about is this machine's, not its Service's."""
+    apps: Any = k8s.AppsV1Api(admin)
+    pod = apps.read_namespaced_deployment(RELEASE, RELEASE_NAMESPACE).spec.template.spec
+    (container,) = pod.containers
+    assert container.command == ["opamp-operator"]
+    token = service_account_token(admin, pod.service_account_name, RELEASE_NAMESPACE)
+    kubeconfig = token_kubeconfig(cluster, token, workdir / "operator.kubeconfig")
+    port = free_port()
+    argv = [
+        *container.args,
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--agent-endpoint=ws://127.0.0.1:{port}/v1/opamp",
+    ]
+    return spawn_operator(kubeconfig, workdir / "operator", argv, port)
