@@ -194,11 +194,20 @@ def test_fleet_not_yet_seen_stalled_starting_and_ready(world: World) -> None:
     # Applied before any operator runs: what GitOps tools see right after a sync.
     create_fleet(world.api, world.ns, FLEET, LABELS, CONFIG_INVALID)
     fresh = world.read(PLURAL, FLEET)
-    assert "status" not in fresh
-    # Argo CD waits for the operator; kstatus calls an object without status or
-    # conditions Current (its rule for unknown kinds) — the one place they differ.
-    assert argocd_health(fresh) == ("Progressing", "Waiting for the operator to observe the fleet")
-    assert kstatus(fresh) == ("Current", "Resource is current")
+    # The CRD defaults status.observedGeneration to 0 (and the counts with it): both
+    # tools wait for the operator.
+    # Without it kstatus would call the object Current (its rule for an object without
+    # status) before any operator had looked at it.
+    assert fresh["status"]["observedGeneration"] == 0
+    assert not fresh["status"].get("conditions")
+    assert argocd_health(fresh) == (
+        "Progressing",
+        "Waiting for the operator to observe generation 1",
+    )
+    status, message = kstatus(fresh)
+    assert status == "InProgress"
+    assert "observed generation is 0" in message
+    assert kstatus({**fresh, "status": {}})[0] == "Current"
 
     world.start_operator()
     stalled = world.wait(

@@ -75,6 +75,10 @@ _EXTRA: dict[tuple[str, ...], dict[str, Any]] = {
     # Objects a user may leave out whose fields have defaults: the apiserver then fills
     # them in, so `kubectl get -o yaml` shows the preflight settings in force.
     ("spec", "preflight"): {"default": {}},
+    # A new object reads back with observedGeneration 0 until the operator writes its
+    # status: Flux's kstatus then says InProgress, where an object without status would
+    # be Current (healthy) before the operator has looked at it.
+    ("status",): {"default": {"observedGeneration": 0}},
 }
 
 
