@@ -286,7 +286,10 @@ class LocalCluster:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction",
+                # OwnerReferencesPermissionEnforcement, as OpenShift runs it: setting
+                # blockOwnerDeletion on an owned object needs update on the owner's
+                # finalizers, which the chart must grant.
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'service-account.crt'}",
                 f"--service-account-signing-key-file={pki / 'service-account.key'}",

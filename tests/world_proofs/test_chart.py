@@ -44,13 +44,14 @@ NAMESPACED_RULES: set[Rule] = {
     *(("opampoperator.io", "configrollouts", v, ()) for v in ("list", "watch", "patch")),
     ("opampoperator.io", "collectorfleets/status", "patch", ()),
     ("opampoperator.io", "configrollouts/status", "patch", ()),
+    ("opampoperator.io", "collectorfleets/finalizers", "update", ()),
     ("", "pods", "list", ()),
     ("", "pods", "watch", ()),
     ("", "pods/status", "patch", ()),
     *(("", "configmaps", v, ()) for v in ("get", "list", "watch")),
     ("", "secrets", "get", ()),
     ("", "events", "create", ()),
-    *(("apps", "controllerrevisions", v, ()) for v in ("get", "list", "create", "patch", "delete")),
+    *(("apps", "controllerrevisions", v, ()) for v in ("get", "list", "create", "delete")),
 }
 TEMPLATE_RULES: set[Rule] = {
     *(("", "configmaps", v, ()) for v in ("create", "patch", "delete")),

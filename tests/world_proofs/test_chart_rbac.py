@@ -391,6 +391,23 @@ def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
         )
         apps: Any = k8s.AppsV1Api(api_client)
         assert len(apps.list_namespaced_controller_revision(namespace).items) == 2
+        # Back to the first config: its revision is reused under a new number, recreated
+        # (a ControllerRevision's data is immutable), so delete and create, never patch.
+        set_fleet_config(api_client, namespace, "collectors", CONFIG_V1)
+        eventually(
+            "the rollout back to the first config to succeed",
+            lambda: (
+                (s := rollout_status(api_client, namespace, "collectors")).get("phase")
+                == "Succeeded"
+                and s.get("stableHash") == single_file_hash(CONFIG_V1)
+            ),
+            timeout=90,
+        )
+        numbers = {
+            single_file_hash(CONFIG_V1) in (r.metadata.annotations or {}).values(): r.revision
+            for r in apps.list_namespaced_controller_revision(namespace).items
+        }
+        assert numbers == {True: 3, False: 2}
         # A third config with a history of one: the two older revisions are pruned.
         k8s.CustomObjectsApi(api_client).patch_namespaced_custom_object(
             GROUP,
@@ -409,7 +426,7 @@ def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
                 else None
             ),
         )
-        assert kept.revision == 3
+        assert kept.revision == 4
         eventually(
             "the rollout of the third config to succeed",
             lambda: (

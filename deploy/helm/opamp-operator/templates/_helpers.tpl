@@ -73,6 +73,9 @@ Role (namespaced install). Each rule's reason is in docs/helm.md.
 - apiGroups: [opampoperator.io]
   resources: [collectorfleets/status, configrollouts/status]
   verbs: [patch]
+- apiGroups: [opampoperator.io]
+  resources: [collectorfleets/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
@@ -93,7 +96,7 @@ Role (namespaced install). Each rule's reason is in docs/helm.md.
   verbs: [create]
 - apiGroups: [apps]
   resources: [controllerrevisions]
-  verbs: [get, list, create, patch, delete]
+  verbs: [get, list, create, delete]
 {{- if .Values.templateMode.enabled }}
 - apiGroups: [apps]
   resources: [deployments, daemonsets]
