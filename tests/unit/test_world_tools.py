@@ -104,6 +104,7 @@ def test_test_deps_check_lists_every_missing_component(tmp_path: Path) -> None:
         "helm",
         "kstatus",
         "kind",
+        "argocd-lua",
     ]
 
 

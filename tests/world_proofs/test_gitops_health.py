@@ -3,8 +3,9 @@
 The operator runs on the local cluster with real opamp-go agents claiming kwok pods and
 drives a fleet and a rollout through their states; at each, the whole object it wrote is
 read back and judged twice: by the Argo CD health scripts shipped in deploy/argocd (run
-in a Lua runtime as Argo CD runs them, with the object as the global `obj`) and by
-kstatus, the library Flux judges health with (`kstatus-check`, built by
+as Argo CD runs them, in gopher-lua through `argocd-health`, built by scripts/test-deps
+from test-deps/argocd-lua, and required to give the same verdict in Lua 5.1 and 5.4
+through lupa) and by kstatus, the library Flux judges health with (`kstatus-check`, built by
 scripts/test-deps from sigs.k8s.io/cli-utils). Both verdicts are asserted, and that they
 agree in spirit.
 """
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s
-from lupa import LuaRuntime  # type: ignore[import-untyped]
+from lupa.lua51 import LuaRuntime as Lua51Runtime  # type: ignore[import-untyped]
+from lupa.lua54 import LuaRuntime as Lua54Runtime  # type: ignore[import-untyped]
 
 from opamp_operator.api.models import GROUP, VERSION
 from world import binaries
@@ -61,18 +63,50 @@ SPIRIT = {
 }
 
 
+def health_script_path(kind: str) -> Path:
+    return ARGOCD / "health" / GROUP / kind / "health.lua"
+
+
 def health_script(kind: str) -> str:
-    return (ARGOCD / "health" / GROUP / kind / "health.lua").read_text()
+    return health_script_path(kind).read_text()
+
+
+def gopher_lua(script: Path, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`argocd-health SCRIPT`: the script run in gopher-lua as Argo CD runs it (restricted
+    libraries, the object as the global `obj`, one-second timeout, the returned table's
+    status and message; test-deps/argocd-lua)."""
+    return subprocess.run(
+        [str(binaries.find("argocd-health")), str(script)],
+        input=json.dumps(obj),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def lupa_health(runtime: Any, script: str, obj: dict[str, Any]) -> tuple[str, str]:
+    """(hs.status, hs.message) in one of lupa's Lua runtimes: a fresh state, the object
+    converted to Lua tables as the global `obj`, the chunk's return value read."""
+    lua = runtime(unpack_returned_tuples=True)
+    lua.globals().obj = lua.table_from(obj, recursive=True)
+    hs = lua.execute(script)
+    return str(hs["status"]), str(hs["message"])
 
 
 def argocd_health(obj: dict[str, Any]) -> tuple[str, str]:
-    """(hs.status, hs.message) from the shipped script, run as Argo CD runs it: a fresh
-    Lua state, the object converted to Lua tables as the global `obj`, the chunk's return
-    value read."""
-    lua = LuaRuntime(unpack_returned_tuples=True)
-    lua.globals().obj = lua.table_from(obj, recursive=True)
-    hs = lua.execute(health_script(obj["kind"]))
-    return str(hs["status"]), str(hs["message"])
+    """(hs.status, hs.message) from the shipped script, as Argo CD's gopher-lua computes
+    it, asserted to be what Lua 5.1 and Lua 5.4 (lupa) compute too."""
+    path = health_script_path(obj["kind"])
+    done = gopher_lua(path, obj)
+    assert done.returncode == 0, f"argocd-health failed: {done.stderr}"
+    verdict = json.loads(done.stdout)
+    argo = (verdict["status"], verdict["message"])
+    script = path.read_text()
+    lua51 = lupa_health(Lua51Runtime, script, obj)
+    lua54 = lupa_health(Lua54Runtime, script, obj)
+    assert argo == lua51 == lua54, f"gopher-lua={argo} lua5.1={lua51} lua5.4={lua54}"
+    return argo
 
 
 def kstatus(obj: dict[str, Any]) -> tuple[str, str]:
@@ -110,6 +144,46 @@ def test_the_argocd_cm_patch_carries_the_scripts_byte_for_byte() -> None:
         assert patch["data"][f"resource.customizations.health.{GROUP}_{kind}"] == health_script(
             kind
         )
+
+
+def test_argocd_health_runs_the_script_as_argocd_does(tmp_path: Path) -> None:
+    """The harness decides: it returns the script's table, refuses Lua 5.4 syntax (Argo CD
+    runs Lua 5.1) and the string library (not opened for argocd-cm scripts), maps an
+    unknown status to Unknown, and times out."""
+    obj = {"kind": "CollectorFleet", "metadata": {"generation": 3}, "status": {"list": [1, 2]}}
+
+    def run(name: str, body: str) -> subprocess.CompletedProcess[str]:
+        script = tmp_path / f"{name}.lua"
+        script.write_text(body)
+        return gopher_lua(script, obj)
+
+    ok = run(
+        "ok",
+        'return {status = "Healthy", message = "gen " .. tostring(obj.metadata.generation)'
+        ' .. ", " .. #obj.status.list}',
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"status": "Healthy", "message": "gen 3, 2"}
+
+    idiv = run("idiv", 'return {status = "Healthy", message = tostring(7 // 2)}')
+    assert idiv.returncode != 0
+    assert "syntax error" in idiv.stderr
+    # Lua 5.4 (lupa) takes it: the refusal is the harness's.
+    assert lupa_health(Lua54Runtime, (tmp_path / "idiv.lua").read_text(), obj) == ("Healthy", "3")
+
+    strlib = run("strlib", 'return {status = "Healthy", message = string.format("%d", 1)}')
+    assert strlib.returncode != 0
+    assert "format" in strlib.stderr
+
+    unknown = run("unknown", 'return {status = "Fine", message = "?"}')
+    assert json.loads(unknown.stdout) == {
+        "status": "Unknown",
+        "message": "Lua returned an invalid health status",
+    }
+
+    loop = run("loop", "while true do end")
+    assert loop.returncode != 0
+    assert "deadline" in loop.stderr
 
 
 class World:
