@@ -74,10 +74,6 @@ class Target:
     workdir: Path
     agents: dict[str, Agent] = field(default_factory=dict)  # pod uid -> its container
 
-    @property
-    def service(self) -> str:
-        return f"{RELEASE_NAMESPACE}/{RELEASE}"
-
     def operator_get(self, path: str) -> str:
         """GET a path of the operator's HTTP port, as text."""
         if self.operator_url is not None:
@@ -100,7 +96,8 @@ class Target:
         )
 
     def fleet_agents(self, namespace: str, fleet: str) -> list[dict[str, Any]]:
-        done = self.plugin("agents", fleet, "-n", namespace, "-o", "json")
+        service = [] if self.operator_url else [f"--operator-service={RELEASE_NAMESPACE}/{RELEASE}"]
+        done = self.plugin("agents", fleet, "-n", namespace, "-o", "json", *service)
         assert done.returncode == 0, done.stderr
         agents: list[dict[str, Any]] = json.loads(done.stdout)["agents"]
         return agents
