@@ -233,17 +233,36 @@ def test_deployment_pods_reach_running_with_pod_ips(
     assert len(ips) == 3
     assert all(ipaddress.ip_address(ip) in pod_net for ip in ips)
     assert {p.spec.node_name for p in pods} <= set(cluster.node_names)
-    deployment = eventually(
-        "Deployment available",
-        lambda: (
-            d
-            if (
-                d := _apps(api_client).read_namespaced_deployment("collector", namespace)
-            ).status.available_replicas
-            == 3
-            else None
-        ),
-    )
+    try:
+        deployment = eventually(
+            "Deployment available",
+            lambda: (
+                d
+                if (
+                    d := _apps(api_client).read_namespaced_deployment("collector", namespace)
+                ).status.available_replicas
+                == 3
+                else None
+            ),
+        )
+    except AssertionError as timed_out:
+        # Seen once in a full CI run, never alone: say what the controllers had done.
+        apps = _apps(api_client)
+        deployment = apps.read_namespaced_deployment("collector", namespace)
+        sets = [r.status for r in apps.list_namespaced_replica_set(namespace).items]
+        conditions = [
+            (p.metadata.name, p.status.conditions)
+            for p in _pods(api_client, namespace, "app=collector")
+        ]
+        logs = "".join(
+            f"\n{rec.name} log:\n{rec.log_tail(20)}"
+            for rec in cluster.processes
+            if rec.name in ("kube-controller-manager", "kwok")
+        )
+        raise AssertionError(
+            f"{timed_out}\ndeployment: {deployment.status}\nreplicasets: {sets}"
+            f"\npods: {conditions}{logs}"
+        ) from timed_out
     assert deployment.status.ready_replicas == 3
 
 
