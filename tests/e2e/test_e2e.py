@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from opamp_operator.k8s.workload import config_map_name, workload_name
@@ -25,8 +24,10 @@ from world.e2e import AGENT_EXECUTABLE, HEALTH_PORT, RELEASE, RELEASE_NAMESPACE,
 from world.fleets import (
     PLURAL,
     condition,
+    create_fleet,
     create_rollout,
     fleet_status,
+    read_or_none,
     rollout_status,
     set_fleet_config,
     single_file_hash,
@@ -127,25 +128,16 @@ def test_the_chart_is_installed_and_the_operator_serves(target: Target) -> None:
 def test_a_template_fleet_of_real_collectors_applies_its_config(
     target: Target, namespace: str
 ) -> None:
-    co: Any = k8s.CustomObjectsApi(target.api_client)
-    co.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
+    create_fleet(
+        target.api_client,
         namespace,
-        PLURAL,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CollectorFleet",
-            "metadata": {"name": FLEET},
-            "spec": {
-                "selector": {"matchLabels": {"app": FLEET}},
-                "config": {"inline": CONFIG_1},
-                "template": {
-                    "image": target.collector_image,
-                    "agentExecutable": AGENT_EXECUTABLE,
-                    "replicas": REPLICAS,
-                },
-            },
+        FLEET,
+        {"app": FLEET},
+        CONFIG_1,
+        template={
+            "image": target.collector_image,
+            "agentExecutable": AGENT_EXECUTABLE,
+            "replicas": REPLICAS,
         },
     )
     pods = target.run_pods(namespace, FLEET, REPLICAS)
@@ -267,17 +259,11 @@ def test_deleting_the_fleet_removes_its_workload(target: Target, namespace: str)
     apps: Any = k8s.AppsV1Api(target.api_client)
     core: Any = k8s.CoreV1Api(target.api_client)
 
+    def gone(read: Any, name: str) -> bool:
+        return read_or_none(read, name, namespace) is None
+
     def read_fleet(name: str, ns: str) -> Any:
         return co.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-
-    def gone(read: Any, name: str) -> bool:
-        try:
-            read(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
 
     eventually(
         "the fleet, its Deployment and ConfigMap gone",

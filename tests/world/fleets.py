@@ -6,6 +6,7 @@ Plain functions over a kubernetes ApiClient; test modules wrap them in fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import GROUP, VERSION
 from world import binaries
+from world.collector import JsonlProcess, start_go_agent
 from world.processes import eventually
 
 CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"collectorfleets.{GROUP}.yaml"
@@ -44,13 +46,18 @@ CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
 CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
 
 
-def _read_crd(ext: Any, name: str) -> Any | None:
+def read_or_none(read: Callable[..., Any], *args: Any) -> Any | None:
+    """`read(*args)` (a client's read_… call), None when the object is not there (404)."""
     try:
-        return ext.read_custom_resource_definition(name)
+        return read(*args)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
+
+
+def _read_crd(ext: Any, name: str) -> Any | None:
+    return read_or_none(ext.read_custom_resource_definition, name)
 
 
 def release_fleets(api_client: Any) -> int:
@@ -170,6 +177,16 @@ def create_deployment(
     )
 
 
+def deploy_running(api_client: Any, namespace: str, labels: dict[str, str], pods: int) -> list[Any]:
+    """A Deployment `collector` of `pods` kwok pods carrying `labels`, once all run."""
+    create_deployment(api_client, namespace, "collector", labels, replicas=pods)
+    found: list[Any] = eventually(
+        f"{pods} Running pods",
+        lambda: p if len(p := running_pods(api_client, namespace, labels)) == pods else None,
+    )
+    return found
+
+
 def running_pods(api_client: Any, namespace: str, labels: dict[str, str]) -> list[Any]:
     """Pods with `labels` that kwok reports Running with an IP."""
     core: Any = k8s.CoreV1Api(api_client)
@@ -189,8 +206,15 @@ def pod_condition(api_client: Any, namespace: str, name: str, condition: str) ->
 
 
 def create_fleet(
-    api_client: Any, namespace: str, name: str, labels: dict[str, str], config: str
+    api_client: Any,
+    namespace: str,
+    name: str,
+    labels: dict[str, str],
+    config: str,
+    **spec: Any,
 ) -> None:
+    """A CollectorFleet selecting `labels` with an inline `config`; `spec`: more fields
+    (camelCase), e.g. template=… or authSecretRef=…."""
     co: Any = k8s.CustomObjectsApi(api_client)
     co.create_namespaced_custom_object(
         GROUP,
@@ -201,7 +225,11 @@ def create_fleet(
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "CollectorFleet",
             "metadata": {"name": name},
-            "spec": {"selector": {"matchLabels": labels}, "config": {"inline": config}},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "config": {"inline": config},
+                **spec,
+            },
         },
     )
 
@@ -295,3 +323,68 @@ def events_of(api_client: Any, namespace: str, kind: str) -> list[tuple[str, str
     ]
     items.sort(key=lambda e: (e.first_timestamp or e.event_time or 0, e.metadata.name))
     return [(e.reason, e.message) for e in items]
+
+
+class PodAgents:
+    """opamp-go agents, one per kwok pod, each claiming its pod by uid; what they were
+    offered and reported is read from their own output, not from the operator."""
+
+    def __init__(self, api_client: Any, namespace: str, labels: dict[str, str], url: str) -> None:
+        self.api = api_client
+        self.ns = namespace
+        self.labels = labels
+        self.url = url
+        self.agents: dict[str, JsonlProcess] = {}  # pod name -> agent
+
+    def deploy(self, pods: int) -> list[Any]:
+        return deploy_running(self.api, self.ns, self.labels, pods)
+
+    def start_agent(self, pod: Any, *args: str, url: str | None = None) -> JsonlProcess:
+        agent = start_go_agent(
+            url or self.url,
+            "--heartbeat=1s",
+            f"--attr=k8s.pod.uid={pod.metadata.uid}",
+            *args,
+        )
+        self.agents[pod.metadata.name] = agent
+        return agent
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+
+    def _seen(self, agent: JsonlProcess) -> list[dict[str, Any]]:
+        with contextlib.suppress(TimeoutError):
+            agent.wait_for("(drain)", timeout=0.2)
+        return agent.seen
+
+    def reported(self) -> dict[str, tuple[str, str]]:
+        """Pod name → (status, config hash) each agent last reported."""
+        out = {}
+        for pod, agent in self.agents.items():
+            statuses = [e for e in self._seen(agent) if e["event"] == "remote_config_status"]
+            if statuses:
+                out[pod] = (statuses[-1]["status"].rsplit("_", 1)[-1], statuses[-1]["config_hash"])
+        return out
+
+    def offered(self, pod: str) -> list[str]:
+        """Hashes of every config the agent on `pod` was offered, in order."""
+        return [
+            e["remote_config"]["config_hash"]
+            for e in self._seen(self.agents[pod])
+            if e["event"] == "message" and "remote_config" in e
+        ]
+
+    def on(self, config_hash: str, status: str = "APPLIED") -> set[str]:
+        """Pods whose agent last reported `status` for `config_hash`."""
+        return {p for p, (s, h) in self.reported().items() if s == status and h == config_hash}
+
+    def wait_on(
+        self, config_hash: str, pods: int, what: str, status: str = "APPLIED", timeout: float = 60
+    ) -> set[str]:
+        found: set[str] = eventually(
+            what,
+            lambda: on if len(on := self.on(config_hash, status)) == pods else None,
+            timeout=timeout,
+        )
+        return found

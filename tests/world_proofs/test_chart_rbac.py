@@ -34,18 +34,20 @@ from world.chart import (
     token_kubeconfig,
 )
 from world.cluster import LocalCluster
-from world.collector import JsonlProcess, start_go_agent
 from world.fleets import (
     CONFIG_V1,
     CONFIG_V2,
     CONFIG_V3,
     PLURAL,
     ROLLOUTS,
+    PodAgents,
     condition,
     create_deployment,
+    create_fleet,
     create_rollout,
     fleet_status,
     pod_condition,
+    read_or_none,
     release_fleets,
     rollout_status,
     running_pods,
@@ -256,48 +258,6 @@ def test_helm_install_is_deployed_and_its_crds_are_served(
     assert "ValidatingWebhookConfiguration" in {o["kind"] for o in _objects(wide_manifest)}
 
 
-class Agents:
-    """opamp-go agents, one per kwok pod, each claiming its pod by uid."""
-
-    def __init__(self) -> None:
-        self.running: list[JsonlProcess] = []
-
-    def start(self, url: str, token: str, pods: list[Any]) -> None:
-        for pod in pods:
-            self.running.append(
-                start_go_agent(
-                    url,
-                    "--heartbeat=1s",
-                    f"--header=Authorization=Bearer {token}",
-                    f"--attr=k8s.pod.uid={pod.metadata.uid}",
-                )
-            )
-
-    def stop(self) -> None:
-        for agent in self.running:
-            agent.stop()
-
-
-def _fleet(api_client: Any, namespace: str) -> None:
-    co: Any = k8s.CustomObjectsApi(api_client)
-    co.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CollectorFleet",
-            "metadata": {"name": "collectors"},
-            "spec": {
-                "selector": {"matchLabels": LABELS},
-                "config": {"inline": CONFIG_V1},
-                "authSecretRef": {"name": TOKEN_SECRET},
-            },
-        },
-    )
-
-
 @pytest.mark.parametrize("mode", ["namespaced", "clusterwide"])
 def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
     mode: str,
@@ -332,11 +292,19 @@ def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
         lambda: p if len(p := running_pods(api_client, namespace, labels)) == 3 else None,
     )
     args = [f"--namespace={ns}" for ns in release.watched]
-    agents = Agents()
     op = start_operator(kubeconfig, tmp_path, "--rollout-interval=1", *args)
+    agents = PodAgents(api_client, namespace, labels, op.ws_url)
     try:
-        _fleet(api_client, namespace)
-        agents.start(op.ws_url, token, pods)
+        create_fleet(
+            api_client,
+            namespace,
+            "collectors",
+            LABELS,
+            CONFIG_V1,
+            authSecretRef={"name": TOKEN_SECRET},
+        )
+        for pod in pods:
+            agents.start_agent(pod, f"--header=Authorization=Bearer {token}")
         status = eventually(
             "the fleet to apply its config on 3 agents",
             lambda: (
@@ -517,13 +485,7 @@ def test_the_clusterwide_identity_still_cannot_list_or_write_what_it_does_not_ne
 
 
 def _exists(read: Callable[[str, str], object], name: str, namespace: str) -> bool:
-    try:
-        read(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise
-    return True
+    return read_or_none(read, name, namespace) is not None
 
 
 def test_template_mode_with_the_charts_identity_renders_swaps_and_removes_its_workload(
@@ -542,21 +504,13 @@ def test_template_mode_with_the_charts_identity_renders_swaps_and_removes_its_wo
     co: Any = k8s.CustomObjectsApi(api_client)
     op = start_operator(kubeconfig, tmp_path, "--agent-endpoint=ws://127.0.0.1:1/v1/opamp")
     try:
-        co.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
+        create_fleet(
+            api_client,
             namespace,
-            PLURAL,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "CollectorFleet",
-                "metadata": {"name": "rendered"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "rendered"}},
-                    "config": {"inline": CONFIG_V1},
-                    "template": {"image": "otelcol-supervisor:0.149.0", "replicas": 1},
-                },
-            },
+            "rendered",
+            {"app": "rendered"},
+            CONFIG_V1,
+            template={"image": "otelcol-supervisor:0.149.0", "replicas": 1},
         )
         eventually(
             "the rendered Deployment and supervisor ConfigMap",

@@ -33,11 +33,10 @@ from world.fleets import (
     CONFIG_V2,
     PLURAL,
     ROLLOUTS,
-    create_deployment,
     create_fleet,
     create_rollout,
+    deploy_running,
     rollout_control,
-    running_pods,
     set_fleet_config,
 )
 from world.operator import OperatorProcess, start_operator
@@ -202,12 +201,7 @@ class World:
         return self.operator
 
     def deploy(self, pods: int) -> list[Any]:
-        create_deployment(self.api, self.ns, "collector", LABELS, replicas=pods)
-        found: list[Any] = eventually(
-            f"{pods} Running pods",
-            lambda: p if len(p := running_pods(self.api, self.ns, LABELS)) == pods else None,
-        )
-        return found
+        return deploy_running(self.api, self.ns, LABELS, pods)
 
     def start_agent(self, pod: Any, *args: str) -> None:
         assert self.operator is not None

@@ -8,7 +8,6 @@ What the agents run is read from the agents themselves, not from the plugin's ou
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -24,16 +23,14 @@ from kubernetes import client as k8s
 
 from world import binaries
 from world.cluster import LocalCluster
-from world.collector import JsonlProcess, start_go_agent
 from world.fleets import (
     CONFIG_V1,
     CONFIG_V2,
     CONFIG_V3,
-    create_deployment,
+    PodAgents,
     create_fleet,
     create_rollout,
     rollout_status,
-    running_pods,
     set_fleet_config,
     single_file_hash,
 )
@@ -112,54 +109,18 @@ class Plugin:
         )
 
 
-class Agents:
+class Agents(PodAgents):
     """opamp-go agents, one per kwok pod, claimed by pod uid."""
 
     def __init__(self, api_client: Any, namespace: str, operator: OperatorProcess) -> None:
-        self.api = api_client
-        self.ns = namespace
-        self.operator = operator
-        self.by_pod: dict[str, JsonlProcess] = {}
+        super().__init__(api_client, namespace, LABELS, operator.ws_url)
 
     def deploy(self, pods: int, *failing: int) -> list[Any]:
         """`pods` pods with an agent each; the agents at indexes `failing` refuse configs
         containing BROKEN_MARK."""
-        create_deployment(self.api, self.ns, "collector", LABELS, replicas=pods)
-        found: list[Any] = eventually(
-            f"{pods} Running pods",
-            lambda: p if len(p := running_pods(self.api, self.ns, LABELS)) == pods else None,
-        )
+        found = super().deploy(pods)
         for i, pod in enumerate(found):
-            self.by_pod[pod.metadata.name] = start_go_agent(
-                self.operator.ws_url,
-                "--heartbeat=1s",
-                f"--attr=k8s.pod.uid={pod.metadata.uid}",
-                *([f"--fail-containing={BROKEN_MARK}"] if i in failing else []),
-            )
-        return found
-
-    def stop(self) -> None:
-        for agent in self.by_pod.values():
-            agent.stop()
-
-    def reported(self) -> dict[str, tuple[str, str]]:
-        """Pod name → (status, config hash) each agent last reported (its own output)."""
-        out = {}
-        for pod, agent in self.by_pod.items():
-            with contextlib.suppress(TimeoutError):
-                agent.wait_for("(drain)", timeout=0.2)
-            statuses = [e for e in agent.seen if e["event"] == "remote_config_status"]
-            if statuses:
-                out[pod] = (statuses[-1]["status"].rsplit("_", 1)[-1], statuses[-1]["config_hash"])
-        return out
-
-    def on(self, config_hash: str, status: str = "APPLIED") -> set[str]:
-        return {p for p, (s, h) in self.reported().items() if s == status and h == config_hash}
-
-    def wait_on(self, config_hash: str, pods: int, what: str, status: str = "APPLIED") -> set[str]:
-        found: set[str] = eventually(
-            what, lambda: on if len(on := self.on(config_hash, status)) == pods else None
-        )
+            self.start_agent(pod, *([f"--fail-containing={BROKEN_MARK}"] if i in failing else []))
         return found
 
 

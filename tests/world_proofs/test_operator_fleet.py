@@ -22,6 +22,7 @@ from world.collector import JsonlProcess, start_go_agent
 from world.fleets import (
     CONFIG_V1,
     CONFIG_V2,
+    create_fleet,
     release_fleets,
     single_file_hash,
 )
@@ -46,29 +47,9 @@ def _pods(api_client: Any, namespace: str) -> list[Any]:
 
 
 def _create_fleet(
-    api_client: Any,
-    namespace: str,
-    labels: dict[str, str],
-    config: str,
-    **spec: Any,
+    api_client: Any, namespace: str, labels: dict[str, str], config: str, **spec: Any
 ) -> None:
-    co: Any = k8s.CustomObjectsApi(api_client)
-    co.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "collectorfleets",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CollectorFleet",
-            "metadata": {"name": "collectors"},
-            "spec": {
-                "selector": {"matchLabels": labels},
-                "config": {"inline": config},
-                **spec,
-            },
-        },
-    )
+    create_fleet(api_client, namespace, "collectors", labels, config, **spec)
 
 
 def _gates(api_client: Any, namespace: str) -> dict[str, str]:

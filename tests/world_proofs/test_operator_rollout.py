@@ -7,7 +7,6 @@ were offered and the status they report), not from the operator's view of them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import signal
@@ -20,13 +19,13 @@ from typing import Any
 import pytest
 
 from world.cluster import LocalCluster
-from world.collector import JsonlProcess, start_collector, start_go_agent
+from world.collector import start_collector
 from world.fleets import (
     CONFIG_V1,
     CONFIG_V2,
     CONFIG_V3,
+    PodAgents,
     condition,
-    create_deployment,
     create_fleet,
     create_rollout,
     events_of,
@@ -34,7 +33,6 @@ from world.fleets import (
     patch_rollout,
     rollout_control,
     rollout_status,
-    running_pods,
     set_fleet_config,
     single_file_hash,
 )
@@ -57,72 +55,12 @@ def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[Oper
         yield op
 
 
-class Fleet:
-    """A fleet of opamp-go agents, one per kwok pod (claimed by pod uid)."""
+class Fleet(PodAgents):
+    """A fleet of opamp-go agents, one per kwok pod (claimed by pod uid), and its rollout."""
 
     def __init__(self, api_client: Any, namespace: str, operator: OperatorProcess) -> None:
-        self.api = api_client
-        self.ns = namespace
+        super().__init__(api_client, namespace, LABELS, operator.ws_url)
         self.operator = operator
-        self.agents: dict[str, JsonlProcess] = {}  # pod name -> agent
-
-    def deploy(self, pods: int) -> list[Any]:
-        create_deployment(self.api, self.ns, "collector", LABELS, replicas=pods)
-        found: list[Any] = eventually(
-            f"{pods} Running pods",
-            lambda: p if len(p := running_pods(self.api, self.ns, LABELS)) == pods else None,
-        )
-        return found
-
-    def start_agent(self, pod: Any, *args: str, url: str | None = None) -> JsonlProcess:
-        agent = start_go_agent(
-            url or self.operator.ws_url,
-            "--heartbeat=1s",
-            f"--attr=k8s.pod.uid={pod.metadata.uid}",
-            *args,
-        )
-        self.agents[pod.metadata.name] = agent
-        return agent
-
-    def stop(self) -> None:
-        for agent in self.agents.values():
-            agent.stop()
-
-    def reported(self) -> dict[str, tuple[str, str]]:
-        """Pod name → (status, config hash) each agent last reported (its own output)."""
-        out = {}
-        for pod, agent in self.agents.items():
-            with contextlib.suppress(TimeoutError):
-                agent.wait_for("(drain)", timeout=0.2)
-            statuses = [e for e in agent.seen if e["event"] == "remote_config_status"]
-            if statuses:
-                out[pod] = (statuses[-1]["status"].rsplit("_", 1)[-1], statuses[-1]["config_hash"])
-        return out
-
-    def offered(self, pod: str) -> list[str]:
-        """Hashes of every config the agent on `pod` was offered, in order."""
-        agent = self.agents[pod]
-        with contextlib.suppress(TimeoutError):
-            agent.wait_for("(drain)", timeout=0.2)
-        return [
-            e["remote_config"]["config_hash"]
-            for e in agent.seen
-            if e["event"] == "message" and "remote_config" in e
-        ]
-
-    def on(self, config_hash: str) -> set[str]:
-        """Pods whose agent last reported APPLIED for `config_hash`."""
-        return {
-            pod for pod, (s, h) in self.reported().items() if s == "APPLIED" and h == config_hash
-        }
-
-    def wait_on(self, config_hash: str, pods: int, what: str, timeout: float = 60) -> set[str]:
-        found: set[str] = eventually(
-            what,
-            lambda: on if len(on := self.on(config_hash)) == pods else None,
-            timeout=timeout,
-        )
-        return found
 
     def create(self, config: str) -> None:
         create_fleet(self.api, self.ns, FLEET, LABELS, config)

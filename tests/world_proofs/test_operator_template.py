@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from opamp_operator.k8s.workload import (
@@ -24,7 +23,7 @@ from opamp_operator.k8s.workload import (
 )
 from world.cluster import LocalCluster
 from world.collector import base_collector_config, collector_config_with_health
-from world.fleets import PLURAL
+from world.fleets import PLURAL, create_fleet, read_or_none
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 from world.template import container_env, start_pod_supervisor
@@ -50,24 +49,7 @@ def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[Oper
 def _create_fleet(
     api_client: Any, namespace: str, config: str, template: dict[str, Any], **spec: Any
 ) -> None:
-    co: Any = k8s.CustomObjectsApi(api_client)
-    co.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "CollectorFleet",
-            "metadata": {"name": FLEET},
-            "spec": {
-                "selector": {"matchLabels": LABELS},
-                "config": {"inline": config},
-                "template": template,
-                **spec,
-            },
-        },
-    )
+    create_fleet(api_client, namespace, FLEET, LABELS, config, template=template, **spec)
 
 
 def _patch_fleet(api_client: Any, namespace: str, ops: list[dict[str, Any]]) -> None:
@@ -106,17 +88,8 @@ def _gate(pod: Any) -> str | None:
     )
 
 
-def _read_or_none(read: Callable[[str, str], Any], name: str, namespace: str) -> Any | None:
-    try:
-        return read(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 def _gone(read: Callable[[str, str], Any], name: str, namespace: str) -> bool:
-    return _read_or_none(read, name, namespace) is None
+    return read_or_none(read, name, namespace) is None
 
 
 def _workload_events(api_client: Any, namespace: str, *expected: str) -> set[str]:
@@ -159,7 +132,7 @@ def test_template_deployment_runs_supervised_collectors_mapped_to_their_pods(
 
     deployment = eventually(
         "the rendered Deployment",
-        lambda: _read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace),
+        lambda: read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace),
         timeout=WAIT,
     )
     _controlled_by_the_fleet(deployment, api_client, namespace)
@@ -282,7 +255,7 @@ def test_template_daemon_set_gives_one_pod_per_node_and_goes_with_the_fleet(
     )
     daemon_set = eventually(
         "the rendered DaemonSet",
-        lambda: _read_or_none(apps.read_namespaced_daemon_set, workload_name(FLEET), namespace),
+        lambda: read_or_none(apps.read_namespaced_daemon_set, workload_name(FLEET), namespace),
         timeout=WAIT,
     )
     _controlled_by_the_fleet(daemon_set, api_client, namespace)
@@ -339,7 +312,7 @@ def test_template_pods_present_the_fleet_token_from_its_secret(
     (pod,) = _n_running(api_client, namespace, 1)
     supervisor_yaml = eventually(
         "the rendered supervisor config",
-        lambda: _read_or_none(core.read_namespaced_config_map, config_map_name(FLEET), namespace),
+        lambda: read_or_none(core.read_namespaced_config_map, config_map_name(FLEET), namespace),
         timeout=WAIT,
     ).data[CONFIG_KEY]
     pod_json = api_client.sanitize_for_serialization(pod)
@@ -409,4 +382,4 @@ def test_a_template_that_cannot_be_rendered_is_not_ready_with_the_reason(
     assert message.startswith("spec.template: ")
     assert "tier" in message
     apps: Any = k8s.AppsV1Api(api_client)
-    assert _read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace) is None
+    assert read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace) is None
