@@ -27,17 +27,24 @@ CRD_NAMES = (
 )
 
 
-def helm(kubeconfig: Path, home: Path, *args: str, timeout: float = 180.0) -> str:
-    """Run helm against `kubeconfig` with its cache/config/data under `home`; a failure
-    fails the test with helm's own message."""
+def helm_environment(home: Path, kubeconfig: Path | None = None) -> dict[str, str]:
+    """helm's environment: its cache, config and data under `home`, nothing of the user's."""
     env = {
-        "KUBECONFIG": str(kubeconfig),
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
         "PATH": "/usr/bin:/bin",
     }
-    done = subprocess.run(
+    if kubeconfig is not None:
+        env["KUBECONFIG"] = str(kubeconfig)
+    return env
+
+
+def run_helm(
+    env: dict[str, str], *args: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """helm with `env` (helm_environment); the caller judges the outcome."""
+    return subprocess.run(
         [str(binaries.find("helm")), *args],
         capture_output=True,
         text=True,
@@ -45,6 +52,12 @@ def helm(kubeconfig: Path, home: Path, *args: str, timeout: float = 180.0) -> st
         timeout=timeout,
         check=False,
     )
+
+
+def helm(kubeconfig: Path, home: Path, *args: str, timeout: float = 180.0) -> str:
+    """Run helm against `kubeconfig` with its home under `home`; a failure fails the test
+    with helm's own message."""
+    done = run_helm(helm_environment(home, kubeconfig), *args, timeout=timeout)
     assert done.returncode == 0, f"helm {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
 

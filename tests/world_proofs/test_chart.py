@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +25,10 @@ from opamp_operator.k8s.state import OperatorState
 from opamp_operator.opamp.session import CoreSettings, ServerCore
 from opamp_operator.server.app import Limits, OpAMPServer
 from world import binaries
+from world.chart import CHART, helm_environment, run_helm
 
 pytestmark = pytest.mark.world
 
-CHART = binaries.REPO_ROOT / "deploy" / "helm" / "opamp-operator"
 KIND_VALUES = binaries.REPO_ROOT / "deploy" / "kind" / "values.yaml"
 KIND_CONFIG = binaries.REPO_ROOT / "kind-config.yaml"
 CRDS = binaries.REPO_ROOT / "deploy" / "crds"
@@ -74,24 +73,7 @@ def _peering_rules(plural: str) -> set[Rule]:
 
 @pytest.fixture(scope="module")
 def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("helm")
-    return {
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-        "PATH": "/usr/bin:/bin",
-    }
-
-
-def _helm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binaries.find("helm")), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    return helm_environment(tmp_path_factory.mktemp("helm"))
 
 
 class Rendered:
@@ -141,7 +123,7 @@ Render = Callable[..., Rendered]
 @pytest.fixture(scope="module")
 def render(helm_env: dict[str, str]) -> Render:
     def run(*sets: str) -> Rendered:
-        done = _helm(
+        done = run_helm(
             helm_env,
             "template",
             RELEASE,
@@ -170,7 +152,7 @@ VALUE_SETS = {
 def test_helm_lint_strict_passes_for_every_value_set(helm_env: dict[str, str], name: str) -> None:
     sets = [f"--set={s}" for s in VALUE_SETS[name]]
     for strict in ((), ("--strict",)):
-        done = _helm(helm_env, "lint", str(CHART), *strict, *sets)
+        done = run_helm(helm_env, "lint", str(CHART), *strict, *sets)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
         assert "[WARNING]" not in done.stdout
@@ -457,7 +439,7 @@ def test_pod_placement_and_annotations_come_from_values(render: Render) -> None:
     ],
 )
 def test_the_schema_refuses_bad_values(helm_env: dict[str, str], value: str, message: str) -> None:
-    done = _helm(helm_env, "template", RELEASE, str(CHART), f"--set={value}")
+    done = run_helm(helm_env, "template", RELEASE, str(CHART), f"--set={value}")
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
     assert message in done.stderr, done.stderr
@@ -468,9 +450,9 @@ def test_the_kind_values_expose_opamp_where_kind_config_maps_it(helm_env: dict[s
     is the control plane's mapped container port, and the image is the one kind-e2e
     builds and loads (never pulled)."""
     values = ("-f", str(KIND_VALUES))
-    lint = _helm(helm_env, "lint", "--strict", str(CHART), *values)
+    lint = run_helm(helm_env, "lint", "--strict", str(CHART), *values)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    done = _helm(
+    done = run_helm(
         helm_env, "template", "opamp-operator", str(CHART), "--namespace=opamp-system", *values
     )
     assert done.returncode == 0, done.stderr
@@ -486,7 +468,7 @@ def test_the_kind_values_expose_opamp_where_kind_config_maps_it(helm_env: dict[s
     assert r.container()["image"] == "opamp-operator:dev"
     assert r.container()["imagePullPolicy"] == "Never"
     # The default ClusterIP Service never gets a node port, whatever the value says.
-    plain = _helm(helm_env, "template", RELEASE, str(CHART), "--set=service.nodePort=30320")
+    plain = run_helm(helm_env, "template", RELEASE, str(CHART), "--set=service.nodePort=30320")
     assert plain.returncode == 0, plain.stderr
     assert "nodePort" not in plain.stdout
 

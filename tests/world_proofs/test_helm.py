@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +9,14 @@ import pytest
 from kubernetes import client as k8s
 
 from world import binaries
+from world.chart import helm
 from world.cluster import LocalCluster
 
 pytestmark = pytest.mark.world
 
 
 def _helm(cluster: LocalCluster, tmp_path: Path, *args: str) -> str:
-    env = {
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
-        "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
-        "HELM_DATA_HOME": str(tmp_path / "helm-data"),
-        "PATH": "/usr/bin:/bin",
-    }
-    return subprocess.run(
-        [str(binaries.find("helm")), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    ).stdout
+    return helm(cluster.kubeconfig, tmp_path / "helm", *args, timeout=120)
 
 
 def test_helm_installs_a_chart_into_the_cluster(
