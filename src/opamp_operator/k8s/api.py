@@ -15,21 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
+from opamp_operator.api.read import AGENT_STATES
 from opamp_operator.fleet.drift import agent_drift, unified_diff
 from opamp_operator.fleet.health import ConfigState, config_state, summarize
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s.state import FleetRecord, OperatorState
-
-STATES = (
-    "healthy",
-    "unhealthy",
-    "failed",
-    "applying",
-    "pending",
-    "drifted",
-    "disconnected",
-    "unmapped",
-)
 
 
 class FleetAPI:
@@ -119,8 +109,8 @@ class FleetAPI:
     async def list_agents(self, request: web.Request) -> web.Response:
         record = self._fleet(request)
         wanted = request.query.get("state")
-        if wanted is not None and wanted not in STATES:
-            raise web.HTTPBadRequest(text=f"state must be one of {', '.join(STATES)}")
+        if wanted is not None and wanted not in AGENT_STATES:
+            raise web.HTTPBadRequest(text=f"state must be one of {', '.join(AGENT_STATES)}")
         agents = [a for a in self._agents(record) if wanted is None or _in_state(a, wanted)]
         return web.json_response({"agents": agents, "count": len(agents)})
 

@@ -25,20 +25,11 @@ from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from opamp_operator.api.models import GROUP, VERSION
+from opamp_operator.api.read import AGENT_STATES
 from opamp_operator.kubectl_plugin import format as fmt
 
 FLEETS = "collectorfleets"
 ROLLOUTS = "configrollouts"
-AGENT_STATES = (
-    "healthy",
-    "unhealthy",
-    "failed",
-    "applying",
-    "pending",
-    "drifted",
-    "disconnected",
-    "unmapped",
-)
 DEFAULT_SERVICE = "opamp-system/opamp-operator"
 DEFAULT_PORT = 4320
 ROLLOUT_ACTIONS = ("status", "promote", "abort", "pause", "resume", "retry", "history")
