@@ -829,15 +829,19 @@ class Bench:
             self.count_requests()
             return self.results
         finally:
-            if self.spy is not None:
-                self.spy.stop()
-            if self.sim is not None:
-                self.sim.stop()
-            self.stop_operator()
-            if self.sampler is not None:
-                self.sampler.stop()
-            await self.watch.stop()
-            await self.kube.close()
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop whatever this run started, whatever stage it reached."""
+        if self.spy is not None:
+            self.spy.stop()
+        if self.sim is not None:
+            self.sim.stop()
+        self.stop_operator()
+        if self.sampler is not None:
+            self.sampler.stop()
+        await self.watch.stop()
+        await self.kube.close()
 
     def alive(self) -> None:
         """Raise if the operator or the simulator died (a wait then says why)."""

@@ -125,13 +125,7 @@ class RolloutBench(Bench):
             self.results.run_api = tally(audit, 0, time.time())
             return out
         finally:
-            if self.sim is not None:
-                self.sim.stop()
-            self.stop_operator()
-            if self.sampler is not None:
-                self.sampler.stop()
-            await self.watch.stop()
-            await self.kube.close()
+            await self.close()
 
     async def drive(
         self, t0: float, n_steps: int, desired: str, out: RolloutResults
