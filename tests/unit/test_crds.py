@@ -18,22 +18,27 @@ from opamp_operator.api.reference import render_reference
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_committed_crds_match_the_models() -> None:
-    result = subprocess.run(
+def _crds_check(out: Path, reference: Path) -> subprocess.CompletedProcess[str]:
+    """`opamp-operator crds --check`, as CI runs it."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "opamp_operator.cli",
             "crds",
             "--check",
-            f"--out={REPO / 'deploy/crds'}",
-            f"--reference={REPO / 'docs/reference.md'}",
+            f"--out={out}",
+            f"--reference={reference}",
         ],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
+
+
+def test_committed_crds_match_the_models() -> None:
+    result = _crds_check(REPO / "deploy/crds", REPO / "docs/reference.md")
     assert result.returncode == 0, result.stderr
 
 
@@ -42,21 +47,7 @@ def test_check_fails_on_a_stale_file(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text.replace("Healthy", "Happy"))
     reference = tmp_path / "reference.md"
     reference.write_text(render_reference())
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "opamp_operator.cli",
-            "crds",
-            "--check",
-            f"--out={tmp_path}",
-            f"--reference={reference}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _crds_check(tmp_path, reference)
     assert result.returncode == 1
     assert "stale CRDs" in result.stderr
 
@@ -119,21 +110,7 @@ def test_a_stale_reference_fails_the_check(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     reference = tmp_path / "reference.md"
     reference.write_text(render_reference().replace("maxFailed", "maxFails"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "opamp_operator.cli",
-            "crds",
-            "--check",
-            f"--out={tmp_path}",
-            f"--reference={reference}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _crds_check(tmp_path, reference)
     assert result.returncode == 1
     assert "reference.md" in result.stderr
 
