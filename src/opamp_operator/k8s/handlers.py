@@ -48,6 +48,11 @@ from opamp_operator.server.app import OpAMPServer
 
 log = logging.getLogger(__name__)
 FLEETS = (GROUP, VERSION, "collectorfleets")
+# A failed fleet or rollout handler is retried this soon, not after kopf's 60 s: the
+# usual failures pass quickly (a conflict, an apiserver restart, or — on clusters with
+# OwnerReferencesPermissionEnforcement — a 403 "cannot find RESTMapping" for a
+# CollectorFleet whose CRD the apiserver's admission mapper has not picked up yet).
+RETRY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -429,9 +434,9 @@ def register(
         else:
             state.pods[view.key] = view
 
-    @kopf.on.resume(*FLEETS, registry=registry)
-    @kopf.on.create(*FLEETS, registry=registry)
-    @kopf.on.update(*FLEETS, field="spec", registry=registry)
+    @kopf.on.resume(*FLEETS, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.create(*FLEETS, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.update(*FLEETS, field="spec", registry=registry, backoff=RETRY_SECONDS)
     async def fleet_changed(
         body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
     ) -> None:
@@ -442,9 +447,9 @@ def register(
         state.fleets.pop(f"{body.metadata.namespace}/{body.metadata.name}", None)
         state.refresh()
 
-    @kopf.on.resume(*ROLLOUTS, registry=registry)
-    @kopf.on.create(*ROLLOUTS, registry=registry)
-    @kopf.on.update(*ROLLOUTS, registry=registry)
+    @kopf.on.resume(*ROLLOUTS, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.create(*ROLLOUTS, registry=registry, backoff=RETRY_SECONDS)
+    @kopf.on.update(*ROLLOUTS, registry=registry, backoff=RETRY_SECONDS)
     async def rollout_changed(body: kopf.Body, **_: Any) -> None:
         """Spec and control annotations act at once, not at the next tick."""
         await handlers.rollouts.tick(body)
