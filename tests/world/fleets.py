@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import GROUP, VERSION
 from world import binaries
+from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
 from world.processes import eventually
 
@@ -185,6 +186,31 @@ def deploy_running(api_client: Any, namespace: str, labels: dict[str, str], pods
         lambda: p if len(p := running_pods(api_client, namespace, labels)) == pods else None,
     )
     return found
+
+
+def workload_report(api_client: Any, cluster: LocalCluster, namespace: str) -> str:
+    """What the controllers and kwok made of the Deployments in `namespace`, with the tail
+    of their logs: for a test that timed out waiting for one to become available."""
+    apps: Any = k8s.AppsV1Api(api_client)
+    core: Any = k8s.CoreV1Api(api_client)
+    lines = [
+        f"deployment {d.metadata.name}: {d.status}"
+        for d in apps.list_namespaced_deployment(namespace).items
+    ]
+    lines += [
+        f"replicaset {r.metadata.name}: {r.status}"
+        for r in apps.list_namespaced_replica_set(namespace).items
+    ]
+    lines += [
+        f"pod {p.metadata.name} {p.status.phase}: {p.status.conditions}"
+        for p in core.list_namespaced_pod(namespace).items
+    ]
+    lines += [
+        f"{rec.name} log:\n{rec.log_tail(20)}"
+        for rec in cluster.processes
+        if rec.name in ("kube-controller-manager", "kwok")
+    ]
+    return "\n".join(lines)
 
 
 def running_pods(api_client: Any, namespace: str, labels: dict[str, str]) -> list[Any]:

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from world import binaries
 from world.cluster import POD_CIDR, LocalCluster
+from world.fleets import workload_report
 from world.pki import CertificateAuthority
 from world.processes import eventually
 
@@ -247,21 +248,8 @@ def test_deployment_pods_reach_running_with_pod_ips(
         )
     except AssertionError as timed_out:
         # Seen once in a full CI run, never alone: say what the controllers had done.
-        apps = _apps(api_client)
-        deployment = apps.read_namespaced_deployment("collector", namespace)
-        sets = [r.status for r in apps.list_namespaced_replica_set(namespace).items]
-        conditions = [
-            (p.metadata.name, p.status.conditions)
-            for p in _pods(api_client, namespace, "app=collector")
-        ]
-        logs = "".join(
-            f"\n{rec.name} log:\n{rec.log_tail(20)}"
-            for rec in cluster.processes
-            if rec.name in ("kube-controller-manager", "kwok")
-        )
         raise AssertionError(
-            f"{timed_out}\ndeployment: {deployment.status}\nreplicasets: {sets}"
-            f"\npods: {conditions}{logs}"
+            f"{timed_out}\n{workload_report(api_client, cluster, namespace)}"
         ) from timed_out
     assert deployment.status.ready_replicas == 3
 
