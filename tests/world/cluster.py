@@ -134,6 +134,8 @@ class LocalCluster:
     nodes: int = 3
     api_port: int = 0
     processes: list[ProcessRecord] = field(default_factory=list)
+    # kube-apiserver's --enable-admission-plugins (beyond its defaults).
+    admission_plugins: tuple[str, ...] = ("NodeRestriction",)
 
     @property
     def server(self) -> str:
@@ -286,10 +288,7 @@ class LocalCluster:
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=Node,RBAC",
-                # OwnerReferencesPermissionEnforcement, as OpenShift runs it: setting
-                # blockOwnerDeletion on an owned object needs update on the owner's
-                # finalizers, which the chart must grant.
-                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
+                f"--enable-admission-plugins={','.join(self.admission_plugins)}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'service-account.crt'}",
                 f"--service-account-signing-key-file={pki / 'service-account.key'}",
