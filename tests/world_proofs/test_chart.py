@@ -20,7 +20,8 @@ from kopf._core.engines.admission import build_webhooks
 
 from opamp_operator.api.models import GROUP, VERSION
 from opamp_operator.cli import build_parser
-from opamp_operator.k8s.handlers import HandlerSettings, register
+from opamp_operator.k8s.handlers import register
+from opamp_operator.k8s.settings import HandlerSettings
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.opamp.session import CoreSettings, ServerCore
 from opamp_operator.server.app import Limits, OpAMPServer

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -35,11 +34,12 @@ from opamp_operator.fleet.health import (
     summarize,
 )
 from opamp_operator.fleet.mapping import FleetSelector, MappingResult, SelectorError
-from opamp_operator.fleet.remediation import Action, RemediationSettings, plan_remediation
+from opamp_operator.fleet.remediation import Action, plan_remediation
 from opamp_operator.fleet.validation import format_problems, validate_config
 from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s import revisions, webhook, workload
 from opamp_operator.k8s.rollouts import ROLLOUTS, RolloutHandlers
+from opamp_operator.k8s.settings import HandlerSettings
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.ids import uid_str
@@ -53,23 +53,6 @@ FLEETS = (GROUP, VERSION, "collectorfleets")
 # OwnerReferencesPermissionEnforcement — a 403 "cannot find RESTMapping" for a
 # CollectorFleet whose CRD the apiserver's admission mapper has not picked up yet).
 RETRY_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class HandlerSettings:
-    status_interval: float = 5.0
-    # The OpAMP URL template-mode Collectors are given (the operator's Service).
-    agent_endpoint: str | None = None
-    remediation: RemediationSettings = field(default_factory=RemediationSettings)
-    # How often a fleet's token Secret is read again (rotation).
-    token_refresh_seconds: float = 30.0
-    # Serve the validating admission webhook (run.py configures kopf's server).
-    webhook: bool = False
-    # How often each ConfigRollout's planner runs (gate verdicts, step changes).
-    rollout_interval: float = 2.0
-    # After a start, how long a rollout only holds its persisted progress while agents
-    # reconnect, before planning again.
-    rollout_startup_grace: float = 15.0
 
 
 def _now() -> str:

@@ -17,8 +17,9 @@ from kubernetes import config as k8s_config
 from opamp_operator.fleet.remediation import RemediationSettings
 from opamp_operator.k8s import peering
 from opamp_operator.k8s.api import FleetAPI
-from opamp_operator.k8s.handlers import HandlerSettings, register
+from opamp_operator.k8s.handlers import register
 from opamp_operator.k8s.peering import PeeringWatch
+from opamp_operator.k8s.settings import HandlerSettings
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.k8s.webhook import WebhookOptions, webhook_server
 from opamp_operator.opamp.session import CoreSettings, ServerCore
