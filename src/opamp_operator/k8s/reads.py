@@ -44,15 +44,17 @@ def controller_revision(namespace: str, name: str) -> Any:
 
 def custom_object(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
     """A CollectorFleet or ConfigRollout as the apiserver has it."""
+    api: Any = k8s.CustomObjectsApi()
     found: dict[str, Any] | None = get_or_none(
-        k8s.CustomObjectsApi().get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        api.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
     )
     return found
 
 
 def custom_objects(namespace: str, plural: str) -> list[dict[str, Any]] | None:
     """Every object of `plural` in the namespace; None when its CRD is not installed."""
+    api: Any = k8s.CustomObjectsApi()
     listed: dict[str, Any] | None = get_or_none(
-        k8s.CustomObjectsApi().list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+        api.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
     )
     return None if listed is None else list(listed.get("items", []))
