@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from opamp_operator.fleet.conditions import Why
+from opamp_operator.fleet.conditions import merge as merge_conditions
 from opamp_operator.fleet.health import (
-    MESSAGE_LIMIT,
     OTHER_VERSIONS,
     SEVERITY,
     UNKNOWN_VERSION,
@@ -25,11 +26,11 @@ from opamp_operator.fleet.health import (
     agent_ready_condition,
     conditions,
     config_state,
-    merge_conditions,
     summarize,
     versions_histogram,
 )
 from opamp_operator.fleet.mapping import FleetSelector, MappingResult, assign_fleets, map_agents
+from opamp_operator.fleet.text import MESSAGE_LIMIT
 from opamp_operator.fleet.views import AgentView, PodView
 
 DESIRED = "ab" * 32
@@ -356,7 +357,7 @@ def test_status_stays_small_at_ten_thousand_agents() -> None:
     assert (health.agents_connected, health.config_failed, health.unhealthy) == (10_000,) * 3
     size = len(json.dumps(health.to_status()).encode())
     assert size < 16 * 1024, size
-    cond = conditions(health, 1, 1, config_valid=False, message="bad " * 100_000)
+    cond = conditions(health, 1, 1, Why("InvalidConfig", "bad " * 100_000))
     assert len(json.dumps(cond).encode()) < 8 * 1024
 
 
@@ -420,7 +421,7 @@ READY = health_of([pod("p")], [agent("a", "p")])
 
 
 def test_conditions_ready() -> None:
-    conds = conditions(READY, 3, 3, config_valid=True)
+    conds = conditions(READY, 3, 3)
     assert by_type(conds) == {
         "Ready": ("True", "AgentsReady"),
         "Reconciling": ("False", "Reconciled"),
@@ -434,11 +435,11 @@ def test_conditions_ready() -> None:
 
 
 def test_an_empty_fleet_is_ready() -> None:
-    assert by_type(conditions(health_of([], []), 1, 1, config_valid=True))["Ready"][0] == "True"
+    assert by_type(conditions(health_of([], []), 1, 1))["Ready"][0] == "True"
 
 
 def test_invalid_config_stalls() -> None:
-    conds = conditions(READY, 2, 2, config_valid=False, message="exporter otlp is not defined")
+    conds = conditions(READY, 2, 2, Why("InvalidConfig", "exporter otlp is not defined"))
     assert by_type(conds) == {
         "Ready": ("False", "InvalidConfig"),
         "Reconciling": ("False", "Stalled"),
@@ -448,7 +449,7 @@ def test_invalid_config_stalls() -> None:
 
 
 def test_a_new_generation_is_reconciling() -> None:
-    conds = conditions(READY, 2, 3, config_valid=True)
+    conds = conditions(READY, 2, 3)
     assert by_type(conds) == {
         "Ready": ("False", "GenerationChanged"),
         "Reconciling": ("True", "GenerationChanged"),
@@ -462,7 +463,7 @@ def test_a_new_generation_is_reconciling() -> None:
     ids=["applying", "pending"],
 )
 def test_agents_still_applying_is_reconciling(view: AgentView) -> None:
-    conds = conditions(health_of([pod("p")], [view]), 1, 1, config_valid=True)
+    conds = conditions(health_of([pod("p")], [view]), 1, 1)
     assert by_type(conds) == {
         "Ready": ("False", "ApplyingConfig"),
         "Reconciling": ("True", "ApplyingConfig"),
@@ -484,7 +485,7 @@ def test_agents_still_applying_is_reconciling(view: AgentView) -> None:
 def test_not_ready_when_done_but_not_fine(
     pods: list[PodView], agents: list[AgentView], reason: str
 ) -> None:
-    conds = conditions(health_of(pods, agents), 1, 1, config_valid=True)
+    conds = conditions(health_of(pods, agents), 1, 1)
     assert by_type(conds) == {
         "Ready": ("False", reason),
         "Reconciling": ("False", "Reconciled"),
@@ -495,7 +496,7 @@ def test_not_ready_when_done_but_not_fine(
 def test_drift_alone_does_not_unready_the_fleet() -> None:
     health = summarize(FLEET, world([pod("p")], [agent("a", "p")]), DESIRED, {"a": True})
     assert health.drifted == 1
-    assert by_type(conditions(health, 1, 1, config_valid=True))["Ready"] == ("True", "AgentsReady")
+    assert by_type(conditions(health, 1, 1))["Ready"] == ("True", "AgentsReady")
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,7 +507,7 @@ T0, T1, T2 = "2024-01-01T00:00:00Z", "2024-01-01T00:01:00Z", "2024-01-01T00:02:0
 
 
 def test_first_conditions_get_now() -> None:
-    merged = merge_conditions([], conditions(READY, 1, 1, True), T0)
+    merged = merge_conditions([], conditions(READY, 1, 1), T0)
     assert [c["lastTransitionTime"] for c in merged] == [T0, T0, T0]
 
 
@@ -514,9 +515,9 @@ def test_timestamps_follow_status_changes_across_transitions() -> None:
     applying = health_of([pod("p")], [agent("a", "p", status="APPLYING")])
     unhealthy = health_of([pod("p")], [agent("a", "p", healthy=False)])
 
-    s0 = merge_conditions([], conditions(applying, 1, 1, True), T0)
-    s1 = merge_conditions(s0, conditions(READY, 1, 1, True), T1)
-    s2 = merge_conditions(s1, conditions(unhealthy, 1, 1, True), T2)
+    s0 = merge_conditions([], conditions(applying, 1, 1), T0)
+    s1 = merge_conditions(s0, conditions(READY, 1, 1), T1)
+    s2 = merge_conditions(s1, conditions(unhealthy, 1, 1), T2)
 
     def stamps(conds: list[dict[str, Any]]) -> dict[str, str]:
         return {c["type"]: c["lastTransitionTime"] for c in conds}
@@ -620,7 +621,7 @@ def test_summary_invariants(
     assert severities == sorted(severities)
     assert len({w.instance_uid for w in health.worst}) == len(health.worst)
     # Ready means every pod has an agent that would pass its readiness gate
-    if by_type(conditions(health, 1, 1, True))["Ready"][0] == "True":
+    if by_type(conditions(health, 1, 1))["Ready"][0] == "True":
         assert health.pods_without_agent == 0
         for uid in mapping.pod_of:
             assert agent_ready(mapping.agents[uid], desired)[0]
@@ -648,7 +649,9 @@ def test_conditions_are_kstatus_consistent(
 ) -> None:
     pods, agents, drift, desired, _ = case
     health = summarize(FLEET, map_agents(pods, agents), desired, drift)
-    status = _ready_status(conditions(health, observed, generation, valid))
+    status = _ready_status(
+        conditions(health, observed, generation, None if valid else Why("InvalidConfig", "bad"))
+    )
     assert sorted(status) == ["Ready", "Reconciling", "Stalled"]
     # never Ready while reconciling or stalled, never reconciling while stalled
     assert [status["Ready"], status["Reconciling"], status["Stalled"]].count("True") <= 1

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from opamp_operator.fleet.conditions import KState, Why, kstatus
 from opamp_operator.fleet.mapping import FleetSelector, MappingResult
+from opamp_operator.fleet.text import short_hash as _short
+from opamp_operator.fleet.text import truncate
 from opamp_operator.fleet.views import AgentView
 
-MESSAGE_LIMIT = 200
-CONDITION_MESSAGE_LIMIT = 1024
 VERSIONS_LIMIT = 10
 OTHER_VERSIONS = "(other)"
 UNKNOWN_VERSION = "(unknown)"
-HASH_SHOWN = 12  # hex digits of a config hash shown in messages
 
 
 class ConfigState(StrEnum):
@@ -63,16 +63,6 @@ SEVERITY: Mapping[Reason, int] = {
     Reason.CONFIG_APPLYING: 4,
     Reason.CONFIG_PENDING: 5,
 }
-
-
-def _short(config_hash: str) -> str:
-    return config_hash[:HASH_SHOWN] if config_hash else "(none)"
-
-
-def truncate(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """One line of at most `limit` characters, so one chatty agent cannot bloat status."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def config_state(agent: AgentView, desired_hash: str) -> ConfigState:
@@ -296,31 +286,31 @@ def summarize(
 # ---------------------------------------------------------------------------------------
 # kstatus conditions
 
-READY = "Ready"
-RECONCILING = "Reconciling"
-STALLED = "Stalled"
 
-
-def _condition(
-    kind: str, status: bool, reason: str, message: str, observed_generation: int
-) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": "True" if status else "False",
-        "reason": reason,
-        "message": truncate(message, CONDITION_MESSAGE_LIMIT),
-        "observedGeneration": observed_generation,
-    }
-
-
-def _not_ready(health: FleetHealth) -> tuple[str, str] | None:
+def _not_ready(health: FleetHealth) -> Why | None:
     """Why the fleet is not Ready once nothing is in progress, or None when it is."""
     if health.config_failed:
-        return "ConfigFailed", f"{health.config_failed} agents failed to apply the config"
+        return Why("ConfigFailed", f"{health.config_failed} agents failed to apply the config")
     if health.unhealthy:
-        return "AgentsUnhealthy", (f"{health.unhealthy} agents unhealthy, disconnected or stale")
+        return Why("AgentsUnhealthy", f"{health.unhealthy} agents unhealthy, disconnected or stale")
     if health.pods_without_agent:
-        return "PodsWithoutAgent", f"{health.pods_without_agent} pods have no agent"
+        return Why("PodsWithoutAgent", f"{health.pods_without_agent} pods have no agent")
+    return None
+
+
+def _in_progress(health: FleetHealth, observed_generation: int, generation: int) -> Why | None:
+    if generation != observed_generation:
+        return Why(
+            "GenerationChanged",
+            f"generation {generation} not observed yet (observed {observed_generation})",
+        )
+    if health.config_applying or health.config_pending:
+        return Why(
+            "ApplyingConfig",
+            f"{health.config_applying + health.config_pending} of"
+            f" {health.agents_connected} agents still to apply config"
+            f" {_short(health.desired_hash)}",
+        )
     return None
 
 
@@ -328,88 +318,35 @@ def conditions(
     health: FleetHealth,
     observed_generation: int,
     generation: int,
-    config_valid: bool,
-    message: str = "",
-    *,
-    reason: str = "InvalidConfig",
+    problem: Why | None = None,
 ) -> list[dict[str, Any]]:
-    """Ready, Reconciling and Stalled for the fleet; `message` and `reason` say why the
-    fleet cannot progress (an invalid config, a rolled-back rollout…) and are used only
-    when `config_valid` is False. Timestamps are left to `merge_conditions`.
+    """Ready, Reconciling and Stalled for the fleet.
 
-    Stalled: the config is invalid, nothing will progress until the spec changes.
-    Reconciling: the spec changed since it was observed, or live agents are still to apply
-    the desired config. Ready: neither, and every agent holding a pod is live, not
-    unhealthy and on the desired config, with no config failure and no pod left without
-    an agent.
+    Stalled: `problem` (an invalid config, a rolled-back rollout…) keeps the fleet from
+    progressing until the spec changes. Reconciling: the spec changed since it was
+    observed, or live agents are still to apply the desired config. Ready: neither, and
+    every agent holding a pod is live, not unhealthy and on the desired config, with no
+    config failure and no pod left without an agent.
     """
-    if not config_valid:
-        why = message or "the Collector config is not valid"
-        return [
-            _condition(READY, False, reason, why, observed_generation),
-            _condition(RECONCILING, False, "Stalled", f"stalled: {reason}", observed_generation),
-            _condition(STALLED, True, reason, why, observed_generation),
-        ]
-    stalled = _condition(STALLED, False, "ConfigValid", "the config is valid", observed_generation)
-    in_progress: tuple[str, str] | None = None
-    if generation != observed_generation:
-        in_progress = (
-            "GenerationChanged",
-            f"generation {generation} not observed yet (observed {observed_generation})",
-        )
-    elif health.config_applying or health.config_pending:
-        in_progress = (
-            "ApplyingConfig",
-            f"{health.config_applying + health.config_pending} of"
-            f" {health.agents_connected} agents still to apply config"
-            f" {_short(health.desired_hash)}",
-        )
+    if problem is not None:
+        return kstatus(KState.STALLED, problem, observed_generation)
+    sound = Why("ConfigValid", "the config is valid")
+    settled = Why("Reconciled", "nothing left to apply")
+    in_progress = _in_progress(health, observed_generation, generation)
     if in_progress is not None:
-        reason, text = in_progress
-        return [
-            _condition(READY, False, reason, text, observed_generation),
-            _condition(RECONCILING, True, reason, text, observed_generation),
-            stalled,
-        ]
-    done = "nothing left to apply"
+        return kstatus(KState.PROGRESSING, in_progress, observed_generation, sound=sound)
     not_ready = _not_ready(health)
     if not_ready is not None:
-        reason, text = not_ready
-        return [
-            _condition(READY, False, reason, text, observed_generation),
-            _condition(RECONCILING, False, "Reconciled", done, observed_generation),
-            stalled,
-        ]
+        return kstatus(
+            KState.NOT_READY, not_ready, observed_generation, settled=settled, sound=sound
+        )
     ready_text = f"{health.agents_mapped} agents live, none unhealthy" + (
         f", config {_short(health.desired_hash)} applied" if health.desired_hash else ""
     )
-    return [
-        _condition(READY, True, "AgentsReady", ready_text, observed_generation),
-        _condition(RECONCILING, False, "Reconciled", done, observed_generation),
-        stalled,
-    ]
-
-
-def merge_conditions(
-    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], now_iso: str
-) -> list[dict[str, Any]]:
-    """New conditions with lastTransitionTime kept from the old ones whose status did not
-    change, and `now_iso` where it did. Conditions of other types (someone else's) are
-    kept as they were, after ours. The inputs are not modified."""
-    old_by_type = {c.get("type"): c for c in old}
-    merged: list[dict[str, Any]] = []
-    for condition in new:
-        out = dict(condition)
-        before = old_by_type.get(condition["type"])
-        if (
-            before is not None
-            and before.get("status") == condition["status"]
-            and before.get("lastTransitionTime")
-        ):
-            out["lastTransitionTime"] = before["lastTransitionTime"]
-        else:
-            out["lastTransitionTime"] = now_iso
-        merged.append(out)
-    ours = {c["type"] for c in new}
-    merged.extend(dict(c) for c in old if c.get("type") not in ours)
-    return merged
+    return kstatus(
+        KState.READY,
+        Why("AgentsReady", ready_text),
+        observed_generation,
+        settled=settled,
+        sound=sound,
+    )

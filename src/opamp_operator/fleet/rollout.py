@@ -25,7 +25,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
-from opamp_operator.fleet.health import HASH_SHOWN, truncate
+from opamp_operator.fleet.text import HASH_SHOWN, truncate
 
 MAX_BUCKET = 2**64 - 1
 # The cutoff of a membership that holds nobody: every bucket is above it.

@@ -26,11 +26,12 @@ from opamp_operator.api.models import (
     CollectorFleetSpec,
     DriftPolicy,
 )
+from opamp_operator.fleet.conditions import KState, Why, kstatus
+from opamp_operator.fleet.conditions import merge as merge_conditions
 from opamp_operator.fleet.health import (
     Reason,
     agent_ready_condition,
     conditions,
-    merge_conditions,
     summarize,
 )
 from opamp_operator.fleet.mapping import FleetSelector, MappingResult, SelectorError
@@ -298,9 +299,7 @@ class FleetHandlers:
             health,
             record.generation,
             int(body.metadata.get("generation", 0)),
-            problem is None,
-            problem[1] if problem is not None else "",
-            reason=problem[0] if problem is not None else "InvalidConfig",
+            Why(*problem) if problem is not None else None,
         )
         old_status = dict(body.get("status", {}))
         merged = merge_conditions(old_status.get("conditions", []), new_conditions, _now())
@@ -508,22 +507,7 @@ def _announce_counts(body: kopf.Body, old: dict[str, Any], new: dict[str, Any]) 
 def _stalled(body: kopf.Body, message: str) -> list[dict[str, Any]]:
     old = dict(body.get("status", {})).get("conditions", [])
     generation = int(body.metadata.get("generation", 0))
-    new = [
-        {
-            "type": "Stalled",
-            "status": "True",
-            "reason": "InvalidSpec",
-            "message": message[:1024],
-            "observedGeneration": generation,
-        },
-        {
-            "type": "Ready",
-            "status": "False",
-            "reason": "InvalidSpec",
-            "message": message[:1024],
-            "observedGeneration": generation,
-        },
-    ]
+    new = kstatus(KState.STALLED, Why("InvalidSpec", message), generation)
     return merge_conditions(old, new, _now())
 
 

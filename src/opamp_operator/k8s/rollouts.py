@@ -23,7 +23,9 @@ from pydantic import ValidationError
 
 from opamp_operator.api.models import GROUP, VERSION, ConfigRolloutSpec, RolloutGates
 from opamp_operator.fleet import rollout as planner
-from opamp_operator.fleet.health import merge_conditions, truncate
+from opamp_operator.fleet.conditions import KState, Why, kstatus
+from opamp_operator.fleet.conditions import merge as merge_conditions
+from opamp_operator.fleet.text import truncate
 from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
@@ -120,49 +122,19 @@ def rollout_conditions(
 ) -> list[dict[str, Any]]:
     """kstatus: Ready when Succeeded; Reconciling while it moves; Stalled when it stopped
     on a failure, a preflight block, or a spec that references nothing usable."""
-
-    def cond(kind: str, true: bool, reason: str, message: str) -> dict[str, Any]:
-        return {
-            "type": kind,
-            "status": "True" if true else "False",
-            "reason": reason,
-            "message": truncate(message, 1024),
-            "observedGeneration": generation,
-        }
-
     if problem is not None or decision is None:
         reason, message = problem or ("Unknown", "")
-        return [
-            cond("Ready", False, reason, message),
-            cond("Reconciling", False, "Stalled", f"stalled: {reason}"),
-            cond("Stalled", True, reason, message),
-        ]
+        return kstatus(KState.STALLED, Why(reason, message), generation)
     progress = decision.progress
     phase = planner.Phase(progress.phase)
     message = progress.message or phase.value
     if decision.preflight is not None and decision.preflight.blocked:
-        return [
-            cond("Ready", False, "PreflightFailed", message),
-            cond("Reconciling", False, "Stalled", "stalled: PreflightFailed"),
-            cond("Stalled", True, "PreflightFailed", message),
-        ]
+        return kstatus(KState.STALLED, Why("PreflightFailed", message), generation)
     if phase is planner.Phase.SUCCEEDED:
-        return [
-            cond("Ready", True, "Succeeded", message),
-            cond("Reconciling", False, "Succeeded", message),
-            cond("Stalled", False, "Succeeded", message),
-        ]
+        return kstatus(KState.READY, Why("Succeeded", message), generation)
     if phase in (planner.Phase.FAILED, planner.Phase.ROLLED_BACK, planner.Phase.ABORTED):
-        return [
-            cond("Ready", False, phase.value, message),
-            cond("Reconciling", False, "Stalled", f"stalled: {phase.value}"),
-            cond("Stalled", True, phase.value, message),
-        ]
-    return [
-        cond("Ready", False, phase.value, message),
-        cond("Reconciling", True, phase.value, message),
-        cond("Stalled", False, phase.value, message),
-    ]
+        return kstatus(KState.STALLED, Why(phase.value, message), generation)
+    return kstatus(KState.PROGRESSING, Why(phase.value, message), generation)
 
 
 def fleet_problem(progress: planner.Progress) -> tuple[str, str] | None:
