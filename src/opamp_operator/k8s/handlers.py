@@ -221,17 +221,17 @@ class FleetHandlers:
         # Before anything is offered: which agents a governing rollout keeps on the stable
         # revision (after a restart, only the rollout's status knows).
         await self.rollouts.load_for_fleet(record, previous, dict(body.get("status", {})))
-        self.state.fleets[record.key] = record
+        self.state.put_fleet(record)
         if previous is None or previous.desired_hash != record.desired_hash:
-            self.state.refresh()
-            pushed = await self.server.push_offers()
             # Not on a restart's resume: the revision is old news then.
             if record.config is not None and (created or previous is not None):
+                assignment = self.state.assignment or self.state.refresh()
+                live = sum(1 for v in assignment.mapping_for(record.key).agents.values() if v.live)
                 kopf.info(
                     body,
                     reason="ConfigRevision",
                     message=f"config revision {record.revision} ({record.desired_hash[:12]}); "
-                    f"offered to {pushed} connected agents",
+                    f"offered to {live} connected agents",
                 )
         logger.info("fleet %s reconciled: revision %s", record.key, record.revision)
 
@@ -287,7 +287,6 @@ class FleetHandlers:
         ):
             await _read_token(record)
         assignment = self.state.refresh()
-        await self.server.push_offers()
         mapping = assignment.mapping_for(key)
         await self.write_readiness_gates(record, mapping)
         drift = self.state.drift_of(record, mapping.agents)
@@ -352,8 +351,6 @@ class FleetHandlers:
                 core.reoffer_config(raw[uid].instance_uid)
             else:
                 core.request_restart(raw[uid].instance_uid)
-        if plan.actions:
-            await self.server.push_offers()
 
         def pods(uids: Iterable[str]) -> str:
             names = sorted(mapping.pod_of.get(uid, uid) for uid in uids)
@@ -426,8 +423,7 @@ def register(
 
     @kopf.on.delete(*FLEETS, registry=registry, optional=True)
     def fleet_deleted(body: kopf.Body, **_: Any) -> None:
-        state.fleets.pop(f"{body.metadata.namespace}/{body.metadata.name}", None)
-        state.refresh()
+        state.drop_fleet(f"{body.metadata.namespace}/{body.metadata.name}")
 
     @kopf.on.resume(*ROLLOUTS, registry=registry, backoff=RETRY_SECONDS)
     @kopf.on.create(*ROLLOUTS, registry=registry, backoff=RETRY_SECONDS)

@@ -384,9 +384,7 @@ class RolloutHandlers:
                 governance = await self.governance(
                     record, key, progress, planner.membership(policy, progress)
                 )
-                if record.governance != governance:
-                    record.governance = governance
-                    await self.server.push_offers()
+                self.state.set_governance(record, governance)
                 return
         else:
             progress = planner.initial_progress(desired, *record.stable, controls)
@@ -398,9 +396,7 @@ class RolloutHandlers:
             await self._patch_status(namespace, name, status)
         membership = decision.membership
         governance = await self.governance(record, key, decision.progress, membership)
-        if record.governance != governance:
-            record.governance = governance
-            await self.server.push_offers()
+        self.state.set_governance(record, governance)
         for event in decision.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
@@ -513,5 +509,4 @@ class RolloutHandlers:
             and record.governance is not None
             and record.governance.rollout == key
         ):
-            record.governance = None
-            await self.server.push_offers()
+            self.state.set_governance(record, None)

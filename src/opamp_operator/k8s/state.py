@@ -127,7 +127,8 @@ class OperatorState:
     )
 
     def refresh(self) -> FleetAssignment:
-        """Re-map every agent to pods and fleets; cheap enough to run every few seconds."""
+        """Re-map every agent to pods and fleets; cheap enough to run every few seconds.
+        A new mapping can change what agents should run, so their offers are queued."""
         agents = self.core.agents.values() if self.core is not None else []
         self.views = {v.instance_uid: v for v in map(agent_view, agents)}
         self.assignment = assign_fleets(
@@ -135,7 +136,33 @@ class OperatorState:
             list(self.pods.values()),
             list(self.views.values()),
         )
+        if self.core is not None:
+            self.core.desired_changed()
         return self.assignment
+
+    def put_fleet(self, record: FleetRecord) -> FleetRecord | None:
+        """Install a (re)reconciled fleet; returns the record it replaces. Agents whose
+        config it changes get their offers."""
+        previous = self.fleets.get(record.key)
+        self.fleets[record.key] = record
+        if previous is None or previous.desired_hash != record.desired_hash:
+            self.refresh()
+        elif self.core is not None:
+            self.core.desired_changed()
+        return previous
+
+    def drop_fleet(self, key: str) -> None:
+        if self.fleets.pop(key, None) is not None:
+            self.refresh()
+
+    def set_governance(self, record: FleetRecord, governance: Governance | None) -> bool:
+        """A rollout's new hold on its fleet; True (and offers queued) when it changed."""
+        if record.governance == governance:
+            return False
+        record.governance = governance
+        if self.core is not None:
+            self.core.desired_changed()
+        return True
 
     def refresh_views(self, uids: Iterable[str]) -> dict[str, AgentView]:
         """Fresh views of some agents (what they report now), without re-mapping

@@ -233,6 +233,8 @@ class ServerCore:
         if agent is None or not agent.can(pb.AgentCapabilities_AcceptsRemoteConfig):
             return False
         agent.reoffer_config = True
+        # Set by the transport: called when `pending_offers` may have something to send.
+        self.wake: Callable[[], None] = lambda: None
         return True
 
     def request_restart(self, uid: bytes) -> bool:
@@ -261,6 +263,7 @@ class ServerCore:
         if agent is None or agent.conn != conn:
             return []
         return [self._disconnect(agent, now)]
+        self.wake()
 
     def receive(
         self,
@@ -269,8 +272,14 @@ class ServerCore:
         conn: ConnId | None = None,
         peer: str = "",
         identity: str | None = None,
+        self.wake()
     ) -> Reply:
         """An AgentToServer over WebSocket (`conn` given) or plain HTTP (`conn` None, and
+    def desired_changed(self) -> None:
+        """What some agents should run may have changed: the transport flushes
+        `pending_offers` soon. Callers change the desired source, then say so here."""
+        self.wake()
+
         `identity` the request's authenticated identity)."""
         transport = Transport.WEBSOCKET if conn is not None else Transport.HTTP
         if conn is not None:

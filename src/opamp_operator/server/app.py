@@ -94,6 +94,9 @@ class OpAMPServer:
         self._ticker: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
+        self._offers_due = False
+        self._flusher: asyncio.Task[None] | None = None
+        core.wake = self._wake
     # ---- wiring ----------------------------------------------------------------------
 
     def subscribe(self, listener: EventListener) -> None:
@@ -158,6 +161,28 @@ class OpAMPServer:
             counts[state] += 1
         for state, n in counts.items():
             self.metrics.agents.labels(state).set(n)
+    def _wake(self) -> None:
+        """The core has offers to send: flush them from a task of their own, coalescing
+        every wake that comes while one flush is queued or running."""
+        self._offers_due = True
+        if self._flusher is not None and not self._flusher.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop, so no WebSocket to send on; HTTP agents get it in a reply
+        self._flusher = loop.create_task(self._flush_offers())
+
+    async def _flush_offers(self) -> None:
+        while self._offers_due:
+            self._offers_due = False
+            await self.push_offers()
+
+    async def offers_flushed(self) -> None:
+        """Wait until every offer queued so far has been sent (tests, shutdown)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
         self.metrics.connections.set(len(self._sockets))
 
     async def push_offers(self) -> int:
