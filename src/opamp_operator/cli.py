@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from opamp_operator import __version__
@@ -14,12 +15,13 @@ from opamp_operator.api.crd import render_all
 from opamp_operator.api.reference import render_reference
 from opamp_operator.k8s.run import RunOptions
 from opamp_operator.k8s.run import run as run_operator
+from opamp_operator.k8s.settings import PeeringSettings
 from opamp_operator.k8s.webhook import WebhookOptions
 from opamp_operator.opamp.wire import protobuf_backend
-from opamp_operator.server.app import Limits
+from opamp_operator.server.app import Limits, Listen
 from opamp_operator.simulator.command import add_parser as _add_simulate
 from opamp_operator.standalone.fleets import FleetFileError
-from opamp_operator.standalone.serve import ServeOptions, serve
+from opamp_operator.standalone.serve import ServeOptions, serve, serve_core_settings
 
 log = logging.getLogger("opamp_operator")
 
@@ -38,22 +40,80 @@ def warn_if_slow_protobuf() -> None:
 
 Command = Callable[[argparse.Namespace], int]
 
+# Flag defaults are read from the settings dataclasses that own them (never written here);
+# help texts show them with %(default)s.
+_LISTEN = Listen()
+_LIMITS = Limits()
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    """The OpAMP server's listen address and limits, shared by `serve` and `run`."""
+    p.add_argument("--host", default=_LISTEN.host, help="listen address (default %(default)s)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=_LISTEN.port,
+        help="listen port of OpAMP (/v1/opamp), the read API, health and metrics "
+        "(default %(default)s)",
+    )
+    limits = p.add_argument_group("OpAMP server limits")
+    limits.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=_LIMITS.max_message_bytes,
+        help="largest message either way, after decompression (default %(default)s, "
+        f"{_LIMITS.max_message_bytes / 2**20:g} MiB, the spec's recommendation)",
+    )
+    limits.add_argument(
+        "--max-websockets",
+        type=int,
+        default=_LIMITS.max_websockets,
+        help="open WebSockets; past it, 503 + Retry-After (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-http-in-flight",
+        type=int,
+        default=_LIMITS.max_http_in_flight,
+        help="HTTP requests handled at once; past it, 503 + Retry-After (default %(default)s)",
+    )
+
+
+def _server_settings(args: argparse.Namespace) -> tuple[Listen, Limits]:
+    listen = Listen(host=args.host, port=args.port)
+    limits = replace(
+        _LIMITS,
+        max_message_bytes=args.max_message_bytes,
+        max_websockets=args.max_websockets,
+        max_http_in_flight=args.max_http_in_flight,
+    )
+    return listen, limits
+
+
+def _add_heartbeat_flag(p: argparse.ArgumentParser, default: int | None) -> None:
+    p.add_argument(
+        "--heartbeat-seconds",
+        type=int,
+        default=default,
+        help="heartbeat interval offered to agents that accept OpAMP connection settings "
+        f"(default {'none offered' if default is None else '%(default)s'})",
+    )
+
+
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """`serve`'s arguments as ServeOptions; only --config gives ServeOptions(config)."""
+    listen, limits = _server_settings(args)
+    return ServeOptions(
+        config=args.config,
+        listen=listen,
+        limits=limits,
+        core=serve_core_settings(args.heartbeat_seconds),
+        reload_seconds=args.reload_seconds,
+    )
+
 
 def _serve(args: argparse.Namespace) -> int:
-    options = ServeOptions(
-        config=args.config,
-        host=args.host,
-        port=args.port,
-        heartbeat_seconds=args.heartbeat_seconds,
-        reload_seconds=args.reload_seconds,
-        limits=Limits(
-            max_message_bytes=args.max_message_bytes,
-            max_websockets=args.max_websockets,
-            max_http_in_flight=args.max_http_in_flight,
-        ),
-    )
     try:
-        asyncio.run(serve(options))
+        asyncio.run(serve(serve_options(args)))
     except FleetFileError as exc:
         log.error("%s", exc)
         return 2
@@ -68,37 +128,40 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "reloaded when it changes; read API on /api/v1/agents, /healthz, /readyz, /metrics.",
     )
     p.add_argument("--config", type=Path, required=True, help="fleets file (YAML)")
-    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")  # noqa: S104
-    p.add_argument("--port", type=int, default=4320, help="listen port (default 4320)")
+    _add_server_flags(p)
+    _add_heartbeat_flag(p, serve_core_settings(None).offer_heartbeat_seconds)
     p.add_argument(
-        "--heartbeat-seconds",
-        type=int,
-        default=None,
-        help="heartbeat interval offered to agents that accept connection settings",
+        "--reload-seconds",
+        type=float,
+        default=ServeOptions.reload_seconds,
+        help="how often to check the fleets file (default %(default)s)",
     )
-    p.add_argument(
-        "--reload-seconds", type=float, default=2.0, help="how often to check the fleets file"
-    )
-    p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
-    p.add_argument("--max-websockets", type=int, default=50_000)
-    p.add_argument("--max-http-in-flight", type=int, default=1_000)
     p.set_defaults(func=_serve)
 
 
-def _run(args: argparse.Namespace) -> int:
-    options = RunOptions(
+_RUN = RunOptions()
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """`run`'s arguments as RunOptions; no arguments give RunOptions()."""
+    listen, limits = _server_settings(args)
+    handlers = _RUN.handlers
+    return RunOptions(
         namespaces=tuple(args.namespace),
-        host=args.host,
-        port=args.port,
-        peering=args.peering,
-        peering_priority=args.peering_priority,
-        peering_lifetime=args.peering_lifetime,
-        status_interval=args.status_interval,
-        rollout_interval=args.rollout_interval,
-        rollout_startup_grace=args.rollout_startup_grace,
-        heartbeat_seconds=args.heartbeat_seconds,
-        agent_endpoint=args.agent_endpoint,
-        remediation_wait_seconds=args.remediation_wait_seconds,
+        listen=listen,
+        limits=limits,
+        core=replace(_RUN.core, offer_heartbeat_seconds=args.heartbeat_seconds),
+        handlers=replace(
+            handlers,
+            status_interval=args.status_interval,
+            rollout_interval=args.rollout_interval,
+            rollout_startup_grace=args.rollout_startup_grace,
+            agent_endpoint=args.agent_endpoint,
+            remediation=replace(handlers.remediation, wait_seconds=args.remediation_wait_seconds),
+        ),
+        peering=PeeringSettings(
+            name=args.peering, priority=args.peering_priority, lifetime=args.peering_lifetime
+        ),
         webhook=(
             WebhookOptions(
                 port=args.webhook_port,
@@ -110,7 +173,10 @@ def _run(args: argparse.Namespace) -> int:
             else None
         ),
     )
-    asyncio.run(run_operator(options))
+
+
+def _run(args: argparse.Namespace) -> int:
+    asyncio.run(run_operator(run_options(args)))
     return 0
 
 
@@ -121,58 +187,75 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Reconcile CollectorFleets and serve OpAMP on /v1/opamp. Credentials come "
         "from $KUBECONFIG / ~/.kube/config, or the in-cluster service account.",
     )
-    p.add_argument("--namespace", action="append", default=[], help="watch only these (repeat)")
-    p.add_argument("--host", default="0.0.0.0", help="OpAMP listen address")  # noqa: S104
-    p.add_argument("--port", type=int, default=4320, help="OpAMP listen port")
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=list(_RUN.namespaces),
+        help="watch only these (repeat); default: cluster-wide",
+    )
+    _add_server_flags(p)
+    peering = _RUN.peering
     p.add_argument(
         "--peering",
-        default=None,
+        default=peering.name,
         help="kopf peering object name: replicas sharing it run active/standby "
         "(needs deploy/crds/kopf-peering.yaml); the standby fails /readyz",
     )
-    p.add_argument("--peering-priority", type=int, default=None, help="default: random per start")
+    p.add_argument(
+        "--peering-priority",
+        type=int,
+        default=peering.priority,
+        help="default: random per start",
+    )
     p.add_argument(
         "--peering-lifetime",
         type=int,
-        default=60,
-        help="seconds before a silent replica is presumed dead and its standby takes over",
+        default=peering.lifetime,
+        help="seconds before a silent replica is presumed dead and its standby takes over "
+        "(default %(default)s)",
     )
+    handlers = _RUN.handlers
     p.add_argument(
-        "--status-interval", type=float, default=5.0, help="seconds between status writes"
+        "--status-interval",
+        type=float,
+        default=handlers.status_interval,
+        help="seconds between status writes (default %(default)s)",
     )
     p.add_argument(
         "--rollout-interval",
         type=float,
-        default=2.0,
-        help="seconds between ConfigRollout gate evaluations",
+        default=handlers.rollout_interval,
+        help="seconds between ConfigRollout gate evaluations (default %(default)s)",
     )
     p.add_argument(
         "--rollout-startup-grace",
         type=float,
-        default=15.0,
+        default=handlers.rollout_startup_grace,
         help="seconds after a start during which rollouts hold their persisted progress "
-        "while agents reconnect, before gates and steps are evaluated again",
+        "while agents reconnect, before gates and steps are evaluated again "
+        "(default %(default)s)",
     )
-    p.add_argument("--heartbeat-seconds", type=int, default=30)
+    _add_heartbeat_flag(p, _RUN.core.offer_heartbeat_seconds)
     p.add_argument(
         "--agent-endpoint",
-        default=None,
+        default=handlers.agent_endpoint,
         help="OpAMP URL given to template-mode Collectors, e.g. "
-        "ws://opamp-operator.opamp-system.svc:4320/v1/opamp",
+        f"ws://opamp-operator.opamp-system.svc:{_LISTEN.port}/v1/opamp",
     )
     p.add_argument(
         "--remediation-wait-seconds",
         type=float,
-        default=30.0,
+        default=handlers.remediation.wait_seconds,
         help="drift policy Remediate: how long an agent gets to report after a re-offer or "
-        "restart before the next step (default 30)",
+        "restart before the next step (default %(default)s)",
     )
     hook = p.add_argument_group("validating admission webhook (off unless --webhook-port)")
     hook.add_argument("--webhook-port", type=int, default=0, help="HTTPS port, e.g. 9443")
     hook.add_argument(
         "--webhook-host",
         default="127.0.0.1",
-        help="name or IP the apiserver reaches the webhook at (in the certificate)",
+        help="name or IP the apiserver reaches the webhook at (in the certificate; "
+        "default %(default)s)",
     )
     hook.add_argument(
         "--webhook-cert-dir",

@@ -32,6 +32,7 @@ from opamp_operator.fleet.health import (
 from opamp_operator.fleet.mapping import FleetSelector, MappingResult, assign_fleets, map_agents
 from opamp_operator.fleet.text import MESSAGE_LIMIT
 from opamp_operator.fleet.views import AgentView, PodView
+from opamp_operator.opamp.session import AgentState
 
 DESIRED = "ab" * 32
 OLD = "cd" * 32
@@ -46,8 +47,7 @@ def agent(
     uid: str,
     pod_name: str | None = None,
     *,
-    connected: bool = True,
-    stale: bool = False,
+    state: AgentState = AgentState.CONNECTED,
     healthy: bool | None = True,
     health_error: str = "",
     status: str | None = "APPLIED",
@@ -61,8 +61,7 @@ def agent(
     return AgentView(
         instance_uid=uid,
         attributes=attrs,
-        connected=connected,
-        stale=stale,
+        state=state,
         healthy=healthy,
         health_error=health_error,
         remote_config_status=status,
@@ -118,9 +117,9 @@ def test_every_count() -> None:
         agent("a4", "p4", status="FAILED", config_error="bad exporter"),  # failed
         agent("a5", "p5", config_hash=OLD),  # pending: applied another config
         agent("a6", "p6", status=None, config_hash=""),  # pending: no status yet
-        agent("a7", "p7", stale=True),  # unhealthy: stale
-        agent("a8", "p8", connected=False),  # unhealthy: disconnected while on a pod
-        agent("a9", "gone", connected=False),  # gone with its pod: counted nowhere
+        agent("a7", "p7", state=AgentState.STALE),  # unhealthy: stale
+        agent("a8", "p8", state=AgentState.DISCONNECTED),  # unhealthy: disconnected while on a pod
+        agent("a9", "gone", state=AgentState.DISCONNECTED),  # gone with its pod: counted nowhere
         agent("b1"),  # live, no pod
         agent("b2", "p1", healthy=False),  # also claims p1; wins it: both live, larger uid
     ]
@@ -147,7 +146,10 @@ def test_every_count() -> None:
 def test_agents_mapped_counts_pod_holders_even_when_gone() -> None:
     health = summarize(
         FLEET,
-        world([pod("p1"), pod("p2")], [agent("a", "p1"), agent("b", "p2", connected=False)]),
+        world(
+            [pod("p1"), pod("p2")],
+            [agent("a", "p1"), agent("b", "p2", state=AgentState.DISCONNECTED)],
+        ),
         DESIRED,
         {},
     )
@@ -158,8 +160,8 @@ def test_gone_duplicates_and_gone_orphans_are_not_counted() -> None:
     """A restarted Collector leaves its old record on the same pod; it must not count."""
     agents = [
         agent("new", "p1"),
-        agent("old", "p1", connected=False, status="FAILED"),
-        agent("ghost", connected=False),
+        agent("old", "p1", state=AgentState.DISCONNECTED, status="FAILED"),
+        agent("ghost", state=AgentState.DISCONNECTED),
     ]
     health = summarize(FLEET, world([pod("p1")], agents), DESIRED, {"old": True})
     assert counts(health) == {
@@ -233,7 +235,7 @@ def test_versions_histogram_is_bounded_with_the_rest_as_other() -> None:
 def test_summary_versions_count_live_agents_only() -> None:
     agents = [
         agent("a", "p1", version="1.0"),
-        agent("b", "p2", version="0.9", connected=False),
+        agent("b", "p2", version="0.9", state=AgentState.DISCONNECTED),
         agent("c", version="1.1"),
     ]
     health = summarize(FLEET, world([pod("p1"), pod("p2")], agents), DESIRED, {})
@@ -260,8 +262,8 @@ def _one_of_each() -> tuple[MappingResult, dict[str, bool | None]]:
         agent("7-pending", "p0", config_hash=OLD),
         agent("6-applying", "p1", status="APPLYING"),
         agent("5-drifted", "p2"),
-        agent("4-stale", "p3", stale=True),
-        agent("3-disconnected", "p4", connected=False),
+        agent("4-stale", "p3", state=AgentState.STALE),
+        agent("3-disconnected", "p4", state=AgentState.DISCONNECTED),
         agent("2-unhealthy", "p5", healthy=False, health_error="exporter queue full"),
         agent("1-failed", "p6", status="FAILED", config_error="unknown exporter"),
         agent("8-fine", "p7"),
@@ -307,14 +309,15 @@ def test_an_agent_is_listed_once_with_its_worst_reason() -> None:
 
 
 def test_a_gone_agent_is_reported_as_gone_not_by_what_it_last_said() -> None:
-    gone = agent("a", "p", connected=False, status="FAILED", healthy=False)
+    gone = agent("a", "p", state=AgentState.DISCONNECTED, status="FAILED", healthy=False)
     health = summarize(FLEET, world([pod("p")], [gone]), DESIRED, {"a": True})
     assert [w.reason for w in health.worst] == [Reason.DISCONNECTED]
     assert (health.config_failed, health.drifted) == (0, 0)
 
 
 def test_same_severity_is_ordered_by_uid() -> None:
-    agents = [agent(u, f"p{u}", stale=(u == "b"), connected=(u != "c")) for u in "cab"]
+    states = {"c": AgentState.DISCONNECTED, "a": AgentState.CONNECTED, "b": AgentState.STALE}
+    agents = [agent(u, f"p{u}", state=states[u]) for u in "cab"]
     health = summarize(FLEET, world([pod("pa"), pod("pb"), pod("pc")], agents), DESIRED, {})
     assert [w.instance_uid for w in health.worst] == ["b", "c"]
 
@@ -371,8 +374,8 @@ def test_status_stays_small_at_ten_thousand_agents() -> None:
         (None, DESIRED, (False, "NoAgent")),
         (agent("a"), DESIRED, (True, "AgentReady")),
         (agent("a", healthy=None), DESIRED, (True, "AgentReady")),  # health not reported
-        (agent("a", connected=False), DESIRED, (False, "Disconnected")),
-        (agent("a", stale=True), DESIRED, (False, "Stale")),
+        (agent("a", state=AgentState.DISCONNECTED), DESIRED, (False, "Disconnected")),
+        (agent("a", state=AgentState.STALE), DESIRED, (False, "Stale")),
         (agent("a", healthy=False), DESIRED, (False, "Unhealthy")),
         (agent("a", status="FAILED"), DESIRED, (False, "ConfigFailed")),
         (agent("a", status="APPLYING"), DESIRED, (False, "ConfigApplying")),
@@ -477,8 +480,8 @@ def test_agents_still_applying_is_reconciling(view: AgentView) -> None:
     [
         ([pod("p")], [agent("a", "p", status="FAILED")], "ConfigFailed"),
         ([pod("p")], [agent("a", "p", healthy=False)], "AgentsUnhealthy"),
-        ([pod("p")], [agent("a", "p", stale=True)], "AgentsUnhealthy"),
-        ([pod("p")], [agent("a", "p", connected=False)], "AgentsUnhealthy"),
+        ([pod("p")], [agent("a", "p", state=AgentState.STALE)], "AgentsUnhealthy"),
+        ([pod("p")], [agent("a", "p", state=AgentState.DISCONNECTED)], "AgentsUnhealthy"),
         ([pod("p"), pod("q")], [agent("a", "p")], "PodsWithoutAgent"),
     ],
 )
@@ -581,8 +584,7 @@ agent_st = st.builds(
     agent,
     st.sampled_from([f"{i:02d}" for i in range(10)]),
     st.one_of(st.none(), st.sampled_from([*POD_NAMES, "gone"])),
-    connected=st.booleans(),
-    stale=st.booleans(),
+    state=st.sampled_from(AgentState),
     healthy=st.sampled_from([True, False, None]),
     status=st.sampled_from(["APPLIED", "APPLYING", "FAILED", "UNSET", None]),
     config_hash=st.sampled_from([DESIRED, OLD, ""]),

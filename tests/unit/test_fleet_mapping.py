@@ -24,6 +24,7 @@ from opamp_operator.fleet.mapping import (
     map_agents,
 )
 from opamp_operator.fleet.views import AgentView, PodView
+from opamp_operator.opamp.session import AgentState
 
 UID_A = "0190a000-0000-7000-8000-00000000000a"
 UID_B = "0190a000-0000-7000-8000-00000000000b"
@@ -53,15 +54,13 @@ def agent(
     attrs: Mapping[str, str] | None = None,
     *,
     peer_ip: str = "",
-    connected: bool = True,
-    stale: bool = False,
+    state: AgentState = AgentState.CONNECTED,
 ) -> AgentView:
     return AgentView(
         instance_uid=uid,
         attributes=dict(attrs or {}),
         peer_ip=peer_ip,
-        connected=connected,
-        stale=stale,
+        state=state,
     )
 
 
@@ -230,10 +229,10 @@ def test_two_live_agents_on_one_pod_the_larger_uid_wins() -> None:
     assert result.agents_without_pod == ()
 
 
-@pytest.mark.parametrize(("connected", "stale"), [(False, False), (True, True)])
-def test_a_live_agent_beats_a_gone_one_with_a_larger_uid(connected: bool, stale: bool) -> None:
+@pytest.mark.parametrize("state", [AgentState.DISCONNECTED, AgentState.STALE])
+def test_a_live_agent_beats_a_gone_one_with_a_larger_uid(state: AgentState) -> None:
     claim = {"k8s.pod.uid": "uid-default-a"}
-    old = agent(UID_C, claim, connected=connected, stale=stale)
+    old = agent(UID_C, claim, state=state)
     result = map_agents([pod("a")], [old, agent(UID_A, claim)])
     assert result.pod_of == {UID_A: "default/a"}
     assert result.duplicates == (Duplicate("default/a", UID_A, (UID_C,)),)
@@ -581,8 +580,7 @@ def worlds(draw: st.DrawFn) -> tuple[list[PodView], list[AgentView]]:
             instance_uid=uid,
             attributes=draw(attr_st),
             peer_ip=draw(st.sampled_from(IPS)),
-            connected=draw(st.booleans()),
-            stale=draw(st.booleans()),
+            state=draw(st.sampled_from(AgentState)),
         )
         for uid in uids
     ]

@@ -14,6 +14,7 @@ from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     SERVER_CAPABILITIES,
     AgentRecord,
+    AgentState,
     CoreSettings,
     EventKind,
     ServerCore,
@@ -201,6 +202,29 @@ def test_silent_heartbeating_agent_goes_stale_after_three_intervals_then_is_forg
     assert core.tick(now=139.0) == []  # 100 s after it was last seen is the limit
     assert [(e.kind, e.instance_uid) for e in core.tick(now=141.0)] == [(EventKind.FORGOTTEN, UID)]
     assert UID not in core.agents
+
+
+def test_the_core_sets_the_agent_state_at_each_transition() -> None:
+    core = ServerCore(CoreSettings(default_heartbeat_seconds=10, forget_after_seconds=100))
+    conn = core.open(now=0.0)
+    core.receive(first(), now=0.0, conn=conn)
+    agent = core.agents[UID]
+    seen = [(agent.state, agent.state_since, agent.connected, agent.stale, agent.live)]
+    core.tick(now=31.0)
+    seen.append((agent.state, agent.state_since, agent.connected, agent.stale, agent.live))
+    core.receive(beat(seq=1), now=40.0, conn=conn)
+    seen.append((agent.state, agent.state_since, agent.connected, agent.stale, agent.live))
+    core.tick(now=71.0)  # stale again, then its WebSocket closes: disconnected, not stale
+    core.close(conn, now=75.0)
+    seen.append((agent.state, agent.state_since, agent.connected, agent.stale, agent.live))
+    assert seen == [
+        (AgentState.CONNECTED, 0.0, True, False, True),
+        (AgentState.STALE, 31.0, True, True, False),
+        (AgentState.CONNECTED, 40.0, True, False, True),
+        (AgentState.DISCONNECTED, 75.0, False, False, False),
+    ]
+    assert core.tick(now=175.0) == []  # forgotten 100 s after it left, not after last seen
+    assert [e.kind for e in core.tick(now=176.0)] == [EventKind.FORGOTTEN]
 
 
 def test_websocket_agent_without_heartbeats_is_not_marked_stale() -> None:

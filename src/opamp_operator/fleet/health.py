@@ -25,6 +25,7 @@ from opamp_operator.fleet.mapping import FleetSelector, MappingResult
 from opamp_operator.fleet.text import short_hash as _short
 from opamp_operator.fleet.text import truncate
 from opamp_operator.fleet.views import AgentView
+from opamp_operator.opamp.session import AgentState
 
 VERSIONS_LIMIT = 10
 OTHER_VERSIONS = "(other)"
@@ -85,9 +86,9 @@ def problem(
 
     What a gone or silent agent last said is old news, so for it only that is reported.
     """
-    if not agent.connected:
+    if agent.state is AgentState.DISCONNECTED:
         return Reason.DISCONNECTED, "disconnected from the OpAMP server"
-    if agent.stale:
+    if agent.state is AgentState.STALE:
         return Reason.STALE, "connected but silent for longer than its heartbeat allows"
     return _live_problem(agent, desired_hash, drifted)
 

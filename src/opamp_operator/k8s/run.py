@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,36 +14,41 @@ import kopf
 from aiohttp import web
 from kubernetes import config as k8s_config
 
-from opamp_operator.fleet.remediation import RemediationSettings
 from opamp_operator.k8s import peering
 from opamp_operator.k8s.api import FleetAPI
 from opamp_operator.k8s.handlers import register
 from opamp_operator.k8s.peering import PeeringWatch
-from opamp_operator.k8s.settings import HandlerSettings
+from opamp_operator.k8s.settings import HandlerSettings, PeeringSettings
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.k8s.webhook import WebhookOptions, webhook_server
 from opamp_operator.opamp.session import CoreSettings, ServerCore
-from opamp_operator.server.app import DEFAULT_PORT, Limits, OpAMPServer
+from opamp_operator.server.app import Limits, Listen, OpAMPServer
 
 log = logging.getLogger(__name__)
 
 
+def operator_core_settings() -> CoreSettings:
+    """The session core as the operator runs it: agents that accept connection settings
+    are offered the heartbeat interval the core assumes for them, so every agent's is
+    known."""
+    core = CoreSettings()
+    return replace(core, offer_heartbeat_seconds=int(core.default_heartbeat_seconds))
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
-    host: str = "0.0.0.0"  # noqa: S104 - agents connect from other pods
-    port: int = DEFAULT_PORT
-    peering: str | None = None  # kopf peering name for an active/standby pair
-    peering_priority: int | None = None  # None: random, so identical replicas differ
-    peering_lifetime: int = 60  # seconds a silent replica is still presumed alive
-    status_interval: float = 5.0
-    rollout_interval: float = 2.0
-    rollout_startup_grace: float = 15.0
-    heartbeat_seconds: int | None = 30
-    agent_endpoint: str | None = None
-    remediation_wait_seconds: float = 30.0
-    webhook: WebhookOptions | None = None
+    """Everything `opamp-operator run` is told, as the settings groups that own each
+    default."""
+
+    namespaces: tuple[str, ...] = ()
+    """Watch only these namespaces; empty: cluster-wide."""
+    listen: Listen = field(default_factory=Listen)
     limits: Limits = field(default_factory=Limits)
+    core: CoreSettings = field(default_factory=operator_core_settings)
+    handlers: HandlerSettings = field(default_factory=HandlerSettings)
+    peering: PeeringSettings = field(default_factory=PeeringSettings)
+    webhook: WebhookOptions | None = None
+    """Serve the validating admission webhook; None: off (`handlers.webhook` follows)."""
 
 
 def load_kubernetes_credentials() -> None:
@@ -58,41 +63,34 @@ def load_kubernetes_credentials() -> None:
 async def run(options: RunOptions) -> None:
     load_kubernetes_credentials()
     state = OperatorState()
-    core = ServerCore(
-        CoreSettings(offer_heartbeat_seconds=options.heartbeat_seconds), desired=state
-    )
+    core = ServerCore(options.core, desired=state)
     state.core = core
     server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
     app = server.app()
     FleetAPI(state).add_routes(app)
     watch: PeeringWatch | None = None
     identity = peering.new_identity()
-    if options.peering is not None:
+    peering_name = options.peering.name
+    if peering_name is not None:
         server.set_standby(True)
         watch = PeeringWatch(
-            options.peering,
+            peering_name,
             identity,
             options.namespaces,
             on_change=lambda active: server.set_standby(not active),
         )
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, options.host, options.port).start()
-    log.info("OpAMP server on %s:%d/v1/opamp", options.host, options.port)
+    listen = options.listen
+    await web.TCPSite(runner, listen.host, listen.port).start()
+    log.info("OpAMP server on %s:%d/v1/opamp", listen.host, listen.port)
 
     registry = kopf.OperatorRegistry()
     register(
         registry,
         state,
         server,
-        HandlerSettings(
-            status_interval=options.status_interval,
-            rollout_interval=options.rollout_interval,
-            rollout_startup_grace=options.rollout_startup_grace,
-            agent_endpoint=options.agent_endpoint,
-            remediation=RemediationSettings(wait_seconds=options.remediation_wait_seconds),
-            webhook=options.webhook is not None,
-        ),
+        replace(options.handlers, webhook=options.webhook is not None),
     )
     settings = kopf.OperatorSettings()
     settings.posting.level = logging.INFO
@@ -100,13 +98,11 @@ async def run(options: RunOptions) -> None:
     # Argo CD and Flux own the metadata and spec of the objects they apply.
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
-    if options.peering is not None:
+    if peering_name is not None:
         settings.peering.mandatory = True
-        settings.peering.lifetime = options.peering_lifetime
-        settings.peering.priority = options.peering_priority or peering.random_priority()
-        log.info(
-            "peering %s as %s, priority %d", options.peering, identity, settings.peering.priority
-        )
+        settings.peering.lifetime = options.peering.lifetime
+        settings.peering.priority = options.peering.priority or peering.random_priority()
+        log.info("peering %s as %s, priority %d", peering_name, identity, settings.peering.priority)
     scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-webhook-")
     if options.webhook is not None:
         settings.admission.server = webhook_server(options.webhook, Path(scratch.name))
@@ -125,8 +121,8 @@ async def run(options: RunOptions) -> None:
             settings=settings,
             clusterwide=not options.namespaces,
             namespaces=options.namespaces,
-            standalone=options.peering is None,
-            peering_name=options.peering,
+            standalone=peering_name is None,
+            peering_name=peering_name,
             identity=cast(Any, identity),
             stop_flag=stop,
         )

@@ -1,4 +1,9 @@
-"""The operator's tunables and their defaults, each owned here once."""
+"""The operator's tunables and their defaults, each owned here once.
+
+`opamp-operator run` takes its flag defaults and help from these dataclasses (and from
+CoreSettings, Listen and Limits for the OpAMP server), and the Helm chart's values are
+checked against them (tests/unit/test_settings.py).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,32 @@ from opamp_operator.fleet.remediation import RemediationSettings
 
 @dataclass(frozen=True)
 class HandlerSettings:
+    """What the kopf handlers do and how often."""
+
     status_interval: float = 5.0
-    # The OpAMP URL template-mode Collectors are given (the operator's Service).
+    """Seconds between a fleet's status writes (only when something changed)."""
     agent_endpoint: str | None = None
+    """The OpAMP URL template-mode Collectors are given (the operator's Service)."""
     remediation: RemediationSettings = field(default_factory=RemediationSettings)
-    # How often a fleet's token Secret is read again (rotation).
+    """Drift policy Remediate: waits and attempts (fleet/remediation.py)."""
     token_refresh_seconds: float = 30.0
-    # Serve the validating admission webhook (run.py configures kopf's server).
+    """How often a fleet's token Secret is read again (rotation)."""
     webhook: bool = False
-    # How often each ConfigRollout's planner runs (gate verdicts, step changes).
+    """Serve the validating admission webhook (run.py configures kopf's server)."""
     rollout_interval: float = 2.0
-    # After a start, how long a rollout only holds its persisted progress while agents
-    # reconnect, before planning again.
+    """Seconds between runs of each ConfigRollout's planner (gate verdicts, step changes)."""
     rollout_startup_grace: float = 15.0
+    """After a start, how long a rollout only holds its persisted progress while agents
+    reconnect, before planning again."""
+
+
+@dataclass(frozen=True)
+class PeeringSettings:
+    """kopf peering: replicas sharing a peering name run active/standby."""
+
+    name: str | None = None
+    """The kopf peering object's name; None runs alone (no peering)."""
+    priority: int | None = None
+    """This replica's priority; None draws a random one per start, so replicas differ."""
+    lifetime: int = 60
+    """Seconds a silent replica is still presumed alive before its standby takes over."""

@@ -15,7 +15,8 @@ Rules implemented (spec sections in parentheses):
   or when another live WebSocket connection holds it, the agent gets a new UUIDv7 through
   agent_identification (AgentToServer.instance_uid, ServerToAgent.agent_identification);
 - AgentDisconnect ends the agent's session; a WebSocket close does too;
-- an agent that reports heartbeats and is silent for 3 intervals is marked stale;
+- an agent that reports heartbeats and is silent for `stale_after_heartbeats` intervals
+  is marked stale (AgentState: CONNECTED, STALE, DISCONNECTED, set by the core alone);
 - remote config is offered to agents that accept it until they report its hash;
 - a hash-only AvailableComponents is answered with ReportAvailableComponents.
 """
@@ -59,14 +60,30 @@ class Transport(StrEnum):
 ConnId = int
 
 
+class AgentState(StrEnum):
+    """Where an agent's session is; the core sets it at each transition and nothing else
+    derives it."""
+
+    CONNECTED = "connected"
+    """Its session is open and it speaks within its heartbeat."""
+    STALE = "stale"
+    """Its session is open but it has been silent for `stale_after_heartbeats` intervals."""
+    DISCONNECTED = "disconnected"
+    """It said goodbye, or its WebSocket closed; the record is kept for a while."""
+
+
 @dataclass(frozen=True)
 class CoreSettings:
+    """The session core's tunables; each default is owned here."""
+
     default_heartbeat_seconds: float = 30.0
-    # Offered to agents that accept OpAMP connection settings; None offers nothing.
+    """The heartbeat interval an agent is assumed to keep until it is offered another."""
     offer_heartbeat_seconds: int | None = None
-    # A disconnected or stale agent's record is dropped after this long.
+    """Offered to agents that accept OpAMP connection settings; None offers nothing."""
     forget_after_seconds: float = 600.0
+    """A disconnected or stale agent's record is dropped after this long."""
     stale_after_heartbeats: int = 3
+    """Silent for this many heartbeat intervals: the agent is stale."""
 
 
 @dataclass
@@ -91,10 +108,11 @@ class AgentRecord:
     custom_capabilities: pb.CustomCapabilities | None = None
     available_components: pb.AvailableComponents | None = None
     connection_settings_status: pb.ConnectionSettingsStatus | None = None
-    heartbeat_seconds: float = 30.0
-    connected: bool = True
-    stale: bool = False
-    disconnected_at: float | None = None
+    heartbeat_seconds: float = CoreSettings.default_heartbeat_seconds
+    state: AgentState = AgentState.CONNECTED
+    # When the core set `state` (None: not since the record was made). For DISCONNECTED,
+    # when the agent left.
+    state_since: float | None = None
     offered_config_hash: bytes | None = None
     offered_heartbeat: bool = False
     # Who the transport authenticated the agent as (e.g. the fleet whose token it sent).
@@ -114,8 +132,18 @@ class AgentRecord:
         return status.last_remote_config_hash if status is not None else b""
 
     @property
+    def connected(self) -> bool:
+        """Its session is open (it may be stale)."""
+        return self.state is not AgentState.DISCONNECTED
+
+    @property
+    def stale(self) -> bool:
+        return self.state is AgentState.STALE
+
+    @property
     def live(self) -> bool:
-        return self.connected and not self.stale
+        """Connected and not stale."""
+        return self.state is AgentState.CONNECTED
 
 
 class DesiredConfigSource(Protocol):
@@ -205,6 +233,8 @@ class ServerCore:
         self.settings = settings or CoreSettings()
         self.desired: DesiredConfigSource = desired or NoConfig()
         self._new_uid = new_uid
+        # Set by the transport: called when `pending_offers` may have something to send.
+        self.wake: Callable[[], None] = lambda: None
         self._agents: dict[bytes, AgentRecord] = {}
         self._conns: dict[ConnId, _Conn] = {}
         self._next_conn: ConnId = 1
@@ -233,8 +263,7 @@ class ServerCore:
         if agent is None or not agent.can(pb.AgentCapabilities_AcceptsRemoteConfig):
             return False
         agent.reoffer_config = True
-        # Set by the transport: called when `pending_offers` may have something to send.
-        self.wake: Callable[[], None] = lambda: None
+        self.wake()
         return True
 
     def request_restart(self, uid: bytes) -> bool:
@@ -243,7 +272,13 @@ class ServerCore:
         if agent is None or not agent.can(pb.AgentCapabilities_AcceptsRestartCommand):
             return False
         agent.restart_requested = True
+        self.wake()
         return True
+
+    def desired_changed(self) -> None:
+        """What some agents should run may have changed: the transport flushes
+        `pending_offers` soon. Callers change the desired source, then say so here."""
+        self.wake()
 
     # ---- transport events ------------------------------------------------------------
 
@@ -263,7 +298,6 @@ class ServerCore:
         if agent is None or agent.conn != conn:
             return []
         return [self._disconnect(agent, now)]
-        self.wake()
 
     def receive(
         self,
@@ -272,14 +306,8 @@ class ServerCore:
         conn: ConnId | None = None,
         peer: str = "",
         identity: str | None = None,
-        self.wake()
     ) -> Reply:
         """An AgentToServer over WebSocket (`conn` given) or plain HTTP (`conn` None, and
-    def desired_changed(self) -> None:
-        """What some agents should run may have changed: the transport flushes
-        `pending_offers` soon. Callers change the desired source, then say so here."""
-        self.wake()
-
         `identity` the request's authenticated identity)."""
         transport = Transport.WEBSOCKET if conn is not None else Transport.HTTP
         if conn is not None:
@@ -294,7 +322,6 @@ class ServerCore:
         elif peer:
             agent.peer = peer
         agent.last_seen = now
-        agent.stale = False
         agent.messages += 1
         agent.sequence_num = msg.sequence_num
         agent.flags = msg.flags
@@ -360,12 +387,13 @@ class ServerCore:
             full_state_needed = not msg.HasField("agent_description")
         else:
             full_state_needed = not self._in_sequence(agent, msg)
-        if not agent.connected or agent.messages == 0:
-            agent.connected, agent.disconnected_at = True, None
+        if agent.state is AgentState.DISCONNECTED or agent.messages == 0:
+            agent.state, agent.state_since = AgentState.CONNECTED, now
             agent.connected_at, agent.transport = now, transport
             agent.offered_config_hash = None
             events.append(Event(EventKind.CONNECTED, uid))
-        elif agent.stale:
+        elif agent.state is AgentState.STALE:
+            agent.state, agent.state_since = AgentState.CONNECTED, now
             events.append(Event(EventKind.CONNECTED, uid))
         agent.transport = transport
         if conn is not None:
@@ -385,10 +413,11 @@ class ServerCore:
         events: list[Event] = []
         forget_after = self.settings.forget_after_seconds
         for uid, agent in list(self._agents.items()):
-            if not agent.connected or agent.stale:
-                since = (
-                    agent.disconnected_at if agent.disconnected_at is not None else agent.last_seen
-                )
+            if agent.state is not AgentState.CONNECTED:
+                # Gone since it left; stale: silent since it was last seen.
+                since = agent.last_seen
+                if agent.state is AgentState.DISCONNECTED and agent.state_since is not None:
+                    since = agent.state_since
                 if now - since > forget_after:
                     del self._agents[uid]
                     events.append(Event(EventKind.FORGOTTEN, uid))
@@ -398,7 +427,7 @@ class ServerCore:
                 now - agent.last_seen
                 > self.settings.stale_after_heartbeats * agent.heartbeat_seconds
             ):
-                agent.stale = True
+                agent.state, agent.state_since = AgentState.STALE, now
                 events.append(Event(EventKind.STALE, uid))
         return events
 
@@ -409,7 +438,7 @@ class ServerCore:
         """
         out: list[tuple[ConnId, pb.ServerToAgent]] = []
         for conn, agent in self.websocket_agents():
-            if not agent.connected:
+            if agent.state is AgentState.DISCONNECTED:
                 continue
             msg = pb.ServerToAgent(instance_uid=agent.instance_uid)
             if self._add_offers(agent, msg):
@@ -423,7 +452,7 @@ class ServerCore:
 
     def _held_elsewhere(self, agent: AgentRecord | None, conn: ConnId | None) -> bool:
         """Another live WebSocket connection already speaks for this uid."""
-        if agent is None or not agent.connected or agent.conn is None:
+        if agent is None or agent.state is AgentState.DISCONNECTED or agent.conn is None:
             return False
         return agent.conn != conn and agent.conn in self._conns
 
@@ -498,7 +527,6 @@ class ServerCore:
         return True
 
     def _disconnect(self, agent: AgentRecord, now: float) -> Event:
-        agent.connected = False
+        agent.state, agent.state_since = AgentState.DISCONNECTED, now
         agent.conn = None
-        agent.disconnected_at = now
         return Event(EventKind.DISCONNECTED, agent.instance_uid)

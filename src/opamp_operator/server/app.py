@@ -28,6 +28,7 @@ from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     AgentRecord,
+    AgentState,
     ConnId,
     Event,
     EventKind,
@@ -42,17 +43,34 @@ log = logging.getLogger(__name__)
 
 OPAMP_PATH = "/v1/opamp"
 PROTOBUF = "application/x-protobuf"
-DEFAULT_PORT = 4320
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where the server listens: OpAMP, the read API, /healthz, /readyz and /metrics share
+    one address and port."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - agents connect from other pods and machines
+    """Listen address; every interface by default."""
+    port: int = 4320
+    """Listen port."""
 
 
 @dataclass(frozen=True)
 class Limits:
-    # The spec recommends 64 MiB; a Collector config is rarely above a few hundred KiB.
+    """What one server process accepts before it sheds load or refuses a message."""
+
     max_message_bytes: int = 64 * 1024 * 1024
+    """Largest message either way, after decompression. The spec recommends 64 MiB; a
+    Collector config is rarely above a few hundred KiB."""
     max_websockets: int = 50_000
+    """Open WebSockets; past it, new ones get 503 + Retry-After."""
     max_http_in_flight: int = 1_000
+    """HTTP requests being handled at once; past it, 503 + Retry-After."""
     retry_after_seconds: int = 5
+    """The Retry-After (and retry_info) a shed or standby request is given."""
     tick_seconds: float = 5.0
+    """How often the core looks for stale and long-gone agents (ServerCore.tick)."""
 
 
 EventListener = Callable[[Event, AgentRecord | None], None]
@@ -93,10 +111,10 @@ class OpAMPServer:
         self._standby = False
         self._ticker: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-
         self._offers_due = False
         self._flusher: asyncio.Task[None] | None = None
         core.wake = self._wake
+
     # ---- wiring ----------------------------------------------------------------------
 
     def subscribe(self, listener: EventListener) -> None:
@@ -153,14 +171,13 @@ class OpAMPServer:
             self._update_gauges()
 
     def _update_gauges(self) -> None:
-        counts = {"connected": 0, "stale": 0, "disconnected": 0}
+        counts = dict.fromkeys(AgentState, 0)
         for agent in self.core.agents.values():
-            state = (
-                "disconnected" if not agent.connected else "stale" if agent.stale else "connected"
-            )
-            counts[state] += 1
+            counts[agent.state] += 1
         for state, n in counts.items():
-            self.metrics.agents.labels(state).set(n)
+            self.metrics.agents.labels(state.value).set(n)
+        self.metrics.connections.set(len(self._sockets))
+
     def _wake(self) -> None:
         """The core has offers to send: flush them from a task of their own, coalescing
         every wake that comes while one flush is queued or running."""
@@ -182,8 +199,6 @@ class OpAMPServer:
         """Wait until every offer queued so far has been sent (tests, shutdown)."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
-
-        self.metrics.connections.set(len(self._sockets))
 
     async def push_offers(self) -> int:
         """Send changed desired configs to WebSocket agents now; returns how many."""
@@ -406,6 +421,7 @@ def agent_json(
     out: dict[str, Any] = {
         "instance_uid": uid_str(agent.instance_uid),
         "transport": agent.transport.value,
+        "state": agent.state.value,
         "connected": agent.connected,
         "stale": agent.stale,
         "peer": agent.peer,

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from opamp_operator.opamp.session import AgentState
+
 
 class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.agents = Gauge(
-            "opamp_agents", "Known agents by state.", ["state"], registry=self.registry
+            "opamp_agents",
+            f"Known agents by state: {', '.join(AgentState)}.",
+            ["state"],
+            registry=self.registry,
         )
         self.connections = Gauge(
             "opamp_websocket_connections", "Open WebSocket connections.", registry=self.registry

@@ -5,37 +5,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
 
 from opamp_operator.opamp.session import CoreSettings, ServerCore
-from opamp_operator.server.app import DEFAULT_PORT, Limits, OpAMPServer
+from opamp_operator.server.app import Limits, Listen, OpAMPServer
 from opamp_operator.standalone.fleets import FileFleets
 
 log = logging.getLogger(__name__)
 
 
+def serve_core_settings(heartbeat_seconds: int | None) -> CoreSettings:
+    """The session core for `serve`: a heartbeat interval to offer is also the one agents
+    are assumed to keep; None offers nothing (the core's defaults)."""
+    core = CoreSettings()
+    return replace(
+        core,
+        offer_heartbeat_seconds=heartbeat_seconds,
+        default_heartbeat_seconds=float(heartbeat_seconds or core.default_heartbeat_seconds),
+    )
+
+
 @dataclass(frozen=True)
 class ServeOptions:
+    """Everything `opamp-operator serve` is told, as the settings groups that own each
+    default."""
+
     config: Path
-    host: str = "0.0.0.0"  # noqa: S104 - a server for agents on other machines
-    port: int = DEFAULT_PORT
-    heartbeat_seconds: int | None = None
-    reload_seconds: float = 2.0
+    """The fleets file (standalone/fleets.py)."""
+    listen: Listen = field(default_factory=Listen)
     limits: Limits = field(default_factory=Limits)
+    core: CoreSettings = field(default_factory=CoreSettings)
+    reload_seconds: float = 2.0
+    """How often the fleets file is checked for changes."""
 
 
 def build(options: ServeOptions) -> tuple[OpAMPServer, FileFleets]:
     fleets = FileFleets(options.config)
-    core = ServerCore(
-        CoreSettings(
-            offer_heartbeat_seconds=options.heartbeat_seconds,
-            default_heartbeat_seconds=float(options.heartbeat_seconds or 30),
-        ),
-        desired=fleets,
-    )
+    core = ServerCore(options.core, desired=fleets)
     return OpAMPServer(core, options.limits), fleets
 
 
@@ -52,9 +61,10 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     server, fleets = build(options)
     runner = web.AppRunner(server.app(), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
+    listen = options.listen
+    site = web.TCPSite(runner, listen.host, listen.port)
     await site.start()
-    log.info("OpAMP server on %s:%d%s", options.host, options.port, "/v1/opamp")
+    log.info("OpAMP server on %s:%d%s", listen.host, listen.port, "/v1/opamp")
     watcher = asyncio.create_task(_watch(server, fleets, options.reload_seconds))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

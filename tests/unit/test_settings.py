@@ -1,0 +1,251 @@
+"""Each default is owned by one settings dataclass: the CLI, the Helm chart and the docs
+that repeat it must agree with that one source (issue 12)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from opamp_operator.cli import build_parser, run_options, serve_options
+from opamp_operator.k8s.run import RunOptions
+from opamp_operator.server.app import Limits, Listen
+from opamp_operator.standalone.serve import ServeOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "opamp-operator"
+VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+DEPLOYMENT = (CHART / "templates" / "deployment.yaml").read_text()
+
+# Chart values under `operator:` that are not an operator default: the chart computes the
+# agent endpoint from its Service when empty, and extraArgs are the user's.
+NOT_OPERATOR_DEFAULTS = {"operator.agentEndpoint", "operator.extraArgs"}
+
+
+def subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise AssertionError(f"no subcommand {name}")
+
+
+def option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    for action in parser._actions:
+        if flag in action.option_strings:
+            return action
+    raise AssertionError(f"{parser.prog} has no {flag}")
+
+
+def value_at(path: str) -> Any:
+    node: Any = VALUES
+    for key in path.split("."):
+        node = node[key]
+    return node
+
+
+# ---- the CLI reads its defaults from the dataclasses --------------------------------
+
+
+def test_run_without_arguments_is_the_dataclass_defaults() -> None:
+    assert run_options(build_parser().parse_args(["run"])) == RunOptions()
+
+
+def test_serve_without_arguments_is_the_dataclass_defaults() -> None:
+    args = build_parser().parse_args(["serve", "--config", "fleets.yaml"])
+    assert serve_options(args) == ServeOptions(config=Path("fleets.yaml"))
+
+
+def test_serve_and_run_share_the_server_flags() -> None:
+    run, serve = subparser("run"), subparser("serve")
+    for flag, default in (
+        ("--host", Listen().host),
+        ("--port", Listen().port),
+        ("--max-message-bytes", Limits().max_message_bytes),
+        ("--max-websockets", Limits().max_websockets),
+        ("--max-http-in-flight", Limits().max_http_in_flight),
+    ):
+        assert option(run, flag).default == option(serve, flag).default == default
+        assert option(run, flag).help == option(serve, flag).help
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_help_shows_every_default(command: str) -> None:
+    parser = subparser(command)
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.help in (None, argparse.SUPPRESS) or not action.option_strings:
+            continue
+        if action.default in (None, [], False, "", 0, argparse.SUPPRESS):
+            continue  # off, empty or computed: the help says what that means
+        assert "%(default)s" in (action.help or ""), action.option_strings
+        assert f"default {action.default}" in re.sub(r"\s+", " ", text), action.option_strings
+
+
+def test_serve_offers_no_heartbeat_by_default_but_run_does() -> None:
+    assert option(subparser("serve"), "--heartbeat-seconds").default is None
+    assert RunOptions().core.offer_heartbeat_seconds == RunOptions().core.default_heartbeat_seconds
+
+
+# ---- the Helm chart -----------------------------------------------------------------
+
+
+def chart_args() -> list[tuple[str, str]]:
+    """(flag, what follows it) for each operator argument the Deployment template passes:
+    the template expression or literal of its value, "" for a flag without one."""
+    block = DEPLOYMENT.split("args:", 1)[1].split("env:", 1)[0]
+    items = [
+        m.group(1).strip()
+        for line in block.splitlines()
+        if (m := re.match(r"\s*- (.*)$", line)) and "{{- " not in line[: line.find("-") + 4]
+    ]
+    out: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        if item.startswith("--"):
+            flag, _, inline = item.partition("=")
+            following = items[i + 1] if i + 1 < len(items) else ""
+            out.append((flag, inline or ("" if following.startswith("--") else following)))
+    return out
+
+
+def test_every_flag_the_chart_passes_is_a_real_flag() -> None:
+    top, run = build_parser(), subparser("run")
+    flags = chart_args()
+    assert len(flags) >= 10, flags
+    for flag, _ in flags:
+        parser = top if flag == "--log-level" else run
+        option(parser, flag)
+
+
+def test_every_chart_default_of_an_operator_flag_equals_the_one_source() -> None:
+    top, run = build_parser(), subparser("run")
+    checked: set[str] = set()
+    for flag, expr in chart_args():
+        m = re.fullmatch(r"\{\{ \.Values\.([\w.]+)( \| quote)? \}\}", expr)
+        if m is None:
+            continue  # a literal, a range item or a computed value
+        path = m.group(1)
+        action = option(top if flag == "--log-level" else run, flag)
+        convert = action.type if callable(action.type) else str
+        assert convert(str(value_at(path))) == action.default, (path, flag)
+        checked.add(path)
+    operator_values = {f"operator.{k}" for k in VALUES["operator"]}
+    assert operator_values - NOT_OPERATOR_DEFAULTS <= checked, "a chart value no flag reads"
+    assert "logLevel" in checked
+
+
+def _condition(expr: str) -> bool:
+    """The few template conditions the args block uses, with the default values."""
+    if m := re.fullmatch(r"(?:if|range) \.Values\.([\w.]+)", expr):
+        return bool(value_at(m[1]))
+    if m := re.fullmatch(r"if gt \(int \.Values\.([\w.]+)\) (\d+)", expr):
+        return int(value_at(m[1])) > int(m[2])
+    raise AssertionError(f"the test does not know the template action {expr!r}")
+
+
+def default_chart_args() -> list[str]:
+    """The operator's args as Helm renders them with the default values: a pure-Python
+    stand-in for `helm template` (tests/world_proofs/test_chart.py renders them for real).
+    A value computed from the release (a Service name) is left as its template."""
+    block = DEPLOYMENT.split("args:", 1)[1].split("env:", 1)[0]
+    args: list[str] = []
+    taken = [True]
+    for line in block.splitlines():
+        if m := re.fullmatch(r"\s*\{\{- (.*) \}\}", line):
+            action = m[1]
+            if action == "end":
+                taken.pop()
+            else:
+                taken.append(taken[-1] and _condition(action))
+            continue
+        if not taken[-1] or not (m := re.fullmatch(r"\s*- (.*)", line)):
+            continue
+        args.append(
+            re.sub(
+                r"\{\{ \.Values\.([\w.]+)( \| quote)? \}\}", lambda v: str(value_at(v[1])), m[1]
+            ).strip('"')
+        )
+    assert taken == [True], "unbalanced template actions"
+    return args
+
+
+def test_the_charts_default_args_run_the_operator_with_its_defaults() -> None:
+    args = default_chart_args()
+    for flag in ("--agent-endpoint", "--webhook-host"):  # from the release's Service names
+        i = args.index(flag)
+        assert args[i + 1].startswith("{{"), args[i + 1]
+        del args[i : i + 2]
+    assert "{{" not in " ".join(args), args
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "run"
+    options = run_options(parsed)
+    assert options.webhook is not None  # the chart serves the webhook by default
+    assert replace(options, webhook=None) == RunOptions()
+
+
+def test_the_chart_serves_on_the_operator_port() -> None:
+    port = str(Listen().port)
+    args = dict(chart_args())
+    assert args["--port"] == f'"{port}"'
+    templates = {p.name: p.read_text() for p in (CHART / "templates").iterdir()}
+    urls = [n for t in templates.values() for n in re.findall(r":(\d+)/v1/opamp", t)]
+    container = re.findall(r"name: opamp\s+containerPort: (\d+)", templates["deployment.yaml"])
+    service = re.findall(r"\bport: (\d+)", templates["service.yaml"])
+    assert urls
+    assert container
+    assert service
+    assert set(urls) | set(container) | set(service) == {port}
+
+
+# ---- docs that state a default ------------------------------------------------------
+
+
+def test_the_chart_docs_list_the_values_defaults() -> None:
+    rows = re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", (ROOT / "docs/helm.md").read_text(), re.M)
+    operator_rows = {key: text for key, text in rows if key.startswith("operator.")}
+    assert operator_rows.keys() == {f"operator.{k}" for k in VALUES["operator"]}
+    for key, text in rows:
+        try:
+            expected = value_at(key)
+        except KeyError:
+            continue
+        assert yaml.safe_load(text) == expected, key
+
+
+def _g(value: float) -> str:
+    return f"{value:g}"
+
+
+def test_prose_defaults_in_the_docs_are_the_one_source() -> None:
+    run = RunOptions()
+    handlers = run.handlers
+    mib = Limits().max_message_bytes / 2**20
+    expected = {
+        "docs/operator.md": [
+            f"(`--status-interval`, default {_g(handlers.status_interval)} s)",
+            f"(`--remediation-wait-seconds`, default {_g(handlers.remediation.wait_seconds)})",
+            f"`--peering-lifetime` seconds (default {run.peering.lifetime})",
+            f"one port ({Listen().port} by default)",
+        ],
+        "docs/rollout.md": [f"`--rollout-startup-grace` ({_g(handlers.rollout_startup_grace)} s)"],
+        "docs/opamp-server.md": [
+            f"`--max-message-bytes` (default {_g(mib)} MiB",
+            f"default port **{Listen().port}**",
+            f"silent for {run.core.stale_after_heartbeats} intervals",
+            f"forgotten after {_g(run.core.forget_after_seconds / 60)} minutes",
+        ],
+        "docs/benchmarks.md": [
+            f"default `--status-interval {_g(handlers.status_interval)}`",
+            f"default `--rollout-interval {_g(handlers.rollout_interval)}`",
+        ],
+    }
+    for doc, phrases in expected.items():
+        text = re.sub(r"\s+", " ", (ROOT / doc).read_text())
+        for phrase in phrases:
+            assert phrase in text, f"{doc}: {phrase!r}"
