@@ -13,7 +13,7 @@ import yaml
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, CollectorFleetSpec
 from opamp_operator.fleet.mapping import FleetSelector
-from opamp_operator.k8s.handlers import pod_view
+from opamp_operator.k8s.gates import pod_view
 from opamp_operator.k8s.state import FleetRecord
 from opamp_operator.k8s.workload import (
     CONFIG_HASH_ANNOTATION,

@@ -38,6 +38,15 @@ class Why:
     message: str
 
 
+class FleetProblem(Exception):  # noqa: N818 - a condition to report, not an error
+    """What keeps an object from progressing until its spec (or an object it names)
+    changes, raised where it is found and written as Stalled with its own reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.why = Why(reason, message)
+
+
 def condition(kind: str, status: bool, why: Why, generation: int) -> dict[str, Any]:
     """One condition, without its lastTransitionTime (that is `merge`'s)."""
     return {
@@ -99,17 +108,3 @@ def merge(
     ours = {c["type"] for c in new}
     merged.extend(dict(c) for c in old if c.get("type") not in ours)
     return merged
-
-
-def transitions(
-    old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
-) -> list[tuple[str, dict[str, Any]]]:
-    """(Event type, condition) for every condition whose status changed: Normal when it
-    moved the good way (Ready True, the others False), Warning otherwise."""
-    before = {c.get("type"): c.get("status") for c in old}
-    out = []
-    for cond in new:
-        if before.get(cond["type"]) != cond["status"]:
-            good = (cond["type"] == READY) == (cond["status"] == "True")
-            out.append(("Normal" if good else "Warning", dict(cond)))
-    return out

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from opamp_operator.fleet.events import Event, name_some
+
 
 class Action(StrEnum):
     REOFFER = "Reoffer"
@@ -97,3 +99,44 @@ def plan_remediation(
             gave_up.append(uid)
         kept[uid] = attempt
     return RemediationPlan(actions, kept, tuple(remediated), tuple(gave_up))
+
+
+# What each outcome of a round tells the fleet's users: (Event type, reason, wording).
+_EVENTS = (
+    (
+        Action.REOFFER,
+        "Normal",
+        "DriftRemediating",
+        "re-offered the desired config to {n} drifted agents: {who}",
+    ),
+    (
+        Action.RESTART,
+        "Normal",
+        "DriftRemediating",
+        "drift outlived the re-offer; restarting {n} agents: {who}",
+    ),
+    ("remediated", "Normal", "Remediated", "{n} agents run the desired config again: {who}"),
+    (
+        "gave_up",
+        "Warning",
+        "RemediationFailed",
+        "drift persists on {n} agents after re-offer"
+        " and restart; a local config may override the fleet's: {who}",
+    ),
+)
+
+
+def remediation_events(plan: RemediationPlan, pod_of: Mapping[str, str]) -> list[Event]:
+    """One Event per kind of outcome in the round, naming a few pods (or agents)."""
+    groups: dict[object, list[str]] = {
+        action: [uid for uid, a in plan.actions.items() if a is action] for action in Action
+    }
+    groups["remediated"] = list(plan.remediated)
+    groups["gave_up"] = list(plan.gave_up)
+    events = []
+    for key, kind, reason, wording in _EVENTS:
+        uids = groups[key]
+        if uids:
+            who = name_some(pod_of.get(uid, uid) for uid in uids)
+            events.append(Event(kind, reason, wording.format(n=len(uids), who=who)))
+    return events

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from opamp_operator.opamp.attributes import to_dict, to_text
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
-from opamp_operator.opamp.session import AgentRecord
+from opamp_operator.opamp.session import AgentRecord, AgentState
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class PodView:
     phase: str = ""
     # Readiness gates the pod declares (condition types), e.g. "<group>/agent-ready".
     readiness_gates: tuple[str, ...] = ()
+    # The gates' conditions as the pod has them now: type -> (status, reason).
+    gate_conditions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -35,8 +37,8 @@ class AgentView:
     instance_uid: str
     attributes: Mapping[str, str]
     peer_ip: str = ""
-    connected: bool = True
-    stale: bool = False
+    # As the session core set it (AgentRecord.state); the properties below read it.
+    state: AgentState = AgentState.CONNECTED
     healthy: bool | None = None
     health_error: str = ""
     remote_config_status: str | None = None  # APPLIED, APPLYING, FAILED, UNSET
@@ -53,8 +55,18 @@ class AgentView:
     components: Mapping[str, frozenset[str]] | None = None
 
     @property
+    def connected(self) -> bool:
+        """Its session is open (it may be stale)."""
+        return self.state is not AgentState.DISCONNECTED
+
+    @property
+    def stale(self) -> bool:
+        return self.state is AgentState.STALE
+
+    @property
     def live(self) -> bool:
-        return self.connected and not self.stale
+        """Connected and not stale."""
+        return self.state is AgentState.CONNECTED
 
     @property
     def service_version(self) -> str:
@@ -108,8 +120,7 @@ def agent_view(agent: AgentRecord) -> AgentView:
         instance_uid=uid_str(agent.instance_uid),
         attributes=attrs,
         peer_ip=_peer_ip(agent.peer),
-        connected=agent.connected,
-        stale=agent.stale,
+        state=agent.state,
         healthy=agent.health.healthy if agent.health is not None else None,
         health_error=agent.health.last_error if agent.health is not None else "",
         remote_config_status=(

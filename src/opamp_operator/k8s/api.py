@@ -52,7 +52,7 @@ class FleetAPI:
             "stableRevision": record.stable[0] or None,
             "stableHash": record.stable[1] or None,
             "rollout": record.governance.rollout if record.governance is not None else None,
-            "configError": record.config_error,
+            "configError": record.config_problem.message if record.config_problem else None,
             "driftPolicy": record.spec.drift_policy,
             **health.to_status(),
         }

@@ -4,13 +4,18 @@ missing object: `None`, never an exception the caller has to recognise."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from opamp_operator.api.models import GROUP, VERSION
+from opamp_operator.api.models import GROUP, VERSION, CollectorFleetSpec
+from opamp_operator.fleet.conditions import FleetProblem
+
+AUTH_PROBLEM = "AuthSecretInvalid"
 
 T = TypeVar("T")
 
@@ -58,3 +63,53 @@ def custom_objects(namespace: str, plural: str) -> list[dict[str, Any]] | None:
         api.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
     )
     return None if listed is None else list(listed.get("items", []))
+
+
+def config_map_value(namespace: str, name: str, key: str) -> str | None:
+    """One key of a ConfigMap; None when the ConfigMap or the key is missing."""
+    found = config_map(namespace, name)
+    value = (found.data or {}).get(key) if found is not None else None
+    return None if value is None else str(value)
+
+
+def fleet_config_text(namespace: str, spec: CollectorFleetSpec) -> str:
+    """The Collector config a fleet names, inline or from its ConfigMap."""
+    source = spec.config
+    if source.inline is not None:
+        return source.inline
+    ref = source.config_map_ref
+    if ref is None:
+        raise FleetProblem("InvalidConfig", "spec.config has neither inline nor configMapRef")
+    found = config_map(namespace, ref.name)
+    if found is None:
+        raise FleetProblem("InvalidConfig", f"ConfigMap {namespace}/{ref.name} not found")
+    data = found.data or {}
+    if ref.key not in data:
+        raise FleetProblem(
+            "InvalidConfig", f"ConfigMap {namespace}/{ref.name} has no key {ref.key!r}"
+        )
+    return str(data[ref.key])
+
+
+def fleet_token_digest(namespace: str, spec: CollectorFleetSpec) -> bytes | None:
+    """sha256 of the fleet's agent token. Only `get` on the one Secret named: the
+    operator never lists Secrets."""
+    ref = spec.auth_secret_ref
+    if ref is None:
+        return None
+    where = f"Secret {namespace}/{ref.name}"
+    try:
+        found = secret(namespace, ref.name)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise FleetProblem(AUTH_PROBLEM, f"the operator may not read {where}") from None
+        raise
+    if found is None:
+        raise FleetProblem(AUTH_PROBLEM, f"{where} not found")
+    data = found.data or {}
+    if ref.key not in data:
+        raise FleetProblem(AUTH_PROBLEM, f"{where} has no key {ref.key!r}")
+    token = base64.b64decode(data[ref.key]).decode(errors="replace").strip()
+    if not token:
+        raise FleetProblem(AUTH_PROBLEM, f"{where} key {ref.key!r} is empty")
+    return hashlib.sha256(token.encode()).digest()

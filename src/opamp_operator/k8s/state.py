@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from opamp_operator.api.models import CollectorFleetSpec
+from opamp_operator.fleet.conditions import Why
 from opamp_operator.fleet.drift import DriftState, agent_drift
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
 from opamp_operator.fleet.remediation import Attempt
@@ -36,9 +37,9 @@ class Governance:
     stable_hash: str
     stable_text: str | None = None
     stable_config: RemoteConfig | None = None
-    # Why the fleet cannot become Ready while the rollout is where it is:
-    # (condition reason, message), e.g. after a rollback.
-    problem: tuple[str, str] | None = None
+    # Why the fleet cannot become Ready while the rollout is where it is, e.g. after a
+    # rollback.
+    problem: Why | None = None
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,14 @@ class FleetRecord:
     spec: CollectorFleetSpec
     config_text: str | None = None
     config: RemoteConfig | None = None
-    config_error: str | None = None
     revision: str | None = None
     # sha256 of the bearer token agents must present (spec.authSecretRef), when set.
     token_digest: bytes | None = None
-    auth_error: str | None = None
-    workload_error: str | None = None
     token_read_at: float = 0.0
+    # What keeps the fleet from being Ready whatever its agents do, by what it concerns.
+    config_problem: Why | None = None
+    auth_problem: Why | None = None
+    workload_problem: Why | None = None
     governance: Governance | None = None
 
     @property
@@ -77,24 +79,18 @@ class FleetRecord:
         return f"{self.namespace}/{self.name}"
 
     @property
-    def problem(self) -> str | None:
-        """What keeps the fleet from being Ready whatever its agents do."""
-        found = self.problem_reason
-        return found[1] if found is not None else None
+    def blocker(self) -> Why | None:
+        """The first problem that keeps the fleet from being Ready: its config, its token
+        Secret, its template, then what its governing rollout says."""
+        for found in (self.config_problem, self.auth_problem, self.workload_problem):
+            if found is not None:
+                return found
+        return self.governance.problem if self.governance is not None else None
 
     @property
-    def problem_reason(self) -> tuple[str, str] | None:
-        """(condition reason, message) of `problem`."""
-        for reason, message in (
-            ("InvalidConfig", self.config_error),
-            ("AuthSecretInvalid", self.auth_error),
-            ("TemplateInvalid", self.workload_error),
-        ):
-            if message:
-                return reason, message
-        if self.governance is not None:
-            return self.governance.problem
-        return None
+    def problem(self) -> str | None:
+        found = self.blocker
+        return found.message if found is not None else None
 
     @property
     def stable(self) -> tuple[str, str]:
