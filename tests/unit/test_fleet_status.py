@@ -22,7 +22,7 @@ from opamp_operator.fleet.mapping import FleetSelector, map_agents
 from opamp_operator.fleet.remediation import Action, Attempt, RemediationPlan, remediation_events
 from opamp_operator.fleet.status import FleetFacts, fleet_status, status_update
 from opamp_operator.fleet.views import AgentView, PodView
-from opamp_operator.k8s.fleets import config_problem, parse_fleet, revision_news
+from opamp_operator.k8s.fleets import FleetReconciler, config_problem, parse_fleet, revision_news
 from opamp_operator.k8s.gates import gate_updates, pod_view
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
@@ -279,3 +279,20 @@ def test_config_problems_and_revision_news() -> None:
     assert not revision_news(record, record, created=False)  # same config again
     changed = dataclasses.replace(record, config=RemoteConfig.single(b"x: 1\n"))
     assert revision_news(changed, record, created=False)  # back to an older revision
+
+
+def test_an_invalid_spec_keeps_what_agents_get_and_says_stalled() -> None:
+    record = _record()
+    state = OperatorState()
+    state.put_fleet(record)
+    body = _fleet_body({"selector": {}, "config": {"inline": "a"}, "bogus": 1})
+    patch = kopf.Patch()
+    reconciler = FleetReconciler(state, cast(Any, None), None)
+    reconciler.refuse_spec(body, patch, Why("InvalidSpec", "invalid spec: bogus"))
+    kept = state.fleets["obs/f"]
+    assert kept.config == record.config
+    assert kept.generation == 4
+    assert kept.blocker == Why("InvalidSpec", "invalid spec: bogus")
+    assert patch["status"]["observedGeneration"] == 4
+    by_type = {c["type"]: c["status"] for c in patch["status"]["conditions"]}
+    assert by_type == {"Ready": "False", "Reconciling": "False", "Stalled": "True"}

@@ -68,10 +68,7 @@ class FleetReconciler:
         try:
             record = parse_fleet(body)
         except FleetProblem as problem:
-            old = dict(body.get("status", {})).get("conditions", [])
-            generation = int(body.metadata.get("generation", 0))
-            new = kstatus(KState.STALLED, problem.why, generation)
-            patch.status["conditions"] = merge(old, new, now_iso())
+            self.refuse_spec(body, patch, problem.why)
             return
         await read_token(record)
         created = await self.read_config(body, record)
@@ -84,6 +81,21 @@ class FleetReconciler:
         if revision_news(record, previous, created):
             kopf.info(body, reason="ConfigRevision", message=self.revision_message(record))
         logger.info("fleet %s reconciled: revision %s", record.key, record.revision)
+
+    def refuse_spec(self, body: kopf.Body, patch: kopf.Patch, why: Why) -> None:
+        """An invalid spec changes nothing agents get: the last valid record stays, marked
+        with the problem, and the status says Stalled for this generation."""
+        key = f"{body.metadata.namespace}/{body.metadata.name}"
+        generation = int(body.metadata.get("generation", 0))
+        previous = self.state.fleets.get(key)
+        if previous is not None:
+            self.state.fleets[key] = dataclasses.replace(
+                previous, generation=generation, spec_problem=why
+            )
+        old = dict(body.get("status", {})).get("conditions", [])
+        new = kstatus(KState.STALLED, why, generation)
+        patch.status["observedGeneration"] = generation
+        patch.status["conditions"] = merge(old, new, now_iso())
 
     async def read_config(self, body: kopf.Body, record: FleetRecord) -> bool:
         """The config, its problem or its revision; True when the revision is new."""

@@ -69,6 +69,8 @@ class FleetRecord:
     token_digest: bytes | None = None
     token_read_at: float = 0.0
     # What keeps the fleet from being Ready whatever its agents do, by what it concerns.
+    # spec_problem: the newest spec is invalid; the record is the last valid one's.
+    spec_problem: Why | None = None
     config_problem: Why | None = None
     auth_problem: Why | None = None
     workload_problem: Why | None = None
@@ -80,9 +82,15 @@ class FleetRecord:
 
     @property
     def blocker(self) -> Why | None:
-        """The first problem that keeps the fleet from being Ready: its config, its token
-        Secret, its template, then what its governing rollout says."""
-        for found in (self.config_problem, self.auth_problem, self.workload_problem):
+        """The first problem that keeps the fleet from being Ready: its spec, its config,
+        its token Secret, its template, then what its governing rollout says."""
+        problems = (
+            self.spec_problem,
+            self.config_problem,
+            self.auth_problem,
+            self.workload_problem,
+        )
+        for found in problems:
             if found is not None:
                 return found
         return self.governance.problem if self.governance is not None else None

@@ -1,0 +1,148 @@
+"""Every status the operator can write, judged as Flux (kstatus) and Argo CD (the shipped
+health scripts, in gopher-lua) judge it — built by the same functions the shell calls, so
+a state the live proofs (test_gitops_health.py) do not reach is judged too.
+
+Each case also starts from the status before it: a writer that left a condition of an
+earlier state behind (Reconciling=True beside Stalled=True) would be judged by kstatus
+as something other than what the operator means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, cast
+
+import kopf
+import pytest
+
+from opamp_operator.api.models import GROUP, VERSION
+from opamp_operator.fleet.conditions import TYPES, Why
+from opamp_operator.fleet.health import FleetHealth
+from opamp_operator.fleet.status import FleetFacts, fleet_status
+from opamp_operator.k8s.fleets import FleetReconciler
+from opamp_operator.k8s.state import OperatorState
+from world.gitops import SPIRIT, argocd_health, kstatus
+
+pytestmark = pytest.mark.world
+
+T0, T1 = "2026-12-01T00:00:00Z", "2026-12-01T00:01:00Z"
+HASH = "ab" * 32
+HEALTHY = FleetHealth(
+    fleet="obs/f",
+    desired_hash=HASH,
+    pods_selected=3,
+    agents_connected=3,
+    agents_mapped=3,
+    healthy=3,
+    unhealthy=0,
+    config_applied=3,
+    config_applying=0,
+    config_failed=0,
+    config_pending=0,
+    drifted=0,
+    pods_without_agent=0,
+    agents_without_pod=0,
+    duplicate_agents=0,
+    versions=(("0.149.0", 3),),
+    worst=(),
+)
+FACTS = FleetFacts(
+    observed_generation=2,
+    generation=2,
+    revision="f-abababab",
+    desired_hash=HASH,
+    stable_revision="f-abababab",
+    stable_hash=HASH,
+    blocker=None,
+)
+APPLYING = dataclasses.replace(HEALTHY, config_applying=2, config_applied=1)
+
+# name -> (health, facts, Argo CD's verdict, kstatus's verdict, text Argo CD must show)
+FLEET_CASES: dict[str, tuple[FleetHealth, FleetFacts, str, str, str]] = {
+    "ready": (HEALTHY, FACTS, "Healthy", "Current", "AgentsReady"),
+    "applying": (APPLYING, FACTS, "Progressing", "InProgress", "ApplyingConfig"),
+    "generation-changed": (
+        HEALTHY,
+        dataclasses.replace(FACTS, generation=3),
+        "Progressing",
+        "InProgress",
+        "generation 3",
+    ),
+    "pods-without-agent": (
+        dataclasses.replace(HEALTHY, pods_selected=4, pods_without_agent=1),
+        FACTS,
+        "Progressing",
+        "InProgress",
+        "PodsWithoutAgent",
+    ),
+    # kstatus has no "reconciled but degraded": a fleet whose agents are unhealthy or
+    # refused the config is InProgress to Flux (it waits) and Degraded to Argo CD.
+    "config-failed": (
+        dataclasses.replace(HEALTHY, config_failed=1, config_applied=2),
+        FACTS,
+        "Degraded",
+        "InProgress",
+        "ConfigFailed",
+    ),
+    "unhealthy": (
+        dataclasses.replace(HEALTHY, unhealthy=1, healthy=2),
+        FACTS,
+        "Degraded",
+        "InProgress",
+        "AgentsUnhealthy",
+    ),
+}
+for _reason in ("InvalidConfig", "AuthSecretInvalid", "TemplateInvalid", "RolloutRolledBack"):
+    FLEET_CASES[_reason] = (
+        APPLYING,
+        dataclasses.replace(FACTS, blocker=Why(_reason, f"{_reason} in this proof")),
+        "Degraded",
+        "Failed",
+        _reason,
+    )
+
+
+def fleet_object(status: dict[str, Any], generation: int = 2) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "CollectorFleet",
+        "metadata": {"name": "f", "namespace": "obs", "generation": generation},
+        "status": status,
+    }
+
+
+def judge_case(obj: dict[str, Any], argo: str, flux: str, says: str) -> None:
+    argo_status, argo_message = argocd_health(obj)
+    flux_status, flux_message = kstatus(obj)
+    seen = f"argo={argo_status} ({argo_message}) kstatus={flux_status} ({flux_message})"
+    assert (argo_status, flux_status) == (argo, flux), seen
+    assert says in argo_message, seen
+    if argo_status != "Degraded" or flux_status == "Failed":
+        assert SPIRIT[argo_status] == flux_status, seen
+
+
+@pytest.mark.parametrize("before", sorted(FLEET_CASES))
+@pytest.mark.parametrize("name", sorted(FLEET_CASES))
+def test_every_fleet_status_after_every_other(name: str, before: str) -> None:
+    earlier_health, earlier_facts, *_ = FLEET_CASES[before]
+    old = fleet_status(earlier_health, earlier_facts, {}, T0)
+    health, facts, argo, flux, says = FLEET_CASES[name]
+    status = fleet_status(health, facts, old, T1)
+    assert [c["type"] for c in status["conditions"]] == list(TYPES)
+    judge_case(fleet_object(status, facts.generation), argo, flux, says)
+
+
+@pytest.mark.parametrize("before", sorted(FLEET_CASES))
+def test_an_invalid_spec_is_stalled_for_its_generation(before: str) -> None:
+    """What reconcile writes for a spec the model refuses, after any earlier status: the
+    new generation observed, Stalled, nothing of the earlier state left to contradict it."""
+    earlier_health, earlier_facts, *_ = FLEET_CASES[before]
+    old = fleet_status(earlier_health, earlier_facts, {}, T0)
+    raw = fleet_object(old, generation=3)
+    raw["spec"] = {"selector": {}, "config": {"inline": "a: 1"}, "unknownField": True}
+    patch = kopf.Patch()
+    body = kopf.Body(cast(kopf.RawBody, raw))
+    reconciler = FleetReconciler(OperatorState(), cast(Any, None), None)
+    reconciler.refuse_spec(body, patch, Why("InvalidSpec", "invalid spec: unknownField"))
+    written = {**old, **dict(patch["status"])}
+    judge_case(fleet_object(written, generation=3), "Degraded", "Failed", "InvalidSpec")
