@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from opamp_operator.opamp.attributes import to_dict, to_text
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
-from opamp_operator.opamp.session import AgentRecord, AgentState
+from opamp_operator.opamp.session import AgentRecord, AgentState, HasAgentState
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class PodView:
 
 
 @dataclass(frozen=True)
-class AgentView:
+class AgentView(HasAgentState):
     """An agent as the fleet layer sees it; attributes are text, identifying ones win."""
 
     instance_uid: str
@@ -53,20 +53,6 @@ class AgentView:
     # AvailableComponents: component types per plural kind ("receivers": {"otlp"});
     # None when the agent reports none.
     components: Mapping[str, frozenset[str]] | None = None
-
-    @property
-    def connected(self) -> bool:
-        """Its session is open (it may be stale)."""
-        return self.state is not AgentState.DISCONNECTED
-
-    @property
-    def stale(self) -> bool:
-        return self.state is AgentState.STALE
-
-    @property
-    def live(self) -> bool:
-        """Connected and not stale."""
-        return self.state is AgentState.CONNECTED
 
     @property
     def service_version(self) -> str:

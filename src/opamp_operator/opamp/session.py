@@ -86,8 +86,29 @@ class CoreSettings:
     """Silent for this many heartbeat intervals: the agent is stale."""
 
 
+class HasAgentState:
+    """connected / stale / live, read from `state`: the record and every view of it
+    answer these the same way."""
+
+    state: AgentState
+
+    @property
+    def connected(self) -> bool:
+        """Its session is open (it may be stale)."""
+        return self.state is not AgentState.DISCONNECTED
+
+    @property
+    def stale(self) -> bool:
+        return self.state is AgentState.STALE
+
+    @property
+    def live(self) -> bool:
+        """Connected and not stale."""
+        return self.state is AgentState.CONNECTED
+
+
 @dataclass
-class AgentRecord:
+class AgentRecord(HasAgentState):
     """Everything the server knows about one agent: its merged full state and ours."""
 
     instance_uid: bytes
@@ -130,20 +151,6 @@ class AgentRecord:
     def reported_config_hash(self) -> bytes:
         status = self.remote_config_status
         return status.last_remote_config_hash if status is not None else b""
-
-    @property
-    def connected(self) -> bool:
-        """Its session is open (it may be stale)."""
-        return self.state is not AgentState.DISCONNECTED
-
-    @property
-    def stale(self) -> bool:
-        return self.state is AgentState.STALE
-
-    @property
-    def live(self) -> bool:
-        """Connected and not stale."""
-        return self.state is AgentState.CONNECTED
 
 
 class DesiredConfigSource(Protocol):
@@ -259,19 +266,19 @@ class ServerCore:
     def reoffer_config(self, uid: bytes) -> bool:
         """Offer the desired config again even though the agent reports having applied it
         (drift remediation). False when the agent cannot take remote config."""
-        agent = self._agents.get(uid)
-        if agent is None or not agent.can(pb.AgentCapabilities_AcceptsRemoteConfig):
-            return False
-        agent.reoffer_config = True
-        self.wake()
-        return True
+        return self._request(uid, pb.AgentCapabilities_AcceptsRemoteConfig, "reoffer_config")
 
     def request_restart(self, uid: bytes) -> bool:
         """Send the agent a Restart command. False when it does not accept one."""
+        return self._request(uid, pb.AgentCapabilities_AcceptsRestartCommand, "restart_requested")
+
+    def _request(self, uid: bytes, capability: int, flag: str) -> bool:
+        """Raise one of the agent's request flags, if it has the capability to act on it,
+        and wake the transport to send it."""
         agent = self._agents.get(uid)
-        if agent is None or not agent.can(pb.AgentCapabilities_AcceptsRestartCommand):
+        if agent is None or not agent.can(capability):
             return False
-        agent.restart_requested = True
+        setattr(agent, flag, True)
         self.wake()
         return True
 
