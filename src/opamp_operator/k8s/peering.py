@@ -22,6 +22,8 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from opamp_operator.k8s.reads import get_or_none
+
 log = logging.getLogger(__name__)
 PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
 
@@ -120,27 +122,36 @@ class PeeringWatch:
                 raise
 
     def _statuses(self) -> list[Mapping[str, Any]]:
+        """The peering objects' statuses; none at all while any of them is missing."""
         api: Any = k8s.CustomObjectsApi()
         if not self.namespaces:
-            obj = api.get_cluster_custom_object(
-                PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", self.name
-            )
-            return [obj.get("status") or {}]
-        return [
-            api.get_namespaced_custom_object(
-                PEERING_GROUP, PEERING_VERSION, ns, "kopfpeerings", self.name
-            ).get("status")
-            or {}
-            for ns in self.namespaces
-        ]
+            found = [
+                get_or_none(
+                    api.get_cluster_custom_object,
+                    PEERING_GROUP,
+                    PEERING_VERSION,
+                    "clusterkopfpeerings",
+                    self.name,
+                )
+            ]
+        else:
+            found = [
+                get_or_none(
+                    api.get_namespaced_custom_object,
+                    PEERING_GROUP,
+                    PEERING_VERSION,
+                    ns,
+                    "kopfpeerings",
+                    self.name,
+                )
+                for ns in self.namespaces
+            ]
+        if any(obj is None for obj in found):
+            return []
+        return [obj.get("status") or {} for obj in found if obj is not None]
 
     async def check(self) -> bool:
-        try:
-            statuses = await asyncio.to_thread(self._statuses)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            statuses = []
+        statuses = await asyncio.to_thread(self._statuses)
         now = datetime.now(UTC)
         active = bool(statuses) and all(
             is_active(parse_peers(s), self.identity, now) for s in statuses

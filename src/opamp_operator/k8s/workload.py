@@ -46,6 +46,7 @@ from opamp_operator.api.models import (
     WorkloadKind,
 )
 from opamp_operator.fleet.mapping import ATTR_NAMESPACE, ATTR_POD_NAME, ATTR_POD_UID
+from opamp_operator.k8s.reads import get_or_none
 from opamp_operator.k8s.state import FleetRecord
 
 MANAGER = "opamp-operator"
@@ -352,12 +353,7 @@ def _kinds() -> dict[str, _Kind]:
 
 
 def _read(kind: _Kind, name: str, namespace: str) -> Any | None:
-    try:
-        return kind.read(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return get_or_none(kind.read, name, namespace)
 
 
 def _owner_refs(obj: Any) -> list[dict[str, Any]]:
