@@ -60,21 +60,45 @@ def load_kubernetes_credentials() -> None:
         k8s_config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
-async def run(options: RunOptions) -> None:
-    load_kubernetes_credentials()
-    state = OperatorState()
+def kopf_settings(options: RunOptions, identity: str, scratch: Path) -> kopf.OperatorSettings:
+    """kopf as this operator runs it: progress in status, peering when named, the
+    admission webhook when asked."""
+    settings = kopf.OperatorSettings()
+    settings.posting.level = logging.INFO
+    # Handler progress and the last handled spec live in status, never in annotations:
+    # Argo CD and Flux own the metadata and spec of the objects they apply.
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    if options.peering.name is not None:
+        settings.peering.mandatory = True
+        settings.peering.lifetime = options.peering.lifetime
+        settings.peering.priority = options.peering.priority or peering.random_priority()
+        log.info(
+            "peering %s as %s, priority %d",
+            options.peering.name,
+            identity,
+            settings.peering.priority,
+        )
+    if options.webhook is not None:
+        settings.admission.server = webhook_server(options.webhook, scratch)
+        settings.admission.managed = options.webhook.configuration
+    return settings
+
+
+async def serve_opamp(
+    options: RunOptions, state: OperatorState, identity: str
+) -> tuple[OpAMPServer, web.AppRunner, PeeringWatch | None]:
+    """The OpAMP server and read API, listening; on standby behind a peering watch."""
     core = ServerCore(options.core, desired=state)
     state.core = core
     server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
     app = server.app()
     FleetAPI(state).add_routes(app)
     watch: PeeringWatch | None = None
-    identity = peering.new_identity()
-    peering_name = options.peering.name
-    if peering_name is not None:
+    if options.peering.name is not None:
         server.set_standby(True)
         watch = PeeringWatch(
-            peering_name,
+            options.peering.name,
             identity,
             options.namespaces,
             on_change=lambda active: server.set_standby(not active),
@@ -84,33 +108,27 @@ async def run(options: RunOptions) -> None:
     listen = options.listen
     await web.TCPSite(runner, listen.host, listen.port).start()
     log.info("OpAMP server on %s:%d/v1/opamp", listen.host, listen.port)
+    return server, runner, watch
 
-    registry = kopf.OperatorRegistry()
-    register(
-        registry,
-        state,
-        server,
-        replace(options.handlers, webhook=options.webhook is not None),
-    )
-    settings = kopf.OperatorSettings()
-    settings.posting.level = logging.INFO
-    # Handler progress and the last handled spec live in status, never in annotations:
-    # Argo CD and Flux own the metadata and spec of the objects they apply.
-    settings.persistence.progress_storage = kopf.StatusProgressStorage()
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
-    if peering_name is not None:
-        settings.peering.mandatory = True
-        settings.peering.lifetime = options.peering.lifetime
-        settings.peering.priority = options.peering.priority or peering.random_priority()
-        log.info("peering %s as %s, priority %d", peering_name, identity, settings.peering.priority)
-    scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-webhook-")
-    if options.webhook is not None:
-        settings.admission.server = webhook_server(options.webhook, Path(scratch.name))
-        settings.admission.managed = options.webhook.configuration
+
+def stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run(options: RunOptions) -> None:
+    load_kubernetes_credentials()
+    state = OperatorState()
+    identity = peering.new_identity()
+    server, runner, watch = await serve_opamp(options, state, identity)
+    registry = kopf.OperatorRegistry()
+    handlers = replace(options.handlers, webhook=options.webhook is not None)
+    register(registry, state, server, handlers)
+    scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-webhook-")
+    stop = stop_on_signals()
     watching = None
     if watch is not None:
         await asyncio.to_thread(watch.ensure)
@@ -118,11 +136,11 @@ async def run(options: RunOptions) -> None:
     try:
         await kopf.operator(
             registry=registry,
-            settings=settings,
+            settings=kopf_settings(options, identity, Path(scratch.name)),
             clusterwide=not options.namespaces,
             namespaces=options.namespaces,
-            standalone=peering_name is None,
-            peering_name=peering_name,
+            standalone=options.peering.name is None,
+            peering_name=options.peering.name,
             identity=cast(Any, identity),
             stop_flag=stop,
         )
