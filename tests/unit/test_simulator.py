@@ -515,6 +515,12 @@ def test_settings_refuse_nonsense() -> None:
         SimulationSettings(endpoint="http://h/v1/opamp", agents=1, transport="http", heartbeat=0)
 
 
+def test_simulate_without_options_is_the_settings_defaults() -> None:
+    endpoint = "ws://127.0.0.1:4320/v1/opamp"
+    args = build_parser().parse_args(["simulate", "--endpoint", endpoint, "--agents", "3"])
+    assert settings_from_args(args) == SimulationSettings(endpoint=endpoint, agents=3)
+
+
 def test_cli_arguments_become_settings() -> None:
     args = build_parser().parse_args(
         [

@@ -27,11 +27,12 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from opamp_operator.api.models import GROUP, VERSION
 from opamp_operator.api.read import AGENT_STATES
 from opamp_operator.kubectl_plugin import format as fmt
+from opamp_operator.server.app import Listen
 
 FLEETS = "collectorfleets"
 ROLLOUTS = "configrollouts"
 DEFAULT_SERVICE = "opamp-system/opamp-operator"
-DEFAULT_PORT = 4320
+DEFAULT_PORT = Listen().port  # the operator's own default
 ROLLOUT_ACTIONS = ("status", "promote", "abort", "pause", "resume", "retry", "history")
 
 

@@ -10,7 +10,6 @@ import sys
 
 from opamp_operator.simulator.runner import run_simulation
 from opamp_operator.simulator.settings import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     TRANSPORTS,
     SimulationSettings,
     transport_of,
@@ -40,6 +39,10 @@ def _non_negative(text: str) -> float:
     return value
 
 
+# Flag defaults are SimulationSettings' own (endpoint and agents have none).
+_D = SimulationSettings(endpoint="ws://127.0.0.1/v1/opamp", agents=1)
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `simulate` on the main parser's subparsers."""
     p = subparsers.add_parser(
@@ -62,14 +65,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=None,
         help="report FAILED for any offered config whose body contains TEXT",
     )
-    p.add_argument("--pod-names", metavar="PREFIX", default="sim-agent", help="pods are PREFIX-<i>")
-    p.add_argument("--namespace", metavar="NS", default="default", help="k8s.namespace.name")
-    p.add_argument("--service-name", default="otelcol-sim", help="service.name")
+    p.add_argument(
+        "--pod-names", metavar="PREFIX", default=_D.pod_prefix, help="pods are PREFIX-<i>"
+    )
+    p.add_argument("--namespace", metavar="NS", default=_D.namespace, help="k8s.namespace.name")
+    p.add_argument("--service-name", default=_D.service_name, help="service.name")
     p.add_argument(
         "--heartbeat",
         metavar="SECONDS",
         type=_non_negative,
-        default=30.0,
+        default=_D.heartbeat,
         help="heartbeat / HTTP polling interval until the server offers one (0: no WS heartbeats)",
     )
     p.add_argument(
@@ -86,31 +91,35 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--connect-rate",
         metavar="PER_SECOND",
         type=_non_negative,
-        default=500.0,
+        default=_D.connect_rate,
         help="agents started per second (0: all at once)",
     )
     p.add_argument(
-        "--progress-interval", metavar="SECONDS", type=float, default=5.0, help="progress lines"
+        "--progress-interval",
+        metavar="SECONDS",
+        type=float,
+        default=_D.progress_interval,
+        help="progress lines",
     )
-    p.add_argument("--backoff-initial", metavar="SECONDS", type=float, default=1.0)
-    p.add_argument("--backoff-max", metavar="SECONDS", type=float, default=30.0)
+    p.add_argument("--backoff-initial", metavar="SECONDS", type=float, default=_D.backoff_initial)
+    p.add_argument("--backoff-max", metavar="SECONDS", type=float, default=_D.backoff_max)
     p.add_argument(
         "--apply-delay",
         metavar="SECONDS",
         type=_non_negative,
-        default=0.0,
+        default=_D.apply_delay,
         help="time an agent takes to apply a config (reports APPLYING meanwhile)",
     )
     p.add_argument(
         "--report-applying", action="store_true", help="report APPLYING before APPLIED/FAILED"
     )
-    p.add_argument("--open-timeout", metavar="SECONDS", type=float, default=10.0)
-    p.add_argument("--request-timeout", metavar="SECONDS", type=float, default=30.0)
-    p.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=30.0)
+    p.add_argument("--open-timeout", metavar="SECONDS", type=float, default=_D.open_timeout)
+    p.add_argument("--request-timeout", metavar="SECONDS", type=float, default=_D.request_timeout)
+    p.add_argument("--shutdown-timeout", metavar="SECONDS", type=float, default=_D.shutdown_timeout)
     p.add_argument(
         "--max-message-bytes",
         type=_positive_int,
-        default=DEFAULT_MAX_MESSAGE_BYTES,
+        default=_D.max_message_bytes,
         help="largest ServerToAgent accepted",
     )
     p.add_argument("--seed", type=int, default=None, help="seed for backoff jitter")

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from opamp_operator.server.app import Limits
 from opamp_operator.simulator.protocol import AgentOptions
 from opamp_operator.simulator.stats import STOP_CONDITIONS, StopCondition
 
 Transport = Literal["ws", "http"]
 TRANSPORTS: tuple[Transport, ...] = ("ws", "http")
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 _SCHEMES: dict[Transport, dict[str, str]] = {
     "ws": {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"},
@@ -62,7 +62,7 @@ class SimulationSettings:
     shutdown_timeout: float = 30.0
     apply_delay: float = 0.0
     report_applying: bool = False
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = Limits.max_message_bytes
     seed: int | None = None
 
     def __post_init__(self) -> None:
