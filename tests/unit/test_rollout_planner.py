@@ -1,13 +1,15 @@
 """The ConfigRollout planner (fleet/rollout.py): each phase transition by example, then
 properties over random fleets, reports, clocks and controls: targets are not exceeded,
-membership only grows, a rollback leaves nobody on the new revision, and a planner
-restarted from its status decides exactly as the one that kept running."""
+membership only grows, a rollback leaves nobody on the new revision, every phase change
+is a move the transition table allows and leaves the new phase's invariants holding, and
+a planner restarted from its status decides exactly as the one that kept running."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -16,12 +18,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from opamp_operator.api.models import ConfigRolloutStatus
+from opamp_operator.fleet import rollout
 from opamp_operator.fleet.rollout import (
+    ALLOWED,
     MAX_BUCKET,
     NOBODY,
+    ONLY_IN,
+    STOPPED,
+    TERMINAL,
     Controls,
     Decision,
     Gates,
+    IllegalTransitionError,
     Membership,
     OnFailure,
     PauseReason,
@@ -38,6 +47,7 @@ from opamp_operator.fleet.rollout import (
     membership,
     plan,
 )
+from opamp_operator.fleet.rollout_status import rollout_status
 
 FULL = {"receivers": frozenset({"otlp"}), "exporters": frozenset({"debug"})}
 NO_DEBUG = {"receivers": frozenset({"otlp"})}
@@ -775,7 +785,7 @@ def test_now_is_truncated_to_whole_seconds() -> None:
 def test_to_status_shape() -> None:
     progress = Progress(
         phase=Phase.PAUSED,
-        pause_reason=PauseReason.STEP.value,
+        pause_reason=PauseReason.STEP,
         desired_revision="r2",
         desired_hash=NEW.hash,
         cutoff=255,
@@ -790,7 +800,7 @@ def test_to_status_shape() -> None:
     assert status["startedAt"] == "1970-01-01T00:00:00Z"
     assert status["pauseReason"] == "Step"
     assert status["phase"] == "Paused"
-    assert "pauseUntil" not in status
+    assert status["pauseUntil"] is None  # left out: a merge patch removes it
     assert status["steps"] == [
         {
             "offered": 3,
@@ -802,7 +812,8 @@ def test_to_status_shape() -> None:
         }
     ]
     assert status["controls"] == {"promote": "1"}
-    assert "cutoff" not in Progress().to_status()  # nobody
+    assert Progress().to_status()["cutoff"] is None  # nobody
+    assert Progress().to_status().keys() == status.keys()  # always the same keys
     assert Progress(cutoff=MAX_BUCKET).to_status()["cutoff"] == "f" * 16
 
 
@@ -1137,7 +1148,7 @@ step_counts = st.builds(
 progresses = st.builds(
     Progress,
     phase=st.sampled_from(Phase),
-    pause_reason=st.sampled_from(["", *PauseReason]),
+    pause_reason=st.sampled_from([None, *PauseReason]),
     message=st.text(),
     desired_revision=st.text(),
     desired_hash=st.text(),
@@ -1163,7 +1174,7 @@ progresses = st.builds(
 def test_status_round_trip(progress: Progress) -> None:
     status = progress.to_status()
     assert Progress.from_status(json.loads(json.dumps(status))) == progress
-    assert all(v is not None for v in status.values())
+    assert Progress.from_status({k: v for k, v in status.items() if v is not None}) == progress
 
 
 def test_a_count_step_with_fewer_agents_connected_does_not_take_everyone() -> None:
@@ -1175,3 +1186,128 @@ def test_a_count_step_with_fewer_agents_connected_does_not_take_everyone() -> No
     d = run.tick(first)
     assert not d.membership.everyone
     assert members(d, agents) == {first[0].uid}
+
+
+# ------------------------------------------------------------- the transition table
+
+
+@contextmanager
+def moves() -> Iterator[list[tuple[Phase, Phase]]]:
+    """Every (from, to) phase move `_to` makes while the block runs."""
+    made: list[tuple[Phase, Phase]] = []
+    original = rollout._to
+
+    def recording(progress: Progress, phase: Phase, **changes: Any) -> Progress:
+        made.append((progress.phase, phase))
+        return original(progress, phase, **changes)
+
+    rollout._to = recording
+    try:
+        yield made
+    finally:
+        rollout._to = original
+
+
+def assert_moves_connect(before: Phase, after: Phase, made: list[tuple[Phase, Phase]]) -> None:
+    """The moves of one plan call chain from `before` to `after`, each allowed: no phase
+    changes but through `_to`."""
+    at = before
+    for source, target in made:
+        assert source is at, (before, made)
+        assert target in ALLOWED[source], (source, target)
+        at = target
+    assert at is after, (before, made, after)
+
+
+def assert_phase_invariants(p: Progress) -> None:
+    defaults = Progress()
+    for name, phases in ONLY_IN.items():
+        if p.phase not in phases:
+            assert getattr(p, name) == getattr(defaults, name), (p.phase, name)
+    if p.phase is Phase.PAUSED:
+        assert p.pause_reason is not None
+        assert p.paused_at is not None
+    if p.phase is Phase.SUCCEEDED:
+        assert (p.stable_revision, p.stable_hash) == (p.desired_revision, p.desired_hash)
+    if p.phase in STOPPED:
+        assert p.finished_at is not None
+        assert p.stable_hash != p.desired_hash
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenario=scenarios(), restarts=st.frozensets(st.integers(0, 29)))
+def test_every_plan_makes_only_allowed_moves_and_keeps_the_invariants(
+    scenario: Scenario, restarts: frozenset[int]
+) -> None:
+    for call, decision in calls(scenario, restarts):
+        with moves() as made:
+            assert call() == decision
+        before, after = call.progress, decision.progress
+        assert_moves_connect(before.phase, after.phase, made)
+        assert_phase_invariants(after)
+        if after.phase is not before.phase:
+            assert (after.phase in TERMINAL) == (after.finished_at is not None)
+
+
+@st.composite
+def any_progresses(draw: st.DrawFn) -> Progress:
+    """A status as anyone could have written it, phase and fields inconsistent included,
+    about the revisions the planner is given half the time."""
+    p = draw(progresses)
+    if draw(st.booleans()):
+        p = replace(p, desired_revision=NEW.name, desired_hash=NEW.hash)
+        p = replace(p, stable_hash=draw(st.sampled_from([STABLE.hash, NEW.hash, ""])))
+    return p
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), paused=st.booleans(), tokens=st.tuples(*[st.sampled_from(["", "t"])] * 3))
+def test_no_status_makes_the_planner_move_illegally(
+    data: st.DataObject, paused: bool, tokens: tuple[str, str, str]
+) -> None:
+    """Whatever a status says, the planner moves only as the table allows (it never
+    raises on a hand-edited or corrupt status) and the phase it moves to is sound."""
+    progress = data.draw(any_progresses())
+    policy = data.draw(st.builds(Policy, steps=steps_st(True), paused=st.just(paused)))
+    agents = apply(fleet(6, canaries=2), plan(policy, progress, NEW, [], T0, Controls()))
+    with moves() as made:
+        decision = plan(policy, progress, NEW, agents, T0 + 30, Controls(*tokens))
+    assert_moves_connect(progress.phase, decision.progress.phase, made)
+    if made:
+        last = decision.progress
+        for name, phases in ONLY_IN.items():
+            if last.phase not in phases:
+                assert getattr(last, name) == getattr(Progress(), name), name
+
+
+def test_the_table_refuses_illegal_moves_and_resets_what_a_phase_does_not_carry() -> None:
+    paused = Progress(
+        phase=Phase.PAUSED, pause_reason=PauseReason.STEP, paused_at=T0, pause_until=T0 + 60
+    )
+    moved = rollout._to(paused, Phase.PROGRESSING, message="on")
+    assert (moved.pause_reason, moved.paused_at, moved.pause_until) == (None, None, None)
+    back = rollout._to(replace(moved, cutoff=5, step_armed=True), Phase.ROLLED_BACK)
+    assert (back.cutoff, back.step_armed) == (NOBODY, False)
+    with pytest.raises(IllegalTransitionError, match="Succeeded -> Failed"):
+        rollout._to(Progress(phase=Phase.SUCCEEDED), Phase.FAILED)
+    with pytest.raises(IllegalTransitionError, match="RolledBack -> Paused"):
+        rollout._to(Progress(phase=Phase.ROLLED_BACK), Phase.PAUSED)
+    with pytest.raises(IllegalTransitionError, match="does not carry paused_at"):
+        rollout._to(paused, Phase.PROGRESSING, paused_at=T0)
+    # Every phase has a row; a rollout that stopped short never pauses or fails again.
+    assert set(ALLOWED) == set(Phase)
+    for stopped in STOPPED:
+        assert not ALLOWED[stopped] & {Phase.PAUSED, Phase.FAILED, Phase.ROLLED_BACK}
+
+
+@settings(max_examples=50, deadline=None)
+@given(scenarios())
+def test_every_status_written_is_exactly_the_models(scenario: Scenario) -> None:
+    """What the shell writes after any plan validates as ConfigRolloutStatus with
+    nothing ignored or coerced: the planner's keys and the CRD's are the same."""
+    old: dict[str, Any] = {}
+    for d in drive(scenario):
+        status = json.loads(json.dumps(rollout_status(d, 1, old, "2024-05-01T00:00:00Z")))
+        model = ConfigRolloutStatus.model_validate(status)
+        assert model.model_dump(mode="json", by_alias=True, exclude_unset=True) == status
+        old = status

@@ -9,6 +9,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The planner's enums and limits are the schema's: one definition, in the planner.
+from opamp_operator.fleet.rollout import FAILING_LIMIT, MISSING_SHOWN, OnFailure, PauseReason, Phase
+
 GROUP = "opampoperator.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -205,11 +208,6 @@ class FleetRef(_Spec):
     name: Annotated[str, Field(min_length=1, description="A CollectorFleet in this namespace")]
 
 
-class OnFailure(StrEnum):
-    ROLLBACK = "Rollback"
-    PAUSE = "Pause"
-
-
 class RolloutGates(_Spec):
     """What must hold for a step to pass; every field left out keeps the default (or,
     in a step, the rollout's `gates`)."""
@@ -273,7 +271,7 @@ class RolloutStep(_Spec):
     gates: RolloutGates | None = None
 
 
-class Preflight(_Spec):
+class PreflightPolicy(_Spec):
     enabled: bool = True
     block_on_unreported: bool = Field(
         default=False,
@@ -286,7 +284,7 @@ class ConfigRolloutSpec(_Spec):
     paused: bool = False
     on_failure: OnFailure = OnFailure.ROLLBACK
     gates: RolloutGates = Field(default_factory=RolloutGates)
-    preflight: Preflight = Field(default_factory=Preflight)
+    preflight: PreflightPolicy = Field(default_factory=PreflightPolicy)
     steps: list[RolloutStep] = Field(
         default_factory=list, max_length=20, description="Ordered; empty means one step of 100%"
     )
@@ -307,14 +305,16 @@ class MissingComponent(_Status):
     agents: int
 
 
+# Written by fleet.rollout.Preflight.to_status().
 class PreflightStatus(_Status):
     blocked: bool = False
-    missing: list[MissingComponent] = Field(default_factory=list)
+    missing: list[MissingComponent] = Field(default_factory=list, max_length=MISSING_SHOWN)
     unreported: int = 0
     checked: int = 0
 
 
-class FailingAgent(_Status):
+# Written by fleet.rollout.FailingAgent.to_status().
+class FailingAgentStatus(_Status):
     instance_uid: str
     pod: str = ""
     reason: str
@@ -325,10 +325,13 @@ class ConfigRolloutStatus(_Status):
     """Progress, persisted before any offer depends on it: a restarted operator or the
     standby resumes exactly (docs/rollout.md)."""
 
+    # From `phase` to `controls`: fleet.rollout.Progress.to_status(); the rest:
+    # fleet.rollout_status.rollout_status(). tests/unit/test_rollout_status.py checks both.
+
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    phase: str | None = None
-    pause_reason: str | None = None
+    phase: Phase | None = None
+    pause_reason: PauseReason | None = None
     message: str | None = None
     current_step: int | None = None
     step_armed: bool | None = None
@@ -348,7 +351,9 @@ class ConfigRolloutStatus(_Status):
     agents: int | None = Field(default=None, description="Managed agents of the fleet")
     unmanaged: int | None = Field(default=None, description="Agents that cannot take remote config")
     preflight: PreflightStatus | None = None
-    failing_agents: list[FailingAgent] = Field(default_factory=list)
+    failing_agents: list[FailingAgentStatus] = Field(
+        default_factory=list, max_length=FAILING_LIMIT, description="The worst first"
+    )
     controls: dict[str, str] = Field(
         default_factory=dict, description="The last token acted on per control annotation"
     )

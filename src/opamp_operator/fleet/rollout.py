@@ -11,6 +11,9 @@ members follow from the progress alone, whatever agents come and go.
 One `plan` call runs the state machine to a fixed point: a step that passes moves to the
 next one, which is armed (preflight, cutoff raised) and evaluated in the same call, so
 a rollout whose gates already hold never waits a tick per step.
+
+Phases change only through `_to`, which refuses a move `ALLOWED` does not list and resets
+what the new phase does not carry (`ONLY_IN`): the transitions are data, stated below.
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ from opamp_operator.fleet.text import HASH_SHOWN, truncate
 MAX_BUCKET = 2**64 - 1
 # The cutoff of a membership that holds nobody: every bucket is above it.
 NOBODY = -1
+# At most this many failing agents are reported (status.failingAgents), worst first.
 FAILING_LIMIT = 10
+# At most this many missing components are listed in status.preflight.missing.
+MISSING_SHOWN = 20
+# The control annotations (opampoperator.io/<name>), in the order they are acted on.
 CONTROL_NAMES = ("promote", "abort", "retry")
 
 
@@ -50,8 +57,8 @@ class OnFailure(StrEnum):
 
 
 class PauseReason(StrEnum):
-    STEP = "Step"
-    SPEC = "SpecPaused"
+    STEP = "Step"  # a step's pause: seconds, or until promoted
+    SPEC = "SpecPaused"  # spec.paused: holds everything, a step's pause included
 
 
 class FailReason(StrEnum):
@@ -68,6 +75,45 @@ SEVERITY: Mapping[str, int] = {reason.value: rank for rank, reason in enumerate(
 # The phases an abort acts in, and those a retry acts in.
 ABORTABLE = frozenset({Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED, Phase.FAILED})
 RETRYABLE = frozenset({Phase.FAILED, Phase.ROLLED_BACK, Phase.ABORTED})
+# The rollout is over (for this revision and attempt); `finished_at` says when.
+TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ROLLED_BACK, Phase.ABORTED})
+# Stopped short of the desired revision: nothing moves until abort, retry or a new one.
+STOPPED = frozenset({Phase.FAILED, Phase.ROLLED_BACK, Phase.ABORTED})
+
+# Where each phase may go; `_to` raises `IllegalTransitionError` on any other move. Why:
+#   any -> Pending       a new fleet revision supersedes whatever runs (restart at step 0)
+#   any -> Succeeded     the desired revision is the stable one: nothing to roll out
+#   Pending, Progressing, Paused (the active phases) -> any of them: arm a step, pause
+#       (a step's pause, spec.paused), end a pause (time, promote, spec.paused cleared),
+#       pass a step; -> Succeeded (the last step passed), Failed / RolledBack (a gate
+#       broke, onFailure Pause / Rollback), Aborted (the abort control)
+#   Failed -> Aborted    abort also acts on a rollout that failed and holds its members
+#   Failed, RolledBack, Aborted -> Progressing   the retry control: attempt + 1, step 0
+# Succeeded never moves but for a new revision: a stable revision is not judged again.
+ALLOWED: Mapping[Phase, frozenset[Phase]] = {
+    Phase.PENDING: frozenset(Phase),
+    Phase.PROGRESSING: frozenset(Phase),
+    Phase.PAUSED: frozenset(Phase),
+    Phase.SUCCEEDED: frozenset({Phase.PENDING}),
+    Phase.FAILED: frozenset({Phase.PENDING, Phase.SUCCEEDED, Phase.ABORTED, Phase.PROGRESSING}),
+    Phase.ROLLED_BACK: frozenset({Phase.PENDING, Phase.SUCCEEDED, Phase.PROGRESSING}),
+    Phase.ABORTED: frozenset({Phase.PENDING, Phase.SUCCEEDED, Phase.PROGRESSING}),
+}
+# Progress fields only some phases carry; `_to` resets them to their defaults in any other.
+ONLY_IN: Mapping[str, frozenset[Phase]] = {
+    "pause_reason": frozenset({Phase.PAUSED}),
+    "paused_at": frozenset({Phase.PAUSED}),
+    "pause_until": frozenset({Phase.PAUSED}),
+    "finished_at": TERMINAL,
+    # After a rollback or an abort nobody is a member: no cutoff, no armed selector.
+    "cutoff": frozenset(Phase) - {Phase.ROLLED_BACK, Phase.ABORTED},
+    "step_armed": frozenset(Phase) - {Phase.ROLLED_BACK, Phase.ABORTED},
+}
+
+
+class IllegalTransitionError(RuntimeError):
+    """A move `ALLOWED` does not list, or a field set in a phase that does not carry it:
+    a bug in the planner, never a user error."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +253,7 @@ class Progress:
     """
 
     phase: Phase = Phase.PENDING
-    pause_reason: str = ""
+    pause_reason: PauseReason | None = None
     message: str = ""
     desired_revision: str = ""
     desired_hash: str = ""
@@ -227,29 +273,29 @@ class Progress:
     controls: Mapping[str, str] = field(default_factory=dict)
 
     def to_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+        """Every status key the planner owns, always the same keys: None marks one it
+        leaves out, which a merge patch removes (api.models.ConfigRolloutStatus has them)."""
+        return {
             "phase": self.phase.value,
-            "pauseReason": self.pause_reason,
+            "pauseReason": None if self.pause_reason is None else self.pause_reason.value,
             "message": self.message,
             "currentStep": self.current_step,
             "stepArmed": self.step_armed,
+            "cutoff": f"{min(self.cutoff, MAX_BUCKET):016x}" if self.cutoff >= 0 else None,
+            "attempt": self.attempt,
             "desiredRevision": self.desired_revision,
             "desiredHash": self.desired_hash,
             "stableRevision": self.stable_revision,
             "stableHash": self.stable_hash,
-            "attempt": self.attempt,
+            "startedAt": _time(self.started_at),
+            "stepStartedAt": _time(self.step_started_at),
+            "bakeStartedAt": _time(self.bake_started_at),
+            "pausedAt": _time(self.paused_at),
+            "pauseUntil": _time(self.pause_until),
+            "finishedAt": _time(self.finished_at),
+            "steps": [counts.to_status() for counts in self.steps],
+            "controls": dict(self.controls),
         }
-        if self.cutoff >= 0:
-            out["cutoff"] = f"{min(self.cutoff, MAX_BUCKET):016x}"
-        _put_time(out, "startedAt", self.started_at)
-        _put_time(out, "stepStartedAt", self.step_started_at)
-        _put_time(out, "bakeStartedAt", self.bake_started_at)
-        _put_time(out, "pausedAt", self.paused_at)
-        _put_time(out, "pauseUntil", self.pause_until)
-        _put_time(out, "finishedAt", self.finished_at)
-        out["steps"] = [counts.to_status() for counts in self.steps]
-        out["controls"] = dict(self.controls)
-        return out
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> Progress:
@@ -266,7 +312,7 @@ class Progress:
         controls = status.get("controls")
         return cls(
             phase=phase,
-            pause_reason=_str(status.get("pauseReason")),
+            pause_reason=_pause_reason(status.get("pauseReason")),
             message=_str(status.get("message")),
             desired_revision=_str(status.get("desiredRevision")),
             desired_hash=_str(status.get("desiredHash")),
@@ -295,12 +341,27 @@ class Progress:
         )
 
 
+def persisted(status: Mapping[str, Any]) -> Progress | None:
+    """The progress a rollout's status holds; None for a rollout never planned."""
+    return Progress.from_status(status) if status.get("desiredHash") else None
+
+
 @dataclass(frozen=True)
 class Preflight:
     blocked: bool
     missing: Mapping[str, int]  # "exporters/kafka" -> number of joining agents lacking it
     unreported: int  # joining agents that report no components
     checked: int  # joining agents checked
+
+    def to_status(self) -> dict[str, Any]:
+        """status.preflight: the components most agents lack first, at most MISSING_SHOWN."""
+        worst = sorted(self.missing.items(), key=lambda item: -item[1])[:MISSING_SHOWN]
+        return {
+            "blocked": self.blocked,
+            "missing": [{"component": c, "agents": n} for c, n in worst],
+            "unreported": self.unreported,
+            "checked": self.checked,
+        }
 
 
 @dataclass(frozen=True)
@@ -309,6 +370,15 @@ class FailingAgent:
     pod: str
     reason: str  # a FailReason
     message: str
+
+    def to_status(self) -> dict[str, Any]:
+        """An item of status.failingAgents."""
+        return {
+            "instanceUid": self.uid,
+            "pod": self.pod,
+            "reason": self.reason,
+            "message": truncate(self.message),
+        }
 
 
 @dataclass(frozen=True)
@@ -364,6 +434,7 @@ class Decision:
     membership: Membership
     failing: tuple[FailingAgent, ...]  # at most FAILING_LIMIT, worst first
     preflight: Preflight | None  # the check run by this call, if any
+    managed: int  # live agents that take remote config: the population
     unmanaged: int
     events: tuple[Event, ...]
 
@@ -420,6 +491,38 @@ def initial_progress(
     )
 
 
+def _to(progress: Progress, phase: Phase, **changes: Any) -> Progress:
+    """`progress` moved to `phase` with `changes`; what `phase` does not carry is reset.
+    Raises IllegalTransitionError on a move ALLOWED does not list, or on a change to a field
+    the phase does not carry."""
+    if phase not in ALLOWED[progress.phase]:
+        raise IllegalTransitionError(f"{progress.phase.value} -> {phase.value}")
+    defaults = Progress()
+    resets: dict[str, Any] = {}
+    for name, phases in ONLY_IN.items():
+        if phase in phases:
+            continue
+        default = getattr(defaults, name)
+        if name in changes and changes[name] != default:
+            raise IllegalTransitionError(f"{phase.value} does not carry {name}")
+        resets[name] = default
+    return replace(progress, **(changes | resets), phase=phase)
+
+
+def _restart(progress: Progress, phase: Phase, **changes: Any) -> Progress:
+    """A new run over `progress` (a new revision, a retry), moved to `phase`: only the
+    revisions, the recorded controls and `changes` carry over."""
+    fresh = Progress(
+        phase=progress.phase,
+        desired_revision=progress.desired_revision,
+        desired_hash=progress.desired_hash,
+        stable_revision=progress.stable_revision,
+        stable_hash=progress.stable_hash,
+        controls=progress.controls,
+    )
+    return _to(fresh, phase, **changes)
+
+
 def plan(  # noqa: PLR0917 - the shell's interface, one argument per input
     policy: Policy,
     progress: Progress,
@@ -443,6 +546,7 @@ def plan(  # noqa: PLR0917 - the shell's interface, one argument per input
         membership=membership(policy, result),
         failing=tick.failing,
         preflight=tick.preflight,
+        managed=len(population),
         unmanaged=len(unique) - len(population),
         events=tuple(tick.events),
     )
@@ -492,27 +596,22 @@ class _Tick:
                     f"revision {desired.name} supersedes revision {p.desired_revision}"
                     f" ({p.phase.value})",
                 )
-            p = Progress(
-                phase=Phase.PENDING,
+            p = _restart(
+                p,
+                Phase.PENDING,
                 message=f"revision {desired.name} waiting to start",
                 desired_revision=desired.name,
                 desired_hash=desired.hash,
-                stable_revision=p.stable_revision,
-                stable_hash=p.stable_hash,
-                controls=p.controls,
             )
         elif desired.name != p.desired_revision:
             p = replace(p, desired_revision=desired.name)
         if p.phase is not Phase.SUCCEEDED and (not p.stable_hash or p.stable_hash == desired.hash):
-            p = replace(
+            p = _to(
                 p,
-                phase=Phase.SUCCEEDED,
-                pause_reason="",
+                Phase.SUCCEEDED,
                 message=f"revision {desired.name} is stable",
                 stable_revision=desired.name,
                 stable_hash=desired.hash,
-                paused_at=None,
-                pause_until=None,
                 finished_at=self.now,
             )
             self.emit("Succeeded", f"revision {desired.name} is stable")
@@ -536,34 +635,25 @@ class _Tick:
                 f" revision {p.stable_revision}",
                 warning=True,
             )
-            return replace(
+            return _to(
                 p,
-                phase=Phase.ABORTED,
-                pause_reason="",
+                Phase.ABORTED,
                 message=f"aborted; every agent back to revision {p.stable_revision}",
-                cutoff=NOBODY,
-                step_armed=False,
-                paused_at=None,
-                pause_until=None,
                 finished_at=self.now,
             )
         if "retry" in new and p.phase in RETRYABLE:
             self.emit("Retried", f"revision {p.desired_revision}: attempt {p.attempt + 1}")
-            return Progress(
-                phase=Phase.PROGRESSING,
+            return _restart(
+                p,
+                Phase.PROGRESSING,
                 message=f"attempt {p.attempt + 1} of revision {p.desired_revision}",
-                desired_revision=p.desired_revision,
-                desired_hash=p.desired_hash,
-                stable_revision=p.stable_revision,
-                stable_hash=p.stable_hash,
                 attempt=p.attempt + 1,
                 started_at=self.now,
-                controls=p.controls,
             )
         if (
             "promote" in new
             and p.phase is Phase.PAUSED
-            and p.pause_reason == PauseReason.STEP
+            and p.pause_reason is PauseReason.STEP
             and not self.policy.paused
         ):
             self.emit("Promoted", f"{self.label(p.current_step)}: pause ended by promote")
@@ -572,34 +662,32 @@ class _Tick:
 
     def spec_pause(self, p: Progress) -> Progress:
         """spec.paused freezes the rollout where it is, a step's pause included."""
-        step_paused = p.phase is Phase.PAUSED and p.pause_reason == PauseReason.STEP
+        step_paused = p.phase is Phase.PAUSED and p.pause_reason is PauseReason.STEP
         if self.policy.paused:
             if p.phase in (Phase.PENDING, Phase.PROGRESSING) or step_paused:
                 self.emit("Paused", f"{self.label(p.current_step)}: spec.paused is set")
-                return replace(
+                return _to(
                     p,
-                    phase=Phase.PAUSED,
-                    pause_reason=PauseReason.SPEC.value,
+                    Phase.PAUSED,
+                    pause_reason=PauseReason.SPEC,
                     message=f"{self.label(p.current_step)}: paused by spec.paused",
                     paused_at=p.paused_at if step_paused else self.now,
                 )
             return p
-        if p.phase is not Phase.PAUSED or p.pause_reason != PauseReason.SPEC:
+        if p.phase is not Phase.PAUSED or p.pause_reason is not PauseReason.SPEC:
             return p
         self.emit("Resumed", f"{self.label(p.current_step)}: spec.paused cleared")
         if self.step_passed(p):
-            return replace(
+            return _to(
                 p,
-                pause_reason=PauseReason.STEP.value,
+                Phase.PAUSED,
+                pause_reason=PauseReason.STEP,
                 message=f"{self.label(p.current_step)} passed; paused",
             )
-        return replace(
+        return _to(
             p,
-            phase=Phase.PENDING if p.started_at is None else Phase.PROGRESSING,
-            pause_reason="",
+            Phase.PENDING if p.started_at is None else Phase.PROGRESSING,
             message=f"{self.label(p.current_step)}: resumed",
-            paused_at=None,
-            pause_until=None,
             step_started_at=self.now if p.step_armed else p.step_started_at,
             bake_started_at=None if p.bake_started_at is None else self.now,
         )
@@ -625,7 +713,7 @@ class _Tick:
                     p = self.next_step(p)
                 if p.phase is not Phase.PROGRESSING or p.step_armed:
                     return p
-            elif p.phase is Phase.PAUSED and p.pause_reason == PauseReason.STEP:
+            elif p.phase is Phase.PAUSED and p.pause_reason is PauseReason.STEP:
                 p = self.guard(p, transitions=True)
                 if p.phase is not Phase.PAUSED or not self.pause_over(p):
                     return p
@@ -691,9 +779,9 @@ class _Tick:
             "StepStarted",
             f"{label}: {what} → " + ("every agent" if everyone else _agents(offered)),
         )
-        return replace(
+        return _to(
             p,
-            phase=Phase.PROGRESSING,
+            Phase.PROGRESSING,
             message=f"{label} started: {_agents(offered)} offered revision {p.desired_revision}",
             cutoff=cutoff,
             step_armed=True,
@@ -781,7 +869,7 @@ class _Tick:
         if index < 0:
             return p
         clock = self.now
-        if p.phase is Phase.PAUSED and p.pause_reason == PauseReason.SPEC:
+        if p.phase is Phase.PAUSED and p.pause_reason is PauseReason.SPEC:
             clock = min(self.now, p.paused_at if p.paused_at is not None else self.now)
         found = self.verdict(p, index, clock)
         p = self.record(p, index, found)
@@ -830,9 +918,9 @@ class _Tick:
         if i >= len(self.steps) - 1:
             text = f"every step passed; revision {p.desired_revision} is stable"
             self.emit("Succeeded", text)
-            return replace(
+            return _to(
                 p,
-                phase=Phase.SUCCEEDED,
+                Phase.SUCCEEDED,
                 message=text,
                 stable_revision=p.desired_revision,
                 stable_hash=p.desired_hash,
@@ -846,26 +934,23 @@ class _Tick:
             "until promoted" if until is None else f"until {_format_time(until)}"
         )
         self.emit("Paused", text)
-        return replace(
+        return _to(
             p,
-            phase=Phase.PAUSED,
-            pause_reason=PauseReason.STEP.value,
+            Phase.PAUSED,
+            pause_reason=PauseReason.STEP,
             message=text,
             paused_at=self.now,
             pause_until=until,
         )
 
     def next_step(self, p: Progress) -> Progress:
-        return replace(
+        return _to(
             p,
-            phase=Phase.PROGRESSING,
-            pause_reason="",
+            Phase.PROGRESSING,
             message=f"{self.label(p.current_step + 1)} waiting to start",
             current_step=p.current_step + 1,
             step_armed=False,
             bake_started_at=None,
-            paused_at=None,
-            pause_until=None,
         )
 
     def fail(self, p: Progress, index: int, found: _Verdict) -> Progress:
@@ -878,26 +963,18 @@ class _Tick:
         )
         self.emit("GateFailed", truncate(summary + detail), warning=True)
         if self.policy.on_failure is OnFailure.PAUSE:
-            return replace(
+            return _to(
                 p,
-                phase=Phase.FAILED,
-                pause_reason="",
+                Phase.FAILED,
                 message=truncate(f"{summary}; members keep the revision{detail}"),
-                paused_at=None,
-                pause_until=None,
                 finished_at=self.now,
             )
         back = f"every agent back to revision {p.stable_revision}"
         self.emit("RolledBack", back, warning=True)
-        return replace(
+        return _to(
             p,
-            phase=Phase.ROLLED_BACK,
-            pause_reason="",
+            Phase.ROLLED_BACK,
             message=truncate(f"{summary}; {back}{detail}"),
-            cutoff=NOBODY,
-            step_armed=False,
-            paused_at=None,
-            pause_until=None,
             finished_at=self.now,
         )
 
@@ -1006,6 +1083,10 @@ def _format_time(value: float) -> str:
     )
 
 
+def _time(value: float | None) -> str | None:
+    return None if value is None else _format_time(value)
+
+
 def _put_time(out: dict[str, Any], key: str, value: float | None) -> None:
     if value is not None:
         out[key] = _format_time(value)
@@ -1058,3 +1139,10 @@ def _int(value: Any, default: int) -> int:
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _pause_reason(value: Any) -> PauseReason | None:
+    try:
+        return PauseReason(value)
+    except (ValueError, TypeError):
+        return None

@@ -4,6 +4,10 @@ agents have the revision the planner gives them (docs/rollout.md).
 
 Order matters for restarts: status is written before the membership it records takes
 effect, so a crash in between repeats an offer and never loses or repeats a step.
+
+This module decides nothing: whether a rollout is planned and what its status says are
+fleet/rollout_status.py's, every move the planner's. It reads (k8s/reads.py), writes
+status, emits the planner's Events and hands governance to `OperatorState`.
 """
 
 from __future__ import annotations
@@ -18,45 +22,36 @@ from typing import Any
 
 import kopf
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from opamp_operator.api.models import GROUP, VERSION, ConfigRolloutSpec, RolloutGates
+from opamp_operator.api.models import (
+    GROUP,
+    VERSION,
+    ConfigRolloutSpec,
+    RolloutGates,
+    RolloutStep,
+)
 from opamp_operator.fleet import rollout as planner
-from opamp_operator.fleet.conditions import KState, Why, kstatus
-from opamp_operator.fleet.conditions import merge as merge_conditions
-from opamp_operator.fleet.text import truncate
+from opamp_operator.fleet.events import EVENT_MESSAGE_LIMIT
+from opamp_operator.fleet.rollout_status import (
+    Facts,
+    blocker,
+    fleet_problem,
+    holds,
+    known_stable,
+    problem_status,
+    rollout_status,
+    status_patch,
+)
 from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
+from opamp_operator.k8s import reads
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.server.app import OpAMPServer
 
 log = logging.getLogger(__name__)
 ROLLOUTS = (GROUP, VERSION, "configrollouts")
-CONTROLS = ("promote", "abort", "retry")
-FAILING_LIMIT = 10
-# Status keys the planner owns: a key it drops is written as null (merge patch).
-_PROGRESS_KEYS = (
-    "phase",
-    "pauseReason",
-    "message",
-    "currentStep",
-    "stepArmed",
-    "cutoff",
-    "attempt",
-    "desiredRevision",
-    "desiredHash",
-    "stableRevision",
-    "stableHash",
-    "startedAt",
-    "stepStartedAt",
-    "bakeStartedAt",
-    "pausedAt",
-    "pauseUntil",
-    "finishedAt",
-    "steps",
-    "controls",
-)
+FLEETS = "collectorfleets"
 
 
 def control_annotation(name: str) -> str:
@@ -74,25 +69,24 @@ def _gates(base: planner.Gates, override: RolloutGates | None) -> planner.Gates:
     return dataclasses.replace(base, **override.model_dump(exclude_none=True))
 
 
+def _step(step: RolloutStep, defaults: planner.Gates) -> planner.Step:
+    pause, selector = step.pause, step.selector
+    return planner.Step(
+        agents=step.agents,
+        percent=step.percent,
+        attributes=dict(selector.attributes) if selector else {},
+        pod_labels=dict(selector.pod_labels) if selector else {},
+        pause_seconds=float(pause.seconds) if pause and pause.seconds else None,
+        pause_until_promoted=bool(pause and pause.until_promoted),
+        gates=_gates(defaults, step.gates),
+    )
+
+
 def to_policy(spec: ConfigRolloutSpec) -> planner.Policy:
     """The spec as the planner's plain data."""
     defaults = _gates(planner.Gates(), spec.gates)
-    steps = []
-    for step in spec.steps:
-        pause = step.pause
-        steps.append(
-            planner.Step(
-                agents=step.agents,
-                percent=step.percent,
-                attributes=dict(step.selector.attributes) if step.selector else {},
-                pod_labels=dict(step.selector.pod_labels) if step.selector else {},
-                pause_seconds=float(pause.seconds) if pause and pause.seconds else None,
-                pause_until_promoted=bool(pause and pause.until_promoted),
-                gates=_gates(defaults, step.gates),
-            )
-        )
     return planner.Policy(
-        steps=tuple(steps),
+        steps=tuple(_step(step, defaults) for step in spec.steps),
         on_failure=planner.OnFailure(spec.on_failure),
         paused=spec.paused,
         preflight=spec.preflight.enabled,
@@ -102,7 +96,10 @@ def to_policy(spec: ConfigRolloutSpec) -> planner.Policy:
 
 def controls_of(annotations: Mapping[str, str]) -> planner.Controls:
     return planner.Controls(
-        **{name: str(annotations.get(control_annotation(name), "")) for name in CONTROLS}
+        **{
+            name: str(annotations.get(control_annotation(name), ""))
+            for name in planner.CONTROL_NAMES
+        }
     )
 
 
@@ -117,42 +114,17 @@ def config_components(text: str | None) -> dict[str, frozenset[str]]:
     return {kind: frozenset(types) for kind, types in used_component_types(config).items()}
 
 
-def rollout_conditions(
-    decision: planner.Decision | None, generation: int, problem: tuple[str, str] | None = None
-) -> list[dict[str, Any]]:
-    """kstatus: Ready when Succeeded; Reconciling while it moves; Stalled when it stopped
-    on a failure, a preflight block, or a spec that references nothing usable."""
-    if problem is not None or decision is None:
-        reason, message = problem or ("Unknown", "")
-        return kstatus(KState.STALLED, Why(reason, message), generation)
-    progress = decision.progress
-    phase = planner.Phase(progress.phase)
-    message = progress.message or phase.value
-    if decision.preflight is not None and decision.preflight.blocked:
-        return kstatus(KState.STALLED, Why("PreflightFailed", message), generation)
-    if phase is planner.Phase.SUCCEEDED:
-        return kstatus(KState.READY, Why("Succeeded", message), generation)
-    if phase in (planner.Phase.FAILED, planner.Phase.ROLLED_BACK, planner.Phase.ABORTED):
-        return kstatus(KState.STALLED, Why(phase.value, message), generation)
-    return kstatus(KState.PROGRESSING, Why(phase.value, message), generation)
+def validated(obj: Mapping[str, Any]) -> tuple[ConfigRolloutSpec | None, str | None]:
+    """A rollout's spec, or why it is invalid."""
+    try:
+        return ConfigRolloutSpec.model_validate(dict(obj.get("spec") or {})), None
+    except ValidationError as exc:
+        return None, str(exc)
 
 
-def fleet_problem(progress: planner.Progress) -> tuple[str, str] | None:
-    """What the governed fleet's conditions say while the rollout stopped short."""
-    phase = planner.Phase(progress.phase)
-    if phase not in (planner.Phase.FAILED, planner.Phase.ROLLED_BACK, planner.Phase.ABORTED):
-        return None
-    revision = f"{progress.desired_revision} ({progress.desired_hash[:12]})"
-    stable = progress.stable_revision
-    said = {
-        planner.Phase.ROLLED_BACK: f"rolled back revision {revision}; every agent runs "
-        f"stable revision {stable}",
-        planner.Phase.ABORTED: f"was aborted on revision {revision}; every agent runs "
-        f"stable revision {stable}",
-        planner.Phase.FAILED: f"failed on revision {revision} and holds: agents it has not "
-        f"reached run stable revision {stable}",
-    }[phase]
-    return f"Rollout{phase.value}", f"the ConfigRollout {said}: {progress.message}"
+def _key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 class RolloutHandlers:
@@ -173,21 +145,24 @@ class RolloutHandlers:
     # ---- reading the world -----------------------------------------------------------
 
     def _revision_text(self, namespace: str, name: str) -> str | None:
-        cached = self._texts.get(name)
-        if cached is not None:
-            return cached
-        try:
-            obj = k8s.AppsV1Api().read_namespaced_controller_revision(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
+        if name not in self._texts:
+            obj = reads.controller_revision(namespace, name)
+            data = obj.data if obj is not None and isinstance(obj.data, Mapping) else {}
+            text = data.get("config")
+            if not isinstance(text, str):
                 return None
-            raise
-        data = obj.data if isinstance(obj.data, Mapping) else {}
-        text = data.get("config")
-        if not isinstance(text, str):
+            self._texts[name] = text
+        return self._texts[name]
+
+    async def _stable_text(self, record: FleetRecord, progress: planner.Progress) -> str | None:
+        """The stable revision's bytes: a rollback offers exactly what agents ran before."""
+        if progress.stable_hash == record.desired_hash:
+            return record.config_text
+        if not progress.stable_revision:
             return None
-        self._texts[name] = text
-        return text
+        return await asyncio.to_thread(
+            self._revision_text, record.namespace, progress.stable_revision
+        )
 
     async def governance(
         self,
@@ -196,17 +171,8 @@ class RolloutHandlers:
         progress: planner.Progress,
         membership: planner.Membership,
     ) -> Governance:
-        """The fleet's stable bytes come from its ControllerRevision: a rollback offers
-        exactly what agents ran before."""
-        text: str | None
-        if progress.stable_hash == record.desired_hash:
-            text = record.config_text
-        elif progress.stable_revision:
-            text = await asyncio.to_thread(
-                self._revision_text, record.namespace, progress.stable_revision
-            )
-        else:
-            text = None
+        """The rollout's hold on its fleet; the stable bytes from its ControllerRevision."""
+        text = await self._stable_text(record, progress)
         config = RemoteConfig.single(text.encode()) if text is not None else None
         if config is not None and config.hash.hex() != progress.stable_hash:
             log.error(
@@ -226,55 +192,50 @@ class RolloutHandlers:
             problem=fleet_problem(progress),
         )
 
+    async def _govern(
+        self, record: FleetRecord, rollout: str, policy: planner.Policy, p: planner.Progress
+    ) -> None:
+        """Hands the fleet the membership `p` stands for (set_governance queues offers)."""
+        membership = planner.membership(policy, p)
+        self.state.set_governance(record, await self.governance(record, rollout, p, membership))
+
     async def load_for_fleet(
         self, record: FleetRecord, previous: FleetRecord | None, fleet_status: Mapping[str, Any]
     ) -> None:
         """Before a (re)reconciled fleet offers anything: the governance its rollout's
         persisted status implies. On an operator restart this is the only source."""
-        namespace = record.namespace
-        custom: Any = k8s.CustomObjectsApi()
-        try:
-            listed: dict[str, Any] = await asyncio.to_thread(
-                custom.list_namespaced_custom_object, GROUP, VERSION, namespace, ROLLOUTS[2]
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            # The ConfigRollout CRD is not installed: nothing can govern the fleet.
-            record.governance = None
-            return
-        for obj in listed.get("items", []):
-            self._remember(obj)
-        ref = self.state.governing_rollout(record.key)
-        if ref is None:
-            record.governance = None
-            return
-        obj = next(o for o in listed["items"] if o["metadata"]["name"] == ref.name)
-        try:
-            spec = ConfigRolloutSpec.model_validate(obj.get("spec") or {})
-        except ValidationError:
-            record.governance = None
-            return
-        status = obj.get("status") or {}
-        if status.get("desiredHash"):
-            progress = planner.Progress.from_status(status)
-        elif previous is not None and previous.governance is not None:
-            record.governance = previous.governance
-            return
-        else:
-            stable = (
-                str(fleet_status.get("stableRevision") or ""),
-                str(fleet_status.get("stableHash") or ""),
-            )
-            if not stable[1] and previous is not None:
-                stable = previous.stable
-            progress = planner.initial_progress(
-                planner.Revision(record.revision or "", record.desired_hash),
-                *stable,
-                planner.Controls(),
-            )
+        listed = await asyncio.to_thread(reads.custom_objects, record.namespace, ROLLOUTS[2])
+        for item in listed or []:  # None: the ConfigRollout CRD is not installed
+            self._remember(item)
+        ref = self.state.governing_rollout(record.key) if listed is not None else None
+        found = [o for o in listed or [] if ref is not None and _key(o) == ref.key]
+        obj = found[0] if found else None
+        record.governance = (
+            await self._loaded(record, previous, fleet_status, ref, obj)
+            if ref is not None and obj is not None
+            else None
+        )
+
+    async def _loaded(
+        self,
+        record: FleetRecord,
+        previous: FleetRecord | None,
+        fleet_status: Mapping[str, Any],
+        ref: RolloutRef,
+        obj: Mapping[str, Any],
+    ) -> Governance | None:
+        spec, _ = validated(obj)
+        if spec is None:
+            return None
+        progress = planner.persisted(obj.get("status") or {})
+        if progress is None and previous is not None and previous.governance is not None:
+            return previous.governance
+        if progress is None:
+            stable = known_stable(fleet_status, previous.stable if previous is not None else None)
+            desired = planner.Revision(record.revision or "", record.desired_hash)
+            progress = planner.initial_progress(desired, *stable, planner.Controls())
         membership = planner.membership(to_policy(spec), progress)
-        record.governance = await self.governance(record, ref.key, progress, membership)
+        return await self.governance(record, ref.key, progress, membership)
 
     def _remember(self, obj: Mapping[str, Any]) -> RolloutRef | None:
         meta = obj.get("metadata") or {}
@@ -292,8 +253,7 @@ class RolloutHandlers:
 
     def _agents(self, record: FleetRecord) -> list[planner.RolloutAgent]:
         """The fleet's live agents, with what the gates and preflight need."""
-        assignment = self.state.assignment or self.state.refresh()
-        mapping = assignment.mapping_for(record.key)
+        mapping = (self.state.assignment or self.state.refresh()).mapping_for(record.key)
         views = self.state.refresh_views(mapping.agents)
         drift = self.state.drift_of(record, views)
         agents = []
@@ -321,184 +281,101 @@ class RolloutHandlers:
             )
         return agents
 
+    async def _facts(
+        self, body: kopf.Body, spec: ConfigRolloutSpec | None, error: str | None
+    ) -> tuple[Facts, FleetRecord | None]:
+        """What `blocker` needs, and the fleet's record; the fleet is looked up in the
+        cluster only when the operator has no record of it."""
+        key, namespace = _key(body), body.metadata.namespace or ""
+        if spec is None:
+            return Facts(key, spec_error=error), None
+        self._remember(body)
+        fleet = f"{namespace}/{spec.fleet_ref.name}"
+        record = self.state.fleets.get(fleet)
+        exists = record is not None or (
+            await asyncio.to_thread(reads.custom_object, namespace, FLEETS, spec.fleet_ref.name)
+            is not None
+        )
+        governing = self.state.governing_rollout(fleet)
+        facts = Facts(
+            key,
+            fleet,
+            reconciled=record is not None,
+            exists=exists,
+            governing=governing.key if governing is not None else None,
+            revision=record is not None and record.config is not None and bool(record.revision),
+            fleet_problem=record.problem if record is not None else None,
+        )
+        return facts, record
+
     # ---- the tick --------------------------------------------------------------------
 
     async def tick(self, body: kopf.Body) -> None:
-        meta = body.metadata
-        key = f"{meta.namespace}/{meta.name}"
+        key = _key(body)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             await self._tick(body)
 
     async def _tick(self, body: kopf.Body) -> None:
-        meta = body.metadata
-        namespace, name = meta.namespace or "", meta.name or ""
-        key = f"{namespace}/{name}"
-        generation = int(meta.get("generation", 0))
-        old_status = dict(body.get("status", {}))
-        try:
-            spec = ConfigRolloutSpec.model_validate(dict(body.spec))
-        except ValidationError as exc:
-            await self._write_problem(body, old_status, ("InvalidSpec", f"invalid spec: {exc}"))
+        old = dict(body.get("status", {}))
+        spec, error = validated(body)
+        facts, record = await self._facts(body, spec, error)
+        found = blocker(facts)
+        if found is not None:
+            if found.report:
+                generation = int(body.metadata.get("generation", 0))
+                await self._write(body, old, problem_status(found.why, generation, old, _now_iso()))
             return
-        ref = self._remember(body)
-        fleet_key = f"{namespace}/{spec.fleet_ref.name}"
-        record = self.state.fleets.get(fleet_key)
-        if record is None and await self._fleet_exists(namespace, spec.fleet_ref.name):
-            return  # not reconciled yet (e.g. right after a start): its handler comes first
-        if record is None:
-            await self._write_problem(
-                body,
-                old_status,
-                ("FleetNotFound", f"CollectorFleet {fleet_key} does not exist"),
-            )
-            return
-        governing = self.state.governing_rollout(fleet_key)
-        if ref is None or governing is None or governing.key != key:
-            other = governing.key if governing is not None else "?"
-            await self._write_problem(
-                body,
-                old_status,
-                ("Conflict", f"CollectorFleet {fleet_key} is governed by ConfigRollout {other}"),
-            )
-            return
-        if record.config is None or not record.revision:
-            await self._write_problem(
-                body,
-                old_status,
-                (
-                    "FleetNotReady",
-                    f"CollectorFleet {fleet_key} has no valid config revision: "
-                    f"{record.problem or 'not reconciled yet'}",
-                ),
-            )
-            return
-        policy = to_policy(spec)
-        controls = controls_of(meta.annotations)
+        if spec is not None and record is not None:  # blocker() saw to both
+            await self._plan(body, spec, record, old)
+
+    async def _plan(
+        self, body: kopf.Body, spec: ConfigRolloutSpec, record: FleetRecord, old: dict[str, Any]
+    ) -> None:
+        """One planner tick: status written first, then the membership it records."""
+        key, policy = _key(body), to_policy(spec)
+        controls = controls_of(body.metadata.annotations)
         desired = planner.Revision(
-            record.revision, record.desired_hash, config_components(record.config_text)
+            record.revision or "", record.desired_hash, config_components(record.config_text)
         )
-        if old_status.get("desiredHash"):
-            progress = planner.Progress.from_status(old_status)
-            if key not in self._planned and time.monotonic() - self._started < self.startup_grace:
-                governance = await self.governance(
-                    record, key, progress, planner.membership(policy, progress)
-                )
-                self.state.set_governance(record, governance)
-                return
-        else:
+        progress = planner.persisted(old)
+        uptime = time.monotonic() - self._started
+        if progress is not None and holds(key in self._planned, uptime, self.startup_grace):
+            await self._govern(record, key, policy, progress)
+            return
+        if progress is None:
             progress = planner.initial_progress(desired, *record.stable, controls)
         self._planned.add(key)
         agents = self._agents(record)
         decision = planner.plan(policy, progress, desired, agents, time.time(), controls)
-        status = self._status(decision, agents, generation, old_status)
-        if any(old_status.get(k) != v for k, v in status.items()):
-            await self._patch_status(namespace, name, status)
-        membership = decision.membership
-        governance = await self.governance(record, key, decision.progress, membership)
-        self.state.set_governance(record, governance)
-        for event in decision.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
-
-    def _status(
-        self,
-        decision: planner.Decision,
-        agents: list[planner.RolloutAgent],
-        generation: int,
-        old: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        progress = decision.progress.to_status()
-        status: dict[str, Any] = {k: progress.get(k) for k in _PROGRESS_KEYS}
-        status.update({k: v for k, v in progress.items() if k not in status})
-        preflight = decision.preflight
-        status.update(
-            {
-                "observedGeneration": generation,
-                "conditions": merge_conditions(
-                    old.get("conditions", []), rollout_conditions(decision, generation), _now_iso()
-                ),
-                "agents": sum(1 for a in agents if a.accepts_remote_config),
-                "unmanaged": decision.unmanaged,
-                "preflight": (
-                    {
-                        "blocked": preflight.blocked,
-                        "missing": [
-                            {"component": c, "agents": n}
-                            for c, n in sorted(preflight.missing.items(), key=lambda x: -x[1])
-                        ][:20],
-                        "unreported": preflight.unreported,
-                        "checked": preflight.checked,
-                    }
-                    if preflight is not None
-                    else None
-                ),
-                "failingAgents": [
-                    {
-                        "instanceUid": f.uid,
-                        "pod": f.pod,
-                        "reason": f.reason,
-                        "message": truncate(f.message),
-                    }
-                    for f in decision.failing[:FAILING_LIMIT]
-                ],
-            }
-        )
-        stopped = (planner.Phase.FAILED, planner.Phase.ROLLED_BACK, planner.Phase.ABORTED)
-        if not decision.failing and planner.Phase(decision.progress.phase) in stopped:
-            # After a rollback nobody is a member any more: the culprits stay on record.
-            status["failingAgents"] = list(old.get("failingAgents") or [])
-        return status
-
-    async def _write_problem(
-        self, body: kopf.Body, old: Mapping[str, Any], problem: tuple[str, str]
-    ) -> None:
-        """A rollout that cannot act says why, and changes nothing else."""
         generation = int(body.metadata.get("generation", 0))
-        status = {
-            "observedGeneration": generation,
-            "conditions": merge_conditions(
-                old.get("conditions", []),
-                rollout_conditions(None, generation, problem),
-                _now_iso(),
-            ),
-        }
-        if any(old.get(k) != v for k, v in status.items()):
-            await self._patch_status(
-                body.metadata.namespace or "", body.metadata.name or "", status
-            )
+        await self._write(body, old, rollout_status(decision, generation, old, _now_iso()))
+        await self._govern(record, key, policy, decision.progress)
+        for event in decision.events:
+            message = event.message[:EVENT_MESSAGE_LIMIT]
+            kopf.event(body, type=event.type, reason=event.reason, message=message)
 
-    async def _fleet_exists(self, namespace: str, name: str) -> bool:
-        custom: Any = k8s.CustomObjectsApi()
-        try:
-            await asyncio.to_thread(
-                custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                "collectorfleets",
-                name,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    async def _patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def _write(
+        self, body: kopf.Body, old: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> None:
+        """Patches the keys of `status` that changed; writes nothing when none did."""
+        patch = status_patch(old, status)
+        if patch is None:
+            return
         await asyncio.to_thread(
             k8s.CustomObjectsApi().patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
-            namespace,
+            body.metadata.namespace or "",
             ROLLOUTS[2],
-            name,
-            {"status": status},
+            body.metadata.name or "",
+            {"status": patch},
         )
 
     async def forget(self, body: kopf.Body) -> None:
         """A deleted rollout no longer governs: its fleet offers its desired revision to
         every agent again."""
-        key = f"{body.metadata.namespace}/{body.metadata.name}"
+        key = _key(body)
         ref = self.state.rollouts.pop(key, None)
         self._locks.pop(key, None)
         if ref is None:

@@ -11,9 +11,9 @@ from typing import Any
 import yaml
 
 from opamp_operator.api.models import GROUP
+from opamp_operator.fleet.rollout import CONTROL_NAMES
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "RolledBack", "Aborted"})
-CONTROLS = ("promote", "abort", "retry")
 # Phases in which the operator acts on a control (fleet/rollout.py); a token given in any
 # other phase is recorded and does nothing.
 CONTROL_PHASES: Mapping[str, frozenset[str]] = {
@@ -390,8 +390,8 @@ def history_table(
 def control_patch(control: str, token: str) -> dict[str, Any]:
     """The merge patch of `kubectl annotate configrollout opampoperator.io/<control>=<token>
     --overwrite` (docs/rollout.md, Controls)."""
-    if control not in CONTROLS:
-        raise ValueError(f"unknown control {control!r}; one of {', '.join(CONTROLS)}")
+    if control not in CONTROL_NAMES:
+        raise ValueError(f"unknown control {control!r}; one of {', '.join(CONTROL_NAMES)}")
     if not token:
         raise ValueError("a control token must not be empty")
     return {"metadata": {"annotations": {f"{GROUP}/{control}": token}}}
