@@ -16,11 +16,11 @@ from opamp_operator.api.models import (
     CollectorFleetStatus,
 )
 from opamp_operator.fleet.conditions import FleetProblem, Why
-from opamp_operator.fleet.events import condition_events, count_events
+from opamp_operator.fleet.events import condition_events
 from opamp_operator.fleet.health import FleetHealth, Reason, WorstAgent
 from opamp_operator.fleet.mapping import FleetSelector, map_agents
 from opamp_operator.fleet.remediation import Action, Attempt, RemediationPlan, remediation_events
-from opamp_operator.fleet.status import FleetFacts, fleet_status, status_update
+from opamp_operator.fleet.status import FleetFacts, count_events, fleet_status, status_update
 from opamp_operator.fleet.views import AgentView, PodView
 from opamp_operator.k8s.fleets import FleetReconciler, config_problem, parse_fleet, revision_news
 from opamp_operator.k8s.gates import gate_updates, pod_view

@@ -15,7 +15,9 @@ import yaml
 from pydantic import BaseModel
 
 from opamp_operator.api.models import (
+    FLEETS_PLURAL,
     GROUP,
+    ROLLOUTS_PLURAL,
     VERSION,
     CollectorFleetSpec,
     CollectorFleetStatus,
@@ -212,7 +214,7 @@ def _crd(
 def collector_fleet_crd() -> Schema:
     return _crd(
         "CollectorFleet",
-        "collectorfleets",
+        FLEETS_PLURAL,
         short_names=["cfleet", "cfl"],
         description="A fleet of Collectors managed over OpAMP.",
         spec_model=CollectorFleetSpec,
@@ -228,7 +230,7 @@ def collector_fleet_crd() -> Schema:
 def config_rollout_crd() -> Schema:
     return _crd(
         "ConfigRollout",
-        "configrollouts",
+        ROLLOUTS_PLURAL,
         short_names=["crollout", "cro"],
         description="How a CollectorFleet's config changes reach its agents: staged, gated "
         "on what the agents report, rolled back on failure.",

@@ -17,6 +17,9 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 # The pod condition (readiness gate) the operator sets from the agent's OpAMP state.
 AGENT_READY_CONDITION = f"{GROUP}/agent-ready"
+# The CRDs' plural resource names, as the API serves them.
+FLEETS_PLURAL = "collectorfleets"
+ROLLOUTS_PLURAL = "configrollouts"
 
 
 class _Model(BaseModel):

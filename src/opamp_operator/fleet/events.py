@@ -1,8 +1,5 @@
-"""Which Kubernetes Events a fleet's status change deserves, decided over plain data.
-
-The shell only emits what these return: one Event per transition or per rise of a count,
-never one per agent or per heartbeat.
-"""
+"""Kubernetes Events as plain data: the pure layers decide them, the shell emits them —
+one per transition or per rise of a count, never one per agent or per heartbeat."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from opamp_operator.fleet.conditions import READY
-from opamp_operator.fleet.health import Reason
 
 EVENT_MESSAGE_LIMIT = 1024
 NAMES_SHOWN = 5
@@ -22,30 +18,6 @@ class Event:
     type: str  # "Normal" | "Warning"
     reason: str
     message: str
-
-
-# Status counts whose rise is announced: the Event's reason, its wording, and which worst
-# agents' reasons name who.
-_COUNTS: tuple[tuple[str, str, str, frozenset[str]], ...] = (
-    (
-        "configFailed",
-        "ConfigFailed",
-        "agents report the config FAILED",
-        frozenset({Reason.CONFIG_FAILED.value}),
-    ),
-    (
-        "drifted",
-        "DriftDetected",
-        "agents run something other than the desired config",
-        frozenset({Reason.DRIFTED.value}),
-    ),
-    (
-        "unhealthy",
-        "AgentsUnhealthy",
-        "agents are unhealthy, disconnected or silent",
-        frozenset({Reason.UNHEALTHY.value, Reason.DISCONNECTED.value, Reason.STALE.value}),
-    ),
-)
 
 
 def condition_events(
@@ -65,26 +37,6 @@ def condition_events(
                 f"{cond['type']}{cond['status']}",
                 f"{cond['reason']}: {cond.get('message', '')}"[:EVENT_MESSAGE_LIMIT],
             )
-        )
-    return events
-
-
-def count_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
-    """A Warning when the number of failed, drifted or unhealthy agents rises; the worst
-    agents' reasons name who."""
-    events = []
-    for key, reason, text, worst_reasons in _COUNTS:
-        before, after = int(old.get(key) or 0), int(new.get(key) or 0)
-        if after <= before:
-            continue
-        who = [
-            w.get("pod") or w.get("instanceUid", "")
-            for w in new.get("worstAgents", [])
-            if w.get("reason") in worst_reasons
-        ]
-        named = f" (e.g. {', '.join(who[:NAMES_SHOWN])})" if who else ""
-        events.append(
-            Event("Warning", reason, f"{after} {text}, was {before}{named}"[:EVENT_MESSAGE_LIMIT])
         )
     return events
 

@@ -28,6 +28,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
+from opamp_operator.fleet.events import Event
 from opamp_operator.fleet.text import HASH_SHOWN, truncate
 
 MAX_BUCKET = 2**64 - 1
@@ -379,13 +380,6 @@ class FailingAgent:
             "reason": self.reason,
             "message": truncate(self.message),
         }
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # "Normal" | "Warning"
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

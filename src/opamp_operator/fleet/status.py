@@ -12,8 +12,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from opamp_operator.fleet.conditions import Why, merge
-from opamp_operator.fleet.events import Event, condition_events, count_events
-from opamp_operator.fleet.health import FleetHealth, conditions
+from opamp_operator.fleet.events import EVENT_MESSAGE_LIMIT, NAMES_SHOWN, Event, condition_events
+from opamp_operator.fleet.health import FleetHealth, Reason, conditions
+
+# Status counts whose rise is announced: the Event's reason, its wording, and which worst
+# agents' reasons name who.
+_COUNTS: tuple[tuple[str, str, str, frozenset[str]], ...] = (
+    (
+        "configFailed",
+        "ConfigFailed",
+        "agents report the config FAILED",
+        frozenset({Reason.CONFIG_FAILED.value}),
+    ),
+    (
+        "drifted",
+        "DriftDetected",
+        "agents run something other than the desired config",
+        frozenset({Reason.DRIFTED.value}),
+    ),
+    (
+        "unhealthy",
+        "AgentsUnhealthy",
+        "agents are unhealthy, disconnected or silent",
+        frozenset({Reason.UNHEALTHY.value, Reason.DISCONNECTED.value, Reason.STALE.value}),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -57,3 +80,23 @@ def status_update(
         return None
     events = condition_events(old.get("conditions", []), new["conditions"])
     return dict(new), events + count_events(old, new)
+
+
+def count_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+    """A Warning when the number of failed, drifted or unhealthy agents rises; the worst
+    agents' reasons name who."""
+    events = []
+    for key, reason, text, worst_reasons in _COUNTS:
+        before, after = int(old.get(key) or 0), int(new.get(key) or 0)
+        if after <= before:
+            continue
+        who = [
+            w.get("pod") or w.get("instanceUid", "")
+            for w in new.get("worstAgents", [])
+            if w.get("reason") in worst_reasons
+        ]
+        named = f" (e.g. {', '.join(who[:NAMES_SHOWN])})" if who else ""
+        events.append(
+            Event("Warning", reason, f"{after} {text}, was {before}{named}"[:EVENT_MESSAGE_LIMIT])
+        )
+    return events

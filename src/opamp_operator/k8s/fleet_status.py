@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 
 import kopf
 
@@ -18,14 +17,11 @@ from opamp_operator.fleet.status import FleetFacts, fleet_status, status_update
 from opamp_operator.k8s import reads
 from opamp_operator.k8s.events import emit
 from opamp_operator.k8s.gates import gate_updates, write_gates
+from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.settings import HandlerSettings
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def read_token(record: FleetRecord) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -21,6 +20,7 @@ from opamp_operator.api.models import AGENT_READY_CONDITION
 from opamp_operator.fleet.health import agent_ready_condition
 from opamp_operator.fleet.mapping import MappingResult
 from opamp_operator.fleet.views import PodView
+from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 
 
@@ -65,7 +65,7 @@ def gate_updates(
 
 async def write_gates(pods: Mapping[str, PodView], updates: Mapping[str, dict[str, str]]) -> int:
     """Patch the pods' gate conditions; returns how many pods were patched."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = now_iso()
     patched = 0
     for key, cond in updates.items():
         pod = pods[key]

@@ -10,10 +10,10 @@ from typing import Any
 
 import kopf
 
-from opamp_operator.api.models import GROUP, VERSION
+from opamp_operator.api.models import FLEETS_PLURAL, GROUP, VERSION
 from opamp_operator.k8s import reads, webhook
 from opamp_operator.k8s.fleet_status import FleetStatus
-from opamp_operator.k8s.fleets import FLEETS_PLURAL, FleetReconciler
+from opamp_operator.k8s.fleets import FleetReconciler
 from opamp_operator.k8s.gates import pod_view
 from opamp_operator.k8s.rollouts import ROLLOUTS, RolloutHandlers
 from opamp_operator.k8s.settings import HandlerSettings

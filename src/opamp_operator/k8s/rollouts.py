@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -25,7 +24,9 @@ from kubernetes import client as k8s
 from pydantic import ValidationError
 
 from opamp_operator.api.models import (
+    FLEETS_PLURAL,
     GROUP,
+    ROLLOUTS_PLURAL,
     VERSION,
     ConfigRolloutSpec,
     RolloutGates,
@@ -45,21 +46,17 @@ from opamp_operator.fleet.rollout_status import (
 )
 from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
 from opamp_operator.k8s import reads
+from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.server.app import OpAMPServer
 
 log = logging.getLogger(__name__)
-ROLLOUTS = (GROUP, VERSION, "configrollouts")
-FLEETS = "collectorfleets"
+ROLLOUTS = (GROUP, VERSION, ROLLOUTS_PLURAL)
 
 
 def control_annotation(name: str) -> str:
     return f"{GROUP}/{name}"
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _gates(base: planner.Gates, override: RolloutGates | None) -> planner.Gates:
@@ -204,7 +201,7 @@ class RolloutHandlers:
     ) -> None:
         """Before a (re)reconciled fleet offers anything: the governance its rollout's
         persisted status implies. On an operator restart this is the only source."""
-        listed = await asyncio.to_thread(reads.custom_objects, record.namespace, ROLLOUTS[2])
+        listed = await asyncio.to_thread(reads.custom_objects, record.namespace, ROLLOUTS_PLURAL)
         for item in listed or []:  # None: the ConfigRollout CRD is not installed
             self._remember(item)
         ref = self.state.governing_rollout(record.key) if listed is not None else None
@@ -293,7 +290,9 @@ class RolloutHandlers:
         fleet = f"{namespace}/{spec.fleet_ref.name}"
         record = self.state.fleets.get(fleet)
         exists = record is not None or (
-            await asyncio.to_thread(reads.custom_object, namespace, FLEETS, spec.fleet_ref.name)
+            await asyncio.to_thread(
+                reads.custom_object, namespace, FLEETS_PLURAL, spec.fleet_ref.name
+            )
             is not None
         )
         governing = self.state.governing_rollout(fleet)
@@ -324,7 +323,7 @@ class RolloutHandlers:
         if found is not None:
             if found.report:
                 generation = int(body.metadata.get("generation", 0))
-                await self._write(body, old, problem_status(found.why, generation, old, _now_iso()))
+                await self._write(body, old, problem_status(found.why, generation, old, now_iso()))
             return
         if spec is not None and record is not None:  # blocker() saw to both
             await self._plan(body, spec, record, old)
@@ -349,7 +348,7 @@ class RolloutHandlers:
         agents = self._agents(record)
         decision = planner.plan(policy, progress, desired, agents, time.time(), controls)
         generation = int(body.metadata.get("generation", 0))
-        await self._write(body, old, rollout_status(decision, generation, old, _now_iso()))
+        await self._write(body, old, rollout_status(decision, generation, old, now_iso()))
         await self._govern(record, key, policy, decision.progress)
         for event in decision.events:
             message = event.message[:EVENT_MESSAGE_LIMIT]
@@ -367,7 +366,7 @@ class RolloutHandlers:
             GROUP,
             VERSION,
             body.metadata.namespace or "",
-            ROLLOUTS[2],
+            ROLLOUTS_PLURAL,
             body.metadata.name or "",
             {"status": patch},
         )

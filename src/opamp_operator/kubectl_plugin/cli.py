@@ -24,13 +24,13 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from opamp_operator.api.models import GROUP, VERSION
+from opamp_operator.api.models import FLEETS_PLURAL, GROUP, ROLLOUTS_PLURAL, VERSION
 from opamp_operator.api.read import AGENT_STATES
 from opamp_operator.kubectl_plugin import format as fmt
 from opamp_operator.server.app import Listen
 
-FLEETS = "collectorfleets"
-ROLLOUTS = "configrollouts"
+FLEETS = FLEETS_PLURAL
+ROLLOUTS = ROLLOUTS_PLURAL
 DEFAULT_SERVICE = "opamp-system/opamp-operator"
 DEFAULT_PORT = Listen().port  # the operator's own default
 ROLLOUT_ACTIONS = ("status", "promote", "abort", "pause", "resume", "retry", "history")
