@@ -18,6 +18,15 @@ import pytest
 from opamp_operator.api.models import GROUP, VERSION
 from opamp_operator.fleet.conditions import TYPES, Why
 from opamp_operator.fleet.health import FleetHealth
+from opamp_operator.fleet.rollout import (
+    Decision,
+    Membership,
+    PauseReason,
+    Phase,
+    Preflight,
+    Progress,
+)
+from opamp_operator.fleet.rollout_status import problem_status, rollout_status
 from opamp_operator.fleet.status import FleetFacts, fleet_status
 from opamp_operator.k8s.fleets import FleetReconciler
 from opamp_operator.k8s.state import OperatorState
@@ -146,3 +155,70 @@ def test_an_invalid_spec_is_stalled_for_its_generation(before: str) -> None:
     reconciler.refuse_spec(body, patch, Why("InvalidSpec", "invalid spec: unknownField"))
     written = {**old, **dict(patch["status"])}
     judge_case(fleet_object(written, generation=3), "Degraded", "Failed", "InvalidSpec")
+
+
+def _decision(phase: Phase, blocked: bool = False) -> Decision:
+    progress = Progress(
+        phase=phase,
+        pause_reason=PauseReason.STEP if phase is Phase.PAUSED else None,
+        message=f"{phase.value} in this proof",
+        desired_revision="f-cdcdcdcd",
+        desired_hash="cd" * 32,
+        stable_revision="f-abababab",
+        stable_hash=HASH,
+    )
+    preflight = Preflight(True, {"exporters/kafka": 2}, 0, 2) if blocked else None
+    return Decision(progress, Membership("cd" * 32), (), preflight, 3, 0, ())
+
+
+# name -> (status builder, Argo CD's verdict, kstatus's verdict, text Argo CD must show)
+ROLLOUT_CASES: dict[str, tuple[Any, str, str, str]] = {
+    "Succeeded": (_decision(Phase.SUCCEEDED), "Healthy", "Current", "Succeeded"),
+    "Pending": (_decision(Phase.PENDING), "Progressing", "InProgress", "Pending"),
+    "Progressing": (_decision(Phase.PROGRESSING), "Progressing", "InProgress", "Progressing"),
+    # kstatus has no Suspended: a paused rollout is still in progress to Flux.
+    "Paused": (_decision(Phase.PAUSED), "Suspended", "InProgress", "Paused"),
+    "Failed": (_decision(Phase.FAILED), "Degraded", "Failed", "Failed"),
+    "RolledBack": (_decision(Phase.ROLLED_BACK), "Degraded", "Failed", "RolledBack"),
+    "Aborted": (_decision(Phase.ABORTED), "Degraded", "Failed", "Aborted"),
+    "PreflightFailed": (
+        _decision(Phase.PROGRESSING, blocked=True),
+        "Degraded",
+        "Failed",
+        "PreflightFailed",
+    ),
+}
+for _reason in ("InvalidSpec", "FleetNotFound", "Conflict", "FleetNotReady"):
+    ROLLOUT_CASES[_reason] = (
+        Why(_reason, f"{_reason} in this proof"),
+        "Degraded",
+        "Failed",
+        _reason,
+    )
+
+
+def _rollout_status(case: Any, old: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(case, Why):
+        return {**old, **problem_status(case, 2, old, T1)}
+    return {**old, **rollout_status(case, 2, old, T1)}
+
+
+@pytest.mark.parametrize("before", sorted(ROLLOUT_CASES))
+@pytest.mark.parametrize("name", sorted(ROLLOUT_CASES))
+def test_every_rollout_status_after_every_other(name: str, before: str) -> None:
+    old = _rollout_status(ROLLOUT_CASES[before][0], {})
+    case, argo, flux, says = ROLLOUT_CASES[name]
+    status = {k: v for k, v in _rollout_status(case, old).items() if v is not None}
+    ours = [c["type"] for c in status["conditions"]]
+    assert ours == list(TYPES)
+    obj = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ConfigRollout",
+        "metadata": {"name": "r", "namespace": "obs", "generation": 2},
+        "status": status,
+    }
+    if isinstance(case, Why) and before in ("Failed", "RolledBack", "Aborted"):
+        # A problem only rewrites the conditions: the phase read before still names the
+        # stop, and Argo CD says so first; both tools still call it failed.
+        says = before
+    judge_case(obj, argo, flux, says)
