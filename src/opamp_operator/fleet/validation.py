@@ -569,20 +569,19 @@ class _Validator:
     def connectors(self) -> None:
         """The Collector builds a connector only where it links an exporting pipeline to
         a receiving one; a one-sided connector or a cycle of pipelines stops the build."""
-        for ident, (pid, path) in ((i, uses[0]) for i, uses in self.as_exporter.items()):
-            if ident not in self.as_receiver:
+        sides = (
+            (self.as_exporter, self.as_receiver, "an exporter", "a receiver"),
+            (self.as_receiver, self.as_exporter, "a receiver", "an exporter"),
+        )
+        for used, other, role, missing in sides:
+            for ident, uses in used.items():
+                if ident in other:
+                    continue
+                pid, path = uses[0]
                 self.report(
                     path,
-                    f'connector "{ident}" is used as an exporter in pipeline "{pid}" but not '
-                    "as a receiver in any pipeline; a connector must be used on both sides",
-                    CONNECTOR_ONE_SIDED,
-                )
-        for ident, (pid, path) in ((i, uses[0]) for i, uses in self.as_receiver.items()):
-            if ident not in self.as_exporter:
-                self.report(
-                    path,
-                    f'connector "{ident}" is used as a receiver in pipeline "{pid}" but not '
-                    "as an exporter in any pipeline; a connector must be used on both sides",
+                    f'connector "{ident}" is used as {role} in pipeline "{pid}" but not '
+                    f"as {missing} in any pipeline; a connector must be used on both sides",
                     CONNECTOR_ONE_SIDED,
                 )
         edges: dict[str, list[tuple[str, str]]] = {}
