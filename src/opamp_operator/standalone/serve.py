@@ -49,12 +49,12 @@ def build(options: ServeOptions) -> tuple[OpAMPServer, FileFleets]:
 
 
 async def _watch(server: OpAMPServer, fleets: FileFleets, every: float) -> None:
-    """Poll the file (no inotify dependency); push changed configs to WebSocket agents."""
+    """Poll the file (no inotify dependency); a change queues the offers it implies."""
     while True:
         await asyncio.sleep(every)
         if fleets.reload():
-            pushed = await server.push_offers()
-            log.info("fleets changed: pushed new configs to %d WebSocket agents", pushed)
+            log.info("fleets changed: offering the new configs")
+            server.core.desired_changed()
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
