@@ -2,7 +2,9 @@
 scheduler and kwok, all on loopback ports, data in one directory.
 
 The apiserver runs with RBAC and admission webhooks on and client-certificate auth; kwok
-plays the kubelets, so pods of Deployments and DaemonSets reach Running with pod IPs.
+plays the kubelets, so pods of Deployments and DaemonSets reach Running with pod IPs; its
+pod stages (kwok-pod-stages.yaml) leave readiness-gate conditions to whoever declared the
+gate and keep Ready = ContainersReady AND every gate True, as a kubelet does.
 Everything about a running cluster is written to `cluster.json` in its directory, so
 `LocalCluster.attach` can inspect or stop a cluster another process started.
 """
@@ -32,6 +34,8 @@ STATE_FILE = "cluster.json"
 POD_CIDR = "127.100.0.1/16"
 SERVICE_CIDR = "10.96.0.0/16"  # allocated to Service objects only; nothing connects to it
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# kwok's pod stages: a kubelet's view of readiness gates (the file says how and why).
+KWOK_POD_STAGES = Path(__file__).with_name("kwok-pod-stages.yaml")
 
 
 def _b64(data: bytes) -> str:
@@ -364,11 +368,14 @@ class LocalCluster:
             [str(paths["kube-scheduler"]), *self._component_flags("system:kube-scheduler")],
         )
         kwok_cfg = self._component_kubeconfig("kwok-controller", ("system:masters",))
+        stages = self.workdir / KWOK_POD_STAGES.name
+        shutil.copyfile(KWOK_POD_STAGES, stages)
         kwok = self._spawn(
             "kwok",
             [
                 str(paths["kwok"]),
                 f"--kubeconfig={kwok_cfg}",
+                f"--config={stages}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                 f"--cidr={POD_CIDR}",
