@@ -3,11 +3,14 @@ read its API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -118,6 +121,10 @@ def write_fleets(path: Path, fleets: list[dict[str, Any]]) -> Path:
     return path
 
 
+# Operators told to stop at the end of a `with` block, still shutting down.
+_STOPPING: list[threading.Thread] = []
+
+
 @dataclass
 class OperatorProcess(OpAMPEndpoint):
     """`opamp-operator run` against a cluster, as users run it."""
@@ -126,7 +133,25 @@ class OperatorProcess(OpAMPEndpoint):
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.stop()
+        self.stop_in_background()
+
+    def stop_in_background(self) -> None:
+        """SIGTERM now; a thread waits for the exit. kopf gives the tasks it did not start
+        5 s to end before it returns, so each operator takes 5 s to stop: the test that used
+        it need not wait for that (its handlers are cancelled at once; it listens on its own
+        port). `stop()` still waits, for a test that stops and restarts on one port.
+        `wait_stopped()` joins them all before the cluster goes."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.record.pid, signal.SIGTERM)
+        thread = threading.Thread(target=self.stop, name=self.record.name, daemon=True)
+        thread.start()
+        _STOPPING.append(thread)
+
+
+def wait_stopped() -> None:
+    """Wait for every operator stopping in the background (at most ~15 s each)."""
+    while _STOPPING:
+        _STOPPING.pop().join()
 
 
 def start_operator(
@@ -153,5 +178,8 @@ def spawn_operator(kubeconfig: Path, workdir: Path, argv: list[str], port: int) 
             return s.connect_ex(("127.0.0.1", port)) == 0
 
     wait_until("opamp-operator run to listen", listening, timeout=60, watch=[record])
-    time.sleep(1.0)  # kopf lists resources right after; let it start watching
+    # kopf lists and watches right after the port opens. That it watches is not visible
+    # from outside (the listening port and /readyz are the OpAMP server's), so this one
+    # stays a fixed wait: 1 s for kopf to start its watch streams.
+    time.sleep(1.0)
     return OperatorProcess(record, proc, port)

@@ -352,7 +352,7 @@ def test_rollout_commands(agents: Agents, plugin: Plugin, api_client: Any, names
 
     watch = plugin.start("rollout", "status", ROLLOUT, "-n", namespace, "--watch")
     try:
-        time.sleep(2)
+        time.sleep(2)  # a hold, on purpose: nothing may end the watch while paused
         assert watch.poll() is None, "the watch ended while the rollout was paused"
         promoted = plugin.run("rollout", "promote", ROLLOUT, "-n", namespace)
         assert "promote requested" in promoted.stdout
@@ -381,7 +381,7 @@ def test_rollout_commands(agents: Agents, plugin: Plugin, api_client: Any, names
     assert _spec_paused(api_client, namespace)
     set_fleet_config(api_client, namespace, FLEET, CONFIG_V3)
     _phase(api_client, namespace, "Paused", desiredHash=H3, pauseReason="SpecPaused")
-    time.sleep(2)
+    time.sleep(2)  # a hold, on purpose: a paused rollout offers v3 to no one meanwhile
     assert agents.on(H3) == set()
     warned = plugin.run("rollout", "promote", ROLLOUT, "-n", namespace)
     assert "warning:" in warned.stderr

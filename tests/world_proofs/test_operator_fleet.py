@@ -587,7 +587,9 @@ def test_an_operator_limited_to_a_namespace_leaves_other_fleets_alone(
                 "the watched fleet reconciled",
                 lambda: _status(api_client, namespace).get("desiredRevision"),
             )
-            time.sleep(3)  # several status intervals for the other fleet
+            # A hold, on purpose: three status intervals (1 s) in which nothing may
+            # write to the other namespace's fleet.
+            time.sleep(3)
             # Only what the CRD defaults: no operator wrote to it.
             untouched = _status(api_client, other)
             assert untouched["observedGeneration"] == 0

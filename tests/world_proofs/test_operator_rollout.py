@@ -11,6 +11,7 @@ import hashlib
 import os
 import signal
 import time
+import urllib.error
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_staged_rollout_with_pauses_and_promote(fleet: Fleet) -> None:
     assert status["stableHash"] == H1
     canary = fleet.wait_on(H2, 1, "the canary on v2")
     assert fleet.on(H1) == set(fleet.agents) - canary
-    time.sleep(3)  # a pause until promoted holds
+    time.sleep(3)  # a hold, on purpose: a pause until promoted offers v2 to no one else
     assert fleet.on(H2) == canary
     assert fleet.status()["phase"] == "Paused"
     f_status = fleet_status(fleet.api, fleet.ns, FLEET)
@@ -212,7 +213,7 @@ def test_pause_resume_abort_retry(fleet: Fleet) -> None:
     set_fleet_config(fleet.api, fleet.ns, FLEET, CONFIG_V2)
     status = fleet.wait_phase("Paused", where=lambda s: s.get("desiredHash") == H2)
     assert status["pauseReason"] == "SpecPaused"
-    time.sleep(3)
+    time.sleep(3)  # a hold, on purpose: paused in spec, the rollout offers v2 to no one
     assert fleet.on(H2) == set()
 
     patch_rollout(fleet.api, fleet.ns, ROLLOUT, {"spec": {"paused": False}})
@@ -257,7 +258,7 @@ def test_preflight_blocks_on_a_missing_component(fleet: Fleet) -> None:
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert stalled["reason"] == "PreflightFailed"
     assert "exporters/otlphttp" in stalled["message"]
-    time.sleep(2)
+    time.sleep(2)  # a hold, on purpose: a blocked preflight offers the config to no one
     assert fleet.on(H1) == set(fleet.agents)
     assert "PreflightFailed" in fleet.reasons()
 
@@ -286,11 +287,18 @@ def test_operator_killed_mid_step_resumes_exactly(
         cluster.kubeconfig, tmp_path / "restarted", "--rollout-interval=1", port=old.port
     ) as restarted:
         fleet.operator = restarted
-        eventually(
-            "every agent back on the restarted operator",
-            lambda: len(restarted.get(f"/api/v1/fleets/{fleet.ns}/{FLEET}/agents")["agents"]) == 4,
-        )
-        time.sleep(4)  # several ticks of the restarted planner
+
+        def reconnected() -> bool:
+            try:
+                agents = restarted.get(f"/api/v1/fleets/{fleet.ns}/{FLEET}/agents")["agents"]
+            except urllib.error.HTTPError as error:
+                if error.code == 404:  # the restarted operator has not resumed the fleet yet
+                    return False
+                raise
+            return len(agents) == 4
+
+        eventually("every agent back on the restarted operator", reconnected)
+        time.sleep(4)  # a hold, on purpose: four ticks (1 s) of the restarted planner
         after = fleet.status()
         for key in ("phase", "currentStep", "cutoff", "startedAt", "stepStartedAt", "attempt"):
             assert after.get(key) == before.get(key), key
@@ -318,7 +326,7 @@ def test_agents_joining_and_leaving_mid_rollout(fleet: Fleet) -> None:
     # One member leaves: not a failure.
     gone = sorted(members)[0]
     fleet.agents.pop(gone).stop()
-    time.sleep(3)
+    time.sleep(3)  # a hold, on purpose: the rollout stays Paused, no failure, meanwhile
     assert fleet.status()["phase"] == "Paused"
 
     # A new agent gets what its bucket says.

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from opamp_operator.simulator.stats import ConfigProgress
 from world import binaries
 from world.collector import JsonlProcess, ReferenceServer, start_jsonl
 from world.operator import start_serve, write_fleets
-from world.processes import free_port
+from world.processes import eventually, free_port
 
 pytestmark = pytest.mark.world
 
@@ -101,8 +100,11 @@ async def test_agents_describe_themselves_apply_the_offer_and_heartbeat(
 ) -> None:
     async with Simulation(_settings(_url(reference_server, transport), transport)) as sim:
         assert await sim.wait_until("applied", within=60), sim.stats.progress_line(sim.now())
-        await asyncio.sleep(2.5)  # a few 1 s heartbeats
         uids = {agent.instance_uid.hex() for agent in sim.agents}
+        # a heartbeat (1 s) from every agent at the server, before they say goodbye
+        await asyncio.to_thread(
+            _per_agent, reference_server.harness, uids, lambda e: set(e) <= HEARTBEAT_KEYS
+        )
         summary = await sim.stop()
 
     server = reference_server.harness
@@ -245,11 +247,17 @@ def test_cli_refuses_matching_configs_and_its_summary_agrees_with_the_server(
     uids = set(pods)
     # a goodbye is each agent's last message; after it, everything the CLI sent is here
     assert len(_per_agent(server, uids, lambda e: e.get("disconnect") is True)) == AGENTS
-    time.sleep(0.5)
-    while not server.events.empty():
-        server.seen.append(server.events.get())
-    received = [e for e in server.seen if e.get("instance_uid") in uids]
-    assert len(received) == summary["messages_sent"] + summary["goodbyes_sent"]
+    sent = summary["messages_sent"] + summary["goodbyes_sent"]
+
+    def arrived() -> list[Event]:
+        while not server.events.empty():
+            server.seen.append(server.events.get())
+        return [e for e in server.seen if e.get("instance_uid") in uids]
+
+    # the harness relays what the server got a moment after the goodbyes: wait for it all
+    eventually("every message the CLI sent, at the server", lambda: len(arrived()) >= sent, 10)
+    received = arrived()
+    assert len(received) == sent
     assert summary["goodbyes_sent"] == AGENTS
 
     failed = _per_agent(
@@ -317,7 +325,15 @@ async def test_agents_honour_our_servers_heartbeat_offer_and_retry_after(tmp_pat
         settings = _settings(server.ws_url, "ws", heartbeat=30.0)
         async with Simulation(settings) as sim:
             assert await sim.wait_until(lambda s: s.connected == 15, within=30)
-            await asyncio.sleep(3)
+            # Two 1 s heartbeats per connected agent and the config applied by all 15: well
+            # within the 5 s Retry-After, so a refused agent that retried would show.
+            assert await sim.wait_until(
+                lambda s: (
+                    s.heartbeats_sent >= 15 * 2
+                    and any(len(c.applied) == 15 for c in s.configs.values())
+                ),
+                within=30,
+            )
             served = await asyncio.to_thread(server.agents)
             summary = await sim.stop()
 
