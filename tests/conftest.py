@@ -1,7 +1,13 @@
-"""Fixtures that stand on the real test world (see tests/world/).
+"""Fixtures that stand on the real test world (see tests/world/), and the tiers.
 
 The cluster starts once per test run and is torn down at the end. A missing binary is an
 error in the test that needs it, never a skip: CI must not go green without the world.
+
+Every test is in exactly one tier, a marker given here by where it lives (docs/development.md):
+`unit` (tests/unit: pure logic, no processes), `property` (the hypothesis tests of
+tests/unit: pure logic, many examples), `tools` (tests/tools: runs our scripts and tools as
+processes, no cluster), `world` (tests/world_proofs: the real test world) and `e2e`
+(tests/e2e). `pytest -m unit` runs one tier; `scripts/check unit` too.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from world import binaries
 from world.cluster import LocalCluster
 from world.collector import Agent, start_collector, start_supervised_collector
 from world.fleets import install_crd, remove_crd
+from world.operator import wait_stopped
 
 
 def _keep_logs() -> bool:
@@ -35,6 +42,7 @@ def cluster() -> Iterator[LocalCluster]:
     try:
         yield local
     finally:
+        wait_stopped()  # operators of the last tests, still shutting down
         local.stop(remove=not _keep_logs())
 
 
@@ -85,6 +93,18 @@ def collector_factory(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
     yield start
     for agent in reversed(started):
         agent.stop()
+
+
+TIERS = {"unit": "unit", "tools": "tools", "world_proofs": "world", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = TIERS.get(item.path.parent.name)
+        if tier == "unit" and getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            tier = "property"
+        if tier is not None and not item.get_closest_marker(tier):
+            item.add_marker(tier)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

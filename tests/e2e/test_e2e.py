@@ -34,7 +34,7 @@ from world.fleets import (
 )
 from world.processes import eventually
 
-pytestmark = pytest.mark.world
+pytestmark = pytest.mark.e2e
 
 FLEET = "collectors"
 REPLICAS = 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +21,15 @@ def default_dir() -> Path:
     return Path(override) if override else binaries.cache_dir() / "dev-cluster"
 
 
+def _exports(cluster: LocalCluster) -> None:
+    """The shell lines `eval "$(scripts/dev-cluster up)"` runs: `opamp-operator` and
+    `kubectl-opamp` (the virtualenv this runs in) and `kubectl` (the test world) on PATH,
+    then KUBECONFIG (last: scripts read it from the last line)."""
+    dirs = [Path(sys.executable).parent, binaries.find("kubectl").parent]
+    print(f'export PATH={":".join(shlex.quote(str(d)) for d in dirs)}:"$PATH"')
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+
+
 def _attached(workdir: Path) -> LocalCluster | None:
     return LocalCluster.attach(workdir) if (workdir / STATE_FILE).exists() else None
 
@@ -29,7 +39,7 @@ def up(workdir: Path, nodes: int) -> int:
     if existing is not None:
         if all(p.alive() for p in existing.processes):
             print(f"already running: {existing.server}", file=sys.stderr)
-            print(f"export KUBECONFIG={existing.kubeconfig}")
+            _exports(existing)
             return 0
         print("a previous dev cluster died; cleaning it up", file=sys.stderr)
         existing.stop()
@@ -45,7 +55,8 @@ def up(workdir: Path, nodes: int) -> int:
         file=sys.stderr,
     )
     print(f"kubectl: {binaries.find('kubectl')}", file=sys.stderr)
-    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    print('to use it from this shell: eval "$(scripts/dev-cluster up)"', file=sys.stderr)
+    _exports(cluster)
     return 0
 
 

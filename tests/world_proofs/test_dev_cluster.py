@@ -31,6 +31,18 @@ def test_up_status_down(tmp_path: Path) -> None:
     export = up.stdout.strip().splitlines()[-1]
     assert export.startswith("export KUBECONFIG=")
     kubeconfig = Path(export.removeprefix("export KUBECONFIG="))
+    # A fresh shell (no virtualenv, no test world on PATH) that evals what `up` printed
+    # finds the commands README's "Running the operator" types.
+    fresh = subprocess.run(
+        ["/bin/bash", "-c", f"{up.stdout}\ncommand -v opamp-operator kubectl-opamp kubectl"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=30,
+        check=False,
+    )
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert fresh.stdout.splitlines()[2] == str(binaries.find("kubectl"))
     try:
         # `up` returns only once every node is Ready, so nothing waits here.
         nodes = subprocess.run(
