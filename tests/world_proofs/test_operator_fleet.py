@@ -52,12 +52,14 @@ def _create_fleet(
     create_fleet(api_client, namespace, "collectors", labels, config, **spec)
 
 
-def _gates(api_client: Any, namespace: str) -> dict[str, str]:
+def _gates(
+    api_client: Any, namespace: str, condition: str = AGENT_READY_CONDITION
+) -> dict[str, str]:
     """Pod name → status of the agent-ready condition (absent pods are left out)."""
     out = {}
     for pod in _pods(api_client, namespace):
         for cond in pod.status.conditions or []:
-            if cond.type == AGENT_READY_CONDITION:
+            if cond.type == condition:
                 out[pod.metadata.name] = cond.status
     return out
 
@@ -244,6 +246,26 @@ def test_fleet_maps_agents_to_pods_delivers_config_and_reports_status(
             ),
         )
         assert [gates[p.metadata.name] for p in pods[1:]] == ["True", "True"]
+        # The gate decides the pod's Ready (the world computes it as a kubelet does):
+        # the unhealthy agent's pod leaves its Service's endpoints, the others stay.
+        eventually(
+            "Ready False on the unhealthy agent's pod only",
+            lambda: (
+                _gates(api_client, namespace, "Ready")
+                == {p.metadata.name: "False" if p is pods[0] else "True" for p in pods}
+            ),
+        )
+        # Level-triggered: a gate set True by someone else is put back by the operator.
+        core: Any = k8s.CoreV1Api(api_client)
+        forged = {"type": AGENT_READY_CONDITION, "status": "True", "reason": "Forged"}
+        core.patch_namespaced_pod_status(
+            pods[0].metadata.name, namespace, {"status": {"conditions": [forged]}}
+        )
+        eventually(
+            "the forged gate False again",
+            lambda: _gates(api_client, namespace).get(pods[0].metadata.name) == "False",
+            timeout=15,
+        )
     finally:
         for agent in agents:
             agent.stop()
