@@ -36,7 +36,7 @@ def register(
 ) -> None:
     """Attach every handler to `registry` (no module-level decorators: tests and the
     CLI build their own registries)."""
-    rollouts = RolloutHandlers(state, server, settings.rollout_startup_grace)
+    rollouts = RolloutHandlers(state, settings.rollout_startup_grace)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -49,7 +49,6 @@ from opamp_operator.k8s import reads
 from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
-from opamp_operator.server.app import OpAMPServer
 
 log = logging.getLogger(__name__)
 ROLLOUTS = (GROUP, VERSION, ROLLOUTS_PLURAL)
@@ -125,11 +124,8 @@ def _key(obj: Mapping[str, Any]) -> str:
 
 
 class RolloutHandlers:
-    def __init__(
-        self, state: OperatorState, server: OpAMPServer, startup_grace: float = 15.0
-    ) -> None:
+    def __init__(self, state: OperatorState, startup_grace: float) -> None:
         self.state = state
-        self.server = server
         # A step armed right after a start would size itself on the few agents that have
         # reconnected so far: until the grace is over, the persisted progress only holds.
         self.startup_grace = startup_grace

@@ -11,15 +11,15 @@ from typing import Any
 import yaml
 
 from opamp_operator.api.models import GROUP
-from opamp_operator.fleet.rollout import CONTROL_NAMES
+from opamp_operator.fleet.rollout import ABORTABLE, CONTROL_NAMES, RETRYABLE, TERMINAL, Phase
 
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "RolledBack", "Aborted"})
+TERMINAL_PHASES = TERMINAL
 # Phases in which the operator acts on a control (fleet/rollout.py); a token given in any
 # other phase is recorded and does nothing.
-CONTROL_PHASES: Mapping[str, frozenset[str]] = {
-    "promote": frozenset({"Paused"}),
-    "abort": frozenset({"Pending", "Progressing", "Paused", "Failed"}),
-    "retry": frozenset({"Failed", "RolledBack", "Aborted"}),
+CONTROL_PHASES: Mapping[str, frozenset[Phase]] = {
+    "promote": frozenset({Phase.PAUSED}),
+    "abort": ABORTABLE,
+    "retry": RETRYABLE,
 }
 NONE = "<none>"
 
