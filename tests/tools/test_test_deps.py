@@ -8,16 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from samples import executable
 from world import binaries
 
 REPO = binaries.REPO_ROOT
-
-
-def _executable(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n")
-    path.chmod(0o755)
-    return path
 
 
 def _test_deps(
@@ -58,7 +52,7 @@ def test_test_deps_check_lists_every_missing_component(tmp_path: Path) -> None:
 
 def test_test_deps_check_compares_the_stamp_with_the_pin(tmp_path: Path) -> None:
     """Fresh means: the binary is there and its stamp says the current pin."""
-    _executable(tmp_path / "bin" / "kwok")
+    executable(tmp_path / "bin" / "kwok")
     (tmp_path / "stamps").mkdir()
     pin = _test_deps("--pins", "kwok", cache=tmp_path).stdout.split("\t")[1]
     versions = (REPO / "test-deps" / "versions.env").read_text()
@@ -95,7 +89,7 @@ def test_envtest_assets_shrink_what_test_deps_builds(tmp_path: Path) -> None:
     controller-manager and scheduler, which envtest does not ship."""
     assets = tmp_path / "assets"
     for name in ("etcd", "kube-apiserver", "kubectl"):
-        _executable(assets / name)
+        executable(assets / name)
     pins = _test_deps("--pins", "kubernetes", cache=tmp_path, assets=assets)
     assert pins.stdout.split("\t")[1].split()[2:] == ["kube-controller-manager", "kube-scheduler"]
     check = _test_deps("--check", "etcd", cache=tmp_path, assets=assets)

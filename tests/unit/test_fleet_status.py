@@ -10,6 +10,7 @@ from typing import Any, cast
 import kopf
 import pytest
 
+import samples
 from opamp_operator.api.models import (
     AGENT_READY_CONDITION,
     CollectorFleetSpec,
@@ -17,47 +18,19 @@ from opamp_operator.api.models import (
 )
 from opamp_operator.fleet.conditions import FleetProblem, Why
 from opamp_operator.fleet.events import condition_events
-from opamp_operator.fleet.health import FleetHealth, Reason, WorstAgent
+from opamp_operator.fleet.health import Reason, WorstAgent
 from opamp_operator.fleet.mapping import FleetSelector, map_agents
 from opamp_operator.fleet.remediation import Action, Attempt, RemediationPlan, remediation_events
-from opamp_operator.fleet.status import FleetFacts, count_events, fleet_status, status_update
+from opamp_operator.fleet.status import count_events, fleet_status, status_update
 from opamp_operator.fleet.views import AgentView, PodView
 from opamp_operator.k8s.fleets import FleetReconciler, config_problem, parse_fleet, revision_news
 from opamp_operator.k8s.gates import gate_updates, pod_view
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
+from samples import T0, T1, healthy_fleet
 
-T0, T1 = "2026-12-01T00:00:00Z", "2026-12-01T00:01:00Z"
-HEALTH = FleetHealth(
-    fleet="obs/f",
-    desired_hash="ab" * 32,
-    pods_selected=2,
-    agents_connected=2,
-    agents_mapped=2,
-    healthy=2,
-    unhealthy=0,
-    config_applied=2,
-    config_applying=0,
-    config_failed=0,
-    config_pending=0,
-    drifted=0,
-    pods_without_agent=0,
-    agents_without_pod=0,
-    duplicate_agents=0,
-    versions=(("0.149.0", 2),),
-    worst=(),
-)
-FACTS = FleetFacts(
-    observed_generation=2,
-    generation=2,
-    revision="f-abababab",
-    desired_hash="ab" * 32,
-    stable_revision="f-abababab",
-    stable_hash="ab" * 32,
-    blocker=None,
-    unauthenticated=1,
-    overlapping=("obs/z", "obs/a"),
-)
+HEALTH = healthy_fleet(2)
+FACTS = dataclasses.replace(samples.FACTS, unauthenticated=1, overlapping=("obs/z", "obs/a"))
 
 
 def _by_type(status: dict[str, Any]) -> dict[str, tuple[str, str]]:

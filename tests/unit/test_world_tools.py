@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from samples import executable
 from world import binaries
 from world.pki import CertificateAuthority
 
@@ -39,25 +40,18 @@ def test_key_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
-def _executable(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("#!/bin/sh\n")
-    path.chmod(0o755)
-    return path
-
-
 def test_find_prefers_envtest_assets_for_envtest_binaries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPAMP_OPERATOR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path / "assets"))
-    ours = _executable(tmp_path / "cache" / "bin" / "kube-apiserver")
+    ours = executable(tmp_path / "cache" / "bin" / "kube-apiserver")
     assert binaries.find("kube-apiserver") == ours
-    envtest = _executable(tmp_path / "assets" / "kube-apiserver")
+    envtest = executable(tmp_path / "assets" / "kube-apiserver")
     assert binaries.find("kube-apiserver") == envtest
     # envtest has no scheduler; a file of that name there is not used.
-    _executable(tmp_path / "assets" / "kube-scheduler")
-    sched = _executable(tmp_path / "cache" / "bin" / "kube-scheduler")
+    executable(tmp_path / "assets" / "kube-scheduler")
+    sched = executable(tmp_path / "cache" / "bin" / "kube-scheduler")
     assert binaries.find("kube-scheduler") == sched
 
 

@@ -30,40 +30,12 @@ from opamp_operator.fleet.rollout_status import problem_status, rollout_status
 from opamp_operator.fleet.status import FleetFacts, fleet_status
 from opamp_operator.k8s.fleets import FleetReconciler
 from opamp_operator.k8s.state import OperatorState
+from samples import FACTS, HASH, T0, T1, healthy_fleet
 from world.gitops import SPIRIT, argocd_health, kstatus
 
 pytestmark = pytest.mark.world
 
-T0, T1 = "2026-12-01T00:00:00Z", "2026-12-01T00:01:00Z"
-HASH = "ab" * 32
-HEALTHY = FleetHealth(
-    fleet="obs/f",
-    desired_hash=HASH,
-    pods_selected=3,
-    agents_connected=3,
-    agents_mapped=3,
-    healthy=3,
-    unhealthy=0,
-    config_applied=3,
-    config_applying=0,
-    config_failed=0,
-    config_pending=0,
-    drifted=0,
-    pods_without_agent=0,
-    agents_without_pod=0,
-    duplicate_agents=0,
-    versions=(("0.149.0", 3),),
-    worst=(),
-)
-FACTS = FleetFacts(
-    observed_generation=2,
-    generation=2,
-    revision="f-abababab",
-    desired_hash=HASH,
-    stable_revision="f-abababab",
-    stable_hash=HASH,
-    blocker=None,
-)
+HEALTHY = healthy_fleet(3)
 APPLYING = dataclasses.replace(HEALTHY, config_applying=2, config_applied=1)
 
 # name -> (health, facts, Argo CD's verdict, kstatus's verdict, text Argo CD must show)
