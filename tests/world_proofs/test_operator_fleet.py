@@ -26,6 +26,7 @@ from world.fleets import (
     release_fleets,
     single_file_hash,
 )
+from world.gitops import judge
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 
@@ -683,3 +684,47 @@ def test_going_back_to_an_older_config_reuses_its_revision(
     assert status["desiredHash"] == single_file_hash(CONFIG_V1)
     log = Path(operator.record.log).read_text()
     assert "immutable" not in log
+
+
+def test_a_spec_turning_invalid_stalls_the_fleet_and_keeps_its_agents_config(
+    operator: OperatorProcess, api_client: Any, namespace: str
+) -> None:
+    """A selector Kubernetes would refuse (no webhook here to stop it): the fleet is
+    Stalled for that generation, as Argo CD and Flux read it, and its agents keep the
+    config they run; nothing is offered."""
+    pods = _deploy(api_client, namespace, 1)
+    _create_fleet(api_client, namespace, {"app": "collector"}, CONFIG_V1)
+    agent = start_go_agent(
+        operator.ws_url, "--heartbeat=1s", f"--attr=k8s.pod.uid={pods[0].metadata.uid}"
+    )
+    try:
+        agent.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
+        eventually("the fleet Ready", lambda: _ready(_status(api_client, namespace)) == "True")
+        co: Any = k8s.CustomObjectsApi(api_client)
+        invalid = {"matchExpressions": [{"key": "app", "operator": "In", "values": []}]}
+        co.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "collectorfleets",
+            "collectors",
+            {"spec": {"selector": invalid}},
+        )
+
+        def stalled() -> dict[str, Any] | None:
+            fleet = _fleet(api_client, namespace)
+            status = fleet.get("status") or {}
+            current = status.get("observedGeneration") == fleet["metadata"]["generation"]
+            return fleet if current and _stalled(status) else None
+
+        fleet = eventually("Stalled for the new generation", stalled)
+        conditions = {c["type"]: c for c in fleet["status"]["conditions"]}
+        assert conditions["Stalled"]["reason"] == "InvalidSpec"
+        assert "needs at least one value" in conditions["Stalled"]["message"]
+        assert conditions["Reconciling"]["status"] == "False"
+        judge(fleet, "Degraded", "Failed", says="InvalidSpec")
+        time.sleep(3)  # a hold, on purpose: three status ticks that must not undo it
+        assert _stalled(_status(api_client, namespace))
+        assert len(_seen(agent, "message", "remote_config")) == 1
+    finally:
+        agent.stop()
