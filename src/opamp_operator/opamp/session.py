@@ -154,7 +154,8 @@ class AgentRecord(HasAgentState):
 
 
 class DesiredConfigSource(Protocol):
-    """Where an agent's desired config comes from (a file now, the fleets later)."""
+    """Where an agent's desired config comes from: the fleets file (`serve`) or the
+    operator's state (`run`). After changing what it answers, call `desired_changed`."""
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None: ...
 
