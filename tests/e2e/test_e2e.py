@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client as k8s
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
+from opamp_operator.k8s.reads import get_or_none
 from opamp_operator.k8s.workload import config_map_name, workload_name
 from opamp_operator.kubectl_plugin.format import short_hash
 from world.chart import CRD_NAMES
@@ -27,7 +28,6 @@ from world.fleets import (
     create_fleet,
     create_rollout,
     fleet_status,
-    read_or_none,
     rollout_status,
     set_fleet_config,
     single_file_hash,
@@ -260,7 +260,7 @@ def test_deleting_the_fleet_removes_its_workload(target: Target, namespace: str)
     core: Any = k8s.CoreV1Api(target.api_client)
 
     def gone(read: Any, name: str) -> bool:
-        return read_or_none(read, name, namespace) is None
+        return get_or_none(read, name, namespace) is None
 
     def read_fleet(name: str, ns: str) -> Any:
         return co.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)

@@ -18,6 +18,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import GROUP, VERSION
+from opamp_operator.k8s.reads import get_or_none
 from world import binaries
 from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
@@ -47,18 +48,8 @@ CONFIG_V2 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
 CONFIG_V3 = CONFIG_V1.replace("debug: {}", "debug: {verbosity: basic}")
 
 
-def read_or_none(read: Callable[..., Any], *args: Any) -> Any | None:
-    """`read(*args)` (a client's read_… call), None when the object is not there (404)."""
-    try:
-        return read(*args)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-
-
 def _read_crd(ext: Any, name: str) -> Any | None:
-    return read_or_none(ext.read_custom_resource_definition, name)
+    return get_or_none(ext.read_custom_resource_definition, name)
 
 
 def release_fleets(api_client: Any) -> int:
@@ -260,11 +251,13 @@ def create_fleet(
     )
 
 
-def set_fleet_config(api_client: Any, namespace: str, name: str, config: str) -> None:
+def patch_fleet_spec(api_client: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
     co: Any = k8s.CustomObjectsApi(api_client)
-    co.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"config": {"inline": config}}}
-    )
+    co.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
+
+
+def set_fleet_config(api_client: Any, namespace: str, name: str, config: str) -> None:
+    patch_fleet_spec(api_client, namespace, name, {"config": {"inline": config}})
 
 
 def fleet_status(api_client: Any, namespace: str, name: str) -> dict[str, Any]:

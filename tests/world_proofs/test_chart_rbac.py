@@ -25,6 +25,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
+from opamp_operator.k8s.reads import get_or_none
 from world.chart import (
     CHART,
     CRD_NAMES,
@@ -47,7 +48,6 @@ from world.fleets import (
     create_rollout,
     fleet_status,
     pod_condition,
-    read_or_none,
     release_fleets,
     rollout_status,
     running_pods,
@@ -519,7 +519,7 @@ def test_the_clusterwide_identity_still_cannot_list_or_write_what_it_does_not_ne
 
 
 def _exists(read: Callable[[str, str], object], name: str, namespace: str) -> bool:
-    return read_or_none(read, name, namespace) is not None
+    return get_or_none(read, name, namespace) is not None
 
 
 def test_template_mode_with_the_charts_identity_renders_swaps_and_removes_its_workload(

@@ -23,6 +23,7 @@ from world.fleets import (
     CONFIG_V1,
     CONFIG_V2,
     create_fleet,
+    patch_fleet_spec,
     release_fleets,
     single_file_hash,
 )
@@ -700,16 +701,8 @@ def test_a_spec_turning_invalid_stalls_the_fleet_and_keeps_its_agents_config(
     try:
         agent.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
         eventually("the fleet Ready", lambda: _ready(_status(api_client, namespace)) == "True")
-        co: Any = k8s.CustomObjectsApi(api_client)
         invalid = {"matchExpressions": [{"key": "app", "operator": "In", "values": []}]}
-        co.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "collectorfleets",
-            "collectors",
-            {"spec": {"selector": invalid}},
-        )
+        patch_fleet_spec(api_client, namespace, "collectors", {"selector": invalid})
 
         def stalled() -> dict[str, Any] | None:
             fleet = _fleet(api_client, namespace)

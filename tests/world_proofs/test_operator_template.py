@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client as k8s
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
+from opamp_operator.k8s.reads import get_or_none
 from opamp_operator.k8s.workload import (
     CONFIG_KEY,
     MANAGED_BY_LABEL,
@@ -23,7 +24,7 @@ from opamp_operator.k8s.workload import (
 )
 from world.cluster import LocalCluster
 from world.collector import base_collector_config, collector_config_with_health
-from world.fleets import PLURAL, create_fleet, read_or_none
+from world.fleets import PLURAL, create_fleet
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
 from world.template import container_env, start_pod_supervisor
@@ -89,7 +90,7 @@ def _gate(pod: Any) -> str | None:
 
 
 def _gone(read: Callable[[str, str], Any], name: str, namespace: str) -> bool:
-    return read_or_none(read, name, namespace) is None
+    return get_or_none(read, name, namespace) is None
 
 
 def _workload_events(api_client: Any, namespace: str, *expected: str) -> set[str]:
@@ -132,7 +133,7 @@ def test_template_deployment_runs_supervised_collectors_mapped_to_their_pods(
 
     deployment = eventually(
         "the rendered Deployment",
-        lambda: read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace),
+        lambda: get_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace),
         timeout=WAIT,
     )
     _controlled_by_the_fleet(deployment, api_client, namespace)
@@ -255,7 +256,7 @@ def test_template_daemon_set_gives_one_pod_per_node_and_goes_with_the_fleet(
     )
     daemon_set = eventually(
         "the rendered DaemonSet",
-        lambda: read_or_none(apps.read_namespaced_daemon_set, workload_name(FLEET), namespace),
+        lambda: get_or_none(apps.read_namespaced_daemon_set, workload_name(FLEET), namespace),
         timeout=WAIT,
     )
     _controlled_by_the_fleet(daemon_set, api_client, namespace)
@@ -312,7 +313,7 @@ def test_template_pods_present_the_fleet_token_from_its_secret(
     (pod,) = _n_running(api_client, namespace, 1)
     supervisor_yaml = eventually(
         "the rendered supervisor config",
-        lambda: read_or_none(core.read_namespaced_config_map, config_map_name(FLEET), namespace),
+        lambda: get_or_none(core.read_namespaced_config_map, config_map_name(FLEET), namespace),
         timeout=WAIT,
     ).data[CONFIG_KEY]
     pod_json = api_client.sanitize_for_serialization(pod)
@@ -382,4 +383,4 @@ def test_a_template_that_cannot_be_rendered_is_not_ready_with_the_reason(
     assert message.startswith("spec.template: ")
     assert "tier" in message
     apps: Any = k8s.AppsV1Api(api_client)
-    assert read_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace) is None
+    assert get_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace) is None
