@@ -3,7 +3,6 @@ missing object: `None`, never an exception the caller has to recognise."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 from collections.abc import Callable
@@ -34,11 +33,6 @@ def get_or_none(read: Callable[..., T], *args: Any) -> T | None:
         if exc.status == 404:
             return None
         raise
-
-
-async def aget_or_none(read: Callable[..., T], *args: Any) -> T | None:
-    """`get_or_none` in a worker thread: the kubernetes client blocks."""
-    return await asyncio.to_thread(get_or_none, read, *args)
 
 
 def config_map(namespace: str, name: str) -> Any:

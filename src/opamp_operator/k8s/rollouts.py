@@ -33,7 +33,6 @@ from opamp_operator.api.models import (
     RolloutStep,
 )
 from opamp_operator.fleet import rollout as planner
-from opamp_operator.fleet.events import EVENT_MESSAGE_LIMIT
 from opamp_operator.fleet.rollout_status import (
     Facts,
     blocker,
@@ -46,6 +45,7 @@ from opamp_operator.fleet.rollout_status import (
 )
 from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
 from opamp_operator.k8s import reads
+from opamp_operator.k8s.events import emit
 from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
@@ -346,9 +346,7 @@ class RolloutHandlers:
         generation = int(body.metadata.get("generation", 0))
         await self._write(body, old, rollout_status(decision, generation, old, now_iso()))
         await self._govern(record, key, policy, decision.progress)
-        for event in decision.events:
-            message = event.message[:EVENT_MESSAGE_LIMIT]
-            kopf.event(body, type=event.type, reason=event.reason, message=message)
+        emit(body, decision.events)
 
     async def _write(
         self, body: kopf.Body, old: Mapping[str, Any], status: Mapping[str, Any]
