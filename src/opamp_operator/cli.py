@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import uvloop
 
 from opamp_operator import __version__
 from opamp_operator.api.crd import render_all
@@ -18,10 +20,17 @@ from opamp_operator.k8s.run import run as run_operator
 from opamp_operator.k8s.settings import PeeringSettings
 from opamp_operator.k8s.webhook import WebhookOptions
 from opamp_operator.opamp.wire import protobuf_backend
+from opamp_operator.server.api import ApiListen
 from opamp_operator.server.app import Limits, Listen
+from opamp_operator.server.tls import ClientAuth, TLSConfigError, TLSFiles
 from opamp_operator.simulator.command import add_parser as _add_simulate
 from opamp_operator.standalone.fleets import FleetFileError
-from opamp_operator.standalone.serve import ServeOptions, serve, serve_core_settings
+from opamp_operator.standalone.serve import (
+    ApiExposedError,
+    ServeOptions,
+    serve,
+    serve_core_settings,
+)
 
 log = logging.getLogger("opamp_operator")
 
@@ -43,19 +52,47 @@ Command = Callable[[argparse.Namespace], int]
 # Flag defaults are read from the settings dataclasses that own them (never written here);
 # help texts show them with %(default)s.
 _LISTEN = Listen()
+_API = ApiListen()
+_TLS = TLSFiles()
 _LIMITS = Limits()
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
-    """The OpAMP server's listen address and limits, shared by `serve` and `run`."""
-    p.add_argument("--host", default=_LISTEN.host, help="listen address (default %(default)s)")
+    """The OpAMP server's listeners and limits, shared by `serve` and `run`."""
+    p.add_argument(
+        "--host", default=_LISTEN.host, help="agents' listen address (default %(default)s)"
+    )
     p.add_argument(
         "--port",
         type=int,
         default=_LISTEN.port,
-        help="listen port of OpAMP (/v1/opamp), the read API, health and metrics "
-        "(default %(default)s)",
+        help="agents' listen port: OpAMP (/v1/opamp) only (default %(default)s)",
     )
+    tls = p.add_argument_group("TLS for agents (wss:// and https:// on --port)")
+    tls.add_argument("--tls-cert-file", type=Path, help="server certificate chain (PEM)")
+    tls.add_argument("--tls-key-file", type=Path, help="its private key (PEM)")
+    tls.add_argument(
+        "--client-ca-file", type=Path, help="CAs agents' client certificates must chain to"
+    )
+    tls.add_argument(
+        "--client-auth",
+        choices=[c.value for c in ClientAuth],
+        default=_TLS.client_auth.value,
+        help="ask agents for a client certificate: none, optional (verified when given) "
+        "or require (default %(default)s)",
+    )
+    tls.add_argument(
+        "--tls-reload-seconds",
+        type=float,
+        default=_TLS.reload_seconds,
+        help="how often certificate files are checked for rotation; connected agents "
+        "stay connected (default %(default)s)",
+    )
+    api = p.add_argument_group("API listener: read API, /metrics, /healthz, /readyz")
+    api.add_argument("--api-host", default=_API.host, help="listen address (default %(default)s)")
+    api.add_argument("--api-port", type=int, default=_API.port, help="(default %(default)s)")
+    api.add_argument("--api-tls-cert-file", type=Path, help="certificate (PEM) for the API")
+    api.add_argument("--api-tls-key-file", type=Path, help="its private key (PEM)")
     limits = p.add_argument_group("OpAMP server limits")
     limits.add_argument(
         "--max-message-bytes",
@@ -78,15 +115,35 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _server_settings(args: argparse.Namespace) -> tuple[Listen, Limits]:
-    listen = Listen(host=args.host, port=args.port)
+def _server_settings(args: argparse.Namespace) -> tuple[Listen, ApiListen, Limits]:
+    listen = Listen(
+        host=args.host,
+        port=args.port,
+        tls=TLSFiles(
+            cert_file=args.tls_cert_file,
+            key_file=args.tls_key_file,
+            client_ca_file=args.client_ca_file,
+            client_auth=ClientAuth(args.client_auth),
+            reload_seconds=args.tls_reload_seconds,
+        ),
+    )
+    api = ApiListen(
+        host=args.api_host,
+        port=args.api_port,
+        tls=TLSFiles(
+            cert_file=args.api_tls_cert_file,
+            key_file=args.api_tls_key_file,
+            reload_seconds=args.tls_reload_seconds,
+        ),
+        token_file=getattr(args, "api_token_file", None),
+    )
     limits = replace(
         _LIMITS,
         max_message_bytes=args.max_message_bytes,
         max_websockets=args.max_websockets,
         max_http_in_flight=args.max_http_in_flight,
     )
-    return listen, limits
+    return listen, api, limits
 
 
 def _add_heartbeat_flag(p: argparse.ArgumentParser, default: int | None) -> None:
@@ -101,20 +158,27 @@ def _add_heartbeat_flag(p: argparse.ArgumentParser, default: int | None) -> None
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     """`serve`'s arguments as ServeOptions; only --config gives ServeOptions(config)."""
-    listen, limits = _server_settings(args)
+    listen, api, limits = _server_settings(args)
     return ServeOptions(
         config=args.config,
         listen=listen,
+        api=api,
         limits=limits,
         core=serve_core_settings(args.heartbeat_seconds),
         reload_seconds=args.reload_seconds,
     )
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Every long-running mode runs on uvloop: its TLS transport keeps a connected agent
+    at a fraction of the stdlib's per-connection buffers (docs/benchmarks.md)."""
+    uvloop.run(main)
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(serve(serve_options(args)))
-    except FleetFileError as exc:
+        run_loop(serve(serve_options(args)))
+    except (FleetFileError, TLSConfigError, ApiExposedError) as exc:
         log.error("%s", exc)
         return 2
     return 0
@@ -129,6 +193,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--config", type=Path, required=True, help="fleets file (YAML)")
     _add_server_flags(p)
+    p.add_argument(
+        "--api-token-file",
+        type=Path,
+        help="bearer token the API requires; without it the API listens on loopback only",
+    )
     _add_heartbeat_flag(p, serve_core_settings(None).offer_heartbeat_seconds)
     p.add_argument(
         "--reload-seconds",
@@ -144,11 +213,13 @@ _RUN = RunOptions()
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """`run`'s arguments as RunOptions; no arguments give RunOptions()."""
-    listen, limits = _server_settings(args)
+    listen, api, limits = _server_settings(args)
     handlers = _RUN.handlers
     return RunOptions(
         namespaces=tuple(args.namespace),
         listen=listen,
+        api=api,
+        access=replace(_RUN.access, audiences=tuple(args.api_token_audience)),
         limits=limits,
         core=replace(_RUN.core, offer_heartbeat_seconds=args.heartbeat_seconds),
         handlers=replace(
@@ -176,7 +247,11 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
-    asyncio.run(run_operator(run_options(args)))
+    try:
+        run_loop(run_operator(run_options(args)))
+    except TLSConfigError as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
@@ -194,6 +269,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="watch only these (repeat); default: cluster-wide",
     )
     _add_server_flags(p)
+    p.add_argument(
+        "--api-token-audience",
+        action="append",
+        default=list(_RUN.access.audiences),
+        help="an audience API users' tokens must carry (repeat); default: the apiserver's",
+    )
     peering = _RUN.peering
     p.add_argument(
         "--peering",

@@ -9,7 +9,7 @@ import pytest
 from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.mapping import FleetSelector
 from opamp_operator.k8s.state import FleetRecord, OperatorState
-from opamp_operator.server.app import UnauthorizedError
+from opamp_operator.server.app import Credentials, UnauthorizedError
 
 
 def _fleet(name: str, created: float, token: str | None) -> FleetRecord:
@@ -28,9 +28,9 @@ def state() -> OperatorState:
 
 
 def test_a_token_names_its_fleet(state: OperatorState) -> None:
-    assert state.authenticate("Bearer tok-a") == "obs/a"
-    assert state.authenticate("bearer  tok-b ") == "obs/b"
-    assert state.authenticate(None) is None
+    assert state.authenticate(Credentials("Bearer tok-a")) == "obs/a"
+    assert state.authenticate(Credentials("bearer  tok-b ")) == "obs/b"
+    assert state.authenticate(Credentials(None)) is None
 
 
 @pytest.mark.parametrize(
@@ -44,10 +44,10 @@ def test_a_token_names_its_fleet(state: OperatorState) -> None:
 )
 def test_anything_else_is_refused(state: OperatorState, header: str, message: str) -> None:
     with pytest.raises(UnauthorizedError, match=message):
-        state.authenticate(header)
+        state.authenticate(Credentials(header))
 
 
 def test_a_shared_token_goes_to_the_oldest_fleet(state: OperatorState) -> None:
     newer = _fleet("c", 9.0, "tok-a")
     state.fleets[newer.key] = newer
-    assert state.authenticate("Bearer tok-a") == "obs/a"
+    assert state.authenticate(Credentials("Bearer tok-a")) == "obs/a"

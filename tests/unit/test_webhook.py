@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from opamp_operator.k8s.webhook import WebhookOptions, fleet_problems, self_signed
+from opamp_operator.k8s.webhook import WebhookOptions, fleet_problems
+from opamp_operator.server.tls import self_signed
 
 GOOD = """\
 receivers: {otlp: {protocols: {grpc: {}}}}
@@ -68,7 +69,9 @@ def test_config_map_sources_are_checked_when_the_config_map_exists() -> None:
 
 
 def test_self_signed_certificate_verifies_for_its_hosts(tmp_path: Path) -> None:
-    certfile, keyfile, ca_pem = self_signed(tmp_path, ["opamp-operator.ops.svc", "127.0.0.1"])
+    certfile, keyfile, ca_pem = self_signed(
+        tmp_path, ["opamp-operator.ops.svc", "127.0.0.1"], "webhook"
+    )
     cert = x509.load_pem_x509_certificate(certfile.read_bytes())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["opamp-operator.ops.svc"]

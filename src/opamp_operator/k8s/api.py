@@ -1,4 +1,4 @@
-"""The fleets part of the read API (served by the OpAMP server's application):
+"""The fleets part of the read API (on the API listener, server/api.py):
 
     GET /api/v1/fleets
     GET /api/v1/fleets/{namespace}/{name}
@@ -6,7 +6,10 @@
                                                     pending|drifted|disconnected|unmapped]
     GET /api/v1/fleets/{namespace}/{name}/agents/{instance_uid}   (with a drift diff)
 
-Per-agent detail lives here, not in the CR status, which stays aggregated.
+Per-agent detail lives here, not in the CR status, which stays aggregated. A user reads
+a fleet here only if Kubernetes lets them `get` that CollectorFleet (k8s/access.py);
+the listing shows the fleets of the namespaces they may `list` fleets in. Configs are
+shown with their secrets masked, on both sides of a diff (fleet.drift).
 """
 
 from __future__ import annotations
@@ -15,16 +18,23 @@ from typing import Any
 
 from aiohttp import web
 
+from opamp_operator.api.models import FLEETS_PLURAL, GROUP
 from opamp_operator.api.read import AGENT_STATES
-from opamp_operator.fleet.drift import agent_drift, unified_diff
+from opamp_operator.fleet.drift import agent_drift, masked_config_text, unified_diff
 from opamp_operator.fleet.health import ConfigState, config_state, summarize
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s.state import FleetRecord, OperatorState
+from opamp_operator.server.api import ApiContext, ResourceAccess
+
+
+def fleet_access(verb: str, namespace: str = "", name: str = "") -> ResourceAccess:
+    return ResourceAccess(verb, GROUP, FLEETS_PLURAL, namespace, name)
 
 
 class FleetAPI:
-    def __init__(self, state: OperatorState) -> None:
+    def __init__(self, state: OperatorState, context: ApiContext) -> None:
         self.state = state
+        self.context = context
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/fleets", self.list_fleets)
@@ -32,8 +42,12 @@ class FleetAPI:
         app.router.add_get("/api/v1/fleets/{namespace}/{name}/agents", self.list_agents)
         app.router.add_get("/api/v1/fleets/{namespace}/{name}/agents/{uid}", self.get_agent)
 
-    def _fleet(self, request: web.Request) -> FleetRecord:
-        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+    async def _fleet(self, request: web.Request) -> FleetRecord:
+        """The fleet a request names, once the user may `get` it (403 before 404: a
+        refused user learns nothing about which fleets exist)."""
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        await self.context.require(request, fleet_access("get", namespace, name))
+        key = f"{namespace}/{name}"
         record = self.state.fleets.get(key)
         if record is None:
             raise web.HTTPNotFound(text=f"no CollectorFleet {key} is known to this operator")
@@ -57,14 +71,29 @@ class FleetAPI:
             **health.to_status(),
         }
 
-    async def list_fleets(self, _: web.Request) -> web.Response:
+    async def _readable(
+        self, request: web.Request, records: list[FleetRecord]
+    ) -> list[FleetRecord]:
+        if await self.context.may(request, fleet_access("list")):
+            return records
+        namespaces = {r.namespace for r in records}
+        shown = {
+            ns for ns in namespaces if await self.context.may(request, fleet_access("list", ns))
+        }
+        return [r for r in records if r.namespace in shown]
+
+    async def list_fleets(self, request: web.Request) -> web.Response:
         self.state.refresh()
-        fleets = [self._summary(f) for f in sorted(self.state.fleets.values(), key=lambda f: f.key)]
+        records = await self._readable(
+            request, sorted(self.state.fleets.values(), key=lambda f: f.key)
+        )
+        fleets = [self._summary(f) for f in records]
         return web.json_response({"fleets": fleets, "count": len(fleets)})
 
     async def get_fleet(self, request: web.Request) -> web.Response:
+        record = await self._fleet(request)
         self.state.refresh()
-        return web.json_response(self._summary(self._fleet(request)))
+        return web.json_response(self._summary(record))
 
     def _agent_json(self, record: FleetRecord, agent: AgentView, pod: str | None) -> dict[str, Any]:
         assignment = self.state.assignment
@@ -107,7 +136,7 @@ class FleetAPI:
         ]
 
     async def list_agents(self, request: web.Request) -> web.Response:
-        record = self._fleet(request)
+        record = await self._fleet(request)
         wanted = request.query.get("state")
         if wanted is not None and wanted not in AGENT_STATES:
             raise web.HTTPBadRequest(text=f"state must be one of {', '.join(AGENT_STATES)}")
@@ -115,12 +144,14 @@ class FleetAPI:
         return web.json_response({"agents": agents, "count": len(agents)})
 
     async def get_agent(self, request: web.Request) -> web.Response:
-        record = self._fleet(request)
+        record = await self._fleet(request)
         wanted = request.match_info["uid"].replace("-", "").lower()
         for agent in self._agents(record):
             if agent["instanceUid"].replace("-", "").lower() == wanted:
                 view = self.state.views[agent["instanceUid"]]
-                agent["effectiveConfig"] = view.effective_config
+                agent["effectiveConfig"] = (
+                    masked_config_text(view.effective_config) if view.effective_config else ""
+                )
                 agent["diff"] = (
                     unified_diff(record.config_text or "", view.effective_config, "config.yaml")
                     if view.effective_config

@@ -11,18 +11,22 @@ from pathlib import Path
 from typing import Any, cast
 
 import kopf
-from aiohttp import web
 from kubernetes import config as k8s_config
 
+from opamp_operator.fleet.drift import masked_config_text
 from opamp_operator.k8s import peering
+from opamp_operator.k8s.access import KubernetesGuard, cluster_client_ca
 from opamp_operator.k8s.api import FleetAPI
 from opamp_operator.k8s.handlers import register
 from opamp_operator.k8s.peering import PeeringWatch
-from opamp_operator.k8s.settings import HandlerSettings, PeeringSettings
+from opamp_operator.k8s.settings import AccessSettings, HandlerSettings, PeeringSettings
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.k8s.webhook import WebhookOptions, webhook_server
 from opamp_operator.opamp.session import CoreSettings, ServerCore
+from opamp_operator.server import listeners
+from opamp_operator.server.api import ApiListen
 from opamp_operator.server.app import Limits, Listen, OpAMPServer
+from opamp_operator.server.listeners import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ class RunOptions:
     namespaces: tuple[str, ...] = ()
     """Watch only these namespaces; empty: cluster-wide."""
     listen: Listen = field(default_factory=Listen)
+    api: ApiListen = field(default_factory=ApiListen)
+    access: AccessSettings = field(default_factory=AccessSettings)
     limits: Limits = field(default_factory=Limits)
     core: CoreSettings = field(default_factory=operator_core_settings)
     handlers: HandlerSettings = field(default_factory=HandlerSettings)
@@ -86,14 +92,15 @@ def kopf_settings(options: RunOptions, identity: str, scratch: Path) -> kopf.Ope
 
 
 async def serve_opamp(
-    options: RunOptions, state: OperatorState, identity: str
-) -> tuple[OpAMPServer, web.AppRunner, PeeringWatch | None]:
-    """The OpAMP server and read API, listening; on standby behind a peering watch."""
+    options: RunOptions, state: OperatorState, identity: str, scratch: Path
+) -> tuple[OpAMPServer, Listeners, PeeringWatch | None]:
+    """The OpAMP server and the read API, listening; on standby behind a peering watch."""
     core = ServerCore(options.core, desired=state)
     state.core = core
     server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
-    app = server.app()
-    FleetAPI(state).add_routes(app)
+    api = server.api(KubernetesGuard(options.access), masked_config_text)
+    api_app = api.app()
+    FleetAPI(state, api.context).add_routes(api_app)
     watch: PeeringWatch | None = None
     if options.peering.name is not None:
         server.set_standby(True)
@@ -103,12 +110,17 @@ async def serve_opamp(
             options.namespaces,
             on_change=lambda active: server.set_standby(not active),
         )
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    listen = options.listen
-    await web.TCPSite(runner, listen.host, listen.port).start()
-    log.info("OpAMP server on %s:%d/v1/opamp", listen.host, listen.port)
-    return server, runner, watch
+    client_ca = await asyncio.to_thread(cluster_client_ca)
+    sites = await listeners.start(
+        server,
+        options.listen,
+        api_app,
+        options.api,
+        scratch,
+        self_sign_api=True,
+        user_client_ca=client_ca,
+    )
+    return server, sites, watch
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -123,11 +135,11 @@ async def run(options: RunOptions) -> None:
     load_kubernetes_credentials()
     state = OperatorState()
     identity = peering.new_identity()
-    server, runner, watch = await serve_opamp(options, state, identity)
+    scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-")
+    server, sites, watch = await serve_opamp(options, state, identity, Path(scratch.name) / "api")
     registry = kopf.OperatorRegistry()
     handlers = replace(options.handlers, webhook=options.webhook is not None)
     register(registry, state, server, handlers)
-    scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-webhook-")
     stop = stop_on_signals()
     watching = None
     if watch is not None:
@@ -136,7 +148,7 @@ async def run(options: RunOptions) -> None:
     try:
         await kopf.operator(
             registry=registry,
-            settings=kopf_settings(options, identity, Path(scratch.name)),
+            settings=kopf_settings(options, identity, Path(scratch.name) / "webhook"),
             clusterwide=not options.namespaces,
             namespaces=options.namespaces,
             standalone=options.peering.name is None,
@@ -148,5 +160,5 @@ async def run(options: RunOptions) -> None:
         if watching is not None:
             watching.cancel()
         log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
-        await runner.cleanup()
+        await sites.close()
         scratch.cleanup()

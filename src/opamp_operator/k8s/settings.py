@@ -43,3 +43,21 @@ class PeeringSettings:
     """This replica's priority; None draws a random one per start, so replicas differ."""
     lifetime: int = 60
     """Seconds a silent replica is still presumed alive before its standby takes over."""
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """How the API listener asks Kubernetes who a user is and what they may read
+    (k8s/access.py), and how long it remembers the answers."""
+
+    audiences: tuple[str, ...] = ()
+    """Audiences a user's token must carry; empty: the apiserver's own."""
+    authn_ttl_seconds: float = 60.0
+    """How long a token that passed a TokenReview is trusted without another."""
+    allowed_ttl_seconds: float = 60.0
+    """How long an allowed SubjectAccessReview is remembered (a revoked grant ends
+    within this)."""
+    denied_ttl_seconds: float = 10.0
+    """How long a refusal is remembered (a new grant starts working within this)."""
+    cache_size: int = 10_000
+    """Users and (user, permission) answers remembered at most, each."""

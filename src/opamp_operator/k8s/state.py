@@ -23,7 +23,7 @@ from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.session import AgentRecord, ServerCore
-from opamp_operator.server.app import UnauthorizedError
+from opamp_operator.server.app import Credentials, UnauthorizedError
 
 
 @dataclass(frozen=True)
@@ -179,10 +179,11 @@ class OperatorState:
         self.views.update(fresh)
         return fresh
 
-    def authenticate(self, authorization: str | None) -> str | None:
+    def authenticate(self, credentials: Credentials) -> str | None:
         """The OpAMP server's Authenticator: a fleet's bearer token identifies that fleet;
         no header is an anonymous agent (welcome in fleets without a token); any other
         credential is refused."""
+        authorization = credentials.authorization
         if authorization is None:
             return None
         scheme, _, token = authorization.strip().partition(" ")

@@ -9,24 +9,19 @@ and then validated by the reconciler.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kopf
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.mapping import FleetSelector, SelectorError
 from opamp_operator.fleet.validation import format_problems, validate_config
+from opamp_operator.server.tls import self_signed
 
 log = logging.getLogger(__name__)
 
@@ -84,56 +79,6 @@ def fleet_problems(
     return f"{where}: {format_problems(problems)}" if problems else None
 
 
-def self_signed(directory: Path, hosts: Iterable[str]) -> tuple[Path, Path, bytes]:
-    """A CA and a server certificate for `hosts`, written to `directory`; returns the
-    certificate and key files and the CA certificate (the webhook's caBundle)."""
-    names = sorted(set(hosts))
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "opamp-operator webhook CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for host in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    certfile, keyfile = directory / "tls.crt", directory / "tls.key"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.touch(mode=0o600)
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return certfile, keyfile, ca.public_bytes(serialization.Encoding.PEM)
-
-
 def webhook_server(options: WebhookOptions, scratch: Path) -> kopf.WebhookServer:
     """kopf's webhook server over our certificate: mounted files, else self-signed."""
     cert_dir = options.cert_dir
@@ -149,7 +94,7 @@ def webhook_server(options: WebhookOptions, scratch: Path) -> kopf.WebhookServer
         )
     wildcard = options.listen in {"", "0.0.0.0", "::"}  # noqa: S104
     hosts = [options.host] if wildcard else [options.host, options.listen]
-    certfile, keyfile, ca_pem = self_signed(scratch, hosts)
+    certfile, keyfile, ca_pem = self_signed(scratch, hosts, "webhook")
     log.info("webhook: self-signed certificate for %s", options.host)
     return kopf.WebhookServer(
         addr=options.listen,

@@ -1,8 +1,10 @@
-"""The OpAMP endpoint over aiohttp: WebSocket and plain HTTP on one path (/v1/opamp).
+"""The OpAMP endpoint over aiohttp: WebSocket and plain HTTP on one path (/v1/opamp),
+over TLS when given a certificate (server/tls.py).
 
 The transports only move bytes and enforce limits; every protocol decision is made by
-the sans-I/O core (opamp.session.ServerCore). The same application serves the read API,
-/healthz, /readyz and /metrics.
+the sans-I/O core (opamp.session.ServerCore). This listener serves nothing else: the
+read API, /metrics and the probes are on a second one (server/api.py), behind
+authentication, because every agent can reach this one.
 """
 
 from __future__ import annotations
@@ -14,17 +16,12 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from opamp_operator.opamp import wire
-from opamp_operator.opamp.attributes import to_dict
-from opamp_operator.opamp.configs import RemoteConfig, files_of
-from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     AgentRecord,
@@ -37,7 +34,9 @@ from opamp_operator.opamp.session import (
     error_reply,
     message_kind,
 )
+from opamp_operator.server.api import ApiServer, Guard
 from opamp_operator.server.metrics import ServerMetrics
+from opamp_operator.server.tls import ClientCertificate, TLSFiles, client_certificate
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,14 @@ PROTOBUF = "application/x-protobuf"
 
 @dataclass(frozen=True)
 class Listen:
-    """Where the server listens: OpAMP, the read API, /healthz, /readyz and /metrics share
-    one address and port."""
+    """Where agents reach the server (/v1/opamp and nothing else), and over what."""
 
     host: str = "0.0.0.0"  # noqa: S104 - agents connect from other pods and machines
     """Listen address; every interface by default."""
     port: int = 4320
     """Listen port."""
+    tls: TLSFiles = field(default_factory=TLSFiles)
+    """Certificate, key and client CA; without a certificate, plaintext (ws://, http://)."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,28 @@ class UnauthorizedError(Exception):
     """Raised by an Authenticator: the request's credentials are refused."""
 
 
-# The Authorization header (None when absent) → the identity the agent is known by, or
-# None for an anonymous agent; raises UnauthorizedError to refuse the connection.
-Authenticator = Callable[[str | None], str | None]
+@dataclass(frozen=True)
+class Credentials:
+    """What a connection presented: its Authorization header and the client certificate
+    TLS verified (each None when absent)."""
+
+    authorization: str | None = None
+    certificate: ClientCertificate | None = None
 
 
-def _anonymous(_: str | None) -> str | None:
+# A connection's credentials → the identity the agent is known by, or None for an
+# anonymous agent; raises UnauthorizedError to refuse the connection.
+Authenticator = Callable[[Credentials], str | None]
+
+
+def _anonymous(_: Credentials) -> str | None:
     return None
+
+
+def credentials(request: web.Request) -> Credentials:
+    transport = request.transport
+    peercert = transport.get_extra_info("peercert") if transport is not None else None
+    return Credentials(request.headers.get("Authorization"), client_certificate(peercert))
 
 
 class OpAMPServer:
@@ -130,11 +145,6 @@ class OpAMPServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.limits.max_message_bytes)
         app.router.add_route("*", OPAMP_PATH, self.handle_opamp)
-        app.router.add_get("/api/v1/agents", self.list_agents)
-        app.router.add_get("/api/v1/agents/{uid}", self.get_agent)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_endpoint)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -216,7 +226,7 @@ class OpAMPServer:
         if self._standby:
             return self._unavailable("standby", "this operator replica is on standby")
         try:
-            identity = self.authenticate(request.headers.get("Authorization"))
+            identity = self.authenticate(credentials(request))
         except UnauthorizedError as exc:
             return self._unauthorized(str(exc))
         if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -364,117 +374,30 @@ class OpAMPServer:
         if any(e.kind in (EventKind.CONNECTED, EventKind.DISCONNECTED) for e in reply.events):
             self._update_gauges()
 
-    # ---- read API and health ---------------------------------------------------------
+    # ---- what the API listener shows ------------------------------------------------
 
-    async def list_agents(self, request: web.Request) -> web.Response:
-        desired = self.core.desired.config_for
-        agents = [agent_json(a, desired(a)) for a in self.core.agents.values()]
-        agents.sort(key=lambda a: str(a["instance_uid"]))
-        return web.json_response({"agents": agents, "count": len(agents)})
-
-    async def get_agent(self, request: web.Request) -> web.Response:
-        wanted = request.match_info["uid"].replace("-", "").lower()
-        for agent in self.core.agents.values():
-            if agent.instance_uid.hex() == wanted:
-                desired = self.core.desired.config_for(agent)
-                return web.json_response(agent_json(agent, desired, detail=True))
-        raise web.HTTPNotFound(text=f"no agent with instance_uid {request.match_info['uid']}")
-
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def readyz(self, _: web.Request) -> web.Response:
+    def not_ready(self) -> str | None:
+        """Why /readyz fails, or None when ready."""
         if not self._ready:
-            raise web.HTTPServiceUnavailable(text="not ready")
+            return "not ready"
         if self._standby:
-            raise web.HTTPServiceUnavailable(text="standby")
-        return web.Response(text="ok")
+            return "standby"
+        return None
 
-    async def metrics_endpoint(self, _: web.Request) -> web.Response:
+    def metrics_payload(self) -> bytes:
         self._update_gauges()
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        return generate_latest(self.metrics.registry)
+
+    def api(self, guard: Guard, show_config: Callable[[str], str]) -> ApiServer:
+        return ApiServer(
+            agents=lambda: self.core.agents,
+            desired=self.core.desired.config_for,
+            metrics=self.metrics_payload,
+            ready=self.not_ready,
+            guard=guard,
+            show_config=show_config,
         )
-
-
-def _iso(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="seconds")
 
 
 def _too_big(ws: web.WebSocketResponse) -> bool:
     return ws.close_code == WSCloseCode.MESSAGE_TOO_BIG
-
-
-def agent_json(
-    agent: AgentRecord, desired: RemoteConfig | None = None, detail: bool = False
-) -> dict[str, Any]:
-    """The read API's view of an agent; hashes in hex, attributes as plain values.
-
-    `drifted` here means the agent does not run the config the server wants for it (it
-    reported another hash, or failed to apply it); comparing effective configs
-    semantically is the fleet layer's job.
-    """
-    description = agent.description
-    status = agent.remote_config_status
-    health = agent.health
-    out: dict[str, Any] = {
-        "instance_uid": uid_str(agent.instance_uid),
-        "transport": agent.transport.value,
-        "state": agent.state.value,
-        "connected": agent.connected,
-        "stale": agent.stale,
-        "peer": agent.peer,
-        "identifying_attributes": to_dict(description.identifying_attributes)
-        if description
-        else {},
-        "non_identifying_attributes": (
-            to_dict(description.non_identifying_attributes) if description else {}
-        ),
-        "capabilities": agent.capabilities,
-        "health": (
-            {"healthy": health.healthy, "status": health.status, "last_error": health.last_error}
-            if health
-            else None
-        ),
-        "remote_config_status": (
-            {
-                "status": pb.RemoteConfigStatuses.Name(status.status).removeprefix(
-                    "RemoteConfigStatuses_"
-                ),
-                "hash": status.last_remote_config_hash.hex(),
-                "error_message": status.error_message,
-            }
-            if status
-            else None
-        ),
-        "desired_config_hash": desired.hash.hex() if desired else None,
-        "drifted": desired is not None
-        and (
-            status is None
-            or status.last_remote_config_hash != desired.hash
-            or status.status != pb.RemoteConfigStatuses_APPLIED
-        ),
-        "offered_config_hash": agent.offered_config_hash.hex()
-        if agent.offered_config_hash
-        else None,
-        "effective_config_hash": agent.effective_config_hash.hex()
-        if agent.effective_config_hash
-        else None,
-        "connected_at": _iso(agent.connected_at),
-        "last_seen": _iso(agent.last_seen),
-        "sequence_num": agent.sequence_num,
-        "messages": agent.messages,
-    }
-    components = agent.available_components
-    if components is not None:
-        out["available_components"] = {
-            kind: sorted(details.sub_component_map)
-            for kind, details in components.components.items()
-        }
-    if detail and agent.effective_config is not None:
-        out["effective_config"] = {
-            name: f.body.decode(errors="replace")
-            for name, f in files_of(agent.effective_config.config_map).items()
-        }
-    return out

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from aiohttp import web
-
+from opamp_operator.fleet.drift import masked_config_text
 from opamp_operator.opamp.session import CoreSettings, ServerCore
+from opamp_operator.server import listeners
+from opamp_operator.server.api import ApiListen, Guard, LoopbackGuard, TokenGuard
 from opamp_operator.server.app import Limits, Listen, OpAMPServer
 from opamp_operator.standalone.fleets import FileFleets
 
@@ -36,10 +38,28 @@ class ServeOptions:
     config: Path
     """The fleets file (standalone/fleets.py)."""
     listen: Listen = field(default_factory=Listen)
+    api: ApiListen = field(default_factory=ApiListen)
     limits: Limits = field(default_factory=Limits)
     core: CoreSettings = field(default_factory=CoreSettings)
     reload_seconds: float = 2.0
     """How often the fleets file is checked for changes."""
+
+
+class ApiExposedError(ValueError):
+    """The read API would listen beyond loopback with nothing guarding it."""
+
+
+def api_guard(api: ApiListen) -> Guard:
+    """A token file guards the API wherever it listens; without one it may only listen
+    on loopback, where whoever can connect is already on the machine."""
+    if api.token_file is not None:
+        return TokenGuard.from_file(api.token_file)
+    if not api.loopback:
+        raise ApiExposedError(
+            f"the API would listen on {api.host} with no credential required: give "
+            "--api-token-file, or --api-host 127.0.0.1"
+        )
+    return LoopbackGuard()
 
 
 def build(options: ServeOptions) -> tuple[OpAMPServer, FileFleets]:
@@ -58,13 +78,17 @@ async def _watch(server: OpAMPServer, fleets: FileFleets, every: float) -> None:
 
 
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
+    guard = api_guard(options.api)
     server, fleets = build(options)
-    runner = web.AppRunner(server.app(), handle_signals=False)
-    await runner.setup()
-    listen = options.listen
-    site = web.TCPSite(runner, listen.host, listen.port)
-    await site.start()
-    log.info("OpAMP server on %s:%d%s", listen.host, listen.port, "/v1/opamp")
+    scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-serve-")
+    sites = await listeners.start(
+        server,
+        options.listen,
+        server.api(guard, masked_config_text).app(),
+        options.api,
+        Path(scratch.name),
+        self_sign_api=not options.api.loopback,
+    )
     watcher = asyncio.create_task(_watch(server, fleets, options.reload_seconds))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,4 +101,5 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
     finally:
         watcher.cancel()
-        await runner.cleanup()
+        await sites.close()
+        scratch.cleanup()

@@ -1,0 +1,155 @@
+"""Who may read the operator's API, decided by Kubernetes: the guard of `run`'s API
+listener (server/api.py).
+
+Authentication is delegated as an aggregated API server or kube-rbac-proxy delegates
+it: a bearer token goes to a TokenReview; a client certificate that verified against
+the cluster's client CA (kube-system/extension-apiserver-authentication) names the user
+in its subject, as the apiserver reads it (CN the user, O the groups). Authorization is
+a SubjectAccessReview for that user: `get collectorfleets` in a fleet's namespace to
+read its agents, a nonResourceURL grant for /metrics and the raw agent listing.
+
+Both answers are cached briefly (settings.AccessSettings), bounded in size, so a
+dashboard polling every second costs the apiserver one review per TTL, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+from aiohttp import web
+from cachetools import TTLCache
+from kubernetes import client
+
+from opamp_operator.k8s.reads import config_map_value
+from opamp_operator.k8s.settings import AccessSettings
+from opamp_operator.server.api import (
+    Access,
+    PathAccess,
+    ResourceAccess,
+    Unauthenticated,
+    User,
+    bearer_token,
+)
+from opamp_operator.server.tls import client_certificate
+
+log = logging.getLogger(__name__)
+
+AUTHENTICATED = "system:authenticated"
+CLIENT_CA_CONFIG_MAP = ("kube-system", "extension-apiserver-authentication", "client-ca-file")
+
+
+def cluster_client_ca() -> str | None:
+    """The CAs the apiserver trusts for client certificates, as it publishes them for
+    delegated authentication; None when unreadable (certificates are then not
+    accepted, bearer tokens still are)."""
+    namespace, name, key = CLIENT_CA_CONFIG_MAP
+    try:
+        return config_map_value(namespace, name, key)
+    except client.ApiException as exc:
+        log.warning(
+            "cannot read %s/%s (%s %s): API users must use bearer tokens",
+            namespace,
+            name,
+            exc.status,
+            exc.reason,
+        )
+        return None
+
+
+def _user(info: Any) -> User:
+    extra = {k: tuple(v or ()) for k, v in (info.extra or {}).items()}
+    return User(info.username, info.uid or "", tuple(info.groups or ()), extra)
+
+
+def _attributes(access: Access) -> dict[str, Any]:
+    if isinstance(access, PathAccess):
+        return {
+            "non_resource_attributes": client.V1NonResourceAttributes(
+                path=access.path, verb=access.verb
+            )
+        }
+    resource: ResourceAccess = access
+    return {
+        "resource_attributes": client.V1ResourceAttributes(
+            verb=resource.verb,
+            group=resource.group,
+            resource=resource.resource,
+            namespace=resource.namespace or None,
+            name=resource.name or None,
+        )
+    }
+
+
+class KubernetesGuard:
+    """TokenReview / cluster client certificates, then SubjectAccessReview."""
+
+    def __init__(self, settings: AccessSettings) -> None:
+        self.settings = settings
+        size = settings.cache_size
+        self._users: TTLCache[bytes, User] = TTLCache(size, settings.authn_ttl_seconds)
+        self._refused: TTLCache[bytes, str] = TTLCache(size, settings.denied_ttl_seconds)
+        self._allowed: TTLCache[tuple[User, Access], bool] = TTLCache(
+            size, settings.allowed_ttl_seconds
+        )
+        self._denied: TTLCache[tuple[User, Access], bool] = TTLCache(
+            size, settings.denied_ttl_seconds
+        )
+        self.reviews = {"token": 0, "access": 0}
+
+    async def authenticate(self, request: web.Request) -> User | None:
+        token = bearer_token(request)
+        if token is not None:
+            return await self._token_user(token)
+        transport = request.transport
+        cert = client_certificate(transport.get_extra_info("peercert") if transport else None)
+        if cert is None:
+            return None
+        return User(cert.common_name, groups=(*cert.organizations, AUTHENTICATED))
+
+    async def _token_user(self, token: str) -> User:
+        key = hashlib.sha256(token.encode()).digest()
+        if (user := self._users.get(key)) is not None:
+            return user
+        if (why := self._refused.get(key)) is not None:
+            raise Unauthenticated(why)
+        review = client.V1TokenReview(
+            spec=client.V1TokenReviewSpec(
+                token=token, audiences=list(self.settings.audiences) or None
+            )
+        )
+        self.reviews["token"] += 1
+        result = await asyncio.to_thread(client.AuthenticationV1Api().create_token_review, review)
+        status = result.status
+        if status is None or not status.authenticated:
+            why = "the bearer token did not pass a TokenReview"
+            self._refused[key] = why
+            raise Unauthenticated(why)
+        user = _user(status.user)
+        self._users[key] = user
+        return user
+
+    async def allowed(self, user: User, access: Access) -> bool:
+        key = (user, access)
+        if key in self._allowed:
+            return True
+        if key in self._denied:
+            return False
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user.name,
+                uid=user.uid or None,
+                groups=list(user.groups) or None,
+                extra={k: list(v) for k, v in user.extra.items()} or None,
+                **_attributes(access),
+            )
+        )
+        self.reviews["access"] += 1
+        result = await asyncio.to_thread(
+            client.AuthorizationV1Api().create_subject_access_review, review
+        )
+        allowed = result.status is not None and bool(result.status.allowed)
+        (self._allowed if allowed else self._denied)[key] = True
+        return allowed

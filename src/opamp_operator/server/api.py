@@ -1,0 +1,359 @@
+"""The server's second listener: the read API, /metrics and the probes, away from the port
+agents reach.
+
+Agent data (attributes, effective configs, drift diffs) is readable only by someone a
+`Guard` authenticates and authorizes: under `run`, Kubernetes itself (TokenReview and
+SubjectAccessReview, as controller-runtime's secure metrics filter and kube-rbac-proxy
+do; k8s/access.py); under `serve`, a static bearer token. /healthz and /readyz stay
+unauthenticated, as on controller-runtime's probe port: they say nothing about agents.
+
+Fail closed: a handler that returns without having asked the guard about the request
+is answered 403, so a route added without an authorization check leaks nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from opamp_operator.opamp.attributes import to_dict
+from opamp_operator.opamp.configs import RemoteConfig, files_of
+from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.proto import opamp_pb2 as pb
+from opamp_operator.opamp.session import AgentRecord
+from opamp_operator.server.tls import TLSFiles
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+_AUTHORIZED = "opamp_operator.authorized"
+_USER = "opamp_operator.user"
+
+
+@dataclass(frozen=True)
+class ApiListen:
+    """Where the read API, /metrics and the probes listen, and over what."""
+
+    host: str = "127.0.0.1"
+    """Loopback by default; the chart listens on every interface for Prometheus."""
+    port: int = 8443
+    """The API port (controller-runtime's secure metrics port)."""
+    tls: TLSFiles = field(default_factory=TLSFiles)
+    """Certificate files; without them `run` serves a self-signed certificate."""
+    token_file: Path | None = None
+    """`serve`: the bearer token its API requires (required off loopback)."""
+
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+
+@dataclass(frozen=True)
+class User:
+    """Who a request authenticated as, in Kubernetes' terms (authentication.k8s.io)."""
+
+    name: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourceAccess:
+    """A verb on a namespaced object, as a SubjectAccessReview's resourceAttributes."""
+
+    verb: str
+    group: str
+    resource: str
+    namespace: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PathAccess:
+    """A verb on a path, as a SubjectAccessReview's nonResourceAttributes (/metrics)."""
+
+    path: str
+    verb: str = "get"
+
+
+Access = ResourceAccess | PathAccess
+
+
+class Unauthenticated(Exception):  # noqa: N818 - read as a verdict, like aiohttp's HTTPxxx
+    """The request carries a credential that was refused (not merely none)."""
+
+
+class Guard(Protocol):
+    """Who may read what. `authenticate` returns None for a request without credentials
+    and raises Unauthenticated for one whose credentials are refused."""
+
+    async def authenticate(self, request: web.Request) -> User | None: ...
+
+    async def allowed(self, user: User, access: Access) -> bool: ...
+
+
+class TokenGuard:
+    """`serve`'s guard: one static bearer token, read from a file at start; whoever
+    holds it may read everything."""
+
+    def __init__(self, token: str) -> None:
+        if not token.strip():
+            raise ValueError("the API token file is empty")
+        self._digest = hashlib.sha256(token.strip().encode()).digest()
+
+    @classmethod
+    def from_file(cls, path: Path) -> TokenGuard:
+        return cls(path.read_text())
+
+    async def authenticate(self, request: web.Request) -> User | None:
+        token = bearer_token(request)
+        if token is None:
+            return None
+        if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._digest):
+            raise Unauthenticated("the bearer token is not the API token")
+        return User("api-token")
+
+    async def allowed(self, user: User, access: Access) -> bool:
+        return True
+
+
+class LoopbackGuard:
+    """`serve` on a loopback address without a token: whoever can reach loopback is
+    already on the machine, as with a kubelet's read-only port bound to localhost."""
+
+    async def authenticate(self, request: web.Request) -> User | None:
+        return User("loopback")
+
+    async def allowed(self, user: User, access: Access) -> bool:
+        return True
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The request's bearer token; None without an Authorization header."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _unauthorized(message: str) -> web.Response:
+    return _error(401, message, **{"WWW-Authenticate": 'Bearer realm="opamp-operator"'})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def guarded(guard: Guard) -> Middleware:
+    """Authenticate every request but the probes; answer 403 for a handler that never
+    asked `authorize`."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
+        try:
+            user = await guard.authenticate(request)
+        except Unauthenticated as exc:
+            return _unauthorized(str(exc))
+        if user is None:
+            return _unauthorized("this API needs a bearer token or a client certificate")
+        request[_USER] = user
+        request[_AUTHORIZED] = False
+        try:
+            response = await handler(request)
+        except web.HTTPForbidden as exc:
+            return _error(403, exc.text or "forbidden")
+        if not request[_AUTHORIZED]:
+            log.error("%s %s answered without an authorization check", request.method, request.path)
+            return _error(403, "forbidden")
+        return response
+
+    return middleware
+
+
+class ApiContext:
+    """What a read API handler asks: may this request's user do `access`?"""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    async def may(self, request: web.Request, access: Access) -> bool:
+        request[_AUTHORIZED] = True
+        return await self.guard.allowed(request[_USER], access)
+
+    async def require(self, request: web.Request, access: Access) -> None:
+        """403 unless the user may; the message names the missing permission as
+        kube-rbac-proxy does, so an admin knows what to grant."""
+        if not await self.may(request, access):
+            user: User = request[_USER]
+            raise web.HTTPForbidden(text=f"{user.name} cannot {describe(access)}")
+
+
+def describe(access: Access) -> str:
+    if isinstance(access, PathAccess):
+        return f"{access.verb} path {access.path}"
+    what = f"{access.resource}.{access.group}" if access.group else access.resource
+    named = f" {access.name}" if access.name else ""
+    where = f" in namespace {access.namespace}" if access.namespace else " cluster-wide"
+    return f"{access.verb} {what}{named}{where}"
+
+
+class ApiServer:
+    """The probes, /metrics and the raw agents listing of one OpAMP server, behind a
+    guard; the operator adds its fleet routes (k8s/api.py) to the same application."""
+
+    def __init__(
+        self,
+        *,
+        agents: Callable[[], Mapping[bytes, AgentRecord]],
+        desired: Callable[[AgentRecord], RemoteConfig | None],
+        metrics: Callable[[], bytes],
+        ready: Callable[[], str | None],
+        guard: Guard,
+        show_config: Callable[[str], str],
+    ) -> None:
+        """`show_config` turns an effective config into what may be shown: secrets
+        masked (fleet.drift.masked_config_text); this layer does not parse configs."""
+        self._agents = agents
+        self._show_config = show_config
+        self._desired = desired
+        self._metrics = metrics
+        self._ready = ready
+        self.context = ApiContext(guard)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[guarded(self.context.guard)])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_get("/api/v1/agents", self.list_agents)
+        app.router.add_get("/api/v1/agents/{uid}", self.get_agent)
+        return app
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        why_not = self._ready()
+        if why_not is not None:
+            raise web.HTTPServiceUnavailable(text=why_not)
+        return web.Response(text="ok")
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        await self.context.require(request, PathAccess("/metrics"))
+        return web.Response(body=self._metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def list_agents(self, request: web.Request) -> web.Response:
+        """Every agent the server knows, mapped or not: the whole agent port's view, so
+        a cluster-level grant (nonResourceURLs) rather than any one fleet's."""
+        await self.context.require(request, PathAccess(request.path))
+        agents = [agent_json(a, self._desired(a)) for a in self._agents().values()]
+        agents.sort(key=lambda a: str(a["instance_uid"]))
+        return web.json_response({"agents": agents, "count": len(agents)})
+
+    async def get_agent(self, request: web.Request) -> web.Response:
+        await self.context.require(request, PathAccess("/api/v1/agents/*"))
+        wanted = request.match_info["uid"].replace("-", "").lower()
+        for agent in self._agents().values():
+            if agent.instance_uid.hex() == wanted:
+                out = agent_json(agent, self._desired(agent))
+                if agent.effective_config is not None:
+                    out["effective_config"] = {
+                        name: self._show_config(f.body.decode(errors="replace"))
+                        for name, f in files_of(agent.effective_config.config_map).items()
+                    }
+                return web.json_response(out)
+        raise web.HTTPNotFound(text=f"no agent with instance_uid {request.match_info['uid']}")
+
+
+def _iso(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="seconds")
+
+
+def agent_json(agent: AgentRecord, desired: RemoteConfig | None = None) -> dict[str, Any]:
+    """The read API's view of an agent; hashes in hex, attributes as plain values.
+
+    `drifted` here means the agent does not run the config the server wants for it (it
+    reported another hash, or failed to apply it); comparing effective configs
+    semantically is the fleet layer's job.
+    """
+    description = agent.description
+    status = agent.remote_config_status
+    health = agent.health
+    out: dict[str, Any] = {
+        "instance_uid": uid_str(agent.instance_uid),
+        "transport": agent.transport.value,
+        "state": agent.state.value,
+        "connected": agent.connected,
+        "stale": agent.stale,
+        "peer": agent.peer,
+        "identifying_attributes": to_dict(description.identifying_attributes)
+        if description
+        else {},
+        "non_identifying_attributes": (
+            to_dict(description.non_identifying_attributes) if description else {}
+        ),
+        "capabilities": agent.capabilities,
+        "health": (
+            {"healthy": health.healthy, "status": health.status, "last_error": health.last_error}
+            if health
+            else None
+        ),
+        "remote_config_status": (
+            {
+                "status": pb.RemoteConfigStatuses.Name(status.status).removeprefix(
+                    "RemoteConfigStatuses_"
+                ),
+                "hash": status.last_remote_config_hash.hex(),
+                "error_message": status.error_message,
+            }
+            if status
+            else None
+        ),
+        "desired_config_hash": desired.hash.hex() if desired else None,
+        "drifted": desired is not None
+        and (
+            status is None
+            or status.last_remote_config_hash != desired.hash
+            or status.status != pb.RemoteConfigStatuses_APPLIED
+        ),
+        "offered_config_hash": agent.offered_config_hash.hex()
+        if agent.offered_config_hash
+        else None,
+        "effective_config_hash": agent.effective_config_hash.hex()
+        if agent.effective_config_hash
+        else None,
+        "connected_at": _iso(agent.connected_at),
+        "last_seen": _iso(agent.last_seen),
+        "sequence_num": agent.sequence_num,
+        "messages": agent.messages,
+    }
+    components = agent.available_components
+    if components is not None:
+        out["available_components"] = {
+            kind: sorted(details.sub_component_map)
+            for kind, details in components.components.items()
+        }
+    return out

@@ -1,0 +1,90 @@
+"""Both of a server's listeners, started and stopped together by `run` and `serve`: the
+agents' port (OpAMP only) and the API port (read API, /metrics, probes)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from aiohttp import web
+
+from opamp_operator.server.api import ApiListen
+from opamp_operator.server.app import OPAMP_PATH, Listen, OpAMPServer
+from opamp_operator.server.tls import ReloadingTLS, self_signed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Listeners:
+    opamp: web.AppRunner
+    api: web.AppRunner
+    tls: list[ReloadingTLS] = field(default_factory=list)
+    _watchers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def follow(self, tls: ReloadingTLS) -> None:
+        """Reload `tls` from its files for as long as the listeners run."""
+        self.tls.append(tls)
+        self._watchers.append(asyncio.create_task(tls.watch(), name="tls-reload"))
+
+    async def close(self) -> None:
+        """The agents' port first (its shutdown closes every WebSocket with 1001), so the
+        probes keep answering until agents have been told to go."""
+        for task in self._watchers:
+            task.cancel()
+        await self.opamp.cleanup()
+        await self.api.cleanup()
+
+
+def _api_tls(api: ApiListen, scratch: Path, self_sign: bool) -> ReloadingTLS | None:
+    if api.tls.enabled:
+        return ReloadingTLS(api.tls)
+    if not self_sign:
+        return None
+    wildcard = api.host in {"", "0.0.0.0", "::"}  # noqa: S104
+    hosts = ["localhost", "127.0.0.1"] + ([] if wildcard else [api.host])
+    cert, key, _ = self_signed(scratch, hosts, "API")
+    log.info("API: self-signed certificate (give --api-tls-cert-file to use your own)")
+    return ReloadingTLS(replace(api.tls, cert_file=cert, key_file=key))
+
+
+async def _site(runner: web.AppRunner, host: str, port: int, tls: ReloadingTLS | None) -> None:
+    await runner.setup()
+    context: ssl.SSLContext | None = tls.context if tls is not None else None
+    await web.TCPSite(runner, host, port, ssl_context=context).start()
+
+
+async def start(
+    server: OpAMPServer,
+    listen: Listen,
+    api_app: web.Application,
+    api: ApiListen,
+    scratch: Path,
+    *,
+    self_sign_api: bool,
+    user_client_ca: str | None = None,
+) -> Listeners:
+    """Listen on both ports. `self_sign_api`: serve the API over TLS even without
+    certificate files; `user_client_ca`: PEM CAs whose client certificates identify API
+    users (the cluster's, under `run`)."""
+    opamp_tls = ReloadingTLS(listen.tls) if listen.tls.enabled else None
+    api_tls = _api_tls(api, scratch, self_sign_api)
+    if api_tls is not None and user_client_ca:
+        api_tls.context.load_verify_locations(cadata=user_client_ca)
+        api_tls.context.verify_mode = ssl.CERT_OPTIONAL
+    listeners = Listeners(
+        web.AppRunner(server.app(), handle_signals=False),
+        web.AppRunner(api_app, handle_signals=False),
+    )
+    for tls in (opamp_tls, api_tls):
+        if tls is not None:
+            listeners.follow(tls)
+    await _site(listeners.opamp, listen.host, listen.port, opamp_tls)
+    await _site(listeners.api, api.host, api.port, api_tls)
+    scheme = "wss/https" if opamp_tls else "ws/http"
+    log.info("OpAMP (%s) on %s:%d%s", scheme, listen.host, listen.port, OPAMP_PATH)
+    log.info("API (%s) on %s:%d", "https" if api_tls else "http", api.host, api.port)
+    return listeners
