@@ -227,6 +227,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
             status_interval=args.status_interval,
             rollout_interval=args.rollout_interval,
             rollout_startup_grace=args.rollout_startup_grace,
+            token_refresh_seconds=args.token_refresh_seconds,
             agent_endpoint=args.agent_endpoint,
             remediation=replace(handlers.remediation, wait_seconds=args.remediation_wait_seconds),
         ),
@@ -315,6 +316,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds after a start during which rollouts hold their persisted progress "
         "while agents reconnect, before gates and steps are evaluated again "
         "(default %(default)s)",
+    )
+    p.add_argument(
+        "--token-refresh-seconds",
+        type=float,
+        default=handlers.token_refresh_seconds,
+        help="how often a fleet's token Secret is read again; a token rotated, deleted or "
+        "unreadable closes the sessions it authenticated within this (default %(default)s)",
     )
     _add_heartbeat_flag(p, _RUN.core.offer_heartbeat_seconds)
     p.add_argument(

@@ -539,23 +539,26 @@ def test_rollout_and_agents_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
         parser.parse_args(["agents", "f", "--state", "sleepy"])
     agents = parser.parse_args(["agents", "f", "--state", "drifted"])
     assert (agents.fleet, agents.state, agents.operator_url) == ("f", "drifted", None)
-    assert agents.operator_service == "opamp-system/opamp-operator"
-    monkeypatch.setenv("OPAMP_OPERATOR_URL", "http://op:4320")
-    assert cli.build_parser().parse_args(["agents", "f"]).operator_url == "http://op:4320"
+    assert (agents.operator_ca_file, agents.insecure_skip_tls_verify) == (None, False)
+    monkeypatch.setenv("OPAMP_OPERATOR_URL", "https://op:8443")
+    monkeypatch.setenv("OPAMP_OPERATOR_CA_FILE", "/ca.crt")
+    parsed = cli.build_parser().parse_args(["agents", "f"])
+    assert (parsed.operator_url, parsed.operator_ca_file) == ("https://op:8443", "/ca.crt")
 
 
-def test_operator_service_parsing() -> None:
-    assert cli.parse_service("opamp-system/opamp-operator") == (
-        "opamp-system",
-        "opamp-operator",
-        "4320",
-    )
-    assert cli.parse_service("ops/op:opamp") == ("ops", "op", "opamp")
-    with pytest.raises(cli.PluginError, match="NS/NAME"):
-        cli.parse_service("opamp-operator")
+def test_without_an_operator_url_the_error_says_how_to_reach_the_api(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPAMP_OPERATOR_URL", raising=False)
+    assert cli.main(["agents", "f", "-n", "obs"]) == 1
+    err = capsys.readouterr().err
+    assert "--operator-url" in err
+    assert "port-forward svc/opamp-operator-api 8443" in err
 
 
 def test_a_bad_operator_url_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["agents", "f", "-n", "obs", "--operator-url", "file:///etc/passwd"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: --operator-url must be an http:// or https:// URL")
+    assert err.startswith("error: --operator-url must be an https:// URL")
+    assert cli.main(["agents", "f", "-n", "obs", "--operator-url", "http://op:8443"]) == 1
+    assert "must be an https:// URL" in capsys.readouterr().err

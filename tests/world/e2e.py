@@ -10,14 +10,19 @@ opampsupervisor and Collector, with the pod's environment (world/template.py).
 
 OPAMP_E2E_TARGET=kind (scripts/kind-e2e): the cluster of $KUBECONFIG with the chart
 installed from the image, and the fleet's pods running the Collector image
-$OPAMP_E2E_COLLECTOR_IMAGE. The operator is reached through the API server's service
-proxy, as `kubectl opamp` reaches it.
+$OPAMP_E2E_COLLECTOR_IMAGE. The operator's API is reached through `kubectl
+port-forward` to its API Service, as docs/kubectl-plugin.md tells users to.
+
+Either way the API is read with the kubeconfig's own credentials (the admin's client
+certificate), which the operator checks with the cluster, as it does for any user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -31,6 +36,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from opamp_operator.k8s.workload import CONFIG_KEY, WORKLOAD_LABEL, config_map_name
+from opamp_operator.server.api import ApiListen
 from world import binaries
 from world.chart import (
     CHART,
@@ -41,11 +47,12 @@ from world.chart import (
 )
 from world.cluster import LocalCluster
 from world.collector import Agent
-from world.operator import OperatorProcess, spawn_operator
+from world.operator import OperatorProcess, Reader, spawn_operator
 from world.processes import eventually, free_port
 from world.template import container_env, start_pod_supervisor
 
 RELEASE = "opamp-operator"
+API_PORT = ApiListen().port  # the chart's api.port default (tests/unit/test_settings.py)
 RELEASE_NAMESPACE = "opamp-system"
 KIND_VALUES = binaries.REPO_ROOT / "deploy" / "kind" / "values.yaml"
 PLUGIN = Path(sys.executable).parent / "kubectl-opamp"
@@ -70,34 +77,32 @@ class Target:
     kubeconfig: Path
     api_client: Any
     collector_image: str
-    operator_url: str | None  # None: the service proxy
+    operator_url: str
+    """The operator's API (https), on this machine."""
+    reader: Reader
     workdir: Path
     agents: dict[str, Agent] = field(default_factory=dict)  # pod uid -> its container
 
     def operator_get(self, path: str) -> str:
-        """GET a path of the operator's HTTP port, as text."""
-        if self.operator_url is not None:
-            with urllib.request.urlopen(f"{self.operator_url}{path}", timeout=10) as r:  # noqa: S310
-                return str(r.read().decode())
-        core: Any = k8s.CoreV1Api(self.api_client)
-        answer = core.connect_get_namespaced_service_proxy_with_path(
-            f"{RELEASE}:4320", RELEASE_NAMESPACE, path.lstrip("/"), _preload_content=False
-        )
-        return str(answer.data.decode())
+        """GET a path of the operator's API, as text, as the kubeconfig's user."""
+        request = urllib.request.Request(f"{self.operator_url}{path}")  # noqa: S310
+        if self.reader.token:
+            request.add_header("Authorization", f"Bearer {self.reader.token}")
+        with urllib.request.urlopen(request, timeout=10, context=self.reader.context) as r:  # noqa: S310
+            return str(r.read().decode())
 
     def plugin(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`kubectl opamp ARGS` as a user runs it against this target."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        env.pop("OPAMP_OPERATOR_URL", None)
-        if self.operator_url is not None:
-            env["OPAMP_OPERATOR_URL"] = self.operator_url
+        env["OPAMP_OPERATOR_URL"] = self.operator_url
         return subprocess.run(
             [str(PLUGIN), *args], capture_output=True, text=True, env=env, timeout=60, check=False
         )
 
     def fleet_agents(self, namespace: str, fleet: str) -> list[dict[str, Any]]:
-        service = [] if self.operator_url else [f"--operator-service={RELEASE_NAMESPACE}/{RELEASE}"]
-        done = self.plugin("agents", fleet, "-n", namespace, "-o", "json", *service)
+        # The API's certificate is the chart's self-signed default.
+        insecure = "--insecure-skip-tls-verify"
+        done = self.plugin("agents", fleet, "-n", namespace, "-o", "json", insecure)
         assert done.returncode == 0, done.stderr
         agents: list[dict[str, Any]] = json.loads(done.stdout)["agents"]
         return agents
@@ -146,10 +151,40 @@ def kind_target(workdir: Path) -> Iterator[Target]:
     if not image:
         raise pytest.UsageError("OPAMP_E2E_TARGET=kind needs OPAMP_E2E_COLLECTOR_IMAGE")
     api = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    reader = Reader.of(kubeconfig, workdir / "reader")
     try:
-        yield Target("kind", kubeconfig, api, image, None, workdir)
+        with port_forward(kubeconfig, f"svc/{RELEASE}-api", API_PORT) as url:
+            yield Target("kind", kubeconfig, api, image, url, reader, workdir)
     finally:
         api.close()
+
+
+@contextlib.contextmanager
+def port_forward(kubeconfig: Path, what: str, port: int) -> Iterator[str]:
+    """`kubectl port-forward WHAT :PORT` in the release's namespace; yields the local
+    https URL kubectl chose."""
+    proc = subprocess.Popen(
+        [
+            str(binaries.find("kubectl")),
+            f"--kubeconfig={kubeconfig}",
+            f"--namespace={RELEASE_NAMESPACE}",
+            "port-forward",
+            what,
+            f":{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert found, f"kubectl port-forward said: {line!r}"
+        yield f"https://127.0.0.1:{found.group(1)}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
@@ -174,8 +209,16 @@ def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
         )
         installed = True
         operator = _operator_as_the_chart_runs_it(cluster, admin, workdir)
-        url = f"http://127.0.0.1:{operator.port}"
-        target = Target("local", cluster.kubeconfig, admin, "kwok-runs-no-image", url, workdir)
+        reader = Reader.of(cluster.kubeconfig, workdir / "reader")
+        target = Target(
+            "local",
+            cluster.kubeconfig,
+            admin,
+            "kwok-runs-no-image",
+            operator.api_url,
+            reader,
+            workdir,
+        )
         yield target
     finally:
         for agent in target.agents.values() if target else ():
@@ -214,4 +257,7 @@ def _operator_as_the_chart_runs_it(
         f"--port={port}",
         f"--agent-endpoint=ws://127.0.0.1:{port}/v1/opamp",
     ]
-    return spawn_operator(kubeconfig, workdir / "operator", argv, port)
+    # Its API is read as the cluster's admin (a client certificate), not as the operator.
+    return spawn_operator(
+        kubeconfig, workdir / "operator", argv, port, reader_kubeconfig=cluster.kubeconfig
+    )

@@ -1,13 +1,17 @@
-"""Run our own OpAMP server the way users do — `opamp-operator serve` as a process — and
-read its API."""
+"""Run our own OpAMP server the way users do — `opamp-operator serve` or `run` as a
+process — and read its API on the API listener, with a credential it accepts: none for
+`serve` on loopback, the kubeconfig's client certificate for `run` (the cluster's admin,
+authenticated against the cluster's client CA and authorized by SubjectAccessReview)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,13 +28,47 @@ import yaml
 from world.processes import ProcessRecord, free_port, spawn, terminate, wait_until
 
 
+@dataclass(frozen=True)
+class Reader:
+    """Who reads a server's API: an https context (presenting the kubeconfig user's
+    client certificate, if it has one) and its bearer token, if it has one. The API's
+    certificate is self-signed and not verified here; the API's own tests check what
+    matters: whom the server lets in."""
+
+    context: ssl.SSLContext
+    token: str | None = None
+
+    @classmethod
+    def of(cls, kubeconfig: Path, workdir: Path) -> Reader:
+        user = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if "client-certificate-data" in user:
+            workdir.mkdir(parents=True, exist_ok=True)
+            cert, key = workdir / "reader.crt", workdir / "reader.key"
+            cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
+            key.write_bytes(base64.b64decode(user["client-key-data"]))
+            key.chmod(0o600)
+            context.load_cert_chain(cert, key)
+        return cls(context, user.get("token"))
+
+
 @dataclass
 class OpAMPEndpoint:
-    """Where agents reach one of our server processes on loopback."""
+    """Where agents reach one of our server processes on loopback, and where its API is."""
 
     record: ProcessRecord
     proc: subprocess.Popen[bytes]
     port: int
+    api_port: int
+    reader: Reader | None
+    """How the API is read: None for plain http without credentials."""
+
+    @property
+    def api_url(self) -> str:
+        scheme = "http" if self.reader is None else "https"
+        return f"{scheme}://127.0.0.1:{self.api_port}"
 
     @property
     def ws_url(self) -> str:
@@ -46,7 +84,13 @@ class OpAMPEndpoint:
 
     def get(self, path: str) -> Any:
         """GET one of the read endpoints: JSON decoded, anything else as text."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+        request = urllib.request.Request(f"{self.api_url}{path}")  # noqa: S310 - http(s) only
+        context = None
+        if self.reader is not None:
+            context = self.reader.context
+            if self.reader.token:
+                request.add_header("Authorization", f"Bearer {self.reader.token}")
+        with urllib.request.urlopen(request, timeout=5, context=context) as r:  # noqa: S310
             body = r.read()
         return (
             json.loads(body)
@@ -85,6 +129,7 @@ class ServeProcess(OpAMPEndpoint):
 
 def start_serve(fleets: Path, workdir: Path, *args: str, port: int | None = None) -> ServeProcess:
     port = port or free_port()
+    api_port = free_port()
     record, proc = spawn(
         f"serve-{port}",
         [
@@ -95,11 +140,12 @@ def start_serve(fleets: Path, workdir: Path, *args: str, port: int | None = None
             f"--config={fleets}",
             "--host=127.0.0.1",
             f"--port={port}",
+            f"--api-port={api_port}",
             *args,
         ],
         workdir,
     )
-    server = ServeProcess(record, proc, port, fleets)
+    server = ServeProcess(record, proc, port, api_port, None, fleets)
 
     def ready() -> bool:
         try:
@@ -163,15 +209,31 @@ def start_operator(
     return spawn_operator(kubeconfig, workdir, argv, port)
 
 
-def spawn_operator(kubeconfig: Path, workdir: Path, argv: list[str], port: int) -> OperatorProcess:
+def spawn_operator(
+    kubeconfig: Path,
+    workdir: Path,
+    argv: list[str],
+    port: int,
+    reader_kubeconfig: Path | None = None,
+) -> OperatorProcess:
     """`opamp-operator *argv` (which must make it listen on 127.0.0.1:`port`), once it
-    listens."""
+    listens; its API on a free loopback port, read as `reader_kubeconfig`'s user (default:
+    `kubeconfig`'s)."""
+    api_port = free_port()
     record, proc = spawn(
         f"operator-{port}",
-        [sys.executable, "-m", "opamp_operator.cli", *argv],
+        [
+            sys.executable,
+            "-m",
+            "opamp_operator.cli",
+            *argv,
+            "--api-host=127.0.0.1",
+            f"--api-port={api_port}",
+        ],
         workdir,
         env={"KUBECONFIG": str(kubeconfig)},
     )
+    reader = Reader.of(reader_kubeconfig or kubeconfig, workdir / "reader")
 
     def listening() -> bool:
         with socket.socket() as s:
@@ -182,4 +244,4 @@ def spawn_operator(kubeconfig: Path, workdir: Path, argv: list[str], port: int) 
     # from outside (the listening port and /readyz are the OpAMP server's), so this one
     # stays a fixed wait: 1 s for kopf to start its watch streams.
     time.sleep(1.0)
-    return OperatorProcess(record, proc, port)
+    return OperatorProcess(record, proc, port, api_port, reader)

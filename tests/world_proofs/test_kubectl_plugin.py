@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -48,22 +47,9 @@ CONFIG_BAD = CONFIG_V1 + f"# {BROKEN_MARK}\n"
 H1, H2, H3, HBAD = (single_file_hash(c) for c in (CONFIG_V1, CONFIG_V2, CONFIG_V3, CONFIG_BAD))
 
 
-def _host_ip() -> str:
-    """This machine's address on its default route: the API server refuses to proxy to
-    loopback, so the operator is reached there through a Service."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
-        ip: str = s.getsockname()[0]
-    assert not ip.startswith("127."), f"no non-loopback address on this machine: {ip}"
-    return ip
-
-
 @pytest.fixture
 def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    # Listening on every address too, so the API server's service proxy can reach it.
-    with start_operator(
-        cluster.kubeconfig, tmp_path, "--rollout-interval=1", "--host=0.0.0.0"
-    ) as op:
+    with start_operator(cluster.kubeconfig, tmp_path, "--rollout-interval=1") as op:
         yield op
 
 
@@ -138,57 +124,6 @@ def plugin(cluster: LocalCluster, namespace: str) -> Plugin:
     return Plugin(cluster.kubeconfig, namespace)
 
 
-def _operator_service(api_client: Any, namespace: str, port: int) -> str:
-    """A Service whose endpoint is the operator process on this machine, as the chart's
-    Service selects the operator's pod. The API server proxies only to an endpoint that
-    names a pod with that IP, and never to loopback (where kwok's pods live), so the
-    endpoint is a pod no node runs, given this machine's address in its status."""
-    core: Any = k8s.CoreV1Api(api_client)
-    ip = _host_ip()
-    core.create_namespaced_pod(
-        namespace,
-        {
-            "metadata": {"name": "opamp-operator"},
-            "spec": {
-                "nodeSelector": {"opampoperator.io/no-such-node": "true"},
-                "containers": [{"name": "operator", "image": "opamp-operator:dev"}],
-            },
-        },
-    )
-    core.patch_namespaced_pod_status(
-        "opamp-operator", namespace, {"status": {"podIP": ip, "podIPs": [{"ip": ip}]}}
-    )
-    core.create_namespaced_service(
-        namespace,
-        {
-            "metadata": {"name": "opamp-operator"},
-            "spec": {"ports": [{"name": "opamp", "port": 4320, "targetPort": port}]},
-        },
-    )
-    core.create_namespaced_endpoints(
-        namespace,
-        {
-            "metadata": {"name": "opamp-operator"},
-            "subsets": [
-                {
-                    "addresses": [
-                        {
-                            "ip": ip,
-                            "targetRef": {
-                                "kind": "Pod",
-                                "name": "opamp-operator",
-                                "namespace": namespace,
-                            },
-                        }
-                    ],
-                    "ports": [{"name": "opamp", "port": port}],
-                }
-            ],
-        },
-    )
-    return f"{namespace}/opamp-operator"
-
-
 def test_fleets_and_agents(
     agents: Agents, plugin: Plugin, operator: OperatorProcess, api_client: Any, namespace: str
 ) -> None:
@@ -221,8 +156,11 @@ def test_fleets_and_agents(
     assert listed["kind"] == "List"
     assert listed["items"][0]["status"]["configApplied"] == 3
 
-    url = f"http://127.0.0.1:{operator.port}"
-    rows = plugin.rows("agents", FLEET, "-n", namespace, "--operator-url", url)
+    # The API's certificate is self-signed; the plugin presents the admin's client
+    # certificate from the kubeconfig (test_api_access.py covers who may read what).
+    url = operator.api_url
+    api = ("--operator-url", url, "--insecure-skip-tls-verify")
+    rows = plugin.rows("agents", FLEET, "-n", namespace, *api)
     assert {r["POD"] for r in rows} == {f"{namespace}/{p.metadata.name}" for p in pods}
     assert {(r["RULE"], r["CONNECTED"], r["HEALTHY"], r["CONFIG"]) for r in rows} == {
         ("k8s.pod.uid", "True", "True", "Applied")
@@ -236,7 +174,15 @@ def test_fleets_and_agents(
         "the read API to see the failure",
         lambda: (
             plugin.rows(
-                "agents", FLEET, "-n", namespace, "--operator-url", url, "--state", "failed"
+                "agents",
+                FLEET,
+                "-n",
+                namespace,
+                "--operator-url",
+                url,
+                "--insecure-skip-tls-verify",
+                "--state",
+                "failed",
             )
             or None
         ),
@@ -253,56 +199,62 @@ def test_fleets_and_agents(
             "failed",
             "-o",
             "json",
-            "--operator-url",
-            url,
+            *api,
         ).stdout
     )
     assert as_json["count"] == 1
     assert as_json["agents"][0]["remoteConfigStatus"] == "FAILED"
     healthy = plugin.rows(
-        "agents", FLEET, "-n", namespace, "--operator-url", url, "--state", "healthy"
+        "agents",
+        FLEET,
+        "-n",
+        namespace,
+        "--operator-url",
+        url,
+        "--insecure-skip-tls-verify",
+        "--state",
+        "healthy",
     )
     assert len(healthy) == 3
     none = plugin.run(
-        "agents", FLEET, "-n", namespace, "--operator-url", url, "--state", "unmapped"
+        "agents",
+        FLEET,
+        "-n",
+        namespace,
+        "--operator-url",
+        url,
+        "--insecure-skip-tls-verify",
+        "--state",
+        "unmapped",
     )
     assert none.stdout == ""
     assert "No agents in state unmapped" in none.stderr
 
-    # Without --operator-url: through the API server's service proxy.
-    service = _operator_service(api_client, namespace, operator.port)
-    tried: list[str] = []
-
-    def through_proxy() -> subprocess.CompletedProcess[str] | None:
-        done = plugin.run("agents", FLEET, "-n", namespace, "--operator-service", service, ok=False)
-        tried.append(done.stderr)
-        return done if done.returncode == 0 else None
-
-    try:
-        proxied = eventually("the service proxy to reach the operator", through_proxy)
-    except AssertionError as error:
-        raise AssertionError(f"{error}; the plugin said: {tried[-1:]}") from None
-    assert len(proxied.stdout.splitlines()) == 4
-    proxied_failed = plugin.rows(
-        "agents", FLEET, "-n", namespace, "--operator-service", service, "--state", "failed"
-    )
-    assert [r["POD"] for r in proxied_failed] == [failing_pod]
+    # Without --operator-url: the error says how to reach the API.
+    nowhere = plugin.run("agents", FLEET, "-n", namespace, ok=False)
+    assert nowhere.returncode == 1
+    assert "port-forward svc/opamp-operator-api" in nowhere.stderr
+    # The self-signed certificate is not trusted unless the user says so.
+    untrusted = plugin.run("agents", FLEET, "-n", namespace, "--operator-url", url, ok=False)
+    assert untrusted.returncode == 1
+    assert "certificate" in untrusted.stderr
+    assert "--operator-ca-file" in untrusted.stderr
 
     # Unreachable operators: a clear message and exit code 1.
     down = plugin.run(
-        "agents", FLEET, "-n", namespace, "--operator-url", "http://127.0.0.1:1", ok=False
+        "agents", FLEET, "-n", namespace, "--operator-url", "https://127.0.0.1:1", ok=False
     )
     assert down.returncode == 1
-    assert down.stderr.startswith("error: cannot reach the operator at http://127.0.0.1:1")
-    missing = plugin.run(
-        "agents", FLEET, "-n", namespace, "--operator-service", "nowhere/nothing", ok=False
-    )
-    assert missing.returncode == 1
-    assert (
-        "cannot reach the operator through the service proxy to nowhere/nothing" in missing.stderr
-    )
+    assert down.stderr.startswith("error: cannot reach the operator at https://127.0.0.1:1")
     unknown = plugin.run(
-        "agents", "no-such-fleet", "-n", namespace, "--operator-url", url, ok=False
+        "agents",
+        "no-such-fleet",
+        "-n",
+        namespace,
+        "--operator-url",
+        url,
+        "--insecure-skip-tls-verify",
+        ok=False,
     )
     assert unknown.returncode == 1
     assert "no CollectorFleet" in unknown.stderr

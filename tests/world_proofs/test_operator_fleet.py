@@ -721,3 +721,69 @@ def test_a_spec_turning_invalid_stalls_the_fleet_and_keeps_its_agents_config(
         assert len(_seen(agent, "message", "remote_config")) == 1
     finally:
         agent.stop()
+
+
+def test_a_rotated_or_deleted_token_closes_the_sessions_it_opened(
+    crds: None, cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    """Revocation: sessions authenticated with a token end when it stops being the
+    fleet's token (WebSocket closed with 1008, HTTP refused with 401) within one re-read
+    of the Secret, and reconnecting with it is refused; the new token is admitted."""
+    core: Any = k8s.CoreV1Api(api_client)
+    secret = {"metadata": {"name": "agent-token"}, "stringData": {"token": "token-one"}}
+    core.create_namespaced_secret(namespace, secret)
+    pods = _deploy(api_client, namespace, 3)
+    _create_fleet(
+        api_client,
+        namespace,
+        {"app": "collector"},
+        CONFIG_V1,
+        authSecretRef={"name": "agent-token"},
+    )
+
+    def agent(url: str, token: str, pod: int) -> JsonlProcess:
+        return start_go_agent(
+            url,
+            "--heartbeat=1s",
+            f"--header=Authorization=Bearer {token}",
+            f"--attr=k8s.pod.uid={pods[pod].metadata.uid}",
+        )
+
+    def configured(a: JsonlProcess) -> None:
+        a.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
+
+    def refused(a: JsonlProcess, after: int, what: str) -> None:
+        """A failed (re)connection reported after the agent's `after`-th event."""
+        eventually(
+            what,
+            lambda: any(e["event"] == "connect_failed" for e in a.seen[after:]) or None,
+            timeout=20,
+        )
+
+    with start_operator(cluster.kubeconfig, tmp_path, "--token-refresh-seconds=1") as op:
+        ws_one, http_one = agent(op.ws_url, "token-one", 0), agent(op.http_url, "token-one", 1)
+        agents = [ws_one, http_one]
+        try:
+            configured(ws_one)
+            configured(http_one)
+            marks = {id(a): len(a.seen) for a in agents}
+            core.patch_namespaced_secret(
+                "agent-token", namespace, {"stringData": {"token": "token-two"}}
+            )
+            refused(ws_one, marks[id(ws_one)], "the WebSocket on the old token to be closed")
+            refused(http_one, marks[id(http_one)], "HTTP polls on the old token to be refused")
+            ws_two = agent(op.ws_url, "token-two", 2)
+            agents.append(ws_two)
+            configured(ws_two)
+            revoked = re.search(r'opamp_errors_total\{reason="revoked"\} (\d+)', op.get("/metrics"))
+            assert revoked is not None
+            assert int(revoked.group(1)) == 1  # the WebSocket; HTTP needs no session closed
+
+            # The Secret deleted: the token it held authenticates nobody any more.
+            mark = len(ws_two.seen)
+            core.delete_namespaced_secret("agent-token", namespace)
+            refused(ws_two, mark, "the WebSocket on the deleted token to be closed")
+            assert not any(e["event"] == "connected" for e in ws_two.seen[mark:])
+        finally:
+            for a in agents:
+                a.stop()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from world.collector import JsonlProcess, start_go_agent
 from world.operator import ServeProcess, start_serve, write_fleets
@@ -90,13 +91,15 @@ def test_peer_applies_the_fleet_config(server: ServeProcess, peer: Peer) -> None
         assert seen["remote_config_status"]["hash"] == _our_hash(CONFIG)
         assert seen["drifted"] is False
         if peer.reports_effective_config:
-            # The effective config it reports is the file it was given, byte for byte.
+            # The effective config it reports is the file it was given, byte for byte (its
+            # hash); the API shows it in canonical form, secrets masked.
             applied = server.wait_agent(
                 lambda a: _named(name)(a) and a["effective_config_hash"] == _our_hash(CONFIG),
                 f"{peer.name} to report the config as effective",
             )
             detail = server.get(f"/api/v1/agents/{applied['instance_uid']}")
-            assert detail["effective_config"] == {"": CONFIG}
+            assert list(detail["effective_config"]) == [""]
+            assert yaml.safe_load(detail["effective_config"][""]) == yaml.safe_load(CONFIG)
         else:
             assert seen["effective_config_hash"] is None
 

@@ -181,5 +181,15 @@ async def test_unknown_path_and_method(server: ServeProcess) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(server.http_url) as resp:
             assert resp.status == 405
-        async with http.get(f"http://127.0.0.1:{server.port}/api/v1/agents/nope") as resp:
+        async with http.get(f"{server.api_url}/api/v1/agents/nope") as resp:
             assert resp.status == 404
+
+
+async def test_the_agents_port_serves_opamp_and_nothing_else(server: ServeProcess) -> None:
+    """Agent data, metrics and probes are not on the port every agent can reach."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/api/v1/agents", "/metrics", "/healthz", "/readyz", "/api/v1/fleets"):
+            async with http.get(f"http://127.0.0.1:{server.port}{path}") as resp:
+                assert resp.status == 404, path
+            async with http.get(f"{server.api_url}{path}") as resp:
+                assert resp.status == (404 if path == "/api/v1/fleets" else 200), path

@@ -6,7 +6,10 @@ it: a bearer token goes to a TokenReview; a client certificate that verified aga
 the cluster's client CA (kube-system/extension-apiserver-authentication) names the user
 in its subject, as the apiserver reads it (CN the user, O the groups). Authorization is
 a SubjectAccessReview for that user: `get collectorfleets` in a fleet's namespace to
-read its agents, a nonResourceURL grant for /metrics and the raw agent listing.
+read its agents, `list collectorfleets` cluster-wide for the raw agent routes (every
+agent of every fleet), a nonResourceURL grant for /metrics. Never a nonResourceURL under
+/api or /apis: the default `system:discovery` role grants those paths to every
+authenticated user.
 
 Both answers are cached briefly (settings.AccessSettings), bounded in size, so a
 dashboard polling every second costs the apiserver one review per TTL, not per request.
@@ -60,7 +63,7 @@ def cluster_client_ca() -> str | None:
 
 
 def _user(info: Any) -> User:
-    extra = {k: tuple(v or ()) for k, v in (info.extra or {}).items()}
+    extra = tuple(sorted((k, tuple(v or ())) for k, v in (info.extra or {}).items()))
     return User(info.username, info.uid or "", tuple(info.groups or ()), extra)
 
 
@@ -142,7 +145,7 @@ class KubernetesGuard:
                 user=user.name,
                 uid=user.uid or None,
                 groups=list(user.groups) or None,
-                extra={k: list(v) for k, v in user.extra.items()} or None,
+                extra={k: list(v) for k, v in user.extra} or None,
                 **_attributes(access),
             )
         )

@@ -24,16 +24,16 @@ from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 
 
-async def read_token(record: FleetRecord) -> None:
-    """The fleet's token digest. A token already known is kept while its Secret is
-    briefly missing, so agents are not locked out; the problem shows in status."""
+async def read_token(state: OperatorState, record: FleetRecord) -> None:
+    """The fleet's token digest, read again. A Secret deleted, emptied or unreadable
+    (403) revokes the token, and the problem shows in status; an apiserver that fails
+    to answer (any other error) revokes nothing: the handler retries."""
     try:
-        record.token_digest = await asyncio.to_thread(
-            reads.fleet_token_digest, record.namespace, record.spec
-        )
-        record.auth_problem = None
+        digest = await asyncio.to_thread(reads.fleet_token_digest, record.namespace, record.spec)
     except FleetProblem as problem:
-        record.auth_problem = problem.why
+        state.set_token(record, None, problem.why)
+    else:
+        state.set_token(record, digest, None)
     record.token_read_at = time.monotonic()
 
 
@@ -67,7 +67,7 @@ class FleetStatus:
             return
         due = time.monotonic() - record.token_read_at > self.settings.token_refresh_seconds
         if record.spec.auth_secret_ref is not None and due:
-            await read_token(record)
+            await read_token(self.state, record)
         assignment = self.state.refresh()
         mapping = assignment.mapping_for(record.key)
         await write_gates(self.state.pods, gate_updates(self.state, record, mapping))

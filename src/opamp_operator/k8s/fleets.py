@@ -69,7 +69,7 @@ class FleetReconciler:
         except FleetProblem as problem:
             self.refuse_spec(body, patch, problem.why)
             return
-        await read_token(record)
+        await read_token(self.state, record)
         created = await self.read_config(body, record)
         await self.reconcile_workload(body, record)
         previous = self.state.fleets.get(record.key)

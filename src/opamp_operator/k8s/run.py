@@ -16,7 +16,7 @@ from kubernetes import config as k8s_config
 from opamp_operator.fleet.drift import masked_config_text
 from opamp_operator.k8s import peering
 from opamp_operator.k8s.access import KubernetesGuard, cluster_client_ca
-from opamp_operator.k8s.api import FleetAPI
+from opamp_operator.k8s.api import FleetAPI, fleet_access
 from opamp_operator.k8s.handlers import register
 from opamp_operator.k8s.peering import PeeringWatch
 from opamp_operator.k8s.settings import AccessSettings, HandlerSettings, PeeringSettings
@@ -98,7 +98,11 @@ async def serve_opamp(
     core = ServerCore(options.core, desired=state)
     state.core = core
     server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
-    api = server.api(KubernetesGuard(options.access), masked_config_text)
+    state.credentials_changed = server.revalidate
+    # Every agent of every fleet: for whoever may list fleets cluster-wide. Not a
+    # nonResourceURL under /api: the default system:discovery role grants /api/* to
+    # every authenticated user.
+    api = server.api(KubernetesGuard(options.access), masked_config_text, fleet_access("list"))
     api_app = api.app()
     FleetAPI(state, api.context).add_routes(api_app)
     watch: PeeringWatch | None = None

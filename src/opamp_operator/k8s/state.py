@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from opamp_operator.api.models import CollectorFleetSpec
@@ -126,6 +126,10 @@ class OperatorState:
     # Drift remediation attempts per fleet, per agent (policy Remediate).
     remediation: dict[str, dict[str, Attempt]] = field(default_factory=dict)
     rollouts: dict[str, RolloutRef] = field(default_factory=dict)
+    credentials_changed: Callable[[], object] = field(default=lambda: None)
+    """Called when a credential stops or starts identifying a fleet (a token rotated,
+    revoked, a fleet deleted): the server re-checks the sessions it authenticated
+    earlier (OpAMPServer.revalidate)."""
     _drift_cache: dict[str, dict[tuple[str, str, str, str], bool | None]] = field(
         default_factory=dict
     )
@@ -149,6 +153,8 @@ class OperatorState:
         config it changes get their offers."""
         previous = self.fleets.get(record.key)
         self.fleets[record.key] = record
+        if previous is not None and previous.token_digest != record.token_digest:
+            self.credentials_changed()
         if previous is None or previous.desired_hash != record.desired_hash:
             self.refresh()
         elif self.core is not None:
@@ -156,8 +162,21 @@ class OperatorState:
         return previous
 
     def drop_fleet(self, key: str) -> None:
-        if self.fleets.pop(key, None) is not None:
+        dropped = self.fleets.pop(key, None)
+        if dropped is not None:
             self.refresh()
+            if dropped.token_digest is not None:
+                self.credentials_changed()
+
+    def set_token(self, record: FleetRecord, digest: bytes | None, problem: Why | None) -> None:
+        """A fleet's token as just read: None with a problem when its Secret is gone,
+        emptied or unreadable, which revokes it: no agent authenticates with the old one
+        any more, and sessions that did are closed."""
+        changed = record.token_digest != digest
+        record.token_digest = digest
+        record.auth_problem = problem
+        if changed and self.fleets.get(record.key) is record:
+            self.credentials_changed()
 
     def set_governance(self, record: FleetRecord, governance: Governance | None) -> bool:
         """A rollout's new hold on its fleet; True (and offers queued) when it changed."""

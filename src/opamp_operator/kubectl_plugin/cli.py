@@ -1,7 +1,9 @@
 """`kubectl opamp` (the `kubectl-opamp` console script): argument parsing and the thin I/O
 around `format`. Kubernetes objects are read with the user's kubeconfig, as kubectl does;
-per-agent detail comes from the operator's read API, directly (`--operator-url`) or
-through the API server's service proxy."""
+per-agent detail comes from the operator's read API (`--operator-url`), which is given the
+same credentials (the kubeconfig's bearer token or client certificate) and asks
+Kubernetes whether this user may read the fleet. The API server's service proxy cannot
+carry them: it drops the user's credentials before proxying."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -27,12 +30,12 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from opamp_operator.api.models import FLEETS_PLURAL, GROUP, ROLLOUTS_PLURAL, VERSION
 from opamp_operator.api.read import AGENT_STATES
 from opamp_operator.kubectl_plugin import format as fmt
-from opamp_operator.server.app import Listen
+from opamp_operator.server.api import ApiListen
 
 FLEETS = FLEETS_PLURAL
 ROLLOUTS = ROLLOUTS_PLURAL
-DEFAULT_SERVICE = "opamp-system/opamp-operator"
-DEFAULT_PORT = Listen().port  # the operator's own default
+API_PORT = ApiListen().port
+PORT_FORWARD = f"kubectl -n opamp-system port-forward svc/opamp-operator-api {API_PORT}"
 ROLLOUT_ACTIONS = ("status", "promote", "abort", "pause", "resume", "retry", "history")
 
 
@@ -95,23 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="list a fleet's agents (from the operator's read API)",
         description="List a fleet's agents as the operator sees them. Per-agent detail is "
-        "not stored in Kubernetes: it is read from the operator, at --operator-url or "
-        "through the API server's service proxy to --operator-service.",
+        "not stored in Kubernetes: it is read from the operator's API at --operator-url, "
+        "with your kubeconfig's credentials; you see a fleet's agents if you may get that "
+        f"CollectorFleet. Reach the API with e.g. `{PORT_FORWARD}`.",
     )
     agents.add_argument("fleet", metavar="FLEET")
     agents.add_argument("--state", choices=AGENT_STATES, help="only agents in this state")
     agents.add_argument(
         "--operator-url",
         default=os.environ.get("OPAMP_OPERATOR_URL") or None,
-        help="the operator's HTTP address, e.g. http://127.0.0.1:4320 "
-        "(default: $OPAMP_OPERATOR_URL, else the service proxy)",
+        help=f"the operator's API, e.g. https://127.0.0.1:{API_PORT} "
+        "(default: $OPAMP_OPERATOR_URL)",
     )
     agents.add_argument(
-        "--operator-service",
-        default=DEFAULT_SERVICE,
-        metavar="NS/NAME[:PORT]",
-        help=f"the operator's Service, reached through the API server "
-        f"(default {DEFAULT_SERVICE}:{DEFAULT_PORT})",
+        "--operator-ca-file",
+        default=os.environ.get("OPAMP_OPERATOR_CA_FILE") or None,
+        help="CA that signed the API's certificate (default: $OPAMP_OPERATOR_CA_FILE, "
+        "else the system's)",
+    )
+    agents.add_argument(
+        "--insecure-skip-tls-verify",
+        action="store_true",
+        help="do not verify the API's certificate (its self-signed default); your "
+        "credentials still go only to --operator-url",
     )
     _output(agents)
 
@@ -144,15 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
             )
             _output(sub)
     return parser
-
-
-def parse_service(value: str) -> tuple[str, str, str]:
-    """`NS/NAME[:PORT]` → (namespace, name, port); the port may be a number or a name."""
-    ns, sep, rest = value.partition("/")
-    name, _, port = rest.partition(":")
-    if not sep or not ns or not name:
-        raise PluginError(f"--operator-service must be NS/NAME[:PORT], not {value!r}")
-    return ns, name, port or str(DEFAULT_PORT)
 
 
 class Kube:
@@ -197,23 +197,19 @@ class Kube:
     def patch(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body)
 
-    def service_get(self, service: str, path: str, query: dict[str, str]) -> Any:
-        """GET through `/api/v1/namespaces/{ns}/services/{name}:{port}/proxy/...`."""
-        ns, name, port = parse_service(service)
-        proxy = f"/api/v1/namespaces/{ns}/services/{name}:{port}/proxy{path}"
-        api: Any = self.api
-        request = api.param_serialize(
-            "GET",
-            proxy,
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
+    def credentials(self) -> tuple[str | None, tuple[str, str] | None]:
+        """The kubeconfig user's bearer token (exec plugins included) and client
+        certificate files, as the kubernetes client resolved them."""
+        configuration = self.api.configuration
+        token = configuration.api_key.get("authorization") or configuration.api_key.get(
+            "BearerToken"
         )
-        response = api.call_api(*request, _request_timeout=10)
-        body = response.read()
-        if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=response.reason, body=body)
-        return json.loads(body)
+        cert = (
+            (configuration.cert_file, configuration.key_file)
+            if configuration.cert_file and configuration.key_file
+            else None
+        )
+        return token, cert
 
 
 def fail(message: str) -> NoReturn:
@@ -242,56 +238,70 @@ def cmd_fleets(args: argparse.Namespace) -> int:
     return 0
 
 
-def fetch_agents(args: argparse.Namespace, kube: Kube | None, namespace: str) -> dict[str, Any]:
-    """The read API's agents of one fleet, from --operator-url or the service proxy."""
-    path = f"/api/v1/fleets/{namespace}/{args.fleet}/agents"
-    query = {"state": args.state} if args.state else {}
-    if args.operator_url:
-        url = args.operator_url.rstrip("/") + path
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        if not url.startswith(("http://", "https://")):
-            fail(f"--operator-url must be an http:// or https:// URL, not {args.operator_url!r}")
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (checked above)
-                data: dict[str, Any] = json.loads(response.read())
-                return data
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace").strip()
-            fail(f"the operator at {args.operator_url} answered {error.code}: {detail}")
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            fail(f"cannot reach the operator at {args.operator_url}: {reason}")
-    if kube is None:
-        fail("no Kubernetes connection to reach the operator's Service through")
-    try:
-        data = kube.service_get(args.operator_service, path, query)
-    except ApiException as error:
-        body = (
-            (error.body or b"").decode(errors="replace")
-            if isinstance(error.body, bytes)
-            else str(error.body or "")
-        )
-        if error.status == 404 and "no CollectorFleet" in body:
-            fail(body.strip())
+def _tls(args: argparse.Namespace, cert: tuple[str, str] | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=args.operator_ca_file)
+    if args.insecure_skip_tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    return context
+
+
+def api_base(args: argparse.Namespace) -> str:
+    """--operator-url, checked before any credential is loaded or sent."""
+    if not args.operator_url:
         fail(
-            f"cannot reach the operator through the service proxy to "
-            f"{args.operator_service} ({error.status} {error.reason}: {body.strip()[:200]}); "
-            "pass --operator-url or --operator-service NS/NAME[:PORT]"
+            "the operator's API address is needed: pass --operator-url (or set "
+            f"$OPAMP_OPERATOR_URL), e.g. after `{PORT_FORWARD}`: https://127.0.0.1:{API_PORT}"
         )
-    return data
+    base: str = args.operator_url.rstrip("/")
+    if not base.startswith("https://"):
+        # The user's own credentials go with the request: never in clear text.
+        fail(f"--operator-url must be an https:// URL, not {args.operator_url!r}")
+    return base
+
+
+def fetch_agents(args: argparse.Namespace, kube: Kube, namespace: str) -> dict[str, Any]:
+    """The read API's agents of one fleet, read with the user's own credentials."""
+    base = api_base(args)
+    url = f"{base}/api/v1/fleets/{namespace}/{args.fleet}/agents"
+    if args.state:
+        url += "?" + urllib.parse.urlencode({"state": args.state})
+    token, cert = kube.credentials()
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    if token:
+        request.add_header("Authorization", token)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=_tls(args, cert)) as response:  # noqa: S310
+            data: dict[str, Any] = json.loads(response.read())
+            return data
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace").strip()
+        with contextlib.suppress(ValueError, AttributeError):
+            detail = json.loads(detail)["error"]
+        fail(f"the operator at {args.operator_url} answered {error.code}: {detail}")
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            fail(
+                f"the operator's certificate at {args.operator_url} is not trusted "
+                f"({reason.verify_message}): pass --operator-ca-file, or "
+                "--insecure-skip-tls-verify for its self-signed default"
+            )
+        fail(f"cannot reach the operator at {args.operator_url}: {reason}")
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    kube = _kube(args) if not args.operator_url or not getattr(args, "namespace", None) else None
-    namespace = str(getattr(args, "namespace", None) or (kube.default_namespace if kube else ""))
-    data = fetch_agents(args, kube, namespace)
+    api_base(args)
+    kube = _kube(args)
+    data = fetch_agents(args, kube, _namespace(args, kube))
     agents = data.get("agents") or []
     if args.output:
         print(fmt.dump(data, args.output))
     elif not agents:
         what = f" in state {args.state}" if args.state else ""
-        print(f"No agents{what} in fleet {namespace}/{args.fleet}.", file=sys.stderr)
+        print(f"No agents{what} in fleet {_namespace(args, kube)}/{args.fleet}.", file=sys.stderr)
     else:
         print(fmt.agents_table(agents))
     return 0

@@ -69,7 +69,8 @@ class User:
     name: str
     uid: str = ""
     groups: tuple[str, ...] = ()
-    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Sorted (key, values) pairs: hashable, so a user can key the review caches."""
 
 
 @dataclass(frozen=True)
@@ -233,10 +234,14 @@ class ApiServer:
         ready: Callable[[], str | None],
         guard: Guard,
         show_config: Callable[[str], str],
+        all_agents: Access,
     ) -> None:
         """`show_config` turns an effective config into what may be shown: secrets
-        masked (fleet.drift.masked_config_text); this layer does not parse configs."""
+        masked (fleet.drift.masked_config_text); this layer does not parse configs.
+        `all_agents` is the permission the raw agent routes need: they show every agent
+        of every fleet, mapped or not."""
         self._agents = agents
+        self._all_agents = all_agents
         self._show_config = show_config
         self._desired = desired
         self._metrics = metrics
@@ -267,14 +272,14 @@ class ApiServer:
 
     async def list_agents(self, request: web.Request) -> web.Response:
         """Every agent the server knows, mapped or not: the whole agent port's view, so
-        a cluster-level grant (nonResourceURLs) rather than any one fleet's."""
-        await self.context.require(request, PathAccess(request.path))
+        a cluster-level grant rather than any one fleet's."""
+        await self.context.require(request, self._all_agents)
         agents = [agent_json(a, self._desired(a)) for a in self._agents().values()]
         agents.sort(key=lambda a: str(a["instance_uid"]))
         return web.json_response({"agents": agents, "count": len(agents)})
 
     async def get_agent(self, request: web.Request) -> web.Response:
-        await self.context.require(request, PathAccess("/api/v1/agents/*"))
+        await self.context.require(request, self._all_agents)
         wanted = request.match_info["uid"].replace("-", "").lower()
         for agent in self._agents().values():
             if agent.instance_uid.hex() == wanted:

@@ -15,8 +15,9 @@ import gzip
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import generate_latest
@@ -34,7 +35,7 @@ from opamp_operator.opamp.session import (
     error_reply,
     message_kind,
 )
-from opamp_operator.server.api import ApiServer, Guard
+from opamp_operator.server.api import Access, ApiServer, Guard
 from opamp_operator.server.metrics import ServerMetrics
 from opamp_operator.server.tls import ClientCertificate, TLSFiles, client_certificate
 
@@ -120,6 +121,8 @@ class OpAMPServer:
         self.clock = clock
         self.metrics = ServerMetrics()
         self._sockets: dict[ConnId, web.WebSocketResponse] = {}
+        # What each WebSocket authenticated with, and as whom: re-checked by revalidate().
+        self._sessions: dict[ConnId, tuple[Credentials, str | None]] = {}
         self._http_in_flight = 0
         self._listeners: list[EventListener] = []
         self._ready = False
@@ -164,14 +167,40 @@ class OpAMPServer:
         for ws in list(self._sockets.values()):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=reason)
 
+    def revalidate(self) -> int:
+        """Close (1008, policy violation) every WebSocket whose credentials no longer
+        authenticate it as the identity it connected as: a token rotated or revoked, a
+        fleet deleted. HTTP agents authenticate on every request and need nothing here.
+        Returns how many were closed."""
+        revoked: list[tuple[web.WebSocketResponse, str]] = []
+        for conn, (creds, identity) in self._sessions.items():
+            if creds.authorization is None and creds.certificate is None:
+                continue  # anonymous: nothing granted, nothing to revoke
+            try:
+                now_as = self.authenticate(creds)
+            except UnauthorizedError as exc:
+                revoked.append((self._sockets[conn], str(exc)))
+                continue
+            if now_as != identity:
+                revoked.append((self._sockets[conn], "credentials now identify another fleet"))
+        for ws, why in revoked:
+            self.metrics.errors.labels("revoked").inc()
+            self._spawn_close(
+                ws.close(code=WSCloseCode.POLICY_VIOLATION, message=why[:120].encode())
+            )
+        return len(revoked)
+
+    def _spawn_close(self, closing: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def set_standby(self, standby: bool) -> None:
         """A standby replica (see k8s/peering.py) is not ready and turns agents away;
         becoming standby closes the WebSockets it holds (1001) so agents go to the
         active replica."""
         if standby and not self._standby:
-            task = asyncio.get_running_loop().create_task(self._close_all(b"standby replica"))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._spawn_close(self._close_all(b"standby replica"))
         self._standby = standby
 
     async def _tick_forever(self) -> None:
@@ -315,6 +344,7 @@ class OpAMPServer:
         now = self.clock()
         conn = self.core.open(now, peer=request.remote or "", identity=identity)
         self._sockets[conn] = ws
+        self._sessions[conn] = (credentials(request), identity)
         try:
             async for frame in ws:
                 if frame.type == WSMsgType.BINARY:
@@ -332,6 +362,7 @@ class OpAMPServer:
                     break
         finally:
             self._sockets.pop(conn, None)
+            self._sessions.pop(conn, None)
             self._publish(self.core.close(conn, self.clock()))
         return ws
 
@@ -388,7 +419,7 @@ class OpAMPServer:
         self._update_gauges()
         return generate_latest(self.metrics.registry)
 
-    def api(self, guard: Guard, show_config: Callable[[str], str]) -> ApiServer:
+    def api(self, guard: Guard, show_config: Callable[[str], str], all_agents: Access) -> ApiServer:
         return ApiServer(
             agents=lambda: self.core.agents,
             desired=self.core.desired.config_for,
@@ -396,6 +427,7 @@ class OpAMPServer:
             ready=self.not_ready,
             guard=guard,
             show_config=show_config,
+            all_agents=all_agents,
         )
 
 

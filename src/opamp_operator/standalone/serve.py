@@ -12,7 +12,7 @@ from pathlib import Path
 from opamp_operator.fleet.drift import masked_config_text
 from opamp_operator.opamp.session import CoreSettings, ServerCore
 from opamp_operator.server import listeners
-from opamp_operator.server.api import ApiListen, Guard, LoopbackGuard, TokenGuard
+from opamp_operator.server.api import ApiListen, Guard, LoopbackGuard, PathAccess, TokenGuard
 from opamp_operator.server.app import Limits, Listen, OpAMPServer
 from opamp_operator.standalone.fleets import FileFleets
 
@@ -84,7 +84,7 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     sites = await listeners.start(
         server,
         options.listen,
-        server.api(guard, masked_config_text).app(),
+        server.api(guard, masked_config_text, PathAccess("/api/v1/agents")).app(),
         options.api,
         Path(scratch.name),
         self_sign_api=not options.api.loopback,

@@ -1,0 +1,72 @@
+"""Real users of the test cluster: ServiceAccounts with tokens from the TokenRequest API,
+given exactly the RBAC a test names, and kubeconfigs that authenticate as them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+
+from world.chart import service_account_token, token_kubeconfig
+from world.cluster import LocalCluster
+
+FLEET_READER_RULES = [
+    {"apiGroups": ["opampoperator.io"], "resources": ["collectorfleets"], "verbs": ["get", "list"]}
+]
+
+
+def user(api_client: Any, namespace: str, name: str) -> str:
+    """A ServiceAccount `name` in `namespace` with no grants; returns a token of it. Its
+    username is system:serviceaccount:<namespace>:<name>."""
+    core: Any = k8s.CoreV1Api(api_client)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    return service_account_token(api_client, name, namespace)
+
+
+def grant(
+    api_client: Any,
+    namespace: str,
+    name: str,
+    rules: list[dict[str, Any]],
+    *,
+    cluster: bool = False,
+) -> None:
+    """Give ServiceAccount `namespace/name` `rules`, in `namespace` or cluster-wide."""
+    rbac: Any = k8s.RbacAuthorizationV1Api(api_client)
+    role_name = f"{namespace}-{name}"
+    subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
+    if cluster:
+        rbac.create_cluster_role({"metadata": {"name": role_name}, "rules": rules})
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": role_name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role_name,
+                },
+                "subjects": [subject],
+            }
+        )
+        return
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [subject],
+        },
+    )
+
+
+def revoke_cluster_grant(api_client: Any, namespace: str, name: str) -> None:
+    rbac: Any = k8s.RbacAuthorizationV1Api(api_client)
+    role_name = f"{namespace}-{name}"
+    rbac.delete_cluster_role_binding(role_name)
+    rbac.delete_cluster_role(role_name)
+
+
+def user_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
+    return token_kubeconfig(cluster, token, path)
