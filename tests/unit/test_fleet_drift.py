@@ -16,12 +16,15 @@ from hypothesis import strategies as st
 
 from opamp_operator.fleet.drift import (
     MAX_REASONS,
+    REDACTED,
+    SECRET_KEYS,
     DriftState,
     DriftVerdict,
     canonical_yaml,
     differences,
     drift_reasons,
     drifted,
+    masked_config_text,
     unified_diff,
 )
 from opamp_operator.fleet.drift import agent_drift as judge
@@ -360,7 +363,10 @@ def test_deep_documents_never_overflow_the_walks(depth: int) -> None:
         assert len(reasons) == 2
         assert reasons[0].startswith("the desired config is too deeply nested")
         assert reasons[1].startswith("the effective config is too deeply nested")
-    assert unified_diff(deep, "a: 1\n").startswith("--- desired/config.yaml\n")
+    if depth < 100:
+        assert unified_diff(deep, "a: 1\n").startswith("--- desired/config.yaml\n")
+    else:
+        assert unified_diff(deep, "a: 1\n") == "no diff: the desired config is too deeply nested\n"
 
 
 def test_a_whole_config_of_another_shape_is_one_reason() -> None:
@@ -428,10 +434,39 @@ def test_unified_diff_shows_the_change_in_canonical_form() -> None:
     )
 
 
-def test_unified_diff_shows_unreadable_text_as_it_is() -> None:
-    diff = unified_diff("a: 1\n", "a: [\n")
-    assert "-a: 1\n" in diff
-    assert "+a: [\n" in diff
+@pytest.mark.parametrize(
+    "unreadable",
+    [
+        "api_key: [sk_live_UNREAD\n",
+        "a: !!int sk_live_UNREAD\n",  # PyYAML's message quotes the value
+        "a: *sk_live_UNREAD\n",  # and an undefined alias's name
+        "a: !sk_live_UNREAD x\n",  # and an unknown tag
+        "a: sk_live_UNREAD\na: twice\n\tb: 1\n",
+    ],
+)
+def test_unreadable_text_is_never_shown(unreadable: str) -> None:
+    for diff in (unified_diff(unreadable, "a: 1\n"), unified_diff("a: 1\n", unreadable)):
+        assert "sk_live" not in diff
+        assert diff.startswith("no diff: the ")
+        assert diff.count("\n") == 1
+    assert "sk_live" not in masked_config_text(unreadable)
+    assert masked_config_text(unreadable).startswith("# not shown: the config is not valid YAML")
+
+
+def test_unreadable_text_is_named_by_side_and_position() -> None:
+    assert unified_diff("a: [\n", "a: 1\n") == (
+        "no diff: the desired config is not valid YAML (line 2, column 1)\n"
+    )
+    assert unified_diff("a: 1\n", "exporters: {otlp: [\n") == (
+        "no diff: the effective config is not valid YAML (line 2, column 1)\n"
+    )
+    assert unified_diff("{", "a: !!int x") == (
+        "no diff: the desired config is not valid YAML (line 1, column 2); "
+        "the effective config is not valid YAML\n"
+    )
+    assert masked_config_text("a: [\n") == (
+        "# not shown: the config is not valid YAML (line 2, column 1)\n"
+    )
 
 
 def test_unified_diff_is_bounded() -> None:
@@ -446,6 +481,252 @@ def test_unified_diff_is_bounded() -> None:
     remaining = int(marker.split()[0])
     assert remaining == full.count("\n") - body.count("\n")
     assert marker == f"{remaining} more lines\n"
+
+
+# ---------------------------------------------------------------- secrets in the diff
+
+FINDING_DESIRED = """\
+exporters:
+  otlphttp:
+    endpoint: https://ingest.example.com
+    headers:
+      api-key: sk_live_HEADER
+  datadog:
+    api:
+      key: sk_live_DATADOG
+      site: datadoghq.eu
+extensions:
+  basicauth/client:
+    client_auth:
+      username: collector
+      password: sk_live_PASSWORD
+"""
+# What the Collector reports: every configopaque value redacted, one endpoint edited.
+FINDING_EFFECTIVE = """\
+exporters:
+  otlphttp:
+    endpoint: https://elsewhere.example.com
+    headers:
+      api-key: '[REDACTED]'
+    timeout: 30s
+  datadog:
+    api:
+      key: '[REDACTED]'
+      site: datadoghq.eu
+extensions:
+  basicauth/client:
+    client_auth:
+      username: collector
+      password: '[REDACTED]'
+"""
+
+
+def test_the_finding_a_desired_secret_is_never_echoed_by_the_diff() -> None:
+    diff = unified_diff(FINDING_DESIRED, FINDING_EFFECTIVE)
+    assert "sk_live" not in diff
+    assert diff == textwrap.dedent(
+        """\
+        --- desired/config.yaml
+        +++ effective/config.yaml
+        @@ -4,9 +4,10 @@
+               key: '[REDACTED]'
+               site: datadoghq.eu
+           otlphttp:
+        -    endpoint: https://ingest.example.com
+        +    endpoint: https://elsewhere.example.com
+             headers:
+               api-key: '[REDACTED]'
+        +    timeout: 30s
+         extensions:
+           basicauth/client:
+             client_auth:
+        """
+    )
+
+
+def test_a_path_the_effective_config_redacts_is_masked_whatever_its_key() -> None:
+    desired = "receivers: {custom: {opaque_field: sk_live_PATH, other: x}}\n"
+    effective = "receivers: {custom: {opaque_field: '[REDACTED]', other: y}}\n"
+    diff = unified_diff(desired, effective)
+    assert "sk_live" not in diff
+    assert "-    other: x\n+    other: y\n" in diff
+    assert "    opaque_field: '[REDACTED]'\n" in diff
+    # a desired mapping where the Collector reports one redacted value is masked whole
+    whole = unified_diff("a: {b: {c: sk_live_DEEP}}\n", "a: {b: '[REDACTED]'}\n")
+    assert "sk_live" not in whole
+    assert whole == ""
+
+
+@pytest.mark.parametrize(
+    ("parent", "key"),
+    [
+        (None, "password"),
+        (None, "client_secret"),
+        (None, "api_key"),
+        (None, "apiKey"),
+        (None, "API-Key"),
+        (None, "x_api_key"),
+        (None, "token"),
+        (None, "access_token"),
+        (None, "bearer_token"),
+        (None, "private_key"),
+        (None, "secret_key"),
+        (None, "key_pem"),
+        (None, "connection_string"),
+        (None, "dsn"),
+        (None, "sasl_password"),
+        ("tls", "key"),
+        ("tls_config", "key"),
+        ("api", "key"),
+        ("headers", "authorization"),
+        ("headers", "X-Scope-OrgID"),
+        ("response_headers", "x-api-key"),
+        ("htpasswd", "inline"),
+    ],
+)
+def test_a_secret_key_is_masked_on_both_sides(parent: str | None, key: str) -> None:
+    """Even when the agent reports the value unredacted (and another one)."""
+
+    def config(value: object) -> str:
+        leaf: dict[str, Any] = {key: value}
+        return dump({"exporters": {"x": {parent: leaf} if parent else leaf}})
+
+    assert SECRET_KEYS.covers(key, parent)
+    desired, effective = config("sk_live_DESIRED"), config("sk_live_EFFECTIVE")
+    assert unified_diff(desired, effective) == ""
+    assert unified_diff(desired, config(REDACTED)) == ""
+    for shown in (masked_config_text(desired), masked_config_text(effective)):
+        assert "sk_live" not in shown
+        assert f"{key}: '[REDACTED]'" in shown
+    # an integer is a secret there too
+    assert "8675309" not in masked_config_text(config(8675309))
+
+
+@pytest.mark.parametrize(
+    ("parent", "key"),
+    [
+        (None, "endpoint"),
+        (None, "key"),  # an attribute name in {key: ..., value: ..., action: ...}
+        (None, "username"),
+        (None, "password_file"),
+        (None, "token_file"),
+        ("tls", "key_file"),
+        ("tls", "cert_file"),
+        ("tls", "insecure"),
+        ("datadog", "site"),
+    ],
+)
+def test_a_non_secret_key_is_shown(parent: str | None, key: str) -> None:
+    def config(value: object) -> str:
+        leaf: dict[str, Any] = {key: value}
+        return dump({"exporters": {"x": {parent: leaf} if parent else leaf}})
+
+    assert not SECRET_KEYS.covers(key, parent)
+    diff = unified_diff(config("plain-desired"), config("plain-effective"))
+    assert f"{key}: plain-desired\n" in diff
+    assert f"{key}: plain-effective\n" in diff
+    assert f"{key}: plain-effective\n" in masked_config_text(config("plain-effective"))
+
+
+def test_a_mapping_under_a_secret_key_is_walked_not_blanked() -> None:
+    desired = "a: {credentials: {file: /etc/creds.json, password: sk_live_INNER}}\n"
+    effective = "a: {credentials: {file: /etc/other.json, password: sk_live_INNER}}\n"
+    diff = unified_diff(desired, effective)
+    assert "sk_live" not in diff
+    assert "-    file: /etc/creds.json\n+    file: /etc/other.json\n" in diff
+    assert masked_config_text(effective) == textwrap.dedent(
+        """\
+        a:
+          credentials:
+            file: /etc/other.json
+            password: '[REDACTED]'
+        """
+    )
+
+
+def test_list_items_are_walked_by_index() -> None:
+    desired = textwrap.dedent(
+        """\
+        processors:
+          custom:
+            rules:
+              - {name: first, value: sk_live_FIRST}
+              - {name: second, value: visible-desired}
+        extensions:
+          bearertokenauth:
+            tokens: [sk_live_T0, sk_live_T1]
+        """
+    )
+    effective = textwrap.dedent(
+        """\
+        processors:
+          custom:
+            rules:
+              - {name: first, value: '[REDACTED]'}
+              - {name: second, value: visible-effective}
+        extensions:
+          bearertokenauth:
+            tokens: [sk_live_T0, sk_live_T2]
+        """
+    )
+    diff = unified_diff(desired, effective)
+    assert "sk_live" not in diff
+    assert "-      value: visible-desired\n+      value: visible-effective\n" in diff
+    assert "sk_live" not in masked_config_text(effective)
+    assert "    - '[REDACTED]'\n    - '[REDACTED]'\n" in masked_config_text(desired)
+
+
+def test_a_desired_reference_is_shown_its_resolved_value_is_not() -> None:
+    desired = textwrap.dedent(
+        """\
+        exporters:
+          otlp:
+            headers:
+              authorization: Bearer ${env:TEMPO_TOKEN}
+              x-api-key: ${env:API_KEY}
+            tls:
+              key_pem: ${file:/var/run/secrets/tls.key}
+          kafka:
+            auth:
+              sasl:
+                password: ${env:KAFKA_PASSWORD:-sk_live_DEFAULT}
+        """
+    )
+    effective = (
+        desired.replace("Bearer ${env:TEMPO_TOKEN}", "Bearer sk_live_BEARER")
+        .replace("${env:API_KEY}", "sk_live_API")
+        .replace("${file:/var/run/secrets/tls.key}", "sk_live_PEM")
+        .replace("${env:KAFKA_PASSWORD:-sk_live_DEFAULT}", "sk_live_DEFAULT")
+    )
+    # literal text around a reference (`Bearer `) or in its default may be a secret too
+    assert unified_diff(desired, effective) == textwrap.dedent(
+        """\
+        --- desired/config.yaml
+        +++ effective/config.yaml
+        @@ -6,6 +6,6 @@
+           otlp:
+             headers:
+               authorization: '[REDACTED]'
+        -      x-api-key: ${env:API_KEY}
+        +      x-api-key: '[REDACTED]'
+             tls:
+        -      key_pem: ${file:/var/run/secrets/tls.key}
+        +      key_pem: '[REDACTED]'
+        """
+    )
+    assert "sk_live" not in masked_config_text(effective)
+    # the effective side never keeps a reference: a resolved config has none
+    assert "${env:API_KEY}" not in masked_config_text(desired)
+
+
+def test_masked_config_text_is_the_canonical_form_with_secrets_masked() -> None:
+    masked = masked_config_text(EFFECTIVE.replace("'[REDACTED]'", "Bearer sk_live_REPORTED"))
+    assert "sk_live" not in masked
+    assert masked == canonical_yaml(EFFECTIVE)
+    assert masked_config_text("") == ""
+    assert masked_config_text("b: 1\na: {password: 1234, key: name}\n") == (
+        "a:\n  key: name\n  password: '[REDACTED]'\nb: 1\n"
+    )
 
 
 # ---------------------------------------------------------------- one agent
@@ -713,3 +994,96 @@ def test_reasons_are_bounded_and_agree_with_drifted(a: object, b: object, limit:
     reasons = drift_reasons(dump(a), dump(b), limit=limit)
     assert len(reasons) <= limit
     assert drifted(dump(a), dump(b)) == bool(drift_reasons(dump(a), dump(b)))
+
+
+# Secret literals, unique and in letters no other generated text uses (nor "[REDACTED]").
+_TOKENS = st.text(alphabet="FGHJKLMNPQUVWXYZ", min_size=12, max_size=12).map(lambda t: f"SK{t}")
+_SECRET_SHAPES: list[tuple[Any, ...]] = (
+    [(name,) for name in sorted(SECRET_KEYS.names)]
+    + [("client_secret",), ("apiKey",), ("X-Api-Key",), ("proxy_password",)]
+    + sorted(SECRET_KEYS.in_context)
+    + [(outer, "X-Custom-Header") for outer in sorted(SECRET_KEYS.value_maps)]
+    + [("tokens", 0), ("headers", "authorization")]
+)
+
+
+def _nested(shape: tuple[Any, ...], leaf: object) -> object:
+    """`leaf` at `shape` (keys, or 0 for a one-item list) in a fresh subtree."""
+    if not shape:
+        return leaf
+    inner = _nested(shape[1:], leaf)
+    return [inner] if shape[0] == 0 else {shape[0]: inner}
+
+
+def _mappings(data: object, route: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    """Every mapping in a parsed document with the keys and indices leading to it."""
+    if isinstance(data, dict):
+        yield route, data
+        for key, value in data.items():
+            yield from _mappings(value, (*route, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _mappings(value, (*route, i))
+
+
+_ABSENT = object()  # the agent does not report the key at all
+
+
+def _set(data: Any, route: tuple[Any, ...], value: object) -> None:
+    for step in route[:-1]:
+        data = data[step]
+    if value is _ABSENT:
+        del data[route[-1]]
+    else:
+        data[route[-1]] = value
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    _CONFIGS,
+    st.lists(_TOKENS, min_size=8, max_size=8, unique=True),
+    st.randoms(use_true_random=False),
+    st.sampled_from([True, False, None]),
+    st.data(),
+)
+def test_no_secret_literal_is_ever_shown(
+    config: dict[str, Any],
+    tokens: list[str],
+    rnd: random.Random,
+    flow: bool | None,
+    data: st.DataObject,
+) -> None:
+    """Secret literals at secret keys (the agent reporting them redacted, unredacted, as
+    another secret, resolved from a desired reference, or not at all) and at any key the
+    effective config redacts, anywhere in a random config (also in list items)."""
+    desired = copy.deepcopy(config)
+    holders = list(_mappings(desired))
+    placed: list[tuple[tuple[Any, ...], object]] = []
+    keyed: list[str] = []
+    for i in range(data.draw(st.integers(min_value=1, max_value=4))):
+        route, holder = data.draw(st.sampled_from(holders))
+        token, other = tokens[2 * i], tokens[2 * i + 1]
+        if data.draw(st.booleans()):
+            shape = data.draw(st.sampled_from(_SECRET_SHAPES))
+            reference = data.draw(st.booleans())
+            holder[f"s{i}"] = _nested(shape, f"${{env:S{i}}}" if reference else token)
+            reported = data.draw(st.sampled_from([REDACTED, token, other, _ABSENT]))
+            placed.append(((*route, f"s{i}", *shape), token if reference else reported))
+            keyed.append(token)
+        else:
+            holder[f"s{i}"] = token
+            placed.append(((*route, f"s{i}"), REDACTED))
+    effective = copy.deepcopy(desired)
+    for route, reported in placed:
+        _set(effective, route, reported)
+    desired_text = dump(desired)
+    effective_text = dump(reserialise(effective, rnd, defaults=True), flow)
+
+    diff = unified_diff(desired_text, effective_text)
+    shown = masked_config_text(effective_text)
+    assert not diff.startswith("no diff")
+    for token in tokens:
+        assert token not in diff
+        assert token not in shown
+    desired_shown = masked_config_text(desired_text)
+    assert not any(token in desired_shown for token in keyed)

@@ -25,7 +25,12 @@ different in the effective config". The rule, applied recursively to the parsed 
   debug exporter's `verbosity` (omitempty) never reports.
 
 Differences name paths only, never values: configs hold secrets and these reasons go
-into status messages and events.
+into status messages and events. The read API's diff and effective config show values, so
+they mask secrets first: a value the effective config reports as `[REDACTED]` at the same
+path, and any scalar under a key the Collector's components use for secrets
+(SECRET_KEYS), read `[REDACTED]` on both sides; a desired `${env:...}` or `${file:...}`
+reference stays, as it names where the secret comes from. Text that is not YAML is never
+shown, only why.
 """
 
 from __future__ import annotations
@@ -70,6 +75,70 @@ _LEVELS = frozenset(
 _OMITTED_ZERO_VALUES = {"verbosity": frozenset({"basic"})}  # configtelemetry.LevelBasic == 0
 _DURATION_RE = re.compile(r"[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+")
 _DURATION_PART_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_REFERENCE_RE = re.compile(r"\$\{[^${}]+\}")
+_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_POSITION_RE = re.compile(r" \(line [0-9]+, column [0-9]+\)\Z")
+
+
+@dataclass(frozen=True)
+class SecretKeys:
+    """Which scalars hold secrets, by the key they sit under (see SECRET_KEYS)."""
+
+    names: frozenset[str]
+    suffixes: tuple[str, ...]
+    in_context: frozenset[tuple[str, str]]
+    value_maps: frozenset[str]
+
+    def covers(self, key: object, parent: object) -> bool:
+        """Whether a scalar at `key` of a mapping that is itself at `parent` is a secret
+        (a list's items count as at the list's key)."""
+        name, outer = _key_name(key), _key_name(parent)
+        return outer in self.value_maps or (
+            bool(name)
+            and (
+                name in self.names
+                or name.endswith(self.suffixes)
+                or (outer, name) in self.in_context
+            )
+        )
+
+
+SECRET_KEYS = SecretKeys(
+    names=frozenset(
+        {"password", "passwd", "passphrase", "secret", "token", "tokens", "credentials"}
+        | {"api_key", "apikey", "access_key", "secret_key", "private_key", "key_pem"}
+        | {"license_key", "ingest_key", "instrumentation_key", "authorization"}
+        | {"connection_string", "dsn", "datasource", "community", "communities"}
+    ),
+    suffixes=(
+        "_password",
+        "_passphrase",
+        "_secret",
+        "_token",
+        "_api_key",
+        "_apikey",
+        "_access_key",
+        "_secret_key",
+        "_private_key",
+    ),
+    in_context=frozenset(
+        {("tls", "key"), ("tls_config", "key"), ("tls_settings", "key"), ("api", "key")}
+        | {("htpasswd", "inline")}
+    ),
+    value_maps=frozenset({"headers", "response_headers"}),
+)
+"""The keys whose scalar values are masked even where the effective config does not say
+`[REDACTED]` (an agent may report a secret unredacted, or the two sides differ in shape).
+Names are the Collector's configopaque.String fields (basicauth and kafka `password`,
+bearertokenauth `token`/`tokens`, oauth2client `client_secret`, configtls `key_pem`,
+signalfx `access_token`, splunk_hec `token`, azuremonitor `connection_string`, SQL
+`dsn`/`datasource` with their passwords, SNMP `community` strings, ...),
+compared in snake case (`apiKey` and `API-Key` are `api_key`). `key` alone names
+attributes (`{key: service.name, ...}`), so it is a secret only under `tls`, `tls_config`
+or `tls_settings` (Prometheus's inline key) or `api` (datadog's `api.key`); paths such as
+`key_file` are not secrets. Every value of a `headers` mapping is (confighttp and
+configgrpc headers are map[string]configopaque.String). Mappings under a secret key are
+walked, not blanked."""
 
 
 class DriftState(StrEnum):
@@ -289,17 +358,21 @@ def differences(desired: object, effective: object, limit: int = MAX_REASONS) ->
     return list(islice(_walk(desired, effective, ""), max(limit, 0)))
 
 
+def _parse(text: str) -> tuple[Any, ConfigSyntaxError | None]:
+    try:
+        return load_yaml(text), None
+    except ConfigSyntaxError as error:
+        return None, error
+
+
 def _parse_both(desired_yaml: str, effective_yaml: str) -> tuple[Any, Any, list[str]]:
-    errors: list[str] = []
-    desired = effective = None
-    try:
-        desired = load_yaml(desired_yaml)
-    except ConfigSyntaxError as error:
-        errors.append(f"the desired config is {error}")
-    try:
-        effective = load_yaml(effective_yaml)
-    except ConfigSyntaxError as error:
-        errors.append(f"the effective config is {error}")
+    desired, desired_error = _parse(desired_yaml)
+    effective, effective_error = _parse(effective_yaml)
+    errors = [
+        f"the {side} config is {error}"
+        for side, error in (("desired", desired_error), ("effective", effective_error))
+        if error is not None
+    ]
     return desired, effective, errors
 
 
@@ -337,18 +410,78 @@ def _canonical(value: object) -> object:
     return value
 
 
-def canonical_yaml(text: str) -> str:
-    """The config parsed and re-dumped with sorted keys and block style, so a diff shows
-    content, not formatting; text that is not valid YAML is returned as it is."""
-    try:
-        data = load_yaml(text)
-    except ConfigSyntaxError:
-        return text
+def _dump(data: object) -> str:
     if data is None:
         return ""
     return yaml.safe_dump(
         _canonical(data), sort_keys=False, default_flow_style=False, allow_unicode=True, width=120
     )
+
+
+def canonical_yaml(text: str) -> str:
+    """The config parsed and re-dumped with sorted keys and block style, so a diff shows
+    content, not formatting; text that is not valid YAML is returned as it is. Nothing is
+    masked: what is shown to users goes through masked_config_text or unified_diff."""
+    data, error = _parse(text)
+    return text if error is not None else _dump(data)
+
+
+def _key_name(key: object) -> str:
+    """A key in lower snake case, as SECRET_KEYS lists them; "" for a key that is not text."""
+    if not isinstance(key, str):
+        return ""
+    return _CAMEL_RE.sub("_", key).lower().replace("-", "_")
+
+
+def _is_reference(value: object) -> bool:
+    """A whole value that is one `${...}` without a `:-` default (a default is a literal):
+    it names where a secret comes from, not the secret."""
+    return isinstance(value, str) and bool(_REFERENCE_RE.fullmatch(value)) and ":-" not in value
+
+
+def _mask(value: Any, reference: Any, key: object, parent: object, desired: bool) -> Any:
+    """`value` with its secrets replaced by REDACTED: any value the effective config
+    `reference` (walked in parallel: mappings by key, lists by index) reports as REDACTED,
+    and scalars at SECRET_KEYS. On the `desired` side a `${...}` reference is kept."""
+    if value is None or (desired and _is_reference(value)):
+        return value
+    if isinstance(reference, str) and reference == REDACTED:
+        return REDACTED
+    if isinstance(value, Mapping):
+        references = reference if isinstance(reference, Mapping) else {}
+        masked = {}
+        for child_key, child in value.items():
+            found, child_reference = _lookup(references, child_key)
+            masked[child_key] = _mask(
+                child, child_reference if found else None, child_key, key, desired
+            )
+        return masked
+    if isinstance(value, list):
+        items = reference if isinstance(reference, list) else []
+        return [
+            _mask(item, items[i] if i < len(items) else None, key, parent, desired)
+            for i, item in enumerate(value)
+        ]
+    return REDACTED if SECRET_KEYS.covers(key, parent) else value
+
+
+def _unreadable(subject: str, error: ConfigSyntaxError) -> str:
+    """Why a config cannot be shown, without the parser's message: that can quote the
+    document (a tag, an alias name, a value PyYAML could not build)."""
+    message = str(error)
+    what = "too deeply nested" if message.startswith("too deeply nested") else "not valid YAML"
+    position = _POSITION_RE.search(message)
+    return f"{subject} is {what}{position.group() if position else ''}"
+
+
+def masked_config_text(text: str) -> str:
+    """A config as the read API may show it: canonical form (see canonical_yaml) with
+    every scalar at SECRET_KEYS replaced by REDACTED; for text that is not valid YAML, one
+    comment line saying so instead of the text."""
+    data, error = _parse(text)
+    if error is not None:
+        return f"# not shown: {_unreadable('the config', error)}\n"
+    return _dump(_mask(data, None, None, None, desired=False))
 
 
 def unified_diff(
@@ -358,9 +491,22 @@ def unified_diff(
     max_chars: int = MAX_DIFF_CHARS,
 ) -> str:
     """A unified diff from the desired config to the effective one, both in canonical
-    form, cut at a line boundary near `max_chars`; "" when they are the same."""
-    before = [line + "\n" for line in canonical_yaml(desired_yaml).splitlines()]
-    after = [line + "\n" for line in canonical_yaml(effective_yaml).splitlines()]
+    form with secrets masked (see the module docstring), cut at a line boundary near
+    `max_chars`; "" when they are the same; one line saying why when either side is not
+    valid YAML."""
+    desired, desired_error = _parse(desired_yaml)
+    effective, effective_error = _parse(effective_yaml)
+    errors = [
+        _unreadable(f"the {side} config", error)
+        for side, error in (("desired", desired_error), ("effective", effective_error))
+        if error is not None
+    ]
+    if errors:
+        return f"no diff: {'; '.join(errors)}\n"
+    shown_desired = _mask(desired, effective, None, None, desired=True)
+    shown_effective = _mask(effective, None, None, None, desired=False)
+    before = [line + "\n" for line in _dump(shown_desired).splitlines()]
+    after = [line + "\n" for line in _dump(shown_effective).splitlines()]
     lines = list(difflib.unified_diff(before, after, f"desired/{name}", f"effective/{name}"))
     out: list[str] = []
     size = 0
