@@ -38,6 +38,11 @@ class KeyPair:
     cert_pem: bytes
     key_pem: bytes
 
+    @property
+    def certificate(self) -> x509.Certificate:
+        """The certificate, parsed (its serial, validity and names for assertions)."""
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
         """Write `stem.crt` and `stem.key` (mode 0600) and return their paths."""
         cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
@@ -93,8 +98,12 @@ class CertificateAuthority:
         hosts: tuple[str, ...] = (),
         server: bool = False,
         client: bool = False,
+        not_valid_before: dt.datetime | None = None,
+        not_valid_after: dt.datetime | None = None,
     ) -> KeyPair:
-        """Issue a leaf; `hosts` become DNS or IP SANs, and Kubernetes reads O as groups."""
+        """Issue a leaf; `hosts` become DNS or IP SANs, and Kubernetes reads O as groups.
+        The validity is from five minutes ago for two days unless given (an expired
+        certificate, for tests that must see it refused)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] * server + [
@@ -106,8 +115,8 @@ class CertificateAuthority:
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_before(not_valid_before or now - dt.timedelta(minutes=5))
+            .not_valid_after(not_valid_after or now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )

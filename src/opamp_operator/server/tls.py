@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import logging
 import ssl
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -83,13 +84,19 @@ class TLSFiles:
             )
         if self.client_ca_file is not None and self.client_auth is ClientAuth.NONE:
             raise TLSConfigError("--client-ca-file is unused with --client-auth none")
+        if self.reload_seconds <= 0:
+            raise TLSConfigError("--tls-reload-seconds must be positive")
 
 
 def _fingerprint(paths: Iterable[Path | None]) -> bytes:
+    return _fingerprint_of([p.read_bytes() if p is not None else None for p in paths])
+
+
+def _fingerprint_of(contents: Iterable[bytes | None]) -> bytes:
     digest = hashlib.sha256()
-    for path in paths:
-        if path is not None:
-            digest.update(path.read_bytes())
+    for data in contents:
+        if data is not None:
+            digest.update(data)
             digest.update(b"\0")
     return digest.digest()
 
@@ -110,7 +117,6 @@ class ReloadingTLS:
         if files.cert_file is None or files.key_file is None:
             raise TLSConfigError("ReloadingTLS needs a certificate and a key")
         self.files = files
-        self._pair = (files.cert_file, files.key_file)
         self.context = server_context(files.client_auth)
         self._seen = b""
         self.reloads = 0
@@ -123,10 +129,27 @@ class ReloadingTLS:
         return (self.files.cert_file, self.files.key_file, self.files.client_ca_file)
 
     def _load(self) -> None:
-        seen = _fingerprint(self._paths())
-        self.context.load_cert_chain(*self._pair)
-        if self.files.client_ca_file is not None:
-            self.context.load_verify_locations(cafile=self.files.client_ca_file)
+        """Read the files once, check that copy in a scratch context, then load the same
+        copy into the live one: OpenSSL installs a certificate before it checks the key
+        against it, so a mismatched pair loaded live would leave no usable key and fail
+        every handshake; reading twice could check one pair and load another."""
+        paths = self._paths()
+        contents = [p.read_bytes() if p is not None else None for p in paths]
+        seen = _fingerprint_of(contents)
+        with tempfile.TemporaryDirectory(prefix="opamp-tls-") as scratch:
+            copies = []
+            for name, data in zip(("cert", "key", "ca"), contents, strict=True):
+                copy = Path(scratch) / name
+                if data is not None:
+                    copy.touch(mode=0o600)
+                    copy.write_bytes(data)
+                copies.append(copy if data is not None else None)
+            cert, key, ca = copies
+            assert cert is not None and key is not None  # noqa: PT018 - ReloadingTLS checked
+            server_context().load_cert_chain(cert, key)
+            self.context.load_cert_chain(cert, key)
+            if ca is not None:
+                self.context.load_verify_locations(cafile=ca)
         self._seen = seen
 
     def reload(self) -> bool:

@@ -12,11 +12,19 @@
 //	{"cmd":"stop"}
 //
 // Closing stdin stops the agent too, so a killed test leaves no orphan.
+//
+// Over wss:// and https:// it trusts only --ca-file's CAs (the system's without it) and
+// presents --cert-file/--key-file as its client certificate. Each handshake in which it
+// has verified the server is printed as a "tls_handshake" event with the server
+// certificate's serial (the server may still refuse the client's certificate after it),
+// so a test sees which certificate a server presented and when the agent reconnected.
 package main
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
@@ -172,6 +180,52 @@ func (a *agent) applyRemoteConfig(ctx context.Context, rc *protobufs.AgentRemote
 	})
 }
 
+// tlsFlags are the agent's TLS settings for wss:// and https:// URLs.
+type tlsFlags struct {
+	caFile, certFile, keyFile string
+}
+
+func (f tlsFlags) given() bool { return f.caFile != "" || f.certFile != "" || f.keyFile != "" }
+
+// config builds the client's tls.Config: TLS 1.2+, the CAs of --ca-file (or the system's),
+// the client certificate, and a report of every handshake. Certificate verification is
+// Go's own (chain and host name); VerifyConnection only observes what was verified.
+func (f tlsFlags) config(out *jsonl.Emitter) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.caFile != "" {
+		pem, err := os.ReadFile(f.caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--ca-file: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca-file %s: no PEM certificate in it", f.caFile)
+		}
+	}
+	if (f.certFile == "") != (f.keyFile == "") {
+		return nil, fmt.Errorf("--cert-file and --key-file go together")
+	}
+	if f.certFile != "" {
+		pair, err := tls.LoadX509KeyPair(f.certFile, f.keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--cert-file/--key-file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		fields := map[string]any{"version": tls.VersionName(cs.Version), "resumed": cs.DidResume}
+		if len(cs.PeerCertificates) > 0 {
+			leaf := cs.PeerCertificates[0]
+			fields["serial"] = leaf.SerialNumber.Text(16)
+			fields["subject"] = leaf.Subject.CommonName
+			fields["issuer"] = leaf.Issuer.CommonName
+		}
+		out.Emit("tls_handshake", fields)
+		return nil
+	}
+	return cfg, nil
+}
+
 type command struct {
 	Cmd            string            `json:"cmd"`
 	Healthy        *bool             `json:"healthy"`
@@ -233,11 +287,15 @@ func main() {
 	flag.Var(identifying, "attr", "identifying attribute key=value (repeatable)")
 	flag.Var(nonIdentifying, "non-identifying", "non-identifying attribute key=value (repeatable)")
 	flag.Var(headers, "header", "HTTP header key=value sent with every request (repeatable)")
+	var tf tlsFlags
+	flag.StringVar(&tf.caFile, "ca-file", "", "wss/https: PEM CAs to trust instead of the system's")
+	flag.StringVar(&tf.certFile, "cert-file", "", "wss/https: client certificate (PEM) to present")
+	flag.StringVar(&tf.keyFile, "key-file", "", "wss/https: the client certificate's key (PEM)")
 	flag.Parse()
 
 	out := jsonl.New(os.Stdout)
 	if err := run(out, *serverURL, *uidHex, *serviceName, *heartbeat, *applyMode, *initialConfig,
-		*unhealthy, *components, *verbose, *acceptRestart, *failContaining, identifying, nonIdentifying, headers); err != nil {
+		*unhealthy, *components, *verbose, *acceptRestart, *failContaining, identifying, nonIdentifying, headers, tf); err != nil {
 		out.Emit("fatal", map[string]any{"error": err.Error()})
 		os.Exit(1)
 	}
@@ -260,7 +318,7 @@ func parseComponents(spec string) (*protobufs.AvailableComponents, error) {
 
 func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat time.Duration, applyMode,
 	initialConfig string, unhealthy bool, components string, verbose, acceptRestart bool, failContaining string,
-	identifying, nonIdentifying, headers kvFlag) error {
+	identifying, nonIdentifying, headers kvFlag, tf tlsFlags) error {
 	u, err := url.Parse(serverURL)
 	if err != nil {
 		return fmt.Errorf("--url: %w", err)
@@ -279,6 +337,18 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 		transport = "http"
 	default:
 		return fmt.Errorf("--url scheme %q: want ws, wss, http or https", u.Scheme)
+	}
+	// opamp-go turns ws:// into wss:// when given a TLS config: refuse TLS flags on a
+	// plaintext URL rather than let a test of plaintext quietly speak TLS.
+	secure := u.Scheme == "wss" || u.Scheme == "https"
+	if tf.given() && !secure {
+		return fmt.Errorf("--ca-file, --cert-file and --key-file need a wss:// or https:// URL, not %s://", u.Scheme)
+	}
+	var tlsConfig *tls.Config
+	if secure {
+		if tlsConfig, err = tf.config(out); err != nil {
+			return err
+		}
 	}
 
 	var uid types.InstanceUid
@@ -347,6 +417,7 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 		Header:            header,
 		InstanceUid:       uid,
 		HeartbeatInterval: &heartbeat,
+		TLSConfig:         tlsConfig,
 		Callbacks: types.Callbacks{
 			OnConnect: func(context.Context) { out.Emit("connected", nil) },
 			OnConnectFailed: func(_ context.Context, err error) {
