@@ -14,7 +14,9 @@ import yaml
 
 from opamp_operator.cli import build_parser, run_options, serve_options
 from opamp_operator.k8s.run import RunOptions
+from opamp_operator.server.api import ApiListen
 from opamp_operator.server.app import Limits, Listen
+from opamp_operator.server.tls import ClientAuth, TLSFiles
 from opamp_operator.standalone.serve import ServeOptions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +139,15 @@ def test_every_chart_default_of_an_operator_flag_equals_the_one_source() -> None
         checked.add(path)
     operator_values = {f"operator.{k}" for k in VALUES["operator"]}
     assert operator_values - NOT_OPERATOR_DEFAULTS <= checked, "a chart value no flag reads"
-    assert "logLevel" in checked
+    assert {"logLevel", "api.port", "opamp.tls.clientAuth"} <= checked
+
+
+def test_the_charts_api_and_tls_values_default_to_the_operators() -> None:
+    """The values the args test above cannot see through a template expression."""
+    assert value_at("api.port") == ApiListen().port
+    assert tuple(value_at("api.tokenAudiences")) == RunOptions().access.audiences
+    assert ClientAuth(value_at("opamp.tls.clientAuth")) is TLSFiles().client_auth
+    assert value_at("opamp.tls.enabled") is (RunOptions().listen.tls.enabled)
 
 
 def _condition(expr: str) -> bool:
@@ -146,6 +156,8 @@ def _condition(expr: str) -> bool:
         return bool(value_at(m[1]))
     if m := re.fullmatch(r"if gt \(int \.Values\.([\w.]+)\) (\d+)", expr):
         return int(value_at(m[1])) > int(m[2])
+    if m := re.fullmatch(r'if ne \.Values\.([\w.]+) "(\w*)"', expr):
+        return str(value_at(m[1])) != m[2]
     raise AssertionError(f"the test does not know the template action {expr!r}")
 
 
@@ -186,7 +198,12 @@ def test_the_charts_default_args_run_the_operator_with_its_defaults() -> None:
     assert parsed.command == "run"
     options = run_options(parsed)
     assert options.webhook is not None  # the chart serves the webhook by default
-    assert replace(options, webhook=None) == RunOptions()
+    # The API listens on every interface in a pod (Prometheus, port-forwards, probes),
+    # on loopback by default; everything else is the operator's default.
+    assert options.api.host == "0.0.0.0"  # noqa: S104
+    assert ApiListen().host == "127.0.0.1"
+    api = replace(options.api, host=ApiListen().host)
+    assert replace(options, webhook=None, api=api) == RunOptions()
 
 
 def test_the_chart_serves_on_the_operator_port() -> None:
@@ -197,10 +214,34 @@ def test_the_chart_serves_on_the_operator_port() -> None:
     urls = [n for t in templates.values() for n in re.findall(r":(\d+)/v1/opamp", t)]
     container = re.findall(r"name: opamp\s+containerPort: (\d+)", templates["deployment.yaml"])
     service = re.findall(r"\bport: (\d+)", templates["service.yaml"])
+    policy = re.findall(r"OpAMP.*\n.*\n\s+- port: (\d+)", templates["networkpolicy.yaml"])
     assert urls
     assert container
     assert service
-    assert set(urls) | set(container) | set(service) == {port}
+    assert policy
+    assert set(urls) | set(container) | set(service) | set(policy) == {port}
+
+
+def test_the_chart_serves_the_api_on_its_api_port_value() -> None:
+    """One value, api.port, is the API's port everywhere: the flag, the container port the
+    probes and the Service name, the Service and the NetworkPolicy."""
+    args = dict(chart_args())
+    expr = "{{ .Values.api.port | quote }}"
+    assert args["--api-port"] == expr
+    assert args["--api-host"] == '"0.0.0.0"'
+    templates = {p.name: p.read_text() for p in (CHART / "templates").iterdir()}
+    deployment = templates["deployment.yaml"]
+    assert re.search(r"name: api\s+containerPort: \{\{ \.Values\.api\.port \}\}", deployment)
+    probes = re.findall(
+        r"(\w+)Probe:\s+httpGet:\s+path: (\S+)\s+port: (\w+)\s+scheme: (\w+)", deployment
+    )
+    assert sorted(probes) == [
+        ("liveness", "/healthz", "api", "HTTPS"),
+        ("readiness", "/readyz", "api", "HTTPS"),
+        ("startup", "/healthz", "api", "HTTPS"),
+    ]
+    assert "port: {{ .Values.api.port }}" in templates["service.yaml"]
+    assert "port: {{ .Values.api.port }}" in templates["networkpolicy.yaml"]
 
 
 # ---- docs that state a default ------------------------------------------------------

@@ -1,13 +1,16 @@
 """The Helm chart rendered with `helm lint` and `helm template`: what each value set
 produces (objects, RBAC rules per mode, operator args, security context, probes, the
-webhook's certificate), that values.schema.json refuses bad values, and that the chart's
-CRDs are the generated ones in deploy/crds/."""
+webhook's certificate, the API Service and ServiceMonitor, the NetworkPolicy, TLS for
+agents from cert-manager or a Secret), that values.schema.json refuses bad values, and
+that the chart's CRDs are the generated ones in deploy/crds/."""
 
 from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -19,14 +22,17 @@ from kopf._cogs.structs.references import Resource
 from kopf._core.engines.admission import build_webhooks
 
 from opamp_operator.api.models import GROUP, VERSION
-from opamp_operator.cli import build_parser
+from opamp_operator.cli import build_parser, run_options
 from opamp_operator.k8s.handlers import register
 from opamp_operator.k8s.settings import HandlerSettings
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.opamp.session import CoreSettings, ServerCore
+from opamp_operator.server.api import ApiListen
 from opamp_operator.server.app import Limits, OpAMPServer
+from opamp_operator.server.tls import ClientAuth, ReloadingTLS, TLSFiles
 from world import binaries
 from world.chart import CHART, helm_environment, run_helm
+from world.pki import CertificateAuthority
 
 pytestmark = pytest.mark.world
 
@@ -66,6 +72,13 @@ KOPF_CLUSTER_RULES: set[Rule] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch", ()),
 }
 NAMESPACE_RULES: set[Rule] = {("", "namespaces", "list", ()), ("", "namespaces", "watch", ())}
+# The API listener's reviews: who a token is, what its user may read (cluster-scoped).
+AUTH_RULES: set[Rule] = {
+    ("authentication.k8s.io", "tokenreviews", "create", ()),
+    ("authorization.k8s.io", "subjectaccessreviews", "create", ()),
+}
+TLS_DIR = "/opamp-tls"
+API_PORT = ApiListen().port
 
 
 def _peering_rules(plural: str) -> set[Rule]:
@@ -104,10 +117,26 @@ class Rendered:
         args: list[str] = self.container()["args"]
         return args
 
+    def bound(self, kind: str) -> set[tuple[str, str]]:
+        """(namespace, name) of the `kind`s a binding gives the operator's ServiceAccount
+        (namespace "" for a ClusterRole)."""
+        binding_kind = "ClusterRoleBinding" if kind == "ClusterRole" else "RoleBinding"
+        sa = {"kind": "ServiceAccount", "name": FULL, "namespace": NS}
+        return {
+            (b["metadata"].get("namespace", "") if kind == "Role" else "", b["roleRef"]["name"])
+            for b in self.all(binding_kind)
+            if b["roleRef"]["kind"] == kind and sa in b["subjects"]
+        }
+
     def rules(self, kind: str, namespace: str | None = None) -> set[Rule]:
+        """The resource rules of the (Cluster)Roles bound to the operator."""
         found: set[Rule] = set()
+        bound = self.bound(kind)
         for role in self.all(kind):
-            if namespace is not None and role["metadata"].get("namespace") != namespace:
+            meta = role["metadata"]
+            if (meta.get("namespace", "") if kind == "Role" else "", meta["name"]) not in bound:
+                continue
+            if namespace is not None and meta.get("namespace") != namespace:
                 continue
             for rule in role["rules"]:
                 names = tuple(rule.get("resourceNames", ()))
@@ -140,6 +169,17 @@ def render(helm_env: dict[str, str]) -> Render:
 
 VALUE_SETS = {
     "defaults": (),
+    "opamp-tls-cert-manager": (
+        "opamp.tls.enabled=true",
+        "opamp.tls.certManager.enabled=true",
+        "opamp.tls.clientAuth=require",
+    ),
+    "opamp-tls-existing-secret": ("opamp.tls.enabled=true", "opamp.tls.existingSecret=agents-tls"),
+    "network-policy-narrowed": (
+        "networkPolicy.agentsFrom[0].namespaceSelector.matchLabels.agents=yes",
+        "networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=monitoring",
+        "networkPolicy.apiFrom[1].ipBlock.cidr=10.0.0.0/8",
+    ),
     "namespaced": ("watchNamespaces[0]=team-a", "watchNamespaces[1]=team-b"),
     "replicas-2": ("replicas=2", "podDisruptionBudget.enabled=true"),
     "webhook-self-signed": ("webhook.enabled=true",),
@@ -167,7 +207,14 @@ def test_the_rendered_args_are_accepted_by_the_operator_cli(render: Render, name
     parsed = build_parser().parse_args(args)
     assert parsed.command == "run"
     assert parsed.port == 4320
-    assert parsed.agent_endpoint == f"ws://{FULL}.{NS}.svc:4320/v1/opamp"
+    options = run_options(parsed)
+    assert (options.api.host, options.api.port) == ("0.0.0.0", API_PORT)  # noqa: S104
+    tls = "opamp.tls.enabled=true" in VALUE_SETS[name]
+    scheme = "wss" if tls else "ws"
+    assert parsed.agent_endpoint == f"{scheme}://{FULL}.{NS}.svc:4320/v1/opamp"
+    assert options.listen.tls.enabled is tls
+    options.listen.tls.check()  # what the operator refuses at start
+    options.api.tls.check()
 
 
 def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render) -> None:
@@ -175,8 +222,11 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
     assert r.kinds() == sorted(
         [
             "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "NetworkPolicy",
+            "RoleBinding",
             "Secret",
             "Service",
             "Service",
@@ -200,9 +250,14 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "opamp"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "opamp"}
+    for probe, path in (
+        ("liveness", "/healthz"),
+        ("readiness", "/readyz"),
+        ("startup", "/healthz"),
+    ):
+        assert c[f"{probe}Probe"]["httpGet"] == {"path": path, "port": "api", "scheme": "HTTPS"}
     assert {"name": "opamp", "containerPort": 4320, "protocol": "TCP"} in c["ports"]
+    assert {"name": "api", "containerPort": API_PORT, "protocol": "TCP"} in c["ports"]
     assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -212,6 +267,9 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
     assert c["command"] == ["opamp-operator"]
     args = r.args()
     assert args[:4] == ["--log-level=INFO", "run", "--port", "4320"]
+    assert args[args.index("--api-host") + 1] == "0.0.0.0"  # noqa: S104
+    assert args[args.index("--api-port") + 1] == str(API_PORT)
+    assert not [a for a in args if "tls" in a or a.startswith("--client")]
     assert "--namespace" not in args
     assert "--peering" not in args
     assert args[args.index("--webhook-port") + 1] == "9443"
@@ -219,11 +277,13 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
     assert args[args.index("--webhook-cert-dir") + 1] == "/certs"
     assert "--webhook-configuration" not in args
 
-    assert r.rules("ClusterRole") == NAMESPACED_RULES | TEMPLATE_RULES | KOPF_CLUSTER_RULES
+    assert r.rules("ClusterRole") == (
+        NAMESPACED_RULES | TEMPLATE_RULES | KOPF_CLUSTER_RULES | AUTH_RULES
+    )
     assert not r.all("Role")
-    assert not r.all("RoleBinding")
+    assert [b["metadata"]["namespace"] for b in r.all("RoleBinding")] == ["kube-system"]
     binding = r.one("ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == r.one("ClusterRole")["metadata"]["name"]
+    assert binding["roleRef"]["name"] == f"{FULL}-cluster"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULL, "namespace": NS}]
 
     opamp = r.one("Service", FULL)
@@ -234,10 +294,20 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
         "protocol": "TCP",
         "appProtocol": "http",
     }
-    metrics = r.one("Service", f"{FULL}-metrics")
-    assert [(p["name"], p["port"]) for p in metrics["spec"]["ports"]] == [("metrics", 4320)]
+    assert len(opamp["spec"]["ports"]) == 1  # OpAMP only: the API has its own Service
+    api = r.one("Service", f"{FULL}-api")
+    assert api["spec"]["type"] == "ClusterIP"
+    assert api["spec"]["ports"] == [
+        {
+            "name": "api",
+            "port": API_PORT,
+            "targetPort": "api",
+            "protocol": "TCP",
+            "appProtocol": "https",
+        }
+    ]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    for service in (opamp, metrics):
+    for service in (opamp, api):
         assert service["spec"]["selector"].items() <= labels.items()
     assert not r.all("PodDisruptionBudget")
     assert not r.all("ServiceMonitor")
@@ -248,13 +318,20 @@ def test_a_namespaced_install_gets_a_role_per_watched_namespace(render: Render) 
     args = r.args()
     assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["team-a", "team-b"]
     assert sorted(role["metadata"]["namespace"] for role in r.all("Role")) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in r.all("RoleBinding")) == [
+        "kube-system",
+        "team-a",
+        "team-b",
+    ]
     for ns in ("team-a", "team-b"):
         assert r.rules("Role", ns) == NAMESPACED_RULES | TEMPLATE_RULES
         binding = next(b for b in r.all("RoleBinding") if b["metadata"]["namespace"] == ns)
+        assert binding["roleRef"]["name"] == FULL
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULL, "namespace": NS}]
         assert binding["roleRef"]["kind"] == "Role"
-    # Cluster-wide, only what kopf reads to discover its resources and the namespaces.
-    assert r.rules("ClusterRole") == KOPF_CLUSTER_RULES | NAMESPACE_RULES
+    # Cluster-wide, only what kopf reads to discover its resources and the namespaces, and
+    # the API's reviews (cluster-scoped: a ClusterRole even here, as kube-rbac-proxy's).
+    assert r.rules("ClusterRole") == KOPF_CLUSTER_RULES | NAMESPACE_RULES | AUTH_RULES
     hook = r.one("ValidatingWebhookConfiguration")["webhooks"][0]
     assert hook["namespaceSelector"]["matchExpressions"] == [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
@@ -374,21 +451,113 @@ def test_the_webhook_certificate_can_come_from_cert_manager(render: Render) -> N
     }
 
 
-def test_the_service_monitor_scrapes_the_metrics_service(render: Render) -> None:
+def test_the_service_monitor_scrapes_the_api_service_over_https_with_a_token(
+    render: Render,
+) -> None:
     r = render(*VALUE_SETS["service-monitor"], "metrics.serviceMonitor.labels.team=obs")
     monitor = r.one("ServiceMonitor", FULL)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["team"] == "obs"
-    metrics = r.one("Service", f"{FULL}-metrics")
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
-    )
+    api = r.one("Service", f"{FULL}-api")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= api["metadata"]["labels"].items()
     assert not monitor["spec"]["selector"]["matchLabels"].items() <= (
         r.one("Service", FULL)["metadata"]["labels"].items()
     )
-    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint == {
+        "port": "api",
+        "path": "/metrics",
+        "scheme": "https",
+        # Prometheus's own ServiceAccount token, as kube-rbac-proxy users scrape.
+        "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "tlsConfig": {"insecureSkipVerify": True},
+        "interval": "30s",
+        "scrapeTimeout": "10s",
+    }
+    assert endpoint["port"] in [p["name"] for p in api["spec"]["ports"]]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NS]}
+
+    verified = render(
+        *VALUE_SETS["service-monitor"],
+        f"metrics.serviceMonitor.tlsConfig.ca.secret.name={FULL}-opamp-tls",
+        "metrics.serviceMonitor.tlsConfig.ca.secret.key=ca\\.crt",
+        f"metrics.serviceMonitor.tlsConfig.serverName={FULL}-api.{NS}.svc",
+    )
+    assert verified.one("ServiceMonitor")["spec"]["endpoints"][0]["tlsConfig"] == {
+        "ca": {"secret": {"name": f"{FULL}-opamp-tls", "key": "ca.crt"}},
+        "serverName": f"{FULL}-api.{NS}.svc",
+    }
+
+
+def test_the_metrics_reader_role_grants_get_on_metrics_and_is_bound_to_nobody(
+    render: Render,
+) -> None:
+    for sets in ((), VALUE_SETS["namespaced"]):
+        r = render(*sets)
+        reader = r.one("ClusterRole", f"{FULL}-metrics-reader")
+        assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+        assert not [
+            b
+            for b in r.all("ClusterRoleBinding")
+            if b["roleRef"]["name"] == f"{FULL}-metrics-reader"
+        ]
+    assert not render("rbac.create=false").all("ClusterRole")
+
+
+@pytest.mark.parametrize("name", ["defaults", "namespaced"])
+def test_the_operator_may_review_tokens_and_access_and_read_the_client_ca(
+    render: Render, name: str
+) -> None:
+    """What the API listener asks Kubernetes: TokenReview and SubjectAccessReview
+    (cluster-scoped, in both modes), and the cluster's client CA in kube-system through
+    the built-in Role aggregated API servers are bound to."""
+    r = render(*VALUE_SETS[name])
+    assert r.rules("ClusterRole") >= AUTH_RULES
+    assert all(
+        rule[0] not in {"authentication.k8s.io", "authorization.k8s.io"}
+        for rule in (r.rules("Role"))
+    )
+    [reader] = [b for b in r.all("RoleBinding") if b["metadata"]["namespace"] == "kube-system"]
+    assert reader["metadata"]["name"] == f"{FULL}-auth-reader"
+    assert reader["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "extension-apiserver-authentication-reader",
+    }
+    assert reader["subjects"] == [{"kind": "ServiceAccount", "name": FULL, "namespace": NS}]
+    # The chart makes no Role in kube-system: the bound one is the apiserver's own.
+    assert not [o for o in r.all("Role") if o["metadata"]["namespace"] == "kube-system"]
+
+
+def test_the_api_has_its_own_port_service_and_audiences(render: Render) -> None:
+    r = render(
+        "api.port=9090",
+        "api.tokenAudiences[0]=opamp-operator",
+        "api.service.annotations.team=obs",
+        "service.type=NodePort",
+        "service.nodePort=30320",
+    )
+    c = r.container()
+    args = r.args()
+    assert args[args.index("--api-port") + 1] == "9090"
+    options = run_options(build_parser().parse_args(args))
+    assert options.api.port == 9090
+    assert options.access.audiences == ("opamp-operator",)
+    assert {"name": "api", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    api = r.one("Service", f"{FULL}-api")
+    assert api["metadata"]["annotations"] == {"team": "obs"}
+    # The agents' Service may be a NodePort; the API's never is.
+    assert r.one("Service", FULL)["spec"]["type"] == "NodePort"
+    assert api["spec"]["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"], p.get("nodePort")) for p in api["spec"]["ports"]] == [
+        (9090, "api", None)
+    ]
+    ingress = r.one("NetworkPolicy")["spec"]["ingress"]
+    assert [rule["ports"][0]["port"] for rule in ingress] == [4320, 9090, 9443]
+
+    off = render("api.service.enabled=false")
+    assert [s["metadata"]["name"] for s in off.all("Service")] == [FULL, f"{FULL}-webhook"]
+    assert off.args()[off.args().index("--api-port") + 1] == str(API_PORT)
 
 
 def test_without_webhook_and_template_mode_the_grants_shrink(render: Render) -> None:
@@ -398,7 +567,7 @@ def test_without_webhook_and_template_mode_the_grants_shrink(render: Render) -> 
     assert not any(a.startswith("--webhook") for a in r.args())
     assert "volumeMounts" in r.container()
     assert [m["mountPath"] for m in r.container()["volumeMounts"]] == [TMP]
-    assert r.rules("ClusterRole") == NAMESPACED_RULES | KOPF_CLUSTER_RULES
+    assert r.rules("ClusterRole") == NAMESPACED_RULES | KOPF_CLUSTER_RULES | AUTH_RULES
 
 
 def test_token_secrets_can_be_limited_by_name(render: Render) -> None:
@@ -426,6 +595,181 @@ def test_pod_placement_and_annotations_come_from_values(render: Render) -> None:
     assert r.container()["imagePullPolicy"] == "Always"
 
 
+def test_the_network_policy_admits_the_three_ports_and_leaves_egress_open(
+    render: Render,
+) -> None:
+    r = render()
+    policy = r.one("NetworkPolicy", FULL)
+    spec = policy["spec"]
+    pod_labels = r.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert spec["policyTypes"] == ["Ingress"]  # egress (the apiserver) unrestricted
+    assert "egress" not in spec
+    ports = {p["name"]: p["containerPort"] for p in r.container()["ports"]}
+    # No `from`: any source, for agents anywhere, the authenticated API, the apiserver.
+    assert spec["ingress"] == [
+        {"ports": [{"port": ports["opamp"], "protocol": "TCP"}]},
+        {"ports": [{"port": ports["api"], "protocol": "TCP"}]},
+        {"ports": [{"port": ports["webhook"], "protocol": "TCP"}]},
+    ]
+    assert sorted(ports.values()) == [4320, API_PORT, 9443]
+
+    narrowed = render(*VALUE_SETS["network-policy-narrowed"]).one("NetworkPolicy")["spec"]
+    agents, api, webhook = narrowed["ingress"]
+    assert agents["from"] == [{"namespaceSelector": {"matchLabels": {"agents": "yes"}}}]
+    assert api["from"] == [
+        {"namespaceSelector": {"matchLabels": {"team": "monitoring"}}},
+        {"ipBlock": {"cidr": "10.0.0.0/8"}},
+    ]
+    assert "from" not in webhook  # the apiserver is not a pod
+
+    no_hook = render("webhook.enabled=false").one("NetworkPolicy")["spec"]["ingress"]
+    assert [rule["ports"][0]["port"] for rule in no_hook] == [4320, API_PORT]
+    assert not render("networkPolicy.enabled=false").all("NetworkPolicy")
+
+
+def _tls_mount(r: Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The opamp-tls volume mount and its volume."""
+    pod = r.one("Deployment")["spec"]["template"]["spec"]
+    [mount] = [m for m in r.container()["volumeMounts"] if m["mountPath"] == TLS_DIR]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return mount, volume
+
+
+def test_tls_for_agents_from_cert_manager_with_the_charts_own_ca(render: Render) -> None:
+    r = render(*VALUE_SETS["opamp-tls-cert-manager"], "opamp.tls.certManager.dnsNames[0]=x.io")
+    # A self-signed Issuer signs a CA; a CA Issuer signs the agents' port certificate.
+    selfsigned = r.one("Issuer", f"{FULL}-selfsigned")
+    assert selfsigned["spec"] == {"selfSigned": {}}
+    ca = r.one("Certificate", f"{FULL}-opamp-ca")
+    assert ca["spec"]["isCA"] is True
+    assert ca["spec"]["issuerRef"] == {"name": f"{FULL}-selfsigned", "kind": "Issuer"}
+    ca_issuer = r.one("Issuer", f"{FULL}-opamp-ca")
+    assert ca_issuer["spec"] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+    cert = r.one("Certificate", f"{FULL}-opamp")
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert cert["spec"]["secretName"] == f"{FULL}-opamp-tls"
+    assert cert["spec"]["issuerRef"] == {"name": f"{FULL}-opamp-ca", "kind": "Issuer"}
+    assert cert["spec"]["duration"] == "2160h"
+    assert "server auth" in cert["spec"]["usages"]
+    names = cert["spec"]["dnsNames"]
+    for service in (FULL, f"{FULL}-api"):  # the API reuses it (api.useOpampCertificate)
+        for suffix in ("", f".{NS}", f".{NS}.svc", f".{NS}.svc.cluster.local"):
+            assert f"{service}{suffix}" in names
+    assert "localhost" in names
+    assert "x.io" in names
+    # Mounted read-only; the operator serves it on both ports and asks agents for theirs.
+    mount, volume = _tls_mount(r)
+    assert mount["readOnly"] is True
+    assert volume["secret"] == {"secretName": f"{FULL}-opamp-tls"}
+    options = run_options(build_parser().parse_args(r.args()))
+    assert options.listen.tls == TLSFiles(
+        cert_file=Path(TLS_DIR, "tls.crt"),
+        key_file=Path(TLS_DIR, "tls.key"),
+        client_ca_file=Path(TLS_DIR, "ca.crt"),
+        client_auth=ClientAuth.REQUIRE,
+    )
+    assert options.api.tls == TLSFiles(
+        cert_file=Path(TLS_DIR, "tls.crt"), key_file=Path(TLS_DIR, "tls.key")
+    )
+    assert options.handlers.agent_endpoint == f"wss://{FULL}.{NS}.svc:4320/v1/opamp"
+    assert r.one("Service", FULL)["spec"]["ports"][0]["appProtocol"] == "https"
+
+    # With the webhook's certificate from cert-manager too: one self-signed Issuer.
+    both = render(*VALUE_SETS["opamp-tls-cert-manager"], "webhook.certManager.enabled=true")
+    assert both.one("Issuer", f"{FULL}-selfsigned")
+    assert both.one("Certificate", f"{FULL}-webhook")["spec"]["issuerRef"]["name"] == (
+        f"{FULL}-selfsigned"
+    )
+
+
+def test_tls_for_agents_from_cert_manager_with_an_issuer_of_yours(render: Render) -> None:
+    r = render(
+        "opamp.tls.enabled=true",
+        "opamp.tls.certManager.enabled=true",
+        "opamp.tls.certManager.issuerRef.name=corp-ca",
+        "opamp.tls.certManager.issuerRef.kind=ClusterIssuer",
+        "opamp.tls.certManager.duration=720h",
+        "api.useOpampCertificate=false",
+    )
+    assert not r.all("Issuer")
+    [cert] = r.all("Certificate")
+    assert cert["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
+    assert cert["spec"]["duration"] == "720h"
+    assert not [n for n in cert["spec"]["dnsNames"] if "-api" in n or n == "localhost"]
+    options = run_options(build_parser().parse_args(r.args()))
+    assert options.listen.tls.enabled
+    assert options.listen.tls.client_auth is ClientAuth.NONE
+    assert options.listen.tls.client_ca_file is None
+    assert not options.api.tls.enabled  # self-signed at start
+
+
+def test_tls_for_agents_from_an_existing_secret(render: Render) -> None:
+    r = render(*VALUE_SETS["opamp-tls-existing-secret"], "opamp.tls.clientAuth=optional")
+    assert not r.all("Certificate")
+    assert not r.all("Issuer")
+    mount, volume = _tls_mount(r)
+    assert mount["readOnly"] is True
+    assert volume["secret"] == {"secretName": "agents-tls"}
+    args = r.args()
+    assert args[args.index("--client-auth") + 1] == "optional"
+    assert args[args.index("--client-ca-file") + 1] == f"{TLS_DIR}/ca.crt"
+    assert args[args.index("--agent-endpoint") + 1] == f"wss://{FULL}.{NS}.svc:4320/v1/opamp"
+    # An explicit endpoint is kept as given.
+    own = render(
+        *VALUE_SETS["opamp-tls-existing-secret"], "operator.agentEndpoint=wss://o.io/v1/opamp"
+    )
+    assert own.args()[own.args().index("--agent-endpoint") + 1] == "wss://o.io/v1/opamp"
+
+
+def test_the_mounted_secrets_files_load_with_the_rendered_flags(
+    render: Render, tmp_path: Path
+) -> None:
+    """The Secret's keys (tls.crt, tls.key, ca.crt) as the pod sees them under the mount,
+    loaded by the operator's own TLS code with the rendered flags: a certificate it
+    serves to a client that trusts the Secret's ca.crt, which asks for agents' certificates."""
+    ca = CertificateAuthority("agents CA")
+    ca.issue(f"{FULL}.{NS}.svc", hosts=(f"{FULL}.{NS}.svc",), server=True).write(tmp_path, "tls")
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    options = run_options(
+        build_parser().parse_args(render(*VALUE_SETS["opamp-tls-cert-manager"]).args())
+    )
+
+    def here(path: Path | None) -> Path | None:
+        return None if path is None else tmp_path / path.relative_to(TLS_DIR)
+
+    files = options.listen.tls
+    local = TLSFiles(
+        here(files.cert_file), here(files.key_file), here(files.client_ca_file), files.client_auth
+    )
+    server = ReloadingTLS(local)
+    assert server.context.verify_mode == ssl.CERT_REQUIRED
+    api = ReloadingTLS(TLSFiles(here(options.api.tls.cert_file), here(options.api.tls.key_file)))
+    assert api.context.verify_mode == ssl.CERT_NONE  # the API adds the cluster's CA itself
+
+
+def test_template_logic_refuses_tls_values_that_cannot_work(helm_env: dict[str, str]) -> None:
+    for sets, message in (
+        (("opamp.tls.enabled=true",), "needs opamp.tls.certManager.enabled=true or"),
+        (
+            (
+                "opamp.tls.enabled=true",
+                "opamp.tls.certManager.enabled=true",
+                "opamp.tls.existingSecret=x",
+            ),
+            "not both",
+        ),
+        (("opamp.tls.clientAuth=require",), "opamp.tls.clientAuth needs opamp.tls.enabled"),
+        (
+            ("metrics.serviceMonitor.enabled=true", "api.service.enabled=false"),
+            "metrics.serviceMonitor.enabled needs api.service.enabled",
+        ),
+    ):
+        done = run_helm(helm_env, "template", RELEASE, str(CHART), *(f"--set={s}" for s in sets))
+        assert done.returncode != 0, sets
+        assert message in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -437,6 +781,14 @@ def test_pod_placement_and_annotations_come_from_values(render: Render) -> None:
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("operator.agentEndpoint=tcp://x", "/operator/agentEndpoint"),
         ("service.nodePort=4320", "/service/nodePort"),
+        ("opamp.tls.clientAuth=sometimes", "/opamp/tls/clientAuth"),
+        ("opamp.tls.certManager.duration=90d", "/opamp/tls/certManager/duration"),
+        ("opamp.tls.certManager.issuer=x", "additional properties 'issuer' not allowed"),
+        ("api.port=4320", "/api/port"),
+        ("api.port=0", "/api/port"),
+        ("metrics.service.enabled=true", "additional properties 'service' not allowed"),
+        ("networkPolicy.apiFrom[0].podSelectr.a=b", "additional properties 'podSelectr'"),
+        ("networkPolicy.agentsFrom[0].ipBlock.except[0]=1.2.3.4/32", "missing property 'cidr'"),
     ],
 )
 def test_the_schema_refuses_bad_values(helm_env: dict[str, str], value: str, message: str) -> None:

@@ -1,7 +1,8 @@
 """The Helm chart on the local cluster: `helm install` works, its CRDs are served, and the
 operator running with nothing but the chart's ServiceAccount token reconciles fleets and
-rollouts without a single 403 — while that same token cannot read Secrets or touch
-objects beyond what the chart grants.
+rollouts without a single 403 (reading the cluster's client CA for its API at start
+included) — while that same token cannot read Secrets or touch objects beyond what the
+chart grants.
 
 kwok plays the kubelet, so the operator's own pod "runs" without its image; the operator
 that does the work is a local process using the ServiceAccount's token (TokenRequest API).
@@ -278,9 +279,19 @@ def test_helm_install_is_deployed_and_its_crds_are_served(
         assert {"Deployment", "ServiceAccount", "ClusterRole", "Service"} <= kinds
     scoped, scoped_manifest = installs["namespaced"]
     roles = [o for o in _objects(scoped_manifest) if o["kind"] in {"Role", "RoleBinding"}]
+    # A Role and its binding per watched namespace, and the binding to the built-in
+    # reader of the cluster's client CA in kube-system (for the API listener).
     assert sorted((o["kind"], o["metadata"]["namespace"]) for o in roles) == sorted(
-        (kind, ns) for kind in ("Role", "RoleBinding") for ns in scoped.watched
+        [("RoleBinding", "kube-system")]
+        + [(kind, ns) for kind in ("Role", "RoleBinding") for ns in scoped.watched]
     )
+    rbac: Any = k8s.RbacAuthorizationV1Api(api_client)
+    for release, _ in installs.values():
+        reader = rbac.read_namespaced_role_binding(
+            f"{release.service_account}-auth-reader", "kube-system"
+        )
+        assert reader.role_ref.name == "extension-apiserver-authentication-reader"
+        rbac.read_cluster_role(f"{release.service_account}-metrics-reader")
     assert "ValidatingWebhookConfiguration" not in {o["kind"] for o in _objects(scoped_manifest)}
     wide, wide_manifest = installs["clusterwide"]
     reg: Any = k8s.AdmissionregistrationV1Api(api_client)
@@ -492,6 +503,32 @@ def test_the_namespaced_identity_cannot_read_secrets_or_leave_its_namespaces(
     _denied(lambda: co.list_cluster_custom_object(GROUP, VERSION, PLURAL))
     _denied(lambda: core.create_namespace({"metadata": {"name": "made-by-operator"}}))
     _denied(lambda: core.list_namespaced_service_account(watched))
+    # The API listener's questions, and in kube-system the client CA and nothing else.
+    _reviews_and_client_ca(client)
+    _denied(lambda: core.list_namespaced_config_map("kube-system"))
+    _denied(lambda: core.read_namespaced_config_map("kube-root-ca.crt", "kube-system"))
+    _denied(lambda: core.list_namespaced_secret("kube-system"))
+
+
+def _reviews_and_client_ca(client: Any) -> None:
+    """What the API listener asks with the operator's identity is allowed: a TokenReview,
+    a SubjectAccessReview, the cluster's client CA (kube-system)."""
+    auth: Any = k8s.AuthenticationV1Api(client)
+    review = auth.create_token_review({"spec": {"token": "not-a-token"}})
+    assert review.status.authenticated is not True
+    authz: Any = k8s.AuthorizationV1Api(client)
+    access = authz.create_subject_access_review(
+        {
+            "spec": {
+                "user": "nobody",
+                "nonResourceAttributes": {"path": "/metrics", "verb": "get"},
+            }
+        }
+    )
+    assert access.status.allowed is False
+    core: Any = k8s.CoreV1Api(client)
+    ca = core.read_namespaced_config_map("extension-apiserver-authentication", "kube-system")
+    assert "client-ca-file" in ca.data
 
 
 def test_the_clusterwide_identity_still_cannot_list_or_write_what_it_does_not_need(
@@ -508,6 +545,7 @@ def test_the_clusterwide_identity_still_cannot_list_or_write_what_it_does_not_ne
     pod = {"metadata": {"name": "intruder"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
 
     assert isinstance(core.list_pod_for_all_namespaces().items, list)
+    _reviews_and_client_ca(client)
     _denied(core.list_secret_for_all_namespaces)
     _denied(lambda: core.list_namespaced_secret(ns))
     _denied(lambda: core.create_namespaced_pod(ns, pod))

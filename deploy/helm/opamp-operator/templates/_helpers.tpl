@@ -42,6 +42,51 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ include "opamp-operator.fullname" . }}.{{ .Release.Namespace }}.svc
 {{- end }}
 
+{{- define "opamp-operator.apiServiceHost" -}}
+{{ include "opamp-operator.fullname" . }}-api.{{ .Release.Namespace }}.svc
+{{- end }}
+
+{{/* The URL template-mode Collectors (and NOTES.txt) are given: ws://, or wss:// with TLS. */}}
+{{- define "opamp-operator.agentEndpoint" -}}
+{{- $scheme := ternary "wss" "ws" .Values.opamp.tls.enabled }}
+{{- default (printf "%s://%s:4320/v1/opamp" $scheme (include "opamp-operator.serviceHost" .)) .Values.operator.agentEndpoint }}
+{{- end }}
+
+{{/* The Secret with the agents' port certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "opamp-operator.opampTLSSecret" -}}
+{{- default (printf "%s-opamp-tls" (include "opamp-operator.fullname" .)) .Values.opamp.tls.existingSecret }}
+{{- end }}
+
+{{/* Where that Secret is mounted in the operator's container. */}}
+{{- define "opamp-operator.opampTLSDir" -}}
+/opamp-tls
+{{- end }}
+
+{{/* Values that cannot work together: fail with what to change. */}}
+{{- define "opamp-operator.validate" -}}
+{{- $tls := .Values.opamp.tls }}
+{{- if $tls.enabled }}
+{{- if and $tls.certManager.enabled $tls.existingSecret }}
+{{- fail "opamp.tls: set either certManager.enabled or existingSecret, not both" }}
+{{- end }}
+{{- if not (or $tls.certManager.enabled $tls.existingSecret) }}
+{{- fail "opamp.tls.enabled needs opamp.tls.certManager.enabled=true or opamp.tls.existingSecret" }}
+{{- end }}
+{{- else if ne $tls.clientAuth "none" }}
+{{- fail "opamp.tls.clientAuth needs opamp.tls.enabled (client certificates need TLS)" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.api.service.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs api.service.enabled" }}
+{{- end }}
+{{- end }}
+
+{{/* A self-signed cert-manager Issuer is made when a Certificate has no issuerRef. */}}
+{{- define "opamp-operator.selfSignedIssuer" -}}
+{{- $hook := and .Values.webhook.enabled .Values.webhook.certManager.enabled (not .Values.webhook.certManager.issuerRef) }}
+{{- $opamp := and .Values.opamp.tls.enabled .Values.opamp.tls.certManager.enabled (not .Values.opamp.tls.certManager.issuerRef) }}
+{{- if or $hook $opamp }}true{{ end }}
+{{- end }}
+
 {{- define "opamp-operator.webhookServiceHost" -}}
 {{ include "opamp-operator.fullname" . }}-webhook.{{ .Release.Namespace }}.svc
 {{- end }}
