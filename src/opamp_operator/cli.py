@@ -220,6 +220,10 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         listen=listen,
         api=api,
         access=replace(_RUN.access, audiences=tuple(args.api_token_audience)),
+        agent_tokens=replace(
+            _RUN.agent_tokens,
+            audiences=tuple(args.agent_token_audience or _RUN.agent_tokens.audiences),
+        ),
         limits=limits,
         core=replace(_RUN.core, offer_heartbeat_seconds=args.heartbeat_seconds),
         handlers=replace(
@@ -275,6 +279,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=list(_RUN.access.audiences),
         help="an audience API users' tokens must carry (repeat); default: the apiserver's",
+    )
+    p.add_argument(
+        "--agent-token-audience",
+        action="append",
+        default=None,
+        help="the audience agents' projected ServiceAccount tokens must be issued for "
+        f"(repeat; default {', '.join(_RUN.agent_tokens.audiences)})",
     )
     peering = _RUN.peering
     p.add_argument(

@@ -5,14 +5,16 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opamp_operator.fleet.mapping import (
+    AgentAuth,
     Ambiguity,
+    AuthMode,
+    Claim,
     Duplicate,
     FleetSelector,
     LabelRequirement,
@@ -20,10 +22,12 @@ from opamp_operator.fleet.mapping import (
     Overlap,
     Rule,
     SelectorError,
+    Trust,
     assign_fleets,
     map_agents,
 )
 from opamp_operator.fleet.views import AgentView, PodView
+from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.session import AgentState
 
 UID_A = "0190a000-0000-7000-8000-00000000000a"
@@ -55,12 +59,16 @@ def agent(
     *,
     peer_ip: str = "",
     state: AgentState = AgentState.CONNECTED,
+    connected_at: float = 0.0,
+    identity: AgentIdentity | None = None,
 ) -> AgentView:
     return AgentView(
         instance_uid=uid,
         attributes=dict(attrs or {}),
         peer_ip=peer_ip,
         state=state,
+        connected_at=connected_at,
+        identity=identity or AgentIdentity(),
     )
 
 
@@ -217,9 +225,11 @@ def test_pod_uid_of_no_known_pod_falls_through_to_the_next_rule() -> None:
 # duplicates and orphans
 
 
-def test_two_live_agents_on_one_pod_the_larger_uid_wins() -> None:
+def test_two_live_agents_on_one_pod_the_earliest_connection_keeps_it() -> None:
+    """Not the larger uid: the agent picks its uid, so `ffff...` would always win."""
     claim = {"k8s.pod.uid": "uid-default-a"}
-    result = map_agents([pod("a")], [agent(UID_B, claim), agent(UID_A, claim)])
+    first, later = agent(UID_B, claim, connected_at=1.0), agent(UID_A, claim, connected_at=2.0)
+    result = map_agents([pod("a")], [later, first])
     assert result.pod_of == {UID_B: "default/a"}
     assert result.duplicates == (Duplicate("default/a", UID_B, (UID_A,)),)
     assert result.conflicting_agents == (UID_A,)
@@ -227,6 +237,28 @@ def test_two_live_agents_on_one_pod_the_larger_uid_wins() -> None:
     assert result.claims[UID_A].pod == "default/a"
     assert result.rule_of(UID_A) is None
     assert result.agents_without_pod == ()
+    # Connected at the same moment: the smaller uid, only so the answer is stable.
+    tied = map_agents([pod("a")], [agent(UID_B, claim), agent(UID_A, claim)])
+    assert tied.pod_of == {UID_A: "default/a"}
+
+
+def test_a_pod_bound_credential_beats_any_claim_and_holds_only_its_pod() -> None:
+    bound = AgentIdentity(service_account="default/sa", pod="default/a", pod_uid="uid-default-a")
+    spoof = agent(UID_C.replace("c", "f"), {"k8s.pod.uid": "uid-default-a"}, connected_at=0.0)
+    real = agent(UID_A, {}, connected_at=9.0, identity=bound)
+    result = map_agents([pod("a"), pod("b")], [spoof, real])
+    assert result.pod_of == {UID_A: "default/a"}
+    assert result.claims[UID_A] == Claim(UID_A, "default/a", Rule.CREDENTIAL, Trust.POD)
+    # The same credential reporting another pod's uid is refused that pod.
+    liar = agent(UID_B, {"k8s.pod.uid": "uid-default-b"}, identity=bound)
+    lied = map_agents([pod("a"), pod("b")], [liar])
+    assert lied.pod_of == {UID_B: "default/a"}
+    other = AgentIdentity(service_account="default/sa", pod="default/b", pod_uid="uid-default-b")
+    refused = map_agents(
+        [pod("a")], [agent(UID_B, {"k8s.pod.uid": "uid-default-a"}, identity=other)]
+    )
+    assert refused.pod_of == {}
+    assert refused.agents_without_pod == (UID_B,)
 
 
 @pytest.mark.parametrize("state", [AgentState.DISCONNECTED, AgentState.STALE])
@@ -242,9 +274,9 @@ def test_duplicates_are_reported_whatever_rule_each_used() -> None:
     result = map_agents(
         [pod("a", ip="10.0.0.1")],
         [
-            agent(UID_A, {"k8s.pod.uid": "uid-default-a"}),
-            agent(UID_B, {"host.name": "a"}),
-            agent(UID_C, peer_ip="10.0.0.1"),
+            agent(UID_A, {"k8s.pod.uid": "uid-default-a"}, connected_at=3.0),
+            agent(UID_B, {"host.name": "a"}, connected_at=2.0),
+            agent(UID_C, peer_ip="10.0.0.1", connected_at=1.0),
         ],
     )
     assert result.duplicates == (Duplicate("default/a", UID_C, (UID_A, UID_B)),)
@@ -282,8 +314,8 @@ def test_restrict_keeps_one_side_of_the_world() -> None:
     result = map_agents(
         [pod("a"), pod("b"), pod("c")],
         [
-            agent(UID_A, {"k8s.pod.uid": "uid-default-a"}),
-            agent(UID_B, {"k8s.pod.uid": "uid-default-a"}),
+            agent(UID_A, {"k8s.pod.uid": "uid-default-a"}, connected_at=2.0),
+            agent(UID_B, {"k8s.pod.uid": "uid-default-a"}, connected_at=1.0),
             agent(UID_C, {"k8s.pod.uid": "uid-default-b"}),
         ],
     )
@@ -492,7 +524,8 @@ def test_an_agent_of_an_unselected_pod_is_not_taken_by_a_weaker_rule() -> None:
 def test_a_duplicate_agent_goes_with_the_pod_it_claimed() -> None:
     fleets = [FleetSelector("obs", "f", 0.0)]
     claim = {"k8s.pod.uid": "uid-obs-p"}
-    result = assign_fleets(fleets, [pod("p", "obs")], [agent(UID_A, claim), agent(UID_B, claim)])
+    early, late = agent(UID_B, claim, connected_at=1.0), agent(UID_A, claim, connected_at=2.0)
+    result = assign_fleets(fleets, [pod("p", "obs")], [late, early])
     assert result.fleet_of_agent == {UID_A: "obs/f", UID_B: "obs/f"}
     part = result.mapping_for("obs/f")
     assert part.pod_of == {UID_B: "obs/p"}
@@ -515,22 +548,91 @@ def test_mapping_for_holds_only_that_fleets_share() -> None:
 
 
 def test_a_fleet_token_decides_the_fleet_and_is_required_where_configured() -> None:
-    locked = FleetSelector("obs", "locked", 0.0, OTEL, requires_token=True)
+    locked = FleetSelector("obs", "locked", 0.0, OTEL, auth=AgentAuth(AuthMode.TOKEN))
     open_ = FleetSelector("team", "open", 1.0)
     pods = [pod("in", "obs", labels=OTEL), pod("t", "team")]
-    with_token = replace(agent(UID_A, {"k8s.pod.uid": "uid-obs-in"}), identity="obs/locked")
-    without = agent(UID_B, {"k8s.pod.uid": "uid-obs-in"})
-    # A token wins over the pod: this agent claims a pod of the open fleet.
-    elsewhere = replace(agent(UID_C, {"k8s.pod.uid": "uid-team-t"}), identity="obs/locked")
+    token = AgentIdentity(fleet="obs/locked")
+    with_token = agent(UID_A, {"k8s.pod.uid": "uid-obs-in"}, identity=token, connected_at=9.0)
+    # Anonymous, connected first, with a uid that would have won by size: refused.
+    without = agent("ffffffff-ffff-7fff-bfff-ffffffffffff", {"k8s.pod.uid": "uid-obs-in"})
+    # A token puts its agent in its fleet, but holds no pod of another fleet.
+    elsewhere = agent(UID_C, {"k8s.pod.uid": "uid-team-t"}, identity=token)
     result = assign_fleets([locked, open_], pods, [with_token, without, elsewhere])
     assert result.fleet_of_agent == {UID_A: "obs/locked", UID_C: "obs/locked"}
-    assert result.unauthenticated == {"obs/locked": (UID_B,)}
-    assert UID_B in result.unassigned_agents
+    assert result.unauthenticated == {"obs/locked": ("ffffffff-ffff-7fff-bfff-ffffffffffff",)}
+    assert result.mapping.pod_of == {UID_A: "obs/in"}
+    assert "ffffffff-ffff-7fff-bfff-ffffffffffff" in result.unassigned_agents
     part = result.mapping_for("obs/locked")
     assert set(part.agents) == {UID_A, UID_C}
-    # A token naming no current fleet is no help, nor harm, on an open fleet.
-    stale = replace(agent(UID_D, {"k8s.pod.uid": "uid-team-t"}), identity="obs/deleted")
-    assert assign_fleets([open_], pods, [stale]).fleet_of_agent == {UID_D: "team/open"}
+    assert part.pod_of == {UID_A: "obs/in"}
+    # A token of a fleet that no longer exists claims nothing either.
+    stale = agent(UID_D, {"k8s.pod.uid": "uid-team-t"}, identity=AgentIdentity(fleet="obs/gone"))
+    assert assign_fleets([open_], pods, [stale]).unauthenticated == {"team/open": (UID_D,)}
+    # The open fleet's own agents hold their pods on their word: unverified.
+    mine = agent(UID_B, {"k8s.pod.uid": "uid-team-t"})
+    assert assign_fleets([open_], pods, [mine]).unverified == {"team/open": (UID_B,)}
+
+
+@pytest.mark.parametrize(
+    ("auth", "identity", "trust"),
+    [
+        (AgentAuth(), AgentIdentity(), Trust.CLAIMED),
+        (AgentAuth(), AgentIdentity(fleet="ns/f"), Trust.FLEET),
+        (AgentAuth(), AgentIdentity(fleet="ns/other"), None),
+        (AgentAuth(), AgentIdentity(certificate=("agent-1",)), Trust.FLEET),
+        (AgentAuth(AuthMode.TOKEN), AgentIdentity(), None),
+        (AgentAuth(AuthMode.TOKEN), AgentIdentity(certificate=("agent-1",)), None),
+        (AgentAuth(AuthMode.TOKEN), AgentIdentity(fleet="ns/f"), Trust.FLEET),
+        (AgentAuth(AuthMode.CLIENT_CERTIFICATE, frozenset({"agent-1"})), AgentIdentity(), None),
+        (
+            AgentAuth(AuthMode.CLIENT_CERTIFICATE, frozenset({"agent-1"})),
+            AgentIdentity(certificate=("x", "agent-1")),
+            Trust.FLEET,
+        ),
+        (
+            AgentAuth(AuthMode.CLIENT_CERTIFICATE, frozenset({"agent-1"})),
+            AgentIdentity(certificate=("agent-2",)),
+            None,
+        ),
+        (AgentAuth(AuthMode.SERVICE_ACCOUNT_TOKEN), AgentIdentity(fleet="ns/f"), None),
+        (
+            AgentAuth(AuthMode.SERVICE_ACCOUNT_TOKEN),
+            AgentIdentity(service_account="ns/sa", pod="ns/p", pod_uid="uid-ns-p"),
+            Trust.POD,
+        ),
+        (
+            AgentAuth(AuthMode.SERVICE_ACCOUNT_TOKEN, frozenset({"collector"})),
+            AgentIdentity(service_account="ns/sa", pod="ns/p", pod_uid="uid-ns-p"),
+            None,
+        ),
+        (
+            AgentAuth(AuthMode.SERVICE_ACCOUNT_TOKEN, frozenset({"collector"})),
+            AgentIdentity(service_account="ns/collector", pod="ns/p", pod_uid="uid-ns-p"),
+            Trust.POD,
+        ),
+        (
+            AgentAuth(AuthMode.SERVICE_ACCOUNT_TOKEN),
+            AgentIdentity(service_account="other/sa", pod="ns/p", pod_uid="uid-ns-p"),
+            None,
+        ),
+        (
+            AgentAuth(AuthMode.SERVICE_ACCOUNT_TOKEN),
+            AgentIdentity(service_account="ns/sa", pod="ns/q", pod_uid="uid-ns-q"),
+            None,
+        ),
+        (
+            AgentAuth(AuthMode.TOKEN),
+            AgentIdentity(service_account="ns/sa", pod_uid="uid-ns-p"),
+            None,
+        ),
+        (AgentAuth(), AgentIdentity(service_account="ns/s", pod_uid="uid-ns-p"), Trust.POD),
+    ],
+)
+def test_what_each_mode_admits(
+    auth: AgentAuth, identity: AgentIdentity, trust: Trust | None
+) -> None:
+    fleet = FleetSelector("ns", "f", 0.0, auth=auth)
+    assert fleet.admits(agent(UID_A, identity=identity), pod("p", "ns")) == trust
 
 
 def test_duplicate_fleet_keys_are_refused() -> None:
@@ -624,7 +726,16 @@ def test_mapping_is_one_to_one_and_partitions_the_agents(
         assert [p.key for p in pods if _evidence(claim.rule, by_uid[uid], p)] == [claim.pod]
     for dup in result.duplicates:
         contenders = [dup.winner, *dup.losers]
-        assert dup.winner == max(contenders, key=lambda u: (by_uid[u].live, u))
+        best = min(
+            contenders,
+            key=lambda u: (
+                -result.claims[u].trust,
+                not by_uid[u].live,
+                by_uid[u].connected_at,
+                u,
+            ),
+        )
+        assert dup.winner == best
 
 
 @settings(max_examples=200)

@@ -19,7 +19,7 @@ from opamp_operator.api.models import (
 from opamp_operator.fleet.conditions import FleetProblem, Why
 from opamp_operator.fleet.events import condition_events
 from opamp_operator.fleet.health import Reason, WorstAgent
-from opamp_operator.fleet.mapping import FleetSelector, map_agents
+from opamp_operator.fleet.mapping import AgentAuth, AuthMode, FleetSelector, map_agents
 from opamp_operator.fleet.remediation import Action, Attempt, RemediationPlan, remediation_events
 from opamp_operator.fleet.status import count_events, fleet_status, status_update
 from opamp_operator.fleet.views import AgentView, PodView
@@ -238,7 +238,14 @@ def test_a_spec_the_model_refuses_is_an_invalid_spec_problem() -> None:
         _fleet_body({"selector": {}, "config": {"inline": "a"}, "authSecretRef": token})
     )
     assert record.generation == 4
-    assert record.selector.requires_token
+    assert record.selector.auth == AgentAuth(AuthMode.TOKEN)
+    bound = {"mode": "ServiceAccountToken", "serviceAccounts": ["collector"]}
+    spec = {"selector": {}, "config": {"inline": "a"}, "agentAuth": bound}
+    assert parse_fleet(_fleet_body(spec)).selector.auth == AgentAuth(
+        AuthMode.SERVICE_ACCOUNT_TOKEN, frozenset({"collector"})
+    )
+    with pytest.raises(FleetProblem, match="mode Token needs authSecretRef"):
+        parse_fleet(_fleet_body({**spec, "agentAuth": {"mode": "Token"}}))
 
 
 def test_config_problems_and_revision_news() -> None:

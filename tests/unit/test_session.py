@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from opamp_operator.opamp import attributes, ids
 from opamp_operator.opamp.configs import ConfigFile, RemoteConfig, files_hash
+from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     SERVER_CAPABILITIES,
@@ -348,19 +349,22 @@ def test_restart_command_travels_alone() -> None:
     assert not core.receive(beat(OTHER, 3), now=3.0).message.HasField("command")
 
 
+FLEET_A, FLEET_B = AgentIdentity(fleet="ns/fleet-a"), AgentIdentity(fleet="ns/fleet-b")
+
+
 def test_authenticated_identity_is_kept_and_a_uid_is_not_taken_across_identities() -> None:
     core = ServerCore()
-    ws = core.open(now=0.0, identity="ns/fleet-a")
+    ws = core.open(now=0.0, identity=FLEET_A)
     core.receive(first(), now=0.0, conn=ws)
-    assert core.agents[UID].identity == "ns/fleet-a"
+    assert core.agents[UID].identity == FLEET_A
     # Over HTTP, the same uid under another identity (or none) is someone else.
-    reply = core.receive(first(), now=1.0, identity="ns/fleet-b").message
+    reply = core.receive(first(), now=1.0, identity=FLEET_B).message
     assert reply.agent_identification.new_instance_uid not in (b"", UID)
-    assert core.agents[UID].identity == "ns/fleet-a"
+    assert core.agents[UID].identity == FLEET_A
     anonymous = core.receive(first(uid=OTHER), now=1.0).message
     assert not anonymous.HasField("agent_identification")
     assert core.agents[OTHER].identity is None
-    again = core.receive(beat(OTHER, 1), now=2.0, identity="ns/fleet-a").message
+    again = core.receive(beat(OTHER, 1), now=2.0, identity=FLEET_A).message
     assert again.HasField("agent_identification")
     same = core.receive(beat(OTHER, 2), now=3.0).message
     assert not same.HasField("agent_identification")

@@ -148,10 +148,13 @@ def create_deployment(
     *,
     replicas: int = 1,
     readiness_gates: tuple[str, ...] = (),
+    service_account: str | None = None,
 ) -> None:
     """A Deployment kwok runs (the image is never pulled); its pods carry `labels`."""
     apps: Any = k8s.AppsV1Api(api_client)
     pod_spec: dict[str, Any] = {"containers": [{"name": "otelcol", "image": "otelcol:0.149.0"}]}
+    if service_account is not None:
+        pod_spec["serviceAccountName"] = service_account
     if readiness_gates:
         pod_spec["readinessGates"] = [{"conditionType": g} for g in readiness_gates]
     apps.create_namespaced_deployment(

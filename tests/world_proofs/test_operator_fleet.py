@@ -752,11 +752,16 @@ def test_a_rotated_or_deleted_token_closes_the_sessions_it_opened(
     def configured(a: JsonlProcess) -> None:
         a.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
 
+    def seen(a: JsonlProcess) -> list[dict[str, Any]]:
+        with contextlib.suppress(TimeoutError):
+            a.wait_for("(drain)", timeout=0.2)  # reads what the agent printed so far
+        return a.seen
+
     def refused(a: JsonlProcess, after: int, what: str) -> None:
         """A failed (re)connection reported after the agent's `after`-th event."""
         eventually(
             what,
-            lambda: any(e["event"] == "connect_failed" for e in a.seen[after:]) or None,
+            lambda: any(e["event"] == "connect_failed" for e in seen(a)[after:]) or None,
             timeout=20,
         )
 
@@ -766,12 +771,22 @@ def test_a_rotated_or_deleted_token_closes_the_sessions_it_opened(
         try:
             configured(ws_one)
             configured(http_one)
-            marks = {id(a): len(a.seen) for a in agents}
+
+            def polls_answered() -> int:  # opamp-go calls OnConnect for every 200
+                return sum(e["event"] == "connected" for e in seen(http_one))
+
+            before = polls_answered()
+            time.sleep(3)
+            assert polls_answered() >= before + 2, "the HTTP agent polls every second"
+            marks = {id(a): len(seen(a)) for a in agents}
             core.patch_namespaced_secret(
                 "agent-token", namespace, {"stringData": {"token": "token-two"}}
             )
             refused(ws_one, marks[id(ws_one)], "the WebSocket on the old token to be closed")
-            refused(http_one, marks[id(http_one)], "HTTP polls on the old token to be refused")
+            # HTTP: every poll is authenticated; the old token's get 401, not answered.
+            answered = polls_answered()
+            time.sleep(4)
+            assert polls_answered() == answered
             ws_two = agent(op.ws_url, "token-two", 2)
             agents.append(ws_two)
             configured(ws_two)
@@ -780,10 +795,10 @@ def test_a_rotated_or_deleted_token_closes_the_sessions_it_opened(
             assert int(revoked.group(1)) == 1  # the WebSocket; HTTP needs no session closed
 
             # The Secret deleted: the token it held authenticates nobody any more.
-            mark = len(ws_two.seen)
+            mark = len(seen(ws_two))
             core.delete_namespaced_secret("agent-token", namespace)
             refused(ws_two, mark, "the WebSocket on the deleted token to be closed")
-            assert not any(e["event"] == "connected" for e in ws_two.seen[mark:])
+            assert not any(e["event"] == "connected" for e in seen(ws_two)[mark:])
         finally:
             for a in agents:
                 a.stop()

@@ -7,9 +7,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The planner's enums and limits are the schema's: one definition, in the planner.
+from opamp_operator.fleet.mapping import AgentAuth, AuthMode
 from opamp_operator.fleet.rollout import FAILING_LIMIT, MISSING_SHOWN, OnFailure, PauseReason, Phase
 
 GROUP = "opampoperator.io"
@@ -59,6 +60,10 @@ class LabelSelector(_Spec):
 class ConfigMapKeyRef(_Spec):
     name: Annotated[str, Field(min_length=1, description="ConfigMap in the fleet's namespace")]
     key: Annotated[str, Field(min_length=1)] = "collector.yaml"
+
+
+NAME = Annotated[str, Field(min_length=1, max_length=253)]
+CERT_NAME = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class SecretKeyRef(_Spec):
@@ -117,6 +122,28 @@ class FleetTemplate(_Spec):
     )
 
 
+class AgentAuthSpec(_Spec):
+    """What an agent must prove before it may hold one of the fleet's pods (and get its
+    config): docs/security.md."""
+
+    mode: AuthMode | None = Field(
+        default=None,
+        description="None (any agent; counted as unverified), Token (the authSecretRef "
+        "token), ClientCertificate (a verified client certificate with one of "
+        "certificateNames), ServiceAccountToken (a projected ServiceAccount token bound to "
+        "the pod itself). Default: Token with authSecretRef, else None",
+    )
+    service_accounts: Annotated[list[NAME], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="ServiceAccountToken: the ServiceAccounts (of the fleet's namespace) "
+        "whose pods' agents are admitted; empty admits any",
+    )
+    certificate_names: Annotated[list[CERT_NAME], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="ClientCertificate: names (subject CN, DNS/URI/email SAN) admitted",
+    )
+
+
 class CollectorFleetSpec(_Spec):
     selector: LabelSelector = Field(description="Pods whose Collectors belong to this fleet")
     config: CollectorConfigSource
@@ -124,10 +151,40 @@ class CollectorFleetSpec(_Spec):
         default=None,
         description="A bearer token agents must present; it also identifies the fleet",
     )
+    agent_auth: AgentAuthSpec | None = Field(
+        default=None, description="What agents must prove to hold this fleet's pods"
+    )
     heartbeat_interval_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     drift_policy: DriftPolicy = DriftPolicy.REPORT
     revision_history_limit: Annotated[int, Field(ge=1, le=100)] = 10
     template: FleetTemplate | None = None
+
+    @model_validator(mode="after")
+    def _auth_is_complete(self) -> CollectorFleetSpec:
+        auth = self.agent_auth or AgentAuthSpec()
+        mode = self.auth_mode
+        if mode is AuthMode.TOKEN and self.auth_secret_ref is None:
+            raise ValueError("agentAuth.mode Token needs authSecretRef")
+        if mode is AuthMode.CLIENT_CERTIFICATE and not auth.certificate_names:
+            raise ValueError("agentAuth.mode ClientCertificate needs certificateNames")
+        if auth.service_accounts and mode is not AuthMode.SERVICE_ACCOUNT_TOKEN:
+            raise ValueError("agentAuth.serviceAccounts applies to mode ServiceAccountToken")
+        if auth.certificate_names and mode is not AuthMode.CLIENT_CERTIFICATE:
+            raise ValueError("agentAuth.certificateNames applies to mode ClientCertificate")
+        return self
+
+    @property
+    def auth_mode(self) -> AuthMode:
+        mode = self.agent_auth.mode if self.agent_auth is not None else None
+        if mode is not None:
+            return AuthMode(mode)
+        return AuthMode.TOKEN if self.auth_secret_ref is not None else AuthMode.NONE
+
+    def agent_auth_rule(self) -> AgentAuth:
+        """The admission rule the mapping applies (fleet.mapping.FleetSelector.admits)."""
+        auth = self.agent_auth or AgentAuthSpec()
+        names = auth.service_accounts or auth.certificate_names
+        return AgentAuth(self.auth_mode, frozenset(names))
 
 
 class Condition(_Status):
@@ -172,8 +229,16 @@ class CollectorFleetStatus(_Status):
     pods_without_agent: int = 0
     agents_without_pod: int = 0
     duplicate_agents: int = 0
-    # Agents whose pod this fleet selects but that did not present its token.
-    agents_unauthenticated: int = 0
+    agents_unauthenticated: int = Field(
+        default=0,
+        description="Agents claiming a pod of this fleet without the credential it "
+        "requires (spec.agentAuth): given nothing",
+    )
+    agents_unverified: int = Field(
+        default=0,
+        description="Agents holding their pod on their own word (agentAuth mode None): "
+        "a spoofer would count here",
+    )
     overlapping_fleets: list[str] = Field(default_factory=list)
     desired_revision: str | None = None
     desired_hash: str | None = None

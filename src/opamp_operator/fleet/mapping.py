@@ -12,10 +12,11 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, TypeVar
 
 from opamp_operator.fleet.views import AgentView, PodView
+from opamp_operator.opamp.identity import AgentIdentity
 
 ATTR_POD_UID = "k8s.pod.uid"
 ATTR_NAMESPACE = "k8s.namespace.name"
@@ -28,10 +29,23 @@ _T = TypeVar("_T")
 class Rule(StrEnum):
     """How an agent was tied to a pod; members are in the order the rules are tried."""
 
+    CREDENTIAL = "credential"
+    """A ServiceAccount token bound to the pod (AgentIdentity.pod_uid)."""
     POD_UID = "k8s.pod.uid"
     NAMESPACE_NAME = "namespace+name"
     HOST_NAME = "host.name"
     SOURCE_IP = "source-ip"
+
+
+class Trust(IntEnum):
+    """How well a claim on a pod is backed; the best-backed claim gets the pod."""
+
+    CLAIMED = 1
+    """Only the agent's word: its attributes or its address."""
+    FLEET = 2
+    """A credential admitting it to the pod's fleet (its token, a certificate it names)."""
+    POD = 3
+    """A credential naming this very pod (a ServiceAccount token bound to it)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,19 @@ class Claim:
     instance_uid: str
     pod: str  # PodView.key
     rule: Rule
+    trust: Trust = Trust.CLAIMED
+
+
+# Whether an agent may hold a pod, and on what trust; None refuses the claim.
+Admission = Callable[[AgentView, PodView], Trust | None]
+
+
+def admit_by_identity(agent: AgentView, pod: PodView) -> Trust | None:
+    """With no fleet to ask: a credential bound to a pod holds only that pod."""
+    bound = agent.identity.pod_uid
+    if bound:
+        return Trust.POD if bound == pod.uid else None
+    return Trust.CLAIMED
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,9 @@ class MappingResult:
     agents_without_pod: tuple[str, ...]
     duplicates: tuple[Duplicate, ...]
     ambiguities: tuple[Ambiguity, ...]
+    # Claims the admission refused (the agent lacks the credential the pod's fleet
+    # requires); those agents are in agents_without_pod.
+    refused: Mapping[str, Claim] = field(default_factory=dict)
 
     def rule_of(self, instance_uid: str) -> Rule | None:
         """The rule that gave this agent its pod; None when it has none."""
@@ -118,6 +148,7 @@ class MappingResult:
                 if a.instance_uid in uids
                 or (a.instance_uid not in self.claims and set(a.pods) & pod_keys)
             ),
+            refused={u: c for u, c in self.refused.items() if u in uids},
         )
 
 
@@ -150,6 +181,9 @@ class _PodIndex:
     def lookup(self, rule: Rule, agent: AgentView) -> tuple[str, list[str]] | None:
         """(the value looked up, matching pods), or None when the agent gives no value."""
         attrs = agent.attributes
+        if rule is Rule.CREDENTIAL:
+            bound = agent.identity.pod_uid
+            return (bound, self.uid.get(bound, [])) if bound else None
         if rule is Rule.POD_UID:
             uid = attrs.get(ATTR_POD_UID, "")
             return (uid, self.uid.get(uid, [])) if uid else None
@@ -165,13 +199,18 @@ class _PodIndex:
         return (ip, self.ip.get(ip, [])) if ip else None
 
 
-def map_agents(pods: Sequence[PodView], agents: Sequence[AgentView]) -> MappingResult:
+def map_agents(
+    pods: Sequence[PodView], agents: Sequence[AgentView], admit: Admission = admit_by_identity
+) -> MappingResult:
     """Tie each agent to at most one pod and each pod to at most one agent.
 
     Rules are tried in `Rule` order; a rule that matches several pods is recorded as an
-    ambiguity and the next rule is tried. When several agents claim one pod, a live agent
-    beats one that is not, then the larger instance_uid wins: uids are UUIDv7, which sort
-    by creation time, so the newer agent keeps the pod. Pod keys and instance uids must be
+    ambiguity and the next rule is tried. The first rule that finds one pod decides: the
+    claim is then admitted (with a Trust) or refused by `admit`, and a refused agent
+    gets no pod. When several agents claim one pod, the best-backed claim wins, then a
+    live agent over one that is not, then the earliest connection: nothing the agent
+    chooses (its instance uid above all) decides, so a newcomer cannot displace the
+    agent holding a pod by picking a large uid. Pod keys and instance uids must be
     unique (ValueError otherwise).
     """
     pod_by_key = _by_unique_key(pods, lambda p: p.key, "pod")
@@ -179,6 +218,7 @@ def map_agents(pods: Sequence[PodView], agents: Sequence[AgentView]) -> MappingR
     index = _PodIndex(pod_by_key.values())
 
     claims: dict[str, Claim] = {}
+    refused: dict[str, Claim] = {}
     ambiguities: list[Ambiguity] = []
     for uid in sorted(agent_by_uid):
         agent = agent_by_uid[uid]
@@ -188,7 +228,11 @@ def map_agents(pods: Sequence[PodView], agents: Sequence[AgentView]) -> MappingR
                 continue
             value, candidates = found
             if len(candidates) == 1:
-                claims[uid] = Claim(uid, candidates[0], rule)
+                trust = admit(agent, pod_by_key[candidates[0]])
+                if trust is None:
+                    refused[uid] = Claim(uid, candidates[0], rule)
+                else:
+                    claims[uid] = Claim(uid, candidates[0], rule, trust)
                 break
             if candidates:
                 ambiguities.append(Ambiguity(uid, rule, value, tuple(candidates)))
@@ -201,7 +245,15 @@ def map_agents(pods: Sequence[PodView], agents: Sequence[AgentView]) -> MappingR
     duplicates: list[Duplicate] = []
     for pod_key in sorted(claimants):
         uids = claimants[pod_key]
-        winner = max(uids, key=lambda u: (agent_by_uid[u].live, u))
+        winner = min(
+            uids,
+            key=lambda u: (
+                -claims[u].trust,
+                not agent_by_uid[u].live,
+                agent_by_uid[u].connected_at,
+                u,
+            ),
+        )
         pod_of[winner] = pod_key
         agent_of[pod_key] = winner
         if len(uids) > 1:
@@ -217,6 +269,7 @@ def map_agents(pods: Sequence[PodView], agents: Sequence[AgentView]) -> MappingR
         agents_without_pod=tuple(u for u in sorted(agent_by_uid) if u not in claims),
         duplicates=tuple(duplicates),
         ambiguities=tuple(ambiguities),
+        refused={u: refused[u] for u in sorted(refused)},
     )
 
 
@@ -284,6 +337,27 @@ def _epoch(created: str | float) -> float:
     return float(created)
 
 
+class AuthMode(StrEnum):
+    """What a fleet requires of an agent before it may hold one of the fleet's pods."""
+
+    NONE = "None"
+    """Nothing: any agent claiming a pod by its attributes (reported as unverified)."""
+    TOKEN = "Token"  # noqa: S105 - a mode's name, not a secret
+    """The fleet's bearer token (spec.authSecretRef)."""
+    CLIENT_CERTIFICATE = "ClientCertificate"
+    """A verified client certificate carrying one of the fleet's names."""
+    SERVICE_ACCOUNT_TOKEN = "ServiceAccountToken"  # noqa: S105 - a mode's name
+    """A ServiceAccount token bound to the very pod (TokenReview), of an allowed account."""
+
+
+@dataclass(frozen=True)
+class AgentAuth:
+    mode: AuthMode = AuthMode.NONE
+    names: frozenset[str] = frozenset()
+    """ClientCertificate: the certificate names admitted. ServiceAccountToken: the
+    ServiceAccount names (in the fleet's namespace) admitted; empty admits any."""
+
+
 @dataclass(frozen=True)
 class FleetSelector:
     """Which pods a fleet selects: a label selector within its namespace. An empty selector
@@ -294,8 +368,8 @@ class FleetSelector:
     created: str | float  # metadata.creationTimestamp (RFC 3339) or Unix seconds
     match_labels: Mapping[str, str] = field(default_factory=dict)
     match_expressions: tuple[LabelRequirement, ...] = ()
-    # Agents must present this fleet's token (spec.authSecretRef) to belong to it.
-    requires_token: bool = False
+    auth: AgentAuth = field(default_factory=AgentAuth)
+    """What an agent must prove to hold one of this fleet's pods."""
 
     def __post_init__(self) -> None:
         _epoch(self.created)  # reject a bad timestamp now, not while sorting
@@ -309,6 +383,31 @@ class FleetSelector:
     def priority(self) -> tuple[float, str, str]:
         """Sort key: the oldest fleet wins a contested pod, then namespace, then name."""
         return (_epoch(self.created), self.namespace, self.name)
+
+    def admits(self, agent: AgentView, pod: PodView) -> Trust | None:
+        """How well `agent`'s credentials back its claim on `pod`, one of this fleet's
+        pods; None refuses it. A credential for something else refuses the claim
+        whatever the mode: another pod's token, another fleet's token."""
+        identity = agent.identity
+        if (identity.pod_uid and identity.pod_uid != pod.uid) or (
+            identity.fleet and identity.fleet != self.key
+        ):
+            return None
+        mode = self.auth.mode
+        if mode is AuthMode.SERVICE_ACCOUNT_TOKEN:
+            return Trust.POD if identity.pod_uid and self._account_admitted(identity) else None
+        proved = {
+            AuthMode.NONE: bool(identity),
+            AuthMode.TOKEN: bool(identity.fleet),
+            AuthMode.CLIENT_CERTIFICATE: bool(self.auth.names & set(identity.certificate)),
+        }[mode]
+        if not proved:
+            return Trust.CLAIMED if mode is AuthMode.NONE else None
+        return Trust.POD if identity.pod_uid else Trust.FLEET
+
+    def _account_admitted(self, identity: AgentIdentity) -> bool:
+        namespace, _, name = identity.service_account.partition("/")
+        return namespace == self.namespace and (not self.auth.names or name in self.auth.names)
 
     def selects(self, pod: PodView) -> bool:
         if pod.namespace != self.namespace:
@@ -365,8 +464,11 @@ class FleetAssignment:
     fleet_of_agent: Mapping[str, str]
     overlaps: Mapping[str, tuple[Overlap, ...]]  # fleet key -> overlaps involving it
     unassigned_agents: tuple[str, ...]  # no pod, or a pod no fleet selects
-    # Fleet key -> agents whose pod it selects but that lack its token (not given to it).
+    # Fleet key -> agents whose pod it selects but that lack the credential it requires
+    # (not given to it).
     unauthenticated: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Fleet key -> its agents that hold their pod on their own word (AuthMode None).
+    unverified: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def pods_of(self, fleet: str) -> tuple[str, ...]:
         return tuple(p for p, f in self.fleet_of_pod.items() if f == fleet)
@@ -384,9 +486,12 @@ def assign_fleets(
 ) -> FleetAssignment:
     """Give each pod to the oldest fleet selecting it and each agent to its pod's fleet.
 
-    A fleet's token identifies the fleet: an agent that presented one (AgentView.identity)
-    belongs to that fleet whatever pod it claims. An agent whose pod's fleet requires a
-    token it did not present belongs to no fleet and is listed in `unauthenticated`.
+    An agent holds a pod of a fleet only as far as that fleet admits it
+    (FleetSelector.admits); a refused agent belongs to no fleet and is listed in
+    `unauthenticated` of the fleet whose pod it claimed. A fleet's token identifies the
+    fleet: an agent that presented one belongs to that fleet whatever pod it claims (and
+    holds none of another fleet's). Agents holding their pod on their own word are listed
+    in `unverified`.
 
     Agents are mapped against all the pods given, not only selected ones, so an agent of a
     pod outside every fleet is recognised as such rather than matched by a weaker rule to a
@@ -398,14 +503,20 @@ def assign_fleets(
     for fleet in ordered:
         by_namespace[fleet.namespace].append(fleet)
 
-    mapping = map_agents(pods, agents)
-    fleet_of_pod: dict[str, str] = {}
-    overlaps: dict[str, list[Overlap]] = {f.key: [] for f in ordered}
-    for pod_key, pod in mapping.pods.items():
+    selecting_of: dict[str, list[str]] = {}
+    for pod in pods:
         selecting = [f.key for f in by_namespace.get(pod.namespace, []) if f.selects(pod)]
-        if not selecting:
-            continue
-        fleet_of_pod[pod_key] = selecting[0]
+        if selecting:
+            selecting_of[pod.key] = selecting
+    fleet_of_pod = {p: keys[0] for p, keys in selecting_of.items()}
+
+    def admit(agent: AgentView, pod: PodView) -> Trust | None:
+        owner = fleet_of_pod.get(pod.key)
+        return admit_by_identity(agent, pod) if owner is None else by_key[owner].admits(agent, pod)
+
+    mapping = map_agents(pods, agents, admit)
+    overlaps: dict[str, list[Overlap]] = {f.key: [] for f in ordered}
+    for pod_key, selecting in sorted(selecting_of.items()):
         if len(selecting) > 1:
             overlap = Overlap(
                 pod_key, selecting[0], tuple(selecting), mapping.agent_of.get(pod_key)
@@ -415,18 +526,23 @@ def assign_fleets(
 
     fleet_of_agent: dict[str, str] = {}
     unauthenticated: dict[str, list[str]] = defaultdict(list)
+    unverified: dict[str, list[str]] = defaultdict(list)
     for uid, agent in mapping.agents.items():
-        if agent.identity in by_key:
-            fleet_of_agent[uid] = agent.identity
+        if agent.identity.fleet in by_key:
+            fleet_of_agent[uid] = agent.identity.fleet
+            continue
+        refused = mapping.refused.get(uid)
+        if refused is not None:
+            if (owner := fleet_of_pod.get(refused.pod)) is not None:
+                unauthenticated[owner].append(uid)
             continue
         claim = mapping.claims.get(uid)
         owner = fleet_of_pod.get(claim.pod) if claim is not None else None
-        if owner is None:
+        if claim is None or owner is None:
             continue
-        if by_key[owner].requires_token:
-            unauthenticated[owner].append(uid)
-        else:
-            fleet_of_agent[uid] = owner
+        fleet_of_agent[uid] = owner
+        if claim.trust is Trust.CLAIMED:
+            unverified[owner].append(uid)
     return FleetAssignment(
         mapping=mapping,
         fleets=tuple(f.key for f in ordered),
@@ -435,4 +551,5 @@ def assign_fleets(
         overlaps={k: tuple(v) for k, v in overlaps.items()},
         unassigned_agents=tuple(u for u in mapping.agents if u not in fleet_of_agent),
         unauthenticated={k: tuple(v) for k, v in unauthenticated.items()},
+        unverified={k: tuple(v) for k, v in unverified.items()},
     )

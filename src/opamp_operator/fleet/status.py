@@ -51,6 +51,7 @@ class FleetFacts:
     stable_hash: str
     blocker: Why | None
     unauthenticated: int = 0
+    unverified: int = 0
     overlapping: Sequence[str] = ()
 
 
@@ -68,6 +69,7 @@ def fleet_status(
         "stableRevision": facts.stable_revision or None,
         "stableHash": facts.stable_hash or None,
         "agentsUnauthenticated": facts.unauthenticated,
+        "agentsUnverified": facts.unverified,
         "overlappingFleets": sorted(facts.overlapping),
     }
 

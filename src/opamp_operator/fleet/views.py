@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from opamp_operator.opamp.attributes import to_dict, to_text
+from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import AgentRecord, AgentState, HasAgentState
@@ -46,8 +47,8 @@ class AgentView(HasAgentState):
     remote_config_error: str = ""
     effective_config_hash: str = ""
     effective_config: str = ""
-    # The fleet (namespace/name) whose token the agent presented; "" when it sent none.
-    identity: str = ""
+    # What its credentials proved (empty: anonymous); never what it reported.
+    identity: AgentIdentity = field(default_factory=AgentIdentity)
     accepts_remote_config: bool = True
     connected_at: float = 0.0
     # AvailableComponents: component types per plural kind ("receivers": {"otlp"});
@@ -120,7 +121,7 @@ def agent_view(agent: AgentRecord) -> AgentView:
             agent.effective_config_hash.hex() if agent.effective_config_hash is not None else ""
         ),
         effective_config=effective,
-        identity=agent.identity or "",
+        identity=agent.identity or AgentIdentity(),
         accepts_remote_config=agent.can(pb.AgentCapabilities_AcceptsRemoteConfig),
         connected_at=agent.connected_at,
         components=components_of(agent.available_components),

@@ -18,16 +18,22 @@ dashboard polling every second costs the apiserver one review per TTL, not per r
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 from kubernetes import client
 
 from opamp_operator.k8s.reads import config_map_value
-from opamp_operator.k8s.settings import AccessSettings
+from opamp_operator.k8s.settings import AccessSettings, AgentTokenSettings
 from opamp_operator.server.api import (
     Access,
     PathAccess,
@@ -156,3 +162,108 @@ class KubernetesGuard:
         allowed = result.status is not None and bool(result.status.allowed)
         (self._allowed if allowed else self._denied)[key] = True
         return allowed
+
+
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url parts: worth a TokenReview. Anything else is refused unasked, so
+    guessing fleet tokens costs the apiserver nothing."""
+    parts = token.split(".")
+    return len(parts) == 3 and all(p and _B64URL.fullmatch(p) for p in parts)
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _expires_in(token: str, now: float) -> float | None:
+    """Seconds until the token's `exp` claim (read, not verified: only to bound how long
+    a TokenReview's answer is kept); None when it has none."""
+    payload = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"]) - now
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class ReviewedAccount:
+    """What a TokenReview proved about an agent's ServiceAccount token."""
+
+    service_account: str  # namespace/name
+    pod: str = ""  # namespace/name of the pod a projected token is bound to
+    pod_uid: str = ""
+
+
+class AgentTokenReviewer:
+    """ServiceAccount tokens of agents (projected, audience `opamp-operator`) checked by
+    TokenReview. An answer is kept until the token expires (at most `max_ttl`), so an
+    agent costs one review per token, never one per heartbeat or HTTP poll; refusals
+    are kept briefly; at most `concurrency` reviews run at once."""
+
+    def __init__(
+        self, settings: AgentTokenSettings, counted: Callable[[str], None] = lambda _: None
+    ) -> None:
+        """`counted` is told of each review: "authenticated" or "refused"."""
+        self.settings = settings
+        self._counted = counted
+        self._accounts: TLRUCache[bytes, tuple[ReviewedAccount, float]] = TLRUCache(
+            settings.cache_size, ttu=lambda _k, v, _now: v[1]
+        )
+        self._refused: TTLCache[bytes, str] = TTLCache(settings.cache_size, 10.0)
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self.reviews = 0
+
+    async def review(self, token: str) -> ReviewedAccount:
+        """Raises Unauthenticated when the token does not pass."""
+        key = hashlib.sha256(token.encode()).digest()
+        if (found := self._accounts.get(key)) is not None:
+            return found[0]
+        if (why := self._refused.get(key)) is not None:
+            raise Unauthenticated(why)
+        async with self._slots:
+            account = await self._ask(token, key)
+        return account
+
+    async def _ask(self, token: str, key: bytes) -> ReviewedAccount:
+        review = client.V1TokenReview(
+            spec=client.V1TokenReviewSpec(token=token, audiences=list(self.settings.audiences))
+        )
+        self.reviews += 1
+        result = await asyncio.to_thread(client.AuthenticationV1Api().create_token_review, review)
+        self._counted(
+            "authenticated" if result.status and result.status.authenticated else "refused"
+        )
+        status = result.status
+        user = status.user if status is not None else None
+        username = (user.username or "") if user is not None else ""
+        if status is None or not status.authenticated or user is None:
+            why = f"the token did not pass a TokenReview for audience {self.settings.audiences}"
+            self._refused[key] = why
+            raise Unauthenticated(why)
+        if not username.startswith(SERVICE_ACCOUNT_PREFIX):
+            why = f"{username} is not a ServiceAccount"
+            self._refused[key] = why
+            raise Unauthenticated(why)
+        namespace, _, name = username.removeprefix(SERVICE_ACCOUNT_PREFIX).partition(":")
+        extra = user.extra or {}
+        pod_name = (extra.get(POD_NAME_EXTRA) or [""])[0]
+        account = ReviewedAccount(
+            f"{namespace}/{name}",
+            f"{namespace}/{pod_name}" if pod_name else "",
+            (extra.get(POD_UID_EXTRA) or [""])[0],
+        )
+        now = time.monotonic()
+        left = _expires_in(token, time.time())
+        ttl = (
+            self.settings.max_ttl_seconds
+            if left is None
+            else min(left, self.settings.max_ttl_seconds)
+        )
+        if ttl > 0:
+            self._accounts[key] = (account, now + ttl)
+        return account

@@ -48,6 +48,7 @@ def facts(record: FleetRecord, assignment: FleetAssignment, generation: int) -> 
         stable_hash=record.stable[1],
         blocker=record.blocker,
         unauthenticated=len(assignment.unauthenticated.get(key, ())),
+        unverified=len(assignment.unverified.get(key, ())),
         overlapping=tuple(
             {f for o in assignment.overlaps.get(key, ()) for f in o.fleets if f != key}
         ),

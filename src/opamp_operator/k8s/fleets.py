@@ -36,7 +36,7 @@ def parse_fleet(body: kopf.Body) -> FleetRecord:
         )
     except (ValidationError, SelectorError) as exc:
         raise FleetProblem("InvalidSpec", f"invalid spec: {exc}") from None
-    selector = dataclasses.replace(selector, requires_token=spec.auth_secret_ref is not None)
+    selector = dataclasses.replace(selector, auth=spec.agent_auth_rule())
     generation = int(meta.get("generation", 0))
     return FleetRecord(namespace, name, meta.uid or "", generation, selector, spec)
 

@@ -43,10 +43,12 @@ def register(
         return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
 
     @kopf.on.event("pods", registry=registry)
-    def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def pod_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """Async: a deletion re-checks sessions, on the loop (see fleet_deleted)."""
         view = pod_view(body)
         if event["type"] == "DELETED":
             state.pods.pop(view.key, None)
+            state.pod_deleted(view.uid)
         else:
             state.pods[view.key] = view
 
@@ -74,7 +76,9 @@ def _register_fleets(
         await fleets.reconcile(body, patch, logger)
 
     @kopf.on.delete(*FLEETS, registry=registry, optional=True)
-    def fleet_deleted(body: kopf.Body, **_: Any) -> None:
+    async def fleet_deleted(body: kopf.Body, **_: Any) -> None:
+        """Async, like every handler that changes the state: kopf runs sync handlers in
+        threads, where the offers and session checks it queues find no loop."""
         state.drop_fleet(f"{body.metadata.namespace}/{body.metadata.name}")
 
     @kopf.on.event("configmaps", registry=registry)

@@ -15,11 +15,16 @@ from kubernetes import config as k8s_config
 
 from opamp_operator.fleet.drift import masked_config_text
 from opamp_operator.k8s import peering
-from opamp_operator.k8s.access import KubernetesGuard, cluster_client_ca
+from opamp_operator.k8s.access import AgentTokenReviewer, KubernetesGuard, cluster_client_ca
 from opamp_operator.k8s.api import FleetAPI, fleet_access
 from opamp_operator.k8s.handlers import register
 from opamp_operator.k8s.peering import PeeringWatch
-from opamp_operator.k8s.settings import AccessSettings, HandlerSettings, PeeringSettings
+from opamp_operator.k8s.settings import (
+    AccessSettings,
+    AgentTokenSettings,
+    HandlerSettings,
+    PeeringSettings,
+)
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.k8s.webhook import WebhookOptions, webhook_server
 from opamp_operator.opamp.session import CoreSettings, ServerCore
@@ -49,6 +54,7 @@ class RunOptions:
     listen: Listen = field(default_factory=Listen)
     api: ApiListen = field(default_factory=ApiListen)
     access: AccessSettings = field(default_factory=AccessSettings)
+    agent_tokens: AgentTokenSettings = field(default_factory=AgentTokenSettings)
     limits: Limits = field(default_factory=Limits)
     core: CoreSettings = field(default_factory=operator_core_settings)
     handlers: HandlerSettings = field(default_factory=HandlerSettings)
@@ -99,6 +105,9 @@ async def serve_opamp(
     state.core = core
     server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
     state.credentials_changed = server.revalidate
+    state.reviewer = AgentTokenReviewer(
+        options.agent_tokens, lambda result: server.metrics.token_reviews.labels(result).inc()
+    )
     # Every agent of every fleet: for whoever may list fleets cluster-wide. Not a
     # nonResourceURL under /api: the default system:discovery role grants /api/* to
     # every authenticated user.

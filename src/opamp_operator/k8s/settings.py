@@ -61,3 +61,18 @@ class AccessSettings:
     """How long a refusal is remembered (a new grant starts working within this)."""
     cache_size: int = 10_000
     """Users and (user, permission) answers remembered at most, each."""
+
+
+@dataclass(frozen=True)
+class AgentTokenSettings:
+    """How agents' ServiceAccount tokens are checked (k8s/access.py AgentTokenReviewer)."""
+
+    audiences: tuple[str, ...] = ("opamp-operator",)
+    """The audience agents' projected tokens must be issued for: a token made for the
+    apiserver (or anything else) is refused, so no other service can replay it here."""
+    max_ttl_seconds: float = 600.0
+    """A TokenReview's answer is kept until the token expires, at most this long."""
+    concurrency: int = 8
+    """TokenReviews in flight at once; a connect storm queues behind them."""
+    cache_size: int = 100_000
+    """Tokens remembered at most (one per agent)."""

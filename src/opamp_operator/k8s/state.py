@@ -13,6 +13,8 @@ import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from cachetools import TTLCache
+
 from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.conditions import Why
 from opamp_operator.fleet.drift import DriftState, agent_drift
@@ -20,10 +22,13 @@ from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
+from opamp_operator.k8s.access import AgentTokenReviewer, ReviewedAccount, looks_like_jwt
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.session import AgentRecord, ServerCore
-from opamp_operator.server.app import Credentials, UnauthorizedError
+from opamp_operator.server.api import Unauthenticated
+from opamp_operator.server.app import Credentials, UnauthorizedError, bearer_of
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,12 @@ class OperatorState:
     remediation: dict[str, dict[str, Attempt]] = field(default_factory=dict)
     rollouts: dict[str, RolloutRef] = field(default_factory=dict)
     credentials_changed: Callable[[], object] = field(default=lambda: None)
+    reviewer: AgentTokenReviewer | None = None
+    """Checks agents' ServiceAccount tokens; None: only fleet tokens are accepted."""
+    deleted_pods: TTLCache[str, bool] = field(
+        default_factory=lambda: TTLCache(100_000, 24 * 3600.0)
+    )
+    """Uids of pods deleted lately: their bound tokens no longer authenticate."""
     """Called when a credential stops or starts identifying a fleet (a token rotated,
     revoked, a fleet deleted): the server re-checks the sessions it authenticated
     earlier (OpAMPServer.revalidate)."""
@@ -198,26 +209,64 @@ class OperatorState:
         self.views.update(fresh)
         return fresh
 
-    def authenticate(self, credentials: Credentials) -> str | None:
-        """The OpAMP server's Authenticator: a fleet's bearer token identifies that fleet;
-        no header is an anonymous agent (welcome in fleets without a token); any other
-        credential is refused."""
-        authorization = credentials.authorization
-        if authorization is None:
-            return None
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise UnauthorizedError("the Authorization header must be 'Bearer <fleet token>'")
-        digest = hashlib.sha256(token.strip().encode()).digest()
+    async def authenticate(
+        self, credentials: Credentials, session: AgentIdentity | None = None
+    ) -> AgentIdentity | None:
+        """The OpAMP server's Authenticator: what the connection's credentials prove.
+
+        A bearer token is a fleet's token (identifies the fleet) or, given a reviewer, a
+        ServiceAccount token (TokenReview: the account and the pod it is bound to); a
+        verified client certificate adds its names. No credential: anonymous. Any other
+        credential is refused. `session` is what an open WebSocket was authenticated
+        as: a ServiceAccount identity stays valid (its token may have expired and been
+        rotated on disk since) until its pod is deleted."""
+        fleet, account = "", None
+        token = bearer_of(credentials.authorization)
+        if token is not None:
+            fleet = self._fleet_of_token(token)
+            if not fleet:
+                account = await self._account(token, session)
+        certificate = credentials.certificate.names if credentials.certificate else ()
+        identity = AgentIdentity(
+            fleet=fleet,
+            service_account=account.service_account if account else "",
+            pod=account.pod if account else "",
+            pod_uid=account.pod_uid if account else "",
+            certificate=certificate,
+        )
+        return identity or None
+
+    async def _account(self, token: str, session: AgentIdentity | None) -> ReviewedAccount:
+        if session is not None and session.service_account:
+            if session.pod_uid in self.deleted_pods:
+                raise UnauthorizedError(f"pod {session.pod} was deleted")
+            return ReviewedAccount(session.service_account, session.pod, session.pod_uid)
+        if self.reviewer is None or not looks_like_jwt(token):
+            raise UnauthorizedError("the bearer token is not the token of any CollectorFleet")
+        try:
+            account = await self.reviewer.review(token)
+        except Unauthenticated as exc:
+            raise UnauthorizedError(str(exc)) from None
+        if account.pod_uid in self.deleted_pods:
+            raise UnauthorizedError(f"pod {account.pod} was deleted")
+        return account
+
+    def _fleet_of_token(self, token: str) -> str:
+        digest = hashlib.sha256(token.encode()).digest()
         matches = [
             record
             for record in self.fleets.values()
             if record.token_digest is not None and hmac.compare_digest(record.token_digest, digest)
         ]
-        if not matches:
-            raise UnauthorizedError("the bearer token is not the token of any CollectorFleet")
         # Two fleets sharing a token: the oldest, as with overlapping selectors.
-        return min(matches, key=lambda r: r.selector.priority).key
+        return min(matches, key=lambda r: r.selector.priority).key if matches else ""
+
+    def pod_deleted(self, uid: str) -> None:
+        """A pod is gone: ServiceAccount tokens bound to it authenticate nobody now (the
+        apiserver refuses them too), and sessions opened with them are closed."""
+        if uid:
+            self.deleted_pods[uid] = True
+            self.credentials_changed()
 
     def fleet_of(self, agent: AgentRecord) -> FleetRecord | None:
         if self.assignment is None:

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from opamp_operator.opamp import ids
 from opamp_operator.opamp.configs import RemoteConfig, files_hash, files_of
+from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 
 SERVER_CAPABILITIES = (
@@ -136,8 +137,8 @@ class AgentRecord(HasAgentState):
     state_since: float | None = None
     offered_config_hash: bytes | None = None
     offered_heartbeat: bool = False
-    # Who the transport authenticated the agent as (e.g. the fleet whose token it sent).
-    identity: str | None = None
+    # Who the transport authenticated the agent as; None: anonymous.
+    identity: AgentIdentity | None = None
     # Drift remediation: offer the config again although the agent reports its hash,
     # and/or send a Restart command, at the next chance.
     reoffer_config: bool = False
@@ -197,7 +198,7 @@ class _Conn:
     peer: str
     opened_at: float
     uid: bytes | None = None
-    identity: str | None = None
+    identity: AgentIdentity | None = None
 
 
 def message_kind(msg: pb.AgentToServer) -> str:
@@ -290,7 +291,7 @@ class ServerCore:
 
     # ---- transport events ------------------------------------------------------------
 
-    def open(self, now: float, peer: str = "", identity: str | None = None) -> ConnId:
+    def open(self, now: float, peer: str = "", identity: AgentIdentity | None = None) -> ConnId:
         """A WebSocket was accepted; messages on it are fed with `receive(..., conn=...)`.
         `identity` is who the transport authenticated the peer as, if anyone."""
         conn = self._next_conn
@@ -313,7 +314,7 @@ class ServerCore:
         now: float,
         conn: ConnId | None = None,
         peer: str = "",
-        identity: str | None = None,
+        identity: AgentIdentity | None = None,
     ) -> Reply:
         """An AgentToServer over WebSocket (`conn` given) or plain HTTP (`conn` None, and
         `identity` the request's authenticated identity)."""
@@ -362,7 +363,7 @@ class ServerCore:
         transport: Transport,
         reply: pb.ServerToAgent,
         *,
-        identity: str | None,
+        identity: AgentIdentity | None,
     ) -> tuple[AgentRecord, bool, list[Event]]:
         """The agent's record (new, returning or current), whether its full state must be
         requested, and the identity events; a new uid goes into `reply` when needed.

@@ -15,7 +15,7 @@ import gzip
 import logging
 import time
 import zlib
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import generate_latest
 
 from opamp_operator.opamp import wire
+from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     AgentRecord,
@@ -90,13 +91,26 @@ class Credentials:
     certificate: ClientCertificate | None = None
 
 
-# A connection's credentials → the identity the agent is known by, or None for an
-# anonymous agent; raises UnauthorizedError to refuse the connection.
-Authenticator = Callable[[Credentials], str | None]
+# A connection's credentials (and, when re-checking an open WebSocket, who it was
+# authenticated as) → who the agent is (None: anonymous); raises UnauthorizedError to
+# refuse it. Async: a credential may need a round trip (a TokenReview), which must not
+# block the loop.
+Authenticator = Callable[[Credentials, AgentIdentity | None], Awaitable[AgentIdentity | None]]
 
 
-def _anonymous(_: Credentials) -> str | None:
+async def _anonymous(_: Credentials, __: AgentIdentity | None) -> AgentIdentity | None:
     return None
+
+
+def bearer_of(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer` header; None without a header; any other
+    scheme is refused (UnauthorizedError)."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
 
 
 def credentials(request: web.Request) -> Credentials:
@@ -122,7 +136,8 @@ class OpAMPServer:
         self.metrics = ServerMetrics()
         self._sockets: dict[ConnId, web.WebSocketResponse] = {}
         # What each WebSocket authenticated with, and as whom: re-checked by revalidate().
-        self._sessions: dict[ConnId, tuple[Credentials, str | None]] = {}
+        self._sessions: dict[ConnId, tuple[Credentials, AgentIdentity | None]] = {}
+        self._revalidating: asyncio.Task[int] | None = None
         self._http_in_flight = 0
         self._listeners: list[EventListener] = []
         self._ready = False
@@ -167,22 +182,30 @@ class OpAMPServer:
         for ws in list(self._sockets.values()):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=reason)
 
-    def revalidate(self) -> int:
+    def revalidate(self) -> None:
+        """Re-check, soon, the credentials of every WebSocket (see `revalidated`)."""
+        if self._revalidating is None or self._revalidating.done():
+            self._revalidating = asyncio.get_running_loop().create_task(self.revalidated())
+
+    async def revalidated(self) -> int:
         """Close (1008, policy violation) every WebSocket whose credentials no longer
         authenticate it as the identity it connected as: a token rotated or revoked, a
-        fleet deleted. HTTP agents authenticate on every request and need nothing here.
-        Returns how many were closed."""
+        fleet deleted, a pod deleted under its ServiceAccount token. HTTP agents
+        authenticate on every request and need nothing here. Returns how many closed."""
         revoked: list[tuple[web.WebSocketResponse, str]] = []
-        for conn, (creds, identity) in self._sessions.items():
+        for conn, (creds, identity) in list(self._sessions.items()):
             if creds.authorization is None and creds.certificate is None:
                 continue  # anonymous: nothing granted, nothing to revoke
             try:
-                now_as = self.authenticate(creds)
+                now_as = await self.authenticate(creds, identity)
             except UnauthorizedError as exc:
-                revoked.append((self._sockets[conn], str(exc)))
-                continue
-            if now_as != identity:
-                revoked.append((self._sockets[conn], "credentials now identify another fleet"))
+                why = str(exc)
+            else:
+                if now_as == identity:
+                    continue
+                why = "the credentials now identify someone else"
+            if conn in self._sockets:
+                revoked.append((self._sockets[conn], why))
         for ws, why in revoked:
             self.metrics.errors.labels("revoked").inc()
             self._spawn_close(
@@ -255,7 +278,7 @@ class OpAMPServer:
         if self._standby:
             return self._unavailable("standby", "this operator replica is on standby")
         try:
-            identity = self.authenticate(credentials(request))
+            identity = await self.authenticate(credentials(request), None)
         except UnauthorizedError as exc:
             return self._unauthorized(str(exc))
         if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -283,7 +306,9 @@ class OpAMPServer:
             headers={"WWW-Authenticate": 'Bearer realm="opamp"'},
         )
 
-    async def _http(self, request: web.Request, identity: str | None) -> web.StreamResponse:
+    async def _http(
+        self, request: web.Request, identity: AgentIdentity | None
+    ) -> web.StreamResponse:
         if self._http_in_flight >= self.limits.max_http_in_flight:
             return self._shed("http")
         self._http_in_flight += 1
@@ -336,7 +361,9 @@ class OpAMPServer:
             status=503, body=body, content_type=PROTOBUF, headers={"Retry-After": str(retry)}
         )
 
-    async def _websocket(self, request: web.Request, identity: str | None) -> web.StreamResponse:
+    async def _websocket(
+        self, request: web.Request, identity: AgentIdentity | None
+    ) -> web.StreamResponse:
         if len(self._sockets) >= self.limits.max_websockets:
             return self._shed("websocket")
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_message_bytes)

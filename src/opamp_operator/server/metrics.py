@@ -44,6 +44,13 @@ class ServerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.token_reviews = Counter(
+            "opamp_agent_token_reviews_total",
+            "TokenReviews of agents' ServiceAccount tokens, by result (answers are kept "
+            "per token: one per connection or rotation, never one per message).",
+            ["result"],
+            registry=self.registry,
+        )
         self.config_offers = Counter(
             "opamp_remote_config_offers_total", "Remote configs offered.", registry=self.registry
         )
