@@ -309,6 +309,30 @@ def test_failures_within_the_allowance_pass() -> None:
     assert d.failing[0].reason == "ConfigFailed"
 
 
+@pytest.mark.parametrize("verified_only", [False, True])
+def test_an_unverified_agent_reporting_failed_rolls_back_unless_gates_count_verified_only(
+    verified_only: bool,
+) -> None:
+    """A spoofer in a fleet with agentAuth None can report FAILED for the desired hash;
+    with verifiedOnly its report neither fails the step nor counts toward passing it."""
+    gates = Gates(verified_only=verified_only)
+    run = Run(Policy(steps=(Step(percent=100, gates=gates),)))
+    agents = fleet(3)
+    d = run.tick(agents)
+    spoofer = by_bucket(agents)[0]
+    agents = [
+        replace(a, config_status="FAILED", verified=False) if a.uid == spoofer else a
+        for a in apply(agents, d)
+    ]
+    d = run.tick(agents, 1)
+    if verified_only:
+        assert d.progress.phase is Phase.SUCCEEDED
+        assert d.progress.steps[0].offered == 3
+        assert d.progress.steps[0].failed == 0  # the spoofer's report is not counted
+    else:
+        assert reasons(d) == ["GateFailed", "RolledBack"]
+
+
 def test_on_failure_pause_halts_with_members_kept() -> None:
     run = Run(Policy(steps=(Step(agents=2), Step(percent=100)), on_failure=OnFailure.PAUSE))
     agents = fleet(5)

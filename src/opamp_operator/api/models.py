@@ -291,6 +291,12 @@ class RolloutGates(_Spec):
     max_unhealthy: Annotated[
         int | None, Field(ge=0, description="Members reporting unhealthy (default 0)")
     ] = None
+    verified_only: bool | None = Field(
+        default=None,
+        description="Only agents holding their pod by a credential count in the gates; "
+        "unverified ones (agentAuth None, no credential sent) are still offered the "
+        "config. A step with no verified member waits (default false)",
+    )
     require_effective_config: bool | None = Field(
         default=None,
         description="A member counts as applied only when its effective config matches "

@@ -126,6 +126,10 @@ class Gates:
     require_effective_config: bool = True
     bake_seconds: float = 0.0
     apply_timeout_seconds: float = 300.0
+    # Only agents holding their pod by a credential count in the gates: one that merely
+    # claims a pod (a spoofer, in a fleet with agentAuth None) can neither fail a step
+    # nor make it pass. It is still offered the config.
+    verified_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ class RolloutAgent:
     components: Mapping[str, frozenset[str]] | None = None  # None: not reported
     connected_at: float = 0.0
     health_error: str = ""
+    verified: bool = True  # holds its pod by a credential (fleet.mapping.Trust above CLAIMED)
 
 
 @dataclass(frozen=True)
@@ -805,7 +810,8 @@ class _Tick:
     def verdict(self, p: Progress, index: int, clock: float) -> _Verdict:
         """The gates of step `index` over all current members, timeouts judged at `clock`."""
         gates = self.step(index).gates
-        members = self.members(p)
+        everyone = self.members(p)
+        members = [a for a in everyone if a.verified or not gates.verified_only]
         start = p.step_started_at if p.step_started_at is not None else clock
         desired = self.desired.hash.lower()
         applied = failed = unhealthy = drifted = 0
@@ -846,7 +852,7 @@ class _Tick:
             breaches.append(f"{failed} failed > {allowed} allowed")
         if unhealthy > gates.max_unhealthy:
             breaches.append(f"{unhealthy} unhealthy > {gates.max_unhealthy} allowed")
-        counts = StepCounts(len(members), applied, failed, unhealthy, drifted)
+        counts = StepCounts(len(everyone), applied, failed, unhealthy, drifted)
         return _Verdict(counts, tuple(failing), len(members), done, ", ".join(breaches))
 
     def record(self, p: Progress, index: int, found: _Verdict) -> Progress:

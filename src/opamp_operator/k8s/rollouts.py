@@ -246,7 +246,9 @@ class RolloutHandlers:
 
     def _agents(self, record: FleetRecord) -> list[planner.RolloutAgent]:
         """The fleet's live agents, with what the gates and preflight need."""
-        mapping = (self.state.assignment or self.state.refresh()).mapping_for(record.key)
+        assignment = self.state.assignment or self.state.refresh()
+        mapping = assignment.mapping_for(record.key)
+        unverified = set(assignment.unverified.get(record.key, ()))
         views = self.state.refresh_views(mapping.agents)
         drift = self.state.drift_of(record, views)
         agents = []
@@ -270,6 +272,7 @@ class RolloutHandlers:
                     drifted=drift.get(uid),
                     components=view.components,
                     connected_at=view.connected_at,
+                    verified=uid not in unverified,
                 )
             )
         return agents
