@@ -44,6 +44,14 @@ def test_no_steps_is_the_planners_single_full_step() -> None:
     assert only.percent == 100
 
 
+def test_without_steps_the_rollouts_gates_still_apply() -> None:
+    """They were dropped: the single implicit step had default gates, so a rollout
+    without steps ignored maxFailed, applyTimeoutSeconds, verifiedOnly..."""
+    policy = to_policy(_spec(gates={"maxFailed": 3, "verifiedOnly": True}))
+    (only,) = planner.effective_steps(policy)
+    assert only.gates == planner.Gates(max_failed=3, verified_only=True)
+
+
 def test_controls_come_from_annotations_of_the_group() -> None:
     controls = controls_of(
         {"opampoperator.io/promote": "1", "opampoperator.io/abort": "x", "other/retry": "y"}

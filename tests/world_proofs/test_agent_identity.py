@@ -29,10 +29,13 @@ from world.fleets import (
     CONFIG_V2,
     create_deployment,
     create_fleet,
+    create_rollout,
     fleet_status,
     patch_fleet_spec,
     pod_condition,
+    rollout_status,
     running_pods,
+    set_fleet_config,
     single_file_hash,
 )
 from world.operator import OperatorProcess, start_operator
@@ -227,6 +230,83 @@ def test_pods_are_bound_to_their_serviceaccount_tokens_and_cannot_be_taken(
         )
         revoked = metric(operator, "opamp_errors_total", 'reason="revoked"')
         assert revoked >= 1
+    finally:
+        for a in agents:
+            a.stop()
+
+
+@pytest.mark.parametrize("verified_only", [True, False], ids=["verifiedOnly", "everyone"])
+def test_a_spoofer_reporting_failed_cannot_roll_back_a_rollout_that_counts_verified_only(
+    operator: OperatorProcess, api_client: Any, namespace: str, verified_only: bool
+) -> None:
+    """A fleet with agentAuth None: two agents send their pods' ServiceAccount tokens
+    (verified), a third claims the last pod by attribute and refuses every new config.
+    With gates.verifiedOnly the rollout succeeds; without, the spoofer rolls it back."""
+    core: Any = k8s.CoreV1Api(api_client)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "collector"}})
+    create_deployment(api_client, namespace, "open", OPEN, replicas=3, service_account="collector")
+    create_fleet(api_client, namespace, "open", OPEN, CONFIG_V1)
+    pods = eventually(
+        "3 pods running",
+        lambda: p if len(p := running_pods(api_client, namespace, OPEN)) == 3 else None,
+    )
+    broken = "# refused by the spoofer"
+    agents: list[JsonlProcess] = []
+    try:
+        for pod in pods[:2]:
+            token = pod_token(api_client, namespace, pod)
+            agents.append(
+                start_go_agent(
+                    operator.ws_url, "--heartbeat=1s", f"--header=Authorization=Bearer {token}"
+                )
+            )
+        agents.append(
+            start_go_agent(
+                operator.ws_url,
+                "--heartbeat=1s",
+                f"--attr=k8s.pod.uid={pods[2].metadata.uid}",
+                f"--fail-containing={broken}",
+            )
+        )
+        for a in agents:
+            a.wait_for(
+                "remote_config_status",
+                timeout=60,
+                where=lambda e: e["config_hash"] == single_file_hash(CONFIG_V1),
+            )
+        eventually(
+            "one unverified agent",
+            lambda: (
+                fleet_status(api_client, namespace, "open").get("agentsUnverified") == 1 or None
+            ),
+        )
+        create_rollout(
+            api_client,
+            namespace,
+            "open",
+            "open",
+            gates={"verifiedOnly": verified_only, "applyTimeoutSeconds": 30},
+        )
+        eventually(
+            "the rollout to settle on the current config",
+            lambda: (
+                rollout_status(api_client, namespace, "open").get("phase") == "Succeeded" or None
+            ),
+        )
+        set_fleet_config(api_client, namespace, "open", CONFIG_V2 + broken + "\n")
+        final = "Succeeded" if verified_only else "RolledBack"
+        status = eventually(
+            f"the rollout to end {final}",
+            lambda: (
+                s
+                if (s := rollout_status(api_client, namespace, "open")).get("phase")
+                in ("Succeeded", "RolledBack", "Failed")
+                and s.get("desiredHash") == single_file_hash(CONFIG_V2 + broken + "\n")
+                else None
+            ),
+            timeout=90,
+        )
+        assert status["phase"] == final, status
     finally:
         for a in agents:
             a.stop()

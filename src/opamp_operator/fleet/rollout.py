@@ -159,7 +159,8 @@ class Step:
 
 @dataclass(frozen=True)
 class Policy:
-    steps: tuple[Step, ...] = ()  # empty means one step of percent=100
+    steps: tuple[Step, ...] = ()  # empty means one step of percent=100, with `gates`
+    gates: Gates = Gates()  # the rollout's own gates (spec.gates); steps carry their own
     on_failure: OnFailure = OnFailure.ROLLBACK
     paused: bool = False  # spec.paused
     preflight: bool = True
@@ -445,7 +446,7 @@ def bucket(desired_hash: str, uid: str) -> int:
 
 
 def effective_steps(policy: Policy) -> tuple[Step, ...]:
-    return policy.steps or (Step(percent=100),)
+    return policy.steps or (Step(percent=100, gates=policy.gates),)
 
 
 def membership(policy: Policy, progress: Progress) -> Membership:

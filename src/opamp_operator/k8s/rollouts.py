@@ -83,6 +83,7 @@ def to_policy(spec: ConfigRolloutSpec) -> planner.Policy:
     defaults = _gates(planner.Gates(), spec.gates)
     return planner.Policy(
         steps=tuple(_step(step, defaults) for step in spec.steps),
+        gates=defaults,
         on_failure=planner.OnFailure(spec.on_failure),
         paused=spec.paused,
         preflight=spec.preflight.enabled,
