@@ -326,13 +326,15 @@ def test_invalid_yaml_on_either_side_is_drift_with_a_reason() -> None:
     assert drifted("a: [", "a: 1")
     assert drifted("a: 1", "a: [")
     assert drift_reasons("a: 1", "a: [") == [
-        "the effective config is not valid YAML: expected the node content, but found "
-        "'<stream end>' (while parsing a flow node) (line 1, column 5)"
+        "the effective config is not valid YAML (line 1, column 5)"
     ]
-    assert [r.split(":")[0] for r in drift_reasons("{", "]")] == [
+    assert [r.split(" (")[0] for r in drift_reasons("{", "]")] == [
         "the desired config is not valid YAML",
         "the effective config is not valid YAML",
     ]
+    # The parser's own message can quote the document; reasons go into status and
+    # Events, so it is left out.
+    assert "sk_live_X" not in " ".join(drift_reasons("a: 1", "a: !!int sk_live_X"))
 
 
 def test_reasons_are_bounded_and_never_show_values() -> None:
@@ -769,8 +771,7 @@ EDITED = EFFECTIVE.replace("endpoint: tempo:4317", "endpoint: elsewhere:4317")
         (
             agent("APPLIED", HASH, effective="exporters: {otlp: [\n"),
             DriftState.DRIFTED,
-            "the effective config is not valid YAML: expected the node content, but found "
-            "'<stream end>' (while parsing a flow node) (line 2, column 1)",
+            "the effective config is not valid YAML (line 2, column 1)",
         ),
         (agent("APPLYING", HASH), DriftState.PENDING, "applying the desired config"),
         (

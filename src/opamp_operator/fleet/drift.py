@@ -369,7 +369,7 @@ def _parse_both(desired_yaml: str, effective_yaml: str) -> tuple[Any, Any, list[
     desired, desired_error = _parse(desired_yaml)
     effective, effective_error = _parse(effective_yaml)
     errors = [
-        f"the {side} config is {error}"
+        _unreadable(f"the {side} config", error)
         for side, error in (("desired", desired_error), ("effective", effective_error))
         if error is not None
     ]
