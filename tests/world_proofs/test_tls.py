@@ -30,6 +30,7 @@ from world.collector import (
     start_go_agent,
     start_supervised_collector,
 )
+from world.fleets import CONFIG_V1
 from world.operator import ServeProcess, start_serve, write_fleets
 from world.peers import start_node_agent, start_python_agent
 from world.pki import CertificateAuthority
@@ -438,3 +439,46 @@ def test_a_rotated_certificate_serves_new_handshakes_and_keeps_connected_agents(
                 _applied(server, "newcomer")
         log = Path(server.record.log).read_text()
         assert log.count("TLS certificate reloaded") == 2
+
+
+def test_serve_gives_a_fleet_only_to_agents_whose_certificate_names_it(
+    pki: AgentPKI, workdir: Path
+) -> None:
+    """VMs and bare metal: `serve`'s fleets file admits by client certificate name. An
+    agent cannot claim the fleet by its attributes, nor with a certificate of another
+    name, nor with none."""
+    named = CONFIG_V1.replace("debug: {}", "debug: {verbosity: detailed}")
+    path = write_fleets(
+        workdir / "certificate-fleets.yaml",
+        [
+            {"name": "dc-a", "certificateNames": ["dc-a.example"], "selector": {}, "config": named},
+            {"name": "rest", "selector": {}, "config": CONFIG_V1},
+        ],
+    )
+    dc_a = Credential.of(
+        pki.ca.issue("collector-7", hosts=("dc-a.example",), client=True), workdir, "dc-a"
+    )
+    args = serve_tls_args(pki.server, pki.ca_file, "optional")
+    with start_serve(path, workdir / "certificate-fleets", *args) as server:
+        url = wss_url(server)
+        agents = {
+            "by-certificate": go_agent_tls_args(pki.ca_file, dc_a),
+            "other-certificate": go_agent_tls_args(pki.ca_file, pki.client),
+            "no-certificate": go_agent_tls_args(pki.ca_file),
+        }
+        started = [
+            start_go_agent(url, "--heartbeat=1s", f"--service-name={name}", *tls)
+            for name, tls in agents.items()
+        ]
+        try:
+            hashes = {
+                name: _applied(server, name)["remote_config_status"]["hash"] for name in agents
+            }
+        finally:
+            for agent in started:
+                agent.stop()
+    assert hashes == {
+        "by-certificate": _our_hash(named),
+        "other-certificate": _our_hash(CONFIG_V1),
+        "no-certificate": _our_hash(CONFIG_V1),
+    }

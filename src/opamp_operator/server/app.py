@@ -98,8 +98,13 @@ class Credentials:
 Authenticator = Callable[[Credentials, AgentIdentity | None], Awaitable[AgentIdentity | None]]
 
 
-async def _anonymous(_: Credentials, __: AgentIdentity | None) -> AgentIdentity | None:
-    return None
+async def certificate_identity(
+    credentials: Credentials, _: AgentIdentity | None
+) -> AgentIdentity | None:
+    """The Authenticator without fleets to check tokens against (`serve`): a verified
+    client certificate's names, else anonymous; an Authorization header proves nothing."""
+    certificate = credentials.certificate
+    return AgentIdentity(certificate=certificate.names) if certificate is not None else None
 
 
 def bearer_of(authorization: str | None) -> str | None:
@@ -127,7 +132,7 @@ class OpAMPServer:
         core: ServerCore,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
-        authenticate: Authenticator = _anonymous,
+        authenticate: Authenticator = certificate_identity,
     ) -> None:
         self.core = core
         self.authenticate = authenticate

@@ -8,13 +8,21 @@ fleets:
       deployment.environment: prod
     config: |                     # the Collector config offered to matching agents
       receivers: ...
+  - name: datacenter-a
+    certificateNames: [dc-a.collectors.example.com]  # only agents proving this name
+    selector: {}
+    config: |
+      receivers: ...
   - name: everyone-else
     selector: {}                  # matches any agent
     configFile: default.yaml      # relative to this file
 ```
 
 The first fleet whose selector matches an agent's identifying or non-identifying
-attributes gives that agent its config. A file that does not parse, or a fleet whose
+attributes gives that agent its config. A fleet with `certificateNames` only matches
+agents whose client certificate verified (`--client-ca-file`, `--client-auth`) and
+carries one of those names (subject CN or a DNS/URI/email SAN): an identity the agent
+cannot claim by reporting attributes. A file that does not parse, or a fleet whose
 config is not a YAML mapping, is rejected with a message and the previous fleets stay in
 force: one bad edit never takes configs away from running agents.
 """
@@ -31,6 +39,7 @@ import yaml
 
 from opamp_operator.fleet.views import agent_view
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.session import AgentRecord
 
 log = logging.getLogger(__name__)
@@ -45,8 +54,11 @@ class Fleet:
     name: str
     selector: Mapping[str, str]
     config: RemoteConfig
+    certificate_names: frozenset[str] = frozenset()
 
-    def matches(self, attributes: Mapping[str, str]) -> bool:
+    def matches(self, attributes: Mapping[str, str], identity: AgentIdentity) -> bool:
+        if self.certificate_names and not self.certificate_names & set(identity.certificate):
+            return False
         return all(attributes.get(k) == v for k, v in self.selector.items())
 
 
@@ -57,6 +69,9 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
     selector = raw.get("selector") or {}
     if not isinstance(selector, dict):
         raise FleetFileError(f"fleet {name!r}: selector must be a mapping of attribute: value")
+    names = raw.get("certificateNames") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise FleetFileError(f"fleet {name!r}: certificateNames must be a list of names")
     if ("config" in raw) == ("configFile" in raw):
         raise FleetFileError(f"fleet {name!r}: give exactly one of config or configFile")
     if "config" in raw:
@@ -74,7 +89,10 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
     if not isinstance(parsed, dict):
         raise FleetFileError(f"fleet {name!r}: a Collector config must be a YAML mapping")
     return Fleet(
-        str(name), {str(k): str(v) for k, v in selector.items()}, RemoteConfig.single(body)
+        str(name),
+        {str(k): str(v) for k, v in selector.items()},
+        RemoteConfig.single(body),
+        frozenset(names),
     )
 
 
@@ -132,8 +150,8 @@ class FileFleets:
         return changed
 
     def fleet_for(self, agent: AgentRecord) -> Fleet | None:
-        attrs = agent_view(agent).attributes
-        return next((f for f in self.fleets if f.matches(attrs)), None)
+        view = agent_view(agent)
+        return next((f for f in self.fleets if f.matches(view.attributes, view.identity)), None)
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         fleet = self.fleet_for(agent)
