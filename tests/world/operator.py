@@ -127,7 +127,14 @@ class ServeProcess(OpAMPEndpoint):
         self.stop()
 
 
-def start_serve(fleets: Path, workdir: Path, *args: str, port: int | None = None) -> ServeProcess:
+def start_serve(
+    fleets: Path,
+    workdir: Path,
+    *args: str,
+    port: int | None = None,
+    reader: Reader | None = None,
+) -> ServeProcess:
+    """`reader`: how to read an API that is not plain http on loopback (https, a token)."""
     port = port or free_port()
     api_port = free_port()
     record, proc = spawn(
@@ -145,7 +152,7 @@ def start_serve(fleets: Path, workdir: Path, *args: str, port: int | None = None
         ],
         workdir,
     )
-    server = ServeProcess(record, proc, port, api_port, None, fleets)
+    server = ServeProcess(record, proc, port, api_port, reader, fleets)
 
     def ready() -> bool:
         try:
