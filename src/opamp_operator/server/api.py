@@ -37,8 +37,7 @@ from opamp_operator.server.tls import TLSFiles
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-_AUTHORIZED = "opamp_operator.authorized"
-_USER = "opamp_operator.user"
+_AUTHORIZED = web.RequestKey("opamp_operator.authorized", bool)
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,9 @@ Access = ResourceAccess | PathAccess
 
 class Unauthenticated(Exception):  # noqa: N818 - read as a verdict, like aiohttp's HTTPxxx
     """The request carries a credential that was refused (not merely none)."""
+
+
+_USER = web.RequestKey("opamp_operator.user", User)
 
 
 class Guard(Protocol):
