@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
 from world.chart import service_account_token, token_kubeconfig
 from world.cluster import LocalCluster
@@ -70,3 +71,30 @@ def revoke_cluster_grant(api_client: Any, namespace: str, name: str) -> None:
 
 def user_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
     return token_kubeconfig(cluster, token, path)
+
+
+def username(namespace: str, name: str) -> str:
+    """How the apiserver names ServiceAccount `namespace/name` (in reviews, messages)."""
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def grant_role(
+    api_client: Any, namespace: str, name: str, role: str, rules: list[dict[str, Any]]
+) -> None:
+    """One more Role `role` in `namespace` with `rules`, bound to ServiceAccount
+    `namespace/name`: grants add up, one per call (`grant` gives a user one Role)."""
+    rbac: Any = k8s.RbacAuthorizationV1Api(api_client)
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": role}, "rules": rules})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    )
+
+
+def user_api_client(kubeconfig: Path) -> Any:
+    """A kubernetes ApiClient that authenticates as the kubeconfig's user (close it)."""
+    return k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]

@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,19 @@ def cluster_client_ca() -> str | None:
 def _user(info: Any) -> User:
     extra = tuple(sorted((k, tuple(v or ())) for k, v in (info.extra or {}).items()))
     return User(info.username, info.uid or "", tuple(info.groups or ()), extra)
+
+
+def admission_user(userinfo: Mapping[str, Any]) -> User:
+    """The user of an admission request (its `userInfo`, as the apiserver authenticated
+    them), in the form KubernetesGuard.allowed reviews and caches: the admission webhook
+    asks SubjectAccessReviews for the fleet's author through the same guard."""
+    extra = tuple(sorted((k, tuple(v or ())) for k, v in (userinfo.get("extra") or {}).items()))
+    return User(
+        str(userinfo.get("username") or ""),
+        str(userinfo.get("uid") or ""),
+        tuple(userinfo.get("groups") or ()),
+        extra,
+    )
 
 
 def _attributes(access: Access) -> dict[str, Any]:

@@ -6,12 +6,16 @@ status tick), rollouts.py (ConfigRollouts), webhook.py (admission). Nothing here
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import FLEETS_PLURAL, GROUP, VERSION
 from opamp_operator.k8s import reads, webhook
+from opamp_operator.k8s.access import KubernetesGuard, admission_user
 from opamp_operator.k8s.fleet_status import FleetStatus
 from opamp_operator.k8s.fleets import FleetReconciler
 from opamp_operator.k8s.gates import pod_view
@@ -110,6 +114,10 @@ def _register_rollouts(
 
 
 def _register_webhook(registry: kopf.OperatorRegistry) -> None:
+    """One handler: the author's permissions first (fail closed), then the spec (fail
+    open); see webhook.py. Its own guard, so admission answers are kept only briefly."""
+    guard = KubernetesGuard(webhook.AUTHOR_ACCESS)
+
     @kopf.on.validate(
         *FLEETS,
         id="validate",
@@ -117,7 +125,35 @@ def _register_webhook(registry: kopf.OperatorRegistry) -> None:
         ignore_failures=True,
         registry=registry,
     )
-    def validate_fleet(spec: kopf.Spec, namespace: str | None, name: str | None, **_: Any) -> None:
-        problem = webhook.fleet_problems(spec, namespace or "", name or "", reads.config_map_value)
+    async def validate_fleet(
+        *,
+        spec: kopf.Spec,
+        userinfo: Mapping[str, Any],
+        namespace: str | None,
+        name: str | None,
+        logger: kopf.Logger,
+        old: kopf.Body | None = None,
+        operation: str | None = None,
+        **_: Any,
+    ) -> None:
+        old_spec = old.spec if operation == "UPDATE" and old is not None else None
+        checks = webhook.author_checks(namespace or "", spec, old_spec)
+        refusal = await webhook.check_author(guard.allowed, admission_user(userinfo), checks)
+        if refusal is not None:
+            message, code = refusal
+            raise kopf.AdmissionError(message[:4096], code=code)
+        try:
+            problem = await asyncio.to_thread(
+                webhook.fleet_problems,
+                spec,
+                namespace or "",
+                name or "",
+                reads.config_map_value,
+            )
+        except ApiException as exc:
+            logger.warning(
+                "webhook: cannot validate %s/%s (%s); admitted", namespace, name, exc.status
+            )
+            return
         if problem is not None:
             raise kopf.AdmissionError(problem[:4096], code=422)
