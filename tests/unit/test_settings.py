@@ -150,6 +150,32 @@ def test_the_charts_api_and_tls_values_default_to_the_operators() -> None:
     assert value_at("opamp.tls.enabled") is (RunOptions().listen.tls.enabled)
 
 
+RELEASE_NAMESPACE = "{{ .Release.Namespace }}"
+
+
+def watched_namespaces(values: dict[str, Any]) -> list[str]:
+    """What the chart's `opamp-operator.watchedNamespaces` helper yields (the namespaces
+    the operator watches; empty: cluster-wide), the release namespace as its template."""
+    if values["clusterWide"]:
+        assert not values["watchNamespaces"], "the chart refuses both"
+        return []
+    return list(values["watchNamespaces"]) or [RELEASE_NAMESPACE]
+
+
+def _expand_watched(block: str) -> str:
+    """The args block with its one `range $watched` loop unrolled for the default values
+    (each item in place of `{{ . | quote }}`)."""
+    loop = re.compile(
+        r"^[ \t]*\{\{- range \$watched \}\}\n(.*?)^[ \t]*\{\{- end \}\}\n", re.M | re.S
+    )
+    found = loop.search(block)
+    assert found, "the args block has no `range $watched` (the --namespace args)"
+    body = found[1]
+    assert "{{ . | quote }}" in body
+    unrolled = "".join(body.replace("{{ . | quote }}", ns) for ns in watched_namespaces(VALUES))
+    return block[: found.start()] + unrolled + block[found.end() :]
+
+
 def _condition(expr: str) -> bool:
     """The few template conditions the args block uses, with the default values."""
     if m := re.fullmatch(r"(?:if|range) \.Values\.([\w.]+)", expr):
@@ -164,8 +190,9 @@ def _condition(expr: str) -> bool:
 def default_chart_args() -> list[str]:
     """The operator's args as Helm renders them with the default values: a pure-Python
     stand-in for `helm template` (tests/world_proofs/test_chart.py renders them for real).
-    A value computed from the release (a Service name) is left as its template."""
-    block = DEPLOYMENT.split("args:", 1)[1].split("env:", 1)[0]
+    A value computed from the release (a Service name, its namespace) is left as its
+    template."""
+    block = _expand_watched(DEPLOYMENT.split("args:", 1)[1].split("env:", 1)[0])
     args: list[str] = []
     taken = [True]
     for line in block.splitlines():
@@ -189,7 +216,8 @@ def default_chart_args() -> list[str]:
 
 def test_the_charts_default_args_run_the_operator_with_its_defaults() -> None:
     args = default_chart_args()
-    for flag in ("--agent-endpoint", "--webhook-host"):  # from the release's Service names
+    # From the release: its Service names, and its namespace (the namespaced default).
+    for flag in ("--agent-endpoint", "--webhook-host", "--namespace"):
         i = args.index(flag)
         assert args[i + 1].startswith("{{"), args[i + 1]
         del args[i : i + 2]
@@ -204,6 +232,22 @@ def test_the_charts_default_args_run_the_operator_with_its_defaults() -> None:
     assert ApiListen().host == "127.0.0.1"
     api = replace(options.api, host=ApiListen().host)
     assert replace(options, webhook=None, api=api) == RunOptions()
+
+
+def test_the_chart_is_namespaced_by_default_where_the_operator_is_cluster_wide() -> None:
+    """The one deliberate difference from the operator's defaults (issue 13): `run`
+    without --namespace watches every namespace, the chart without values watches its
+    release namespace; cluster-wide is `clusterWide: true`, asked for explicitly."""
+    assert RunOptions().namespaces == ()
+    assert VALUES["clusterWide"] is False
+    assert VALUES["watchNamespaces"] == []
+    args = default_chart_args()
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == [RELEASE_NAMESPACE]
+    parsed = build_parser().parse_args([a.replace(RELEASE_NAMESPACE, "obs") for a in args])
+    assert run_options(parsed).namespaces == ("obs",)
+    wide = {**VALUES, "clusterWide": True}
+    assert watched_namespaces(wide) == []
+    assert watched_namespaces({**VALUES, "watchNamespaces": ["a", "b"]}) == ["a", "b"]
 
 
 def test_the_chart_serves_on_the_operator_port() -> None:

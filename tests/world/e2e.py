@@ -202,6 +202,7 @@ def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
             str(CHART),
             f"--namespace={RELEASE_NAMESPACE}",
             "--create-namespace",
+            # clusterWide: true there: the tests create namespaces of random names.
             f"--values={KIND_VALUES}",
             "--set=webhook.enabled=false",
             "--wait",

@@ -1,8 +1,9 @@
 """The Helm chart rendered with `helm lint` and `helm template`: what each value set
-produces (objects, RBAC rules per mode, operator args, security context, probes, the
-webhook's certificate, the API Service and ServiceMonitor, the NetworkPolicy, TLS for
-agents from cert-manager or a Secret), that values.schema.json refuses bad values, and
-that the chart's CRDs are the generated ones in deploy/crds/."""
+produces (objects, RBAC rules per mode — the namespaced default watching the release
+namespace, listed namespaces, cluster-wide only when asked for — operator args, security
+context, probes, the webhook's certificate, the API Service and ServiceMonitor, the
+NetworkPolicy, TLS for agents from cert-manager or a Secret), that values.schema.json
+refuses bad values, and that the chart's CRDs are the generated ones in deploy/crds/."""
 
 from __future__ import annotations
 
@@ -138,13 +139,30 @@ class Rendered:
                 continue
             if namespace is not None and meta.get("namespace") != namespace:
                 continue
-            for rule in role["rules"]:
-                names = tuple(rule.get("resourceNames", ()))
-                for group in rule["apiGroups"]:
-                    for resource in rule["resources"]:
-                        for verb in rule["verbs"]:
-                            found.add((group, resource, verb, names))
+            found |= role_rules(role)
         return found
+
+    def watched(self) -> list[str]:
+        """The namespaces the rendered args watch (`--namespace`); empty: every one."""
+        args = self.args()
+        return [args[i + 1] for i, a in enumerate(args) if a == "--namespace"]
+
+
+def role_rules(role: dict[str, Any]) -> set[Rule]:
+    """The resource rules of one (Cluster)Role, bound or not."""
+    found: set[Rule] = set()
+    for rule in role["rules"]:
+        names = tuple(rule.get("resourceNames", ()))
+        for group in rule.get("apiGroups", ()):
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    found.add((group, resource, verb, names))
+    return found
+
+
+def _unnamed(rules: set[Rule]) -> set[Rule]:
+    """The rules without their resourceNames, to compare grants whatever the names."""
+    return {(group, resource, verb, ()) for group, resource, verb, _ in rules}
 
 
 Render = Callable[..., Rendered]
@@ -181,6 +199,8 @@ VALUE_SETS = {
         "networkPolicy.apiFrom[1].ipBlock.cidr=10.0.0.0/8",
     ),
     "namespaced": ("watchNamespaces[0]=team-a", "watchNamespaces[1]=team-b"),
+    "clusterwide": ("clusterWide=true",),
+    "clusterwide-replicas-2": ("clusterWide=true", "replicas=2"),
     "replicas-2": ("replicas=2", "podDisruptionBudget.enabled=true"),
     "webhook-self-signed": ("webhook.enabled=true",),
     "webhook-cert-manager": ("webhook.certManager.enabled=true",),
@@ -215,9 +235,14 @@ def test_the_rendered_args_are_accepted_by_the_operator_cli(render: Render, name
     assert options.listen.tls.enabled is tls
     options.listen.tls.check()  # what the operator refuses at start
     options.api.tls.check()
+    # The namespaced default watches the release namespace; cluster-wide only when asked.
+    watched = {"namespaced": ("team-a", "team-b"), "clusterwide": (), "clusterwide-replicas-2": ()}
+    assert options.namespaces == watched.get(name, (NS,))
 
 
-def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render) -> None:
+def test_defaults_are_one_replica_watching_its_namespace_with_a_hardened_pod(
+    render: Render,
+) -> None:
     r = render()
     assert r.kinds() == sorted(
         [
@@ -226,6 +251,8 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
             "ClusterRoleBinding",
             "Deployment",
             "NetworkPolicy",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "Secret",
             "Service",
@@ -270,21 +297,30 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
     assert args[args.index("--api-host") + 1] == "0.0.0.0"  # noqa: S104
     assert args[args.index("--api-port") + 1] == str(API_PORT)
     assert not [a for a in args if "tls" in a or a.startswith("--client")]
-    assert "--namespace" not in args
+    assert r.watched() == [NS]  # the release namespace only
     assert "--peering" not in args
     assert args[args.index("--webhook-port") + 1] == "9443"
     assert args[args.index("--webhook-host") + 1] == f"{FULL}-webhook.{NS}.svc"
     assert args[args.index("--webhook-cert-dir") + 1] == "/certs"
     assert "--webhook-configuration" not in args
 
-    assert r.rules("ClusterRole") == (
-        NAMESPACED_RULES | TEMPLATE_RULES | KOPF_CLUSTER_RULES | AUTH_RULES
+    # Least privilege (issue 13): the namespaced rules in a Role in the release namespace
+    # and nowhere else; no ClusterRole, bound or not, holds any of them.
+    assert [role["metadata"]["namespace"] for role in r.all("Role")] == [NS]
+    assert r.rules("Role", NS) == NAMESPACED_RULES | TEMPLATE_RULES
+    assert sorted(b["metadata"]["namespace"] for b in r.all("RoleBinding")) == sorted(
+        ["kube-system", NS]
     )
-    assert not r.all("Role")
-    assert [b["metadata"]["namespace"] for b in r.all("RoleBinding")] == ["kube-system"]
+    for role in r.all("ClusterRole"):
+        assert not _unnamed(role_rules(role)) & (NAMESPACED_RULES | TEMPLATE_RULES), role
+    assert r.rules("ClusterRole") == KOPF_CLUSTER_RULES | NAMESPACE_RULES | AUTH_RULES
     binding = r.one("ClusterRoleBinding")
     assert binding["roleRef"]["name"] == f"{FULL}-cluster"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULL, "namespace": NS}]
+    [hook] = r.one("ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [NS]}
+    ]
 
     opamp = r.one("Service", FULL)
     assert opamp["spec"]["ports"][0] | {} == {
@@ -315,8 +351,7 @@ def test_defaults_are_one_clusterwide_replica_with_a_hardened_pod(render: Render
 
 def test_a_namespaced_install_gets_a_role_per_watched_namespace(render: Render) -> None:
     r = render(*VALUE_SETS["namespaced"])
-    args = r.args()
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["team-a", "team-b"]
+    assert r.watched() == ["team-a", "team-b"]  # and not the release namespace
     assert sorted(role["metadata"]["namespace"] for role in r.all("Role")) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in r.all("RoleBinding")) == [
         "kube-system",
@@ -338,12 +373,89 @@ def test_a_namespaced_install_gets_a_role_per_watched_namespace(render: Render) 
     ]
 
 
+def test_clusterwide_is_asked_for_and_grants_the_namespaced_rules_everywhere(
+    render: Render,
+) -> None:
+    r = render(*VALUE_SETS["clusterwide"])
+    assert r.watched() == []
+    assert r.rules("ClusterRole") == (
+        NAMESPACED_RULES | TEMPLATE_RULES | KOPF_CLUSTER_RULES | AUTH_RULES
+    )
+    assert not r.all("Role")
+    assert [b["metadata"]["namespace"] for b in r.all("RoleBinding")] == ["kube-system"]
+    binding = r.one("ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == f"{FULL}-cluster"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULL, "namespace": NS}]
+    [hook] = r.one("ValidatingWebhookConfiguration")["webhooks"]
+    assert "namespaceSelector" not in hook
+    # Everything else is the default's.
+    default = render()
+    assert [o["kind"] for o in r.objects if "Role" not in o["kind"]] == [
+        o["kind"] for o in default.objects if "Role" not in o["kind"]
+    ]
+
+
+@pytest.mark.parametrize("extra", [(), ("rbac.create=false", "webhook.enabled=false")])
+def test_clusterwide_with_watch_namespaces_is_refused(
+    helm_env: dict[str, str], extra: tuple[str, ...]
+) -> None:
+    """Both at once cannot mean anything: refused with what to change, whichever
+    templates render (the helper deciding the namespaces is what refuses)."""
+    sets = ("clusterWide=true", "watchNamespaces[0]=team-a", *extra)
+    done = run_helm(helm_env, "template", RELEASE, str(CHART), *(f"--set={s}" for s in sets))
+    assert done.returncode != 0
+    assert "clusterWide=true watches every namespace, so watchNamespaces must be empty" in (
+        done.stderr
+    ), done.stderr
+    assert '["team-a"]' in done.stderr
+
+
+def test_one_helper_decides_the_watched_namespaces(render: Render) -> None:
+    """`clusterWide` and `watchNamespaces` are read in one place, the helper every
+    template asks, so the args, the Roles, the ClusterRole, the peering rules, the webhook
+    and NOTES.txt cannot disagree about the mode."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    start = helpers.index('{{- define "opamp-operator.watchedNamespaces" -}}')
+    end = helpers.index("{{- end }}\n\n", start)
+    inside = helpers[start:end]
+    outside = helpers[:start] + helpers[end:]
+    for value in (".Values.clusterWide", ".Values.watchNamespaces"):
+        assert value in inside
+        assert value not in outside
+        for path in (CHART / "templates").iterdir():
+            if path.name != "_helpers.tpl":
+                assert value not in path.read_text(), path.name
+    users = {
+        p.name
+        for p in (CHART / "templates").iterdir()
+        if 'include "opamp-operator.watchedNamespaces"' in p.read_text()
+    }
+    assert {"deployment.yaml", "rbac.yaml", "webhook.yaml", "NOTES.txt"} <= users
+    # And the modes agree with each other in every rendered variant.
+    for sets in ((), VALUE_SETS["namespaced"], VALUE_SETS["clusterwide"], ("replicas=2",)):
+        r = render(*sets)
+        watched = r.watched()
+        roles = sorted(role["metadata"]["namespace"] for role in r.all("Role"))
+        assert roles == sorted(watched), sets
+        [hook] = r.one("ValidatingWebhookConfiguration")["webhooks"]
+        selector = hook.get("namespaceSelector", {}).get("matchExpressions", [{}])[0]
+        assert selector.get("values", []) == watched, sets
+        cluster = r.rules("ClusterRole")
+        assert bool(cluster & NAMESPACED_RULES) is (not watched), sets
+        assert bool(cluster & NAMESPACE_RULES) is bool(watched), sets
+
+
 def test_two_replicas_run_active_standby_with_kopf_peering(render: Render) -> None:
     r = render(*VALUE_SETS["replicas-2"])
     assert r.one("Deployment")["spec"]["replicas"] == 2
     args = r.args()
     assert args[args.index("--peering") + 1] == RELEASE
-    assert r.rules("ClusterRole") >= _peering_rules("clusterkopfpeerings")
+    # The namespaced default: a KopfPeering in the release namespace, nothing cluster-wide.
+    assert r.rules("Role", NS) >= _peering_rules("kopfpeerings")
+    assert not r.rules("ClusterRole") & _peering_rules("clusterkopfpeerings")
+    wide = render(*VALUE_SETS["clusterwide-replicas-2"])
+    assert wide.rules("ClusterRole") >= _peering_rules("clusterkopfpeerings")
+    assert not wide.rules("ClusterRole") & _peering_rules("kopfpeerings")
     pdb = r.one("PodDisruptionBudget", FULL)
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
@@ -358,7 +470,9 @@ def test_two_replicas_run_active_standby_with_kopf_peering(render: Render) -> No
     single = render("podDisruptionBudget.enabled=true")
     assert "--peering" not in single.args()
     assert not single.all("PodDisruptionBudget")
-    assert not single.rules("ClusterRole") & _peering_rules("clusterkopfpeerings")
+    assert not single.rules("Role") & _peering_rules("kopfpeerings")
+    single_wide = render("clusterWide=true")
+    assert not single_wide.rules("ClusterRole") & _peering_rules("clusterkopfpeerings")
 
 
 def _verify(issuer: x509.Certificate, cert: x509.Certificate) -> None:
@@ -417,7 +531,8 @@ def test_the_webhook_has_a_self_signed_certificate_for_its_service(render: Rende
     target = service["spec"]["ports"][0]["targetPort"]
     assert {"name": target, "containerPort": 9443, "protocol": "TCP"} in r.container()["ports"]
     # The operator never manages the configuration the chart owns: no admission RBAC.
-    assert not {rule[0] for rule in r.rules("ClusterRole")} & {"admissionregistration.k8s.io"}
+    for kind in ("ClusterRole", "Role"):
+        assert not {rule[0] for rule in r.rules(kind)} & {"admissionregistration.k8s.io"}
 
 
 def test_the_webhook_certificate_can_come_from_cert_manager(render: Render) -> None:
@@ -492,7 +607,7 @@ def test_the_service_monitor_scrapes_the_api_service_over_https_with_a_token(
 def test_the_metrics_reader_role_grants_get_on_metrics_and_is_bound_to_nobody(
     render: Render,
 ) -> None:
-    for sets in ((), VALUE_SETS["namespaced"]):
+    for sets in ((), VALUE_SETS["namespaced"], VALUE_SETS["clusterwide"]):
         r = render(*sets)
         reader = r.one("ClusterRole", f"{FULL}-metrics-reader")
         assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
@@ -504,7 +619,7 @@ def test_the_metrics_reader_role_grants_get_on_metrics_and_is_bound_to_nobody(
     assert not render("rbac.create=false").all("ClusterRole")
 
 
-@pytest.mark.parametrize("name", ["defaults", "namespaced"])
+@pytest.mark.parametrize("name", ["defaults", "namespaced", "clusterwide"])
 def test_the_operator_may_review_tokens_and_access_and_read_the_client_ca(
     render: Render, name: str
 ) -> None:
@@ -567,13 +682,20 @@ def test_without_webhook_and_template_mode_the_grants_shrink(render: Render) -> 
     assert not any(a.startswith("--webhook") for a in r.args())
     assert "volumeMounts" in r.container()
     assert [m["mountPath"] for m in r.container()["volumeMounts"]] == [TMP]
-    assert r.rules("ClusterRole") == NAMESPACED_RULES | KOPF_CLUSTER_RULES | AUTH_RULES
+    assert r.rules("Role", NS) == NAMESPACED_RULES
+    assert r.rules("ClusterRole") == KOPF_CLUSTER_RULES | NAMESPACE_RULES | AUTH_RULES
+    wide = render(*VALUE_SETS["no-webhook-no-templates"], "clusterWide=true")
+    assert wide.rules("ClusterRole") == NAMESPACED_RULES | KOPF_CLUSTER_RULES | AUTH_RULES
 
 
-def test_token_secrets_can_be_limited_by_name(render: Render) -> None:
-    r = render("tokenSecrets.resourceNames[0]=agent-token")
-    secrets = {rule for rule in r.rules("ClusterRole") if rule[1] == "secrets"}
+@pytest.mark.parametrize(("mode", "kind"), [((), "Role"), (("clusterWide=true",), "ClusterRole")])
+def test_token_secrets_can_be_limited_by_name(
+    render: Render, mode: tuple[str, ...], kind: str
+) -> None:
+    r = render("tokenSecrets.resourceNames[0]=agent-token", *mode)
+    secrets = {rule for rule in r.rules("ClusterRole") | r.rules("Role") if rule[1] == "secrets"}
     assert secrets == {("", "secrets", "get", ("agent-token",))}
+    assert secrets <= r.rules(kind)
 
 
 def test_pod_placement_and_annotations_come_from_values(render: Render) -> None:
@@ -778,6 +900,7 @@ def test_template_logic_refuses_tls_values_that_cannot_work(helm_env: dict[str, 
         ("webhook.failurePolicy=Sometimes", "/webhook/failurePolicy"),
         ("webhook.certManager.issuer=x", "additional properties 'issuer' not allowed"),
         ("watchNamespaces[0]=Not_A_Namespace", "/watchNamespaces/0"),
+        ("clusterWide=yes", "/clusterWide"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("operator.agentEndpoint=tcp://x", "/operator/agentEndpoint"),
         ("service.nodePort=4320", "/service/nodePort"),
@@ -820,6 +943,12 @@ def test_the_kind_values_expose_opamp_where_kind_config_maps_it(helm_env: dict[s
     assert (mapping["hostPort"], mapping["listenAddress"]) == (4320, "127.0.0.1")
     assert r.container()["image"] == "opamp-operator:dev"
     assert r.container()["imagePullPolicy"] == "Never"
+    # Cluster-wide, asked for explicitly: the e2e creates namespaces of random names.
+    assert yaml.safe_load(KIND_VALUES.read_text())["clusterWide"] is True
+    assert r.watched() == []
+    assert not r.all("Role")
+    cluster = role_rules(r.one("ClusterRole", "opamp-operator-cluster"))
+    assert cluster >= NAMESPACED_RULES | TEMPLATE_RULES
     # The default ClusterIP Service never gets a node port, whatever the value says.
     plain = run_helm(helm_env, "template", RELEASE, str(CHART), "--set=service.nodePort=30320")
     assert plain.returncode == 0, plain.stderr

@@ -13,6 +13,7 @@ the Secret and ValidatingWebhookConfiguration the chart makes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -92,19 +93,30 @@ class Release:
 
     name: str
     namespace: str
-    watched: tuple[str, ...]  # empty: a cluster-wide install
+    listed: tuple[str, ...]  # watchNamespaces
     outside: str  # a namespace a namespaced install does not watch
     values: tuple[str, ...]
+    cluster_wide: bool = False  # clusterWide=true
 
     @property
     def service_account(self) -> str:
         return f"{self.name}-opamp-operator"
 
+    @property
+    def watched(self) -> tuple[str, ...]:
+        """What the operator watches: the listed namespaces, else the release namespace
+        (the chart's default); empty for a cluster-wide install."""
+        if self.cluster_wide:
+            return ()
+        return self.listed or (self.namespace,)
+
 
 def _install(cluster: LocalCluster, api_client: Any, home: Path, release: Release) -> str:
     """`helm install --wait`; returns the rendered manifest helm stored for the release."""
     sets = [f"--set={v}" for v in release.values]
-    sets += [f"--set=watchNamespaces[{i}]={ns}" for i, ns in enumerate(release.watched)]
+    sets += [f"--set=watchNamespaces[{i}]={ns}" for i, ns in enumerate(release.listed)]
+    if release.cluster_wide:
+        sets.append("--set=clusterWide=true")
     try:
         helm(
             cluster.kubeconfig,
@@ -167,8 +179,9 @@ def helm_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def installs(
     cluster: LocalCluster, api_client: Any, helm_home: Path
 ) -> Iterator[dict[str, tuple[Release, str]]]:
-    """A namespaced install watching two namespaces and a cluster-wide one with the
-    webhook on; both uninstalled (and the CRDs removed) at the end."""
+    """A namespaced install watching two namespaces, one with the chart's default scope
+    (its release namespace) and a cluster-wide one (asked for: clusterWide=true) with the
+    webhook on; all uninstalled (and the CRDs removed) at the end."""
     core: Any = k8s.CoreV1Api(api_client)
     made: list[str] = []
 
@@ -179,7 +192,7 @@ def installs(
     namespaced = Release(
         name="scoped",
         namespace=ns("chart-scoped"),
-        watched=(ns("chart-watched-a"), ns("chart-watched-b")),
+        listed=(ns("chart-watched-a"), ns("chart-watched-b")),
         outside=ns("chart-outside"),
         values=(
             "webhook.enabled=false",
@@ -187,17 +200,29 @@ def installs(
             f"tokenSecrets.resourceNames[0]={TOKEN_SECRET}",
         ),
     )
+    default = Release(
+        name="own",
+        namespace=ns("chart-own"),
+        listed=(),
+        outside=namespaced.outside,
+        values=("webhook.enabled=false", "image.pullPolicy=Never"),
+    )
     clusterwide = Release(
         name="wide",
         namespace=ns("chart-wide"),
-        watched=(),
+        listed=(),
         outside=namespaced.outside,
         values=("image.pullPolicy=Never",),
+        cluster_wide=True,
     )
     done: list[Release] = []
     try:
         found: dict[str, tuple[Release, str]] = {}
-        for key, release in (("namespaced", namespaced), ("clusterwide", clusterwide)):
+        for key, release in (
+            ("namespaced", namespaced),
+            ("default", default),
+            ("clusterwide", clusterwide),
+        ):
             manifest = _install(cluster, api_client, helm_home, release)
             done.append(release)
             found[key] = (release, manifest)
@@ -247,6 +272,15 @@ def _objects(manifest: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(manifest) if d]
 
 
+def _chart_namespaces(manifest: str) -> list[str]:
+    """The `--namespace` values of the installed Deployment's args: what the chart tells
+    its operator to watch (empty: every namespace)."""
+    [deployment] = [o for o in _objects(manifest) if o["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    args: list[str] = container["args"]
+    return [args[i + 1] for i, a in enumerate(args) if a == "--namespace"]
+
+
 def test_helm_install_is_deployed_and_its_crds_are_served(
     installs: dict[str, tuple[Release, str]],
     api_client: Any,
@@ -277,14 +311,17 @@ def test_helm_install_is_deployed_and_its_crds_are_served(
         assert deployment.status.ready_replicas == 1
         kinds = {o["kind"] for o in _objects(manifest)}
         assert {"Deployment", "ServiceAccount", "ClusterRole", "Service"} <= kinds
-    scoped, scoped_manifest = installs["namespaced"]
-    roles = [o for o in _objects(scoped_manifest) if o["kind"] in {"Role", "RoleBinding"}]
-    # A Role and its binding per watched namespace, and the binding to the built-in
-    # reader of the cluster's client CA in kube-system (for the API listener).
-    assert sorted((o["kind"], o["metadata"]["namespace"]) for o in roles) == sorted(
-        [("RoleBinding", "kube-system")]
-        + [(kind, ns) for kind in ("Role", "RoleBinding") for ns in scoped.watched]
-    )
+    for release, manifest in installs.values():
+        assert _chart_namespaces(manifest) == list(release.watched)
+        roles = [o for o in _objects(manifest) if o["kind"] in {"Role", "RoleBinding"}]
+        # A Role and its binding per watched namespace (the release namespace by default,
+        # none cluster-wide), and the binding to the built-in reader of the cluster's
+        # client CA in kube-system (for the API listener).
+        assert sorted((o["kind"], o["metadata"]["namespace"]) for o in roles) == sorted(
+            [("RoleBinding", "kube-system")]
+            + [(kind, ns) for kind in ("Role", "RoleBinding") for ns in release.watched]
+        )
+    _, scoped_manifest = installs["namespaced"]
     rbac: Any = k8s.RbacAuthorizationV1Api(api_client)
     for release, _ in installs.values():
         reader = rbac.read_namespaced_role_binding(
@@ -303,7 +340,7 @@ def test_helm_install_is_deployed_and_its_crds_are_served(
     assert "ValidatingWebhookConfiguration" in {o["kind"] for o in _objects(wide_manifest)}
 
 
-@pytest.mark.parametrize("mode", ["namespaced", "clusterwide"])
+@pytest.mark.parametrize("mode", ["namespaced", "default", "clusterwide"])
 def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
     mode: str,
     *,
@@ -313,10 +350,10 @@ def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    release, _ = installs[mode]
+    release, manifest = installs[mode]
     kubeconfig, _ = as_operator(release)
     if release.watched:
-        namespace = release.watched[-1]
+        namespace = release.watched[-1]  # the release namespace itself by default
     core: Any = k8s.CoreV1Api(api_client)
     # A token names its fleet: each mode's fleet has its own.
     token = f"{TOKEN}-{mode}"
@@ -336,7 +373,8 @@ def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
         "3 Running pods",
         lambda: p if len(p := running_pods(api_client, namespace, labels)) == 3 else None,
     )
-    args = [f"--namespace={ns}" for ns in release.watched]
+    # Watching what the chart's Deployment watches.
+    args = [f"--namespace={ns}" for ns in _chart_namespaces(manifest)]
     op = start_operator(kubeconfig, tmp_path, "--rollout-interval=1", *args)
     agents = PodAgents(api_client, namespace, labels, op.ws_url)
     try:
@@ -467,31 +505,52 @@ def test_the_operator_with_the_charts_identity_reconciles_without_a_403(
     assert "reconciled" in log
 
 
+@pytest.mark.parametrize("mode", ["namespaced", "default"])
 def test_the_namespaced_identity_cannot_read_secrets_or_leave_its_namespaces(
+    mode: str,
     installs: dict[str, tuple[Release, str]],
     as_operator: Callable[[Release], tuple[Path, Any]],
     api_client: Any,
 ) -> None:
-    release, _ = installs["namespaced"]
+    """Listed namespaces, or by default the release namespace alone: nothing outside."""
+    release, _ = installs[mode]
     _, client = as_operator(release)
     core: Any = k8s.CoreV1Api(client)
     apps: Any = k8s.AppsV1Api(client)
     co: Any = k8s.CustomObjectsApi(client)
     admin: Any = k8s.CoreV1Api(api_client)
     watched = release.watched[0]
-    for ns in (watched, release.outside):
+    for ns in (watched, release.outside):  # `outside` is shared by the modes
         for name in (TOKEN_SECRET, "other"):
-            admin.create_namespaced_secret(
-                ns, {"metadata": {"name": name}, "stringData": {"token": "x"}}
-            )
+            with contextlib.suppress(ApiException):  # 409: made for the other mode
+                admin.create_namespaced_secret(
+                    ns, {"metadata": {"name": name}, "stringData": {"token": "x"}}
+                )
     pod = {"metadata": {"name": "intruder"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    workload = {
+        "metadata": {"name": "intruder"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "intruder"}},
+            "template": {
+                "metadata": {"labels": {"app": "intruder"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            },
+        },
+    }
 
     assert core.read_namespaced_secret(TOKEN_SECRET, watched).metadata.name == TOKEN_SECRET
     assert len(core.list_namespaced_pod(watched).items) >= 0
     _denied(lambda: core.list_namespaced_secret(watched))
     _denied(core.list_secret_for_all_namespaces)
-    _denied(lambda: core.read_namespaced_secret("other", watched))
+    if any(v.startswith("tokenSecrets.resourceNames") for v in release.values):
+        _denied(lambda: core.read_namespaced_secret("other", watched))
+    else:  # the default: any Secret name, `get` only, in its own namespace
+        assert core.read_namespaced_secret("other", watched).metadata.name == "other"
     _denied(lambda: core.read_namespaced_secret(TOKEN_SECRET, release.outside))
+    _denied(lambda: core.read_namespaced_secret("other", release.outside))
+    # Template mode writes workloads where it watches, nowhere else.
+    _denied(lambda: apps.create_namespaced_deployment(release.outside, workload))
+    _denied(lambda: apps.create_namespaced_daemon_set(release.outside, workload))
     _denied(lambda: core.create_namespaced_pod(watched, pod))
     _denied(lambda: core.delete_collection_namespaced_pod(watched))
     _denied(lambda: core.list_namespaced_pod(release.outside))

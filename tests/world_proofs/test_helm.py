@@ -117,9 +117,10 @@ def _https(
 def test_the_chart_with_tls_for_agents_runs_the_operator_with_its_args_and_identity(
     cluster: LocalCluster, api_client: Any, crds: None, namespace: str, tmp_path: Path
 ) -> None:
-    """A namespaced `helm install` with `opamp.tls.existingSecret` (client certificates
-    required) and a narrowed NetworkPolicy: the apiserver takes every object (the
-    kube-system RoleBinding, the metrics-reader ClusterRole, the NetworkPolicy). Then the
+    """A `helm install` (the default scope: its own namespace) with
+    `opamp.tls.existingSecret` (client certificates required) and a narrowed
+    NetworkPolicy: the apiserver takes every object (the kube-system RoleBinding, the
+    metrics-reader ClusterRole, the NetworkPolicy, the Role). Then the
     Deployment's own args, with the mounted Secret's files at a local path, run the
     operator as a process with the chart ServiceAccount's token: it serves the Secret's
     certificate on the agents' port (an OpAMP exchange with a client certificate; none
@@ -151,9 +152,9 @@ def test_the_chart_with_tls_for_agents_runs_the_operator_with_its_args_and_ident
         "webhook.enabled=false",
         "image.pullPolicy=Never",
         "networkPolicy.apiFrom[0].namespaceSelector.matchLabels.team=monitoring",
-        # Namespaced: no cluster-wide ConfigMap read, so the client CA in kube-system is
-        # readable only through the chart's RoleBinding there.
-        f"watchNamespaces[0]={namespace}",
+        # No clusterWide, no watchNamespaces: the default namespaced install, watching the
+        # release namespace. No cluster-wide ConfigMap read, so the client CA in
+        # kube-system is readable only through the chart's RoleBinding there.
     )
     helm(
         cluster.kubeconfig,
@@ -200,6 +201,8 @@ def test_the_chart_with_tls_for_agents_runs_the_operator_with_its_args_and_ident
             (files / key).write_bytes(base64.b64decode(value))
         args = [a.replace(f"{MOUNT}/", f"{files}/") for a in container.args]
         assert f"{files}/ca.crt" in args
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == [namespace]
+        assert rbac.read_namespaced_role(FULL, namespace).rules
         token = service_account_token(api_client, pod.service_account_name, namespace)
         kubeconfig = token_kubeconfig(cluster, token, tmp_path / "operator.kubeconfig")
         port, api_port = free_port(), free_port()

@@ -99,14 +99,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
 
-{{/* The namespaces that get a Role: the watched ones, or none for a cluster-wide install. */}}
-{{- define "opamp-operator.clusterwide" -}}
-{{- if not .Values.watchNamespaces }}true{{ end }}
+{{/*
+The namespaces the operator watches, as a JSON list: the one place the install's mode is
+decided, read (`include ... | fromJsonArray`) by every template that depends on it (the
+`--namespace` args, the Roles and the ClusterRole's rules, the peering rules, the webhook's
+namespaceSelector, NOTES.txt), so they cannot disagree.
+  clusterWide: true   -> [] (a cluster-wide install: one ClusterRole, every namespace);
+                         watchNamespaces must then be empty
+  watchNamespaces set -> those namespaces (a Role in each)
+  neither             -> [the release namespace] (the default: least privilege)
+*/}}
+{{- define "opamp-operator.watchedNamespaces" -}}
+{{- if .Values.clusterWide }}
+{{- if .Values.watchNamespaces }}
+{{- fail (printf "clusterWide=true watches every namespace, so watchNamespaces must be empty (it is %s): set clusterWide=false to watch only those namespaces, or empty watchNamespaces for a cluster-wide install" (toJson .Values.watchNamespaces)) }}
+{{- end }}
+{{- list | toJson }}
+{{- else }}
+{{- default (list .Release.Namespace) .Values.watchNamespaces | toJson }}
+{{- end }}
 {{- end }}
 
 {{/*
 The namespaced permissions, shared by the ClusterRole (cluster-wide install) and every
-Role (namespaced install). Each rule's reason is in docs/helm.md.
+Role (namespaced install, the default). Each rule's reason is in docs/helm.md.
 */}}
 {{- define "opamp-operator.namespacedRules" -}}
 - apiGroups: [opampoperator.io]
@@ -147,7 +163,7 @@ Role (namespaced install). Each rule's reason is in docs/helm.md.
   resources: [deployments, daemonsets]
   verbs: [get, create, patch, delete]
 {{- end }}
-{{- if and (gt (int .Values.replicas) 1) .Values.watchNamespaces }}
+{{- if and (gt (int .Values.replicas) 1) (include "opamp-operator.watchedNamespaces" . | fromJsonArray) }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
   verbs: [get, list, watch, create, patch]
