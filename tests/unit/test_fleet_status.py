@@ -267,7 +267,7 @@ def test_an_invalid_spec_keeps_what_agents_get_and_says_stalled() -> None:
     state.put_fleet(record)
     body = _fleet_body({"selector": {}, "config": {"inline": "a"}, "bogus": 1})
     patch = kopf.Patch()
-    reconciler = FleetReconciler(state, cast(Any, None), None)
+    reconciler = FleetReconciler(state, cast(Any, None), None, "opamp-operator")
     reconciler.refuse_spec(body, patch, Why("InvalidSpec", "invalid spec: bogus"))
     kept = state.fleets["obs/f"]
     assert kept.config == record.config

@@ -5,20 +5,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from opamp_operator.api.models import AGENT_READY_CONDITION, CollectorFleetSpec
+from opamp_operator.api.models import (
+    AGENT_READY_CONDITION,
+    DEFAULT_TOKEN_EXPIRATION,
+    CollectorFleetSpec,
+)
 from opamp_operator.fleet.mapping import FleetSelector
 from opamp_operator.k8s.gates import pod_view
+from opamp_operator.k8s.settings import AgentTokenSettings
 from opamp_operator.k8s.state import FleetRecord
 from opamp_operator.k8s.workload import (
+    AUTH_TOKEN_ENV,
     CONFIG_HASH_ANNOTATION,
     CONFIG_KEY,
     MANAGED_BY_LABEL,
+    TOKEN_AUDIENCE,
     WORKLOAD_LABEL,
     Ownership,
     Rendered,
@@ -335,3 +344,198 @@ def test_ownership_tells_ours_from_an_earlier_fleet_and_from_others() -> None:
     assert ownership([], record) == Ownership.FOREIGN
     helm = _ref(apiVersion="apps/v1", kind="ReplicaSet", uid="x")
     assert ownership([helm], record) == Ownership.FOREIGN
+
+
+# ---- restricted pods ----------------------------------------------------------------
+
+
+def _volumes(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in _pod_template(rendered)["spec"]["volumes"]}
+
+
+def _mounts(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in _container(rendered)["volumeMounts"]}
+
+
+def test_pods_run_restricted_and_write_only_to_the_supervisor_storage() -> None:
+    for kind in ("Deployment", "DaemonSet"):
+        rendered = render(_record({"image": "img", "kind": kind}), ENDPOINT)
+        assert _pod_template(rendered)["spec"]["securityContext"] == {
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        assert _container(rendered)["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        # With a read-only root, what the supervisor writes (its state, the Collector's
+        # config and log, configs it validates: all under storage.directory) must be on a
+        # writable volume: the one writable mount, an emptyDir.
+        writable = [m for m in _mounts(rendered).values() if not m.get("readOnly")]
+        assert [m["mountPath"] for m in writable] == [_supervisor(rendered)["storage"]["directory"]]
+        assert _volumes(rendered)[writable[0]["name"]]["emptyDir"] == {}
+
+
+def test_the_templates_security_contexts_win_key_by_key() -> None:
+    rendered = render(
+        _record(
+            {
+                "image": "img",
+                "podSecurityContext": {
+                    "runAsUser": 10001,
+                    "fsGroup": 10001,
+                    "seccompProfile": {"type": "Localhost", "localhostProfile": "otel.json"},
+                },
+                "securityContext": {
+                    "capabilities": {"add": ["NET_BIND_SERVICE"]},
+                    "readOnlyRootFilesystem": False,
+                    "allowPrivilegeEscalation": None,  # null: leave the default out
+                },
+            }
+        ),
+        ENDPOINT,
+    )
+    assert _pod_template(rendered)["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "otel.json"},
+    }
+    assert _container(rendered)["securityContext"] == {
+        "readOnlyRootFilesystem": False,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+    }
+
+
+# ---- ServiceAccount tokens ----------------------------------------------------------
+
+
+def _sa_record(template: dict[str, Any] | None = None, **auth: Any) -> FleetRecord:
+    return _record(
+        template or {"image": "img", "serviceAccountName": "collector"},
+        agentAuth={"mode": "ServiceAccountToken", **auth},
+    )
+
+
+def test_service_account_token_mode_mounts_a_pod_bound_token_the_supervisor_sends() -> None:
+    rendered = render(_sa_record(serviceAccounts=["collector"]), ENDPOINT)
+    volume = _volumes(rendered)["agent-token"]
+    (source,) = volume["projected"]["sources"]
+    token = source["serviceAccountToken"]
+    # The audience the operator's TokenReviews require by default: one definition.
+    assert token["audience"] == TOKEN_AUDIENCE == AgentTokenSettings().audiences[0]
+    assert token["audience"] == "opamp-operator"
+    assert token["expirationSeconds"] == DEFAULT_TOKEN_EXPIRATION == 365 * 24 * 3600
+    mount = _mounts(rendered)["agent-token"]
+    assert mount["readOnly"] is True
+    path = f"{mount['mountPath']}/{token['path']}"
+    # The supervisor expands ${file:...} with its confmap file provider when it loads its
+    # config: the header carries the file's content.
+    assert _supervisor(rendered)["server"]["headers"] == {
+        "Authorization": [f"Bearer ${{file:{path}}}"]
+    }
+    assert _pod_template(rendered)["spec"]["serviceAccountName"] == "collector"
+
+
+def test_the_token_lifetime_and_audience_are_configurable_within_kubernetes_bounds() -> None:
+    record = _sa_record({"image": "img", "serviceAccountToken": {"expirationSeconds": 600}})
+    rendered = render(record, ENDPOINT, audience="opamp.example.com")
+    (source,) = _volumes(rendered)["agent-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"]["expirationSeconds"] == 600
+    assert source["serviceAccountToken"]["audience"] == "opamp.example.com"
+    for seconds in (599, (1 << 32) + 1):
+        with pytest.raises(ValidationError):
+            _sa_record({"image": "img", "serviceAccountToken": {"expirationSeconds": seconds}})
+
+
+def test_the_service_account_token_replaces_the_fleet_token() -> None:
+    record = _record(
+        {"image": "img"},
+        authSecretRef={"name": "fleet-token"},
+        agentAuth={"mode": "ServiceAccountToken"},
+    )
+    rendered = render(record, ENDPOINT)
+    (header,) = _supervisor(rendered)["server"]["headers"]["Authorization"]
+    assert header.startswith("Bearer ${file:")
+    assert AUTH_TOKEN_ENV not in {e["name"] for e in _container(rendered)["env"]}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{}, {"authSecretRef": {"name": "fleet-token"}}, {"agentAuth": {"mode": "None"}}],
+    ids=["none", "token", "explicit-none"],
+)
+def test_other_modes_mount_no_service_account_token(spec: dict[str, Any]) -> None:
+    rendered = render(_record(**spec), ENDPOINT)
+    assert "agent-token" not in _volumes(rendered)
+    assert "agent-token" not in _mounts(rendered)
+    headers = _supervisor(rendered)["server"].get("headers", {})
+    assert all("${file:" not in h for h in headers.get("Authorization", []))
+
+
+def test_pods_of_a_service_account_the_fleet_does_not_admit_are_an_error() -> None:
+    with pytest.raises(TemplateError, match=r"'default'.*does not admit"):
+        render(_sa_record({"image": "img"}, serviceAccounts=["collector"]), ENDPOINT)
+    with pytest.raises(TemplateError, match="'other'"):
+        render(
+            _sa_record({"image": "img", "serviceAccountName": "other"}, serviceAccounts=["a"]),
+            ENDPOINT,
+        )
+    # Any account when the fleet names none; the default one when the template names none.
+    assert render(_sa_record({"image": "img"}), ENDPOINT).workload["kind"] == "Deployment"
+
+
+# ---- wss:// and the CA --------------------------------------------------------------
+
+WSS = "wss://opamp-operator.opamp-system.svc:4320/v1/opamp"
+
+
+def test_a_ca_config_map_is_mounted_and_verifies_the_wss_endpoint() -> None:
+    record = _record({"image": "img", "caConfigMapRef": {"name": "opamp-ca", "key": "bundle.pem"}})
+    rendered = render(record, WSS)
+    volume = _volumes(rendered)["server-ca"]
+    assert volume["configMap"] == {
+        "name": "opamp-ca",
+        "items": [{"key": "bundle.pem", "path": "ca.crt"}],
+    }
+    mount = _mounts(rendered)["server-ca"]
+    assert mount["readOnly"] is True
+    server = _supervisor(rendered)["server"]
+    assert server == {"endpoint": WSS, "tls": {"ca_file": f"{mount['mountPath']}/ca.crt"}}
+    # The key defaults to cert-manager's and trust-manager's name.
+    default = render(_record({"image": "img", "caConfigMapRef": {"name": "opamp-ca"}}), WSS)
+    assert _volumes(default)["server-ca"]["configMap"]["items"] == [
+        {"key": "ca.crt", "path": "ca.crt"}
+    ]
+
+
+def test_without_a_ca_a_wss_endpoint_is_verified_against_the_system_roots() -> None:
+    rendered = render(_record(), WSS)
+    server = _supervisor(rendered)["server"]
+    assert server == {"endpoint": WSS}  # no tls: verification on, system roots
+    assert "server-ca" not in _volumes(rendered)
+    # supervisorConfig still has the last word (a client certificate, say).
+    tls = {"ca_file": "/x/ca.crt", "cert_file": "/x/tls.crt", "key_file": "/x/tls.key"}
+    overridden = _record(
+        {
+            "image": "img",
+            "caConfigMapRef": {"name": "opamp-ca"},
+            "supervisorConfig": {"server": {"tls": tls}},
+        }
+    )
+    assert _supervisor(render(overridden, WSS))["server"]["tls"] == tls
+
+
+def test_the_node_agents_example_renders_with_a_token_the_fleet_admits() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "node-agents-template.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    (fleet,) = [d for d in docs if d["kind"] == "CollectorFleet"]
+    spec = CollectorFleetSpec.model_validate(fleet["spec"])
+    selector = FleetSelector.from_label_selector(
+        "observability", "node-agents", 0.0, spec.selector.model_dump(by_alias=True)
+    )
+    rendered = render(FleetRecord("observability", "node-agents", UID, 1, selector, spec), ENDPOINT)
+    assert rendered.workload["kind"] == "DaemonSet"
+    assert _pod_template(rendered)["spec"]["serviceAccountName"] == "otel-node-agent"
+    assert "agent-token" in _volumes(rendered)

@@ -1,10 +1,16 @@
 """Template mode on the local cluster: the operator renders the Collector workload, kwok
-runs its pods, and the real opampsupervisor — started with the rendered config and the
-environment the downward API gives one of those pods — maps to that pod, applies the
-fleet's config and turns the pod's agent-ready gate True."""
+runs its pods, and the real opampsupervisor — started with the rendered config, the
+environment the downward API gives one of those pods and its volumes as the kubelet
+mounts them (world/template.py) — maps to that pod, applies the fleet's config and turns
+the pod's agent-ready gate True. With agentAuth ServiceAccountToken the pod's projected
+token (a real TokenRequest bound to the pod) is what maps it, over wss:// verified with
+the CA from the fleet's ConfigMap."""
 
 from __future__ import annotations
 
+import re
+import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +23,22 @@ from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
 from opamp_operator.k8s.reads import get_or_none
 from opamp_operator.k8s.workload import (
     CONFIG_KEY,
+    CONTAINER_SECURITY_CONTEXT,
     MANAGED_BY_LABEL,
+    POD_SECURITY_CONTEXT,
+    TOKEN_AUDIENCE,
+    TOKEN_VOLUME,
     WORKLOAD_LABEL,
     config_map_name,
     workload_name,
 )
 from world.cluster import LocalCluster
 from world.collector import base_collector_config, collector_config_with_health
-from world.fleets import PLURAL, create_fleet
+from world.fleets import PLURAL, create_fleet, fleet_status
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
-from world.template import container_env, start_pod_supervisor
+from world.template import PodVolumes, container_env, start_pod_supervisor
+from world.tls import make_pki, serve_tls_args
 
 pytestmark = pytest.mark.world
 
@@ -119,6 +130,17 @@ def _controlled_by_the_fleet(obj: Any, api_client: Any, namespace: str) -> None:
     assert owner.controller is True
 
 
+def _assert_restricted(pod_spec: dict[str, Any]) -> None:
+    """The restricted defaults, as the API stored them on a pod (the stand-in kubelet does
+    not enforce them: kwok runs no containers)."""
+    assert pod_spec["securityContext"] == POD_SECURITY_CONTEXT
+    (container,) = pod_spec["containers"]
+    assert container["securityContext"] == CONTAINER_SECURITY_CONTEXT
+    writable = [m for m in container["volumeMounts"] if not m.get("readOnly")]
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    assert [volumes[m["name"]].get("emptyDir") for m in writable] == [{}]
+
+
 def test_template_deployment_runs_supervised_collectors_mapped_to_their_pods(
     operator: OperatorProcess, api_client: Any, namespace: str, tmp_path: Path
 ) -> None:
@@ -142,6 +164,7 @@ def test_template_deployment_runs_supervised_collectors_mapped_to_their_pods(
     pods = _n_running(api_client, namespace, 2)
     for pod in pods:
         assert [g.condition_type for g in pod.spec.readiness_gates] == [AGENT_READY_CONDITION]
+        _assert_restricted(api_client.sanitize_for_serialization(pod)["spec"])
         assert pod.metadata.labels[MANAGED_BY_LABEL] == "opamp-operator"
         assert pod.metadata.labels[WORKLOAD_LABEL] == FLEET
     cm = core.read_namespaced_config_map(config_map_name(FLEET), namespace)
@@ -384,3 +407,197 @@ def test_a_template_that_cannot_be_rendered_is_not_ready_with_the_reason(
     assert "tier" in message
     apps: Any = k8s.AppsV1Api(api_client)
     assert get_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace) is None
+
+
+def _metric(op: OperatorProcess, name: str, labels: str) -> float:
+    found = re.search(rf"^{name}\{{{labels}\}} (\S+)$", op.get("/metrics"), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _reviews(op: OperatorProcess, result: str = "authenticated") -> float:
+    return _metric(op, "opamp_agent_token_reviews_total", f'result="{result}"')
+
+
+def _refused_connects(op: OperatorProcess) -> float:
+    return _metric(op, "opamp_errors_total", 'reason="unauthorized"')
+
+
+def test_template_pods_present_their_projected_token_over_wss_verified_with_the_ca(
+    crds: None, cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    """The pods' agents hold their pods by their projected ServiceAccount tokens alone.
+
+    What the supervisor does with a rotated token, shown step by step: opampsupervisor
+    v0.149.0 expands `${file:...}` in its server headers once, when it loads its config,
+    so (1) a token the kubelet rewrites leaves the open connection as it is, (2) a
+    reconnect still sends the token read at start, accepted while that one is valid, and
+    (3) once it is not, reconnects are refused until the container restarts and reads
+    the current one. (3) is what expirationSeconds bounds, hence its long default.
+    """
+    apps: Any = k8s.AppsV1Api(api_client)
+    core: Any = k8s.CoreV1Api(api_client)
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    args = (f"--agent-endpoint=wss://127.0.0.1:{port}/v1/opamp", *serve_tls_args(pki.server))
+
+    def operator() -> OperatorProcess:
+        return start_operator(cluster.kubeconfig, tmp_path / "operator", *args, port=port)
+
+    # What the fleet's author provides in its namespace: the CA that signed the operator's
+    # agent certificate (public), and the ServiceAccount the fleet admits.
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "opamp-ca"}, "data": {"ca.crt": pki.ca_file.read_text()}}
+    )
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "collector"}})
+    config, health_port = collector_config_with_health()
+    op = operator()
+    supervisor = None
+    try:
+        _create_fleet(
+            api_client,
+            namespace,
+            config,
+            {
+                "image": IMAGE,
+                "serviceAccountName": "collector",
+                # The shortest lifetime the apiserver issues.
+                "serviceAccountToken": {"expirationSeconds": 600},
+                "caConfigMapRef": {"name": "opamp-ca"},
+            },
+            agentAuth={"mode": "ServiceAccountToken", "serviceAccounts": ["collector"]},
+        )
+        (pod,) = _n_running(api_client, namespace, 1)
+        pod_json = api_client.sanitize_for_serialization(pod)
+        _assert_restricted(pod_json["spec"])
+        volumes_of = {v["name"]: v for v in pod_json["spec"]["volumes"]}
+        (source,) = volumes_of[TOKEN_VOLUME]["projected"]["sources"]
+        assert source["serviceAccountToken"] == {
+            "audience": TOKEN_AUDIENCE,
+            "expirationSeconds": 600,
+            "path": "token",
+        }
+        assert pod_json["spec"]["serviceAccountName"] == "collector"
+        deployment = apps.read_namespaced_deployment(workload_name(FLEET), namespace)
+        assert deployment.spec.template.spec.security_context.run_as_non_root is True
+        supervisor_yaml = core.read_namespaced_config_map(config_map_name(FLEET), namespace).data[
+            CONFIG_KEY
+        ]
+        server = yaml.safe_load(supervisor_yaml)["server"]
+        assert server["endpoint"] == f"wss://127.0.0.1:{port}/v1/opamp"
+        assert server["tls"]["ca_file"].endswith("/ca.crt")
+        assert server["headers"]["Authorization"][0].startswith("Bearer ${file:")
+
+        env = container_env(pod_json, api_client)
+        agents_url = f"/api/v1/fleets/{namespace}/{FLEET}/agents"
+        where = f"{namespace}/{pod.metadata.name}"
+        health_url = f"http://127.0.0.1:{health_port}/"
+
+        def held(by: OperatorProcess) -> dict[str, Any] | None:
+            try:
+                agents = by.get(agents_url)["agents"]
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:  # a restarted operator that has not read the fleet yet
+                    return None
+                raise
+            return next(
+                (
+                    a
+                    for a in agents
+                    if a["pod"] == where and a["connected"] and a["remoteConfigStatus"] == "APPLIED"
+                ),
+                None,
+            )
+
+        def verified(by: OperatorProcess) -> dict[str, Any]:
+            agent = eventually("the agent holding its pod", lambda: held(by), timeout=WAIT)
+            assert agent["rule"] == "credential"  # its token named the pod, nothing else did
+            status = eventually(
+                "the fleet's status counting it",
+                lambda: (
+                    s
+                    if (s := fleet_status(api_client, namespace, FLEET)).get("agentsMapped") == 1
+                    and s.get("agentsConnected") == 1
+                    else None
+                ),
+                timeout=WAIT,
+            )
+            assert status["agentsUnauthenticated"] == 0
+            assert status["agentsUnverified"] == 0
+            return agent
+
+        with PodVolumes(pod_json, api_client, tmp_path / "pod-0") as volumes:
+            supervisor = start_pod_supervisor(
+                supervisor_yaml,
+                pod_json,
+                env,
+                tmp_path / "pod-0",
+                health_url=health_url,
+                volumes=volumes,
+            )
+            agent = verified(op)
+            supervisor.wait_healthy(timeout=WAIT)
+            eventually(
+                "the agent-ready gate True",
+                lambda: [_gate(p) for p in _running_pods(api_client, namespace)] == ["True"],
+                timeout=WAIT,
+            )
+            assert _reviews(op) == 1
+            assert _refused_connects(op) == 0
+
+            # (1) The kubelet rewrites the token: the connection is kept, nothing refused,
+            # nothing new reviewed (heartbeats carry no token; nothing re-read it).
+            started_with = volumes.tokens()[f"{TOKEN_VOLUME}/token"]
+            assert volumes.rotate_tokens()[f"{TOKEN_VOLUME}/token"] != started_with
+            time.sleep(5)
+            assert held(op) is not None
+            assert (_reviews(op), _refused_connects(op)) == (1, 0)
+
+            # (2) A reconnect (the operator restarted) while the start token is valid.
+            op.stop()
+            op = operator()
+            again = verified(op)
+            assert again["instanceUid"] == agent["instanceUid"]
+            assert (_reviews(op), _refused_connects(op)) == (1, 0)
+
+            # (3) The start token stops passing TokenReview — its ServiceAccount replaced,
+            # which fails the token as expiry does — and the kubelet writes a token of the
+            # new ServiceAccount. A reconnect sends the start token: refused, again and
+            # again, though the current token is on disk.
+            core.delete_namespaced_service_account("collector", namespace)
+            eventually(
+                "the ServiceAccount gone",
+                lambda: _gone(core.read_namespaced_service_account, "collector", namespace),
+            )
+            core.create_namespaced_service_account(namespace, {"metadata": {"name": "collector"}})
+            volumes.rotate_tokens()
+            # kube-apiserver remembers a token that authenticated for 10 s
+            # (TokenSuccessCacheTTL): let the start token's last review age out.
+            time.sleep(11)
+            op.stop()
+            op = operator()
+            eventually(
+                "the supervisor's reconnects refused",
+                lambda: _refused_connects(op) >= 2 and _reviews(op, "refused") >= 1,
+                timeout=WAIT,
+            )
+            assert held(op) is None
+            assert _reviews(op) == 0
+
+            # The container restarts: the supervisor reads the current token and holds
+            # its pod again (same instance UID: the emptyDir outlives the container).
+            supervisor.stop()
+            supervisor = start_pod_supervisor(
+                supervisor_yaml,
+                pod_json,
+                env,
+                tmp_path / "pod-0",
+                health_url=health_url,
+                volumes=volumes,
+            )
+            restarted = verified(op)
+            assert restarted["instanceUid"] == agent["instanceUid"]
+            assert _reviews(op) == 1
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        op.stop_in_background()

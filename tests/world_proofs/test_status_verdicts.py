@@ -123,7 +123,7 @@ def test_an_invalid_spec_is_stalled_for_its_generation(before: str) -> None:
     raw["spec"] = {"selector": {}, "config": {"inline": "a: 1"}, "unknownField": True}
     patch = kopf.Patch()
     body = kopf.Body(cast(kopf.RawBody, raw))
-    reconciler = FleetReconciler(OperatorState(), cast(Any, None), None)
+    reconciler = FleetReconciler(OperatorState(), cast(Any, None), None, "opamp-operator")
     reconciler.refuse_spec(body, patch, Why("InvalidSpec", "invalid spec: unknownField"))
     written = {**old, **dict(patch["status"])}
     judge_case(fleet_object(written, generation=3), "Degraded", "Failed", "InvalidSpec")

@@ -89,6 +89,39 @@ class WorkloadKind(StrEnum):
     DAEMON_SET = "DaemonSet"
 
 
+# Kubernetes' own bounds on a projected token's lifetime (TokenRequest validation).
+MIN_TOKEN_EXPIRATION = 600
+MAX_TOKEN_EXPIRATION = 1 << 32
+# opampsupervisor (v0.149) reads its server headers once, at start (docs/security.md): the
+# token a pod's agent sends is the one it started with, so the token's lifetime is how
+# long the agent can reconnect. One year, as Kubernetes itself extends the tokens of
+# clients that do not re-read theirs (--service-account-extend-token-expiration); the
+# token is still bound to its pod and dies with it.
+DEFAULT_TOKEN_EXPIRATION = 365 * 24 * 3600
+
+
+class TemplateServiceAccountToken(_Spec):
+    """The projected ServiceAccount token of template-mode pods (agentAuth mode
+    ServiceAccountToken): bound to the pod, for the operator's audience, sent by the
+    supervisor as its bearer token."""
+
+    expiration_seconds: Annotated[
+        int,
+        Field(
+            ge=MIN_TOKEN_EXPIRATION,
+            le=MAX_TOKEN_EXPIRATION,
+            description="Lifetime of the token the kubelet requests (it rewrites the file "
+            "at 80%). The supervisor sends the token it read at start, so an agent can "
+            "reconnect only while that one is valid: keep it longer than the pods live",
+        ),
+    ] = DEFAULT_TOKEN_EXPIRATION
+
+
+class CABundleRef(_Spec):
+    name: Annotated[str, Field(min_length=1, description="ConfigMap in the fleet's namespace")]
+    key: Annotated[str, Field(min_length=1)] = "ca.crt"
+
+
 class FleetTemplate(_Spec):
     """Template mode: the operator renders the Collector workload itself: pods running
     opampsupervisor, wired to the operator's OpAMP endpoint, labelled to match the
@@ -119,6 +152,29 @@ class FleetTemplate(_Spec):
         default=None,
         description="Merged over the supervisor config the operator renders (maps key by "
         "key, anything else replaced), e.g. server.tls, agent.args or telemetry",
+    )
+    ca_config_map_ref: CABundleRef | None = Field(
+        default=None,
+        description="The CA (PEM) the agents verify the operator's wss:// endpoint with, "
+        "from a ConfigMap in the fleet's namespace (trust-manager, or kubectl create "
+        "configmap --from-file=ca.crt): mounted and set as server.tls.ca_file. Without "
+        "it a wss:// endpoint is verified against the image's system roots",
+    )
+    service_account_token: TemplateServiceAccountToken | None = Field(
+        default=None,
+        description="agentAuth mode ServiceAccountToken: the projected token the pods' "
+        "agents present (default: expirationSeconds one year)",
+    )
+    pod_security_context: dict[str, Any] | None = Field(
+        default=None,
+        description="core/v1 PodSecurityContext, merged key by key over the defaults "
+        "(runAsNonRoot, seccompProfile RuntimeDefault)",
+    )
+    security_context: dict[str, Any] | None = Field(
+        default=None,
+        description="core/v1 SecurityContext of the Collector container, merged key by "
+        "key over the defaults (allowPrivilegeEscalation false, readOnlyRootFilesystem, "
+        "capabilities drop ALL)",
     )
 
 

@@ -56,11 +56,18 @@ def revision_news(record: FleetRecord, previous: FleetRecord | None, created: bo
 
 class FleetReconciler:
     def __init__(
-        self, state: OperatorState, rollouts: RolloutHandlers, agent_endpoint: str | None
+        self,
+        state: OperatorState,
+        rollouts: RolloutHandlers,
+        agent_endpoint: str | None,
+        token_audience: str,
     ) -> None:
+        """`token_audience`: what template-mode pods' ServiceAccount tokens are issued
+        for, the audience the operator's TokenReviews require."""
         self.state = state
         self.rollouts = rollouts
         self.agent_endpoint = agent_endpoint
+        self.token_audience = token_audience
 
     async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
         """Read the fleet's spec and config, keep its revision, offer changes at once."""
@@ -114,7 +121,9 @@ class FleetReconciler:
 
     async def reconcile_workload(self, body: kopf.Body, record: FleetRecord) -> None:
         try:
-            await workload.reconcile_workload(body, record, self.agent_endpoint)
+            await workload.reconcile_workload(
+                body, record, self.agent_endpoint, self.token_audience
+            )
         except workload.TemplateError as exc:
             record.workload_problem = Why("TemplateInvalid", f"spec.template: {exc}")
             kopf.warn(

@@ -20,7 +20,7 @@ from opamp_operator.k8s.fleet_status import FleetStatus
 from opamp_operator.k8s.fleets import FleetReconciler
 from opamp_operator.k8s.gates import pod_view
 from opamp_operator.k8s.rollouts import ROLLOUTS, RolloutHandlers
-from opamp_operator.k8s.settings import HandlerSettings
+from opamp_operator.k8s.settings import AgentTokenSettings, HandlerSettings
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.server.app import OpAMPServer
 
@@ -37,6 +37,7 @@ def register(
     state: OperatorState,
     server: OpAMPServer,
     settings: HandlerSettings,
+    agent_tokens: AgentTokenSettings | None = None,
 ) -> None:
     """Attach every handler to `registry` (no module-level decorators: tests and the
     CLI build their own registries)."""
@@ -56,7 +57,8 @@ def register(
         else:
             state.pods[view.key] = view
 
-    _register_fleets(registry, state, rollouts, settings)
+    audience = (agent_tokens or AgentTokenSettings()).audiences[0]
+    _register_fleets(registry, state, rollouts, settings, audience)
     _register_rollouts(registry, rollouts, settings)
     if settings.webhook:
         _register_webhook(registry)
@@ -67,8 +69,9 @@ def _register_fleets(
     state: OperatorState,
     rollouts: RolloutHandlers,
     settings: HandlerSettings,
+    token_audience: str,
 ) -> None:
-    fleets = FleetReconciler(state, rollouts, settings.agent_endpoint)
+    fleets = FleetReconciler(state, rollouts, settings.agent_endpoint, token_audience)
     status = FleetStatus(state, settings)
 
     @kopf.on.resume(*FLEETS, registry=registry, backoff=RETRY_SECONDS)

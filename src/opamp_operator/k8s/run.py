@@ -152,7 +152,7 @@ async def run(options: RunOptions) -> None:
     server, sites, watch = await serve_opamp(options, state, identity, Path(scratch.name) / "api")
     registry = kopf.OperatorRegistry()
     handlers = replace(options.handlers, webhook=options.webhook is not None)
-    register(registry, state, server, handlers)
+    register(registry, state, server, handlers, options.agent_tokens)
     stop = stop_on_signals()
     watching = None
     if watch is not None:

@@ -11,7 +11,17 @@ them), named after it:
   `opampoperator.io/fleet-workload: <fleet>` (the workload's own, immutable selector);
   the pod identity comes from the downward API into the agent's non-identifying
   attributes (`k8s.pod.uid` first, which the operator maps agents by); the pod template
-  declares the `opampoperator.io/agent-ready` readiness gate.
+  declares the `opampoperator.io/agent-ready` readiness gate. Pods run restricted (non-root,
+  no privilege escalation, read-only root, no capabilities, seccomp RuntimeDefault): the
+  supervisor writes only to its storage directory, an emptyDir.
+
+What the agent proves follows what the fleet requires (spec.agentAuth): with
+ServiceAccountToken a projected token (bound to the pod, for the operator's audience) is
+mounted and the supervisor sends it as its bearer token (`${file:...}`, read when the
+supervisor starts: opampsupervisor v0.149 has no way to re-read it, as
+tests/world_proofs/test_operator_template.py shows; hence the long default lifetime);
+with the fleet's token, that token from its Secret. With `caConfigMapRef` the supervisor
+verifies a wss:// endpoint against that CA.
 
 The pod label is not `opampoperator.io/fleet`: a DaemonSet copies its pod labels onto its
 own ControllerRevisions, which would then be listed as the fleet's config revisions.
@@ -40,13 +50,15 @@ from kubernetes.client.exceptions import ApiException
 from opamp_operator.api.models import (
     AGENT_READY_CONDITION,
     API_VERSION,
+    DEFAULT_TOKEN_EXPIRATION,
     GROUP,
     CollectorFleetSpec,
     FleetTemplate,
     WorkloadKind,
 )
-from opamp_operator.fleet.mapping import ATTR_NAMESPACE, ATTR_POD_NAME, ATTR_POD_UID
+from opamp_operator.fleet.mapping import ATTR_NAMESPACE, ATTR_POD_NAME, ATTR_POD_UID, AuthMode
 from opamp_operator.k8s.reads import get_or_none
+from opamp_operator.k8s.settings import AgentTokenSettings
 from opamp_operator.k8s.state import FleetRecord
 
 MANAGER = "opamp-operator"
@@ -58,6 +70,27 @@ CONFIG_DIR = "/etc/opampsupervisor"
 CONFIG_KEY = "supervisor.yaml"
 STORAGE_DIR = "/var/lib/opampsupervisor"
 AUTH_TOKEN_ENV = "OPAMP_AUTH_TOKEN"  # noqa: S105 - the name of an env var
+# agentAuth ServiceAccountToken: the projected token, and the audience it is issued for
+# (the operator's default --agent-token-audience: one definition, in AgentTokenSettings).
+TOKEN_VOLUME = "agent-token"  # noqa: S105 - a volume's name
+TOKEN_DIR = "/var/run/secrets/opamp-operator"  # noqa: S105 - a path
+TOKEN_PATH = "token"  # noqa: S105 - a file name in the volume
+TOKEN_AUDIENCE = AgentTokenSettings().audiences[0]
+# caConfigMapRef: the CA a wss:// endpoint is verified with.
+CA_VOLUME = "server-ca"
+CA_DIR = "/etc/opamp-operator/ca"
+CA_PATH = "ca.crt"
+# Restricted defaults (the Pod Security Standard "restricted"); the template's
+# podSecurityContext / securityContext are merged over them key by key.
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 ATTR_NODE_NAME = "k8s.node.name"
 # Downward API env var -> pod field. The Collector inherits them too, so a remote config
 # can say ${env:K8S_NODE_NAME} (a DaemonSet's kubeletstats receiver, for instance) or
@@ -154,12 +187,39 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def _without_nulls(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A merged map with the keys set to null left out: how a user removes a default."""
+    return {
+        k: _without_nulls(v) if isinstance(v, Mapping) else v
+        for k, v in value.items()
+        if v is not None
+    }
+
+
+def sends_service_account_token(spec: CollectorFleetSpec) -> bool:
+    """Whether the pods' agents present a projected ServiceAccount token: exactly when the
+    fleet requires one. Its Token mode needs the fleet's token in the same Authorization
+    header instead; None asks for nothing (and the operator may run without TokenReview
+    to check a token with: `serve`)."""
+    return spec.auth_mode is AuthMode.SERVICE_ACCOUNT_TOKEN
+
+
+def _sends_fleet_token(spec: CollectorFleetSpec) -> bool:
+    return spec.auth_secret_ref is not None and not sends_service_account_token(spec)
+
+
 def supervisor_config(spec: CollectorFleetSpec, agent_endpoint: str | None) -> dict[str, Any]:
     """The opampsupervisor config for the fleet's pods."""
     template = _template(spec)
     server: dict[str, Any] = {"endpoint": agent_endpoint} if agent_endpoint else {}
-    if spec.auth_secret_ref is not None:
+    if sends_service_account_token(spec):
+        # Expanded by the supervisor's file provider when it loads its config (once).
+        token = f"{TOKEN_DIR}/{TOKEN_PATH}"
+        server["headers"] = {"Authorization": [f"Bearer ${{file:{token}}}"]}
+    elif _sends_fleet_token(spec):
         server["headers"] = {"Authorization": [f"Bearer ${{env:{AUTH_TOKEN_ENV}}}"]}
+    if template.ca_config_map_ref is not None:
+        server["tls"] = {"ca_file": f"{CA_DIR}/{CA_PATH}"}
     rendered = {
         "server": server,
         "capabilities": {
@@ -228,17 +288,70 @@ def _metadata(record: FleetRecord, name: str) -> dict[str, Any]:
     }
 
 
-def pod_template(record: FleetRecord, template: FleetTemplate, config_text: str) -> dict[str, Any]:
+def _check_service_account(record: FleetRecord, template: FleetTemplate) -> None:
+    """The pods' ServiceAccount must be one the fleet admits, or every agent is refused."""
+    auth = record.spec.agent_auth
+    admitted = auth.service_accounts if auth is not None else []
+    account = template.service_account_name or "default"
+    if sends_service_account_token(record.spec) and admitted and account not in admitted:
+        raise TemplateError(
+            f"the pods would run as ServiceAccount {account!r} "
+            f"(template.serviceAccountName), which spec.agentAuth.serviceAccounts "
+            f"{admitted} does not admit"
+        )
+
+
+def token_volume(template: FleetTemplate, audience: str) -> dict[str, Any]:
+    """The projected ServiceAccount token: bound to the pod by the kubelet's TokenRequest."""
+    projection = template.service_account_token
+    expiration = (
+        projection.expiration_seconds if projection is not None else DEFAULT_TOKEN_EXPIRATION
+    )
+    source = {"audience": audience, "expirationSeconds": expiration, "path": TOKEN_PATH}
+    return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": source}]}}
+
+
+def pod_template(
+    record: FleetRecord,
+    template: FleetTemplate,
+    config_text: str,
+    audience: str = TOKEN_AUDIENCE,
+) -> dict[str, Any]:
+    _check_service_account(record, template)
     env: list[dict[str, Any]] = [
         {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
         for var, path in POD_ENV.items()
     ]
     ref = record.spec.auth_secret_ref
-    if ref is not None:
+    if ref is not None and _sends_fleet_token(record.spec):
         env.append(
             {
                 "name": AUTH_TOKEN_ENV,
                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    mounts: list[dict[str, Any]] = [
+        {"name": "supervisor-config", "mountPath": CONFIG_DIR, "readOnly": True},
+        # The one place the supervisor writes (the root filesystem is read-only): its
+        # persistent state, the Collector's config and log, configs it validates.
+        {"name": "supervisor-storage", "mountPath": STORAGE_DIR},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "supervisor-config", "configMap": {"name": config_map_name(record.name)}},
+        # The supervisor keeps the agent's instance UID and last remote config here:
+        # kept across container restarts, new for a new pod (a new pod is a new agent).
+        {"name": "supervisor-storage", "emptyDir": {}},
+    ]
+    if sends_service_account_token(record.spec):
+        mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
+        volumes.append(token_volume(template, audience))
+    if template.ca_config_map_ref is not None:
+        ca = template.ca_config_map_ref
+        mounts.append({"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True})
+        volumes.append(
+            {
+                "name": CA_VOLUME,
+                "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": CA_PATH}]},
             }
         )
     container: dict[str, Any] = {
@@ -246,22 +359,20 @@ def pod_template(record: FleetRecord, template: FleetTemplate, config_text: str)
         "image": template.image,
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "env": env,
-        "volumeMounts": [
-            {"name": "supervisor-config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "supervisor-storage", "mountPath": STORAGE_DIR},
-        ],
+        "volumeMounts": mounts,
+        "securityContext": _without_nulls(
+            merge(CONTAINER_SECURITY_CONTEXT, template.security_context or {})
+        ),
     }
     if template.resources is not None:
         container["resources"] = template.resources
     spec: dict[str, Any] = {
+        "securityContext": _without_nulls(
+            merge(POD_SECURITY_CONTEXT, template.pod_security_context or {})
+        ),
         "readinessGates": [{"conditionType": AGENT_READY_CONDITION}],
         "containers": [container],
-        "volumes": [
-            {"name": "supervisor-config", "configMap": {"name": config_map_name(record.name)}},
-            # The supervisor keeps the agent's instance UID and last remote config here:
-            # kept across container restarts, new for a new pod (a new pod is a new agent).
-            {"name": "supervisor-storage", "emptyDir": {}},
-        ],
+        "volumes": volumes,
     }
     if template.service_account_name:
         spec["serviceAccountName"] = template.service_account_name
@@ -276,8 +387,12 @@ def pod_template(record: FleetRecord, template: FleetTemplate, config_text: str)
     }
 
 
-def render(record: FleetRecord, agent_endpoint: str | None) -> Rendered:
-    """The fleet's ConfigMap and workload; raises TemplateError for what the user must fix."""
+def render(
+    record: FleetRecord, agent_endpoint: str | None, audience: str = TOKEN_AUDIENCE
+) -> Rendered:
+    """The fleet's ConfigMap and workload; raises TemplateError for what the user must fix.
+    `audience`: what the pods' ServiceAccount tokens are issued for (the operator's
+    --agent-token-audience)."""
     template = _template(record.spec)
     text = yaml.safe_dump(supervisor_config(record.spec, agent_endpoint), sort_keys=False)
     config_map = {
@@ -288,7 +403,7 @@ def render(record: FleetRecord, agent_endpoint: str | None) -> Rendered:
     }
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(record.name)},
-        "template": pod_template(record, template, text),
+        "template": pod_template(record, template, text, audience),
     }
     if template.kind == WorkloadKind.DEPLOYMENT:
         spec = {"replicas": template.replicas, **spec}
@@ -466,7 +581,10 @@ def _remove(
 
 
 async def reconcile_workload(
-    body: kopf.Body, record: FleetRecord, agent_endpoint: str | None
+    body: kopf.Body,
+    record: FleetRecord,
+    agent_endpoint: str | None,
+    audience: str = TOKEN_AUDIENCE,
 ) -> None:
     """Create, update or remove the fleet's own Deployment / DaemonSet.
 
@@ -476,7 +594,7 @@ async def reconcile_workload(
     if record.spec.template is None:
         changes = await asyncio.to_thread(remove, record)
     else:
-        rendered = render(record, agent_endpoint)
+        rendered = render(record, agent_endpoint, audience)
         changes = await asyncio.to_thread(apply, record, rendered)
     for change in changes:
         kopf.info(body, reason="Workload", message=change)
