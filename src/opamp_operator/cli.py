@@ -108,6 +108,13 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
         help="open WebSockets; past it, 503 + Retry-After (default %(default)s)",
     )
     limits.add_argument(
+        "--listen-backlog",
+        type=int,
+        default=_LIMITS.listen_backlog,
+        help="connections queued before they are accepted, for reconnect storms; capped by "
+        "net.core.somaxconn (default %(default)s)",
+    )
+    limits.add_argument(
         "--max-http-in-flight",
         type=int,
         default=_LIMITS.max_http_in_flight,
@@ -142,6 +149,7 @@ def _server_settings(args: argparse.Namespace) -> tuple[Listen, ApiListen, Limit
         max_message_bytes=args.max_message_bytes,
         max_websockets=args.max_websockets,
         max_http_in_flight=args.max_http_in_flight,
+        listen_backlog=args.listen_backlog,
     )
     return listen, api, limits
 

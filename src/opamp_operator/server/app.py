@@ -73,6 +73,10 @@ class Limits:
     """The Retry-After (and retry_info) a shed or standby request is given."""
     tick_seconds: float = 5.0
     """How often the core looks for stale and long-gone agents (ServerCore.tick)."""
+    listen_backlog: int = 4096
+    """Connections the kernel queues before the server accepts them (capped by
+    net.core.somaxconn). aiohttp's 128 overflowed thousands of times in a reconnect
+    storm of 10,000 agents, each dropped connect waiting out TCP's retry timer."""
 
 
 EventListener = Callable[[Event, AgentRecord | None], None]
@@ -435,7 +439,10 @@ class OpAMPServer:
             self.metrics.config_offers.inc()
         self._publish(reply.events)
         if any(e.kind in (EventKind.CONNECTED, EventKind.DISCONNECTED) for e in reply.events):
-            self._update_gauges()
+            # Only the count at hand: counting agents by state walks them all, which per
+            # connect made a connect storm quadratic (36% of the server's CPU at 10,000
+            # agents). The by-state gauge is refreshed on the tick and on each scrape.
+            self.metrics.connections.set(len(self._sockets))
 
     # ---- what the API listener shows ------------------------------------------------
 

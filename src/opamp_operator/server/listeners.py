@@ -51,10 +51,12 @@ def _api_tls(api: ApiListen, scratch: Path, self_sign: bool) -> ReloadingTLS | N
     return ReloadingTLS(replace(api.tls, cert_file=cert, key_file=key))
 
 
-async def _site(runner: web.AppRunner, host: str, port: int, tls: ReloadingTLS | None) -> None:
+async def _site(
+    runner: web.AppRunner, host: str, port: int, tls: ReloadingTLS | None, backlog: int = 128
+) -> None:
     await runner.setup()
     context: ssl.SSLContext | None = tls.context if tls is not None else None
-    await web.TCPSite(runner, host, port, ssl_context=context).start()
+    await web.TCPSite(runner, host, port, ssl_context=context, backlog=backlog).start()
 
 
 async def start(
@@ -82,7 +84,7 @@ async def start(
     for tls in (opamp_tls, api_tls):
         if tls is not None:
             listeners.follow(tls)
-    await _site(listeners.opamp, listen.host, listen.port, opamp_tls)
+    await _site(listeners.opamp, listen.host, listen.port, opamp_tls, server.limits.listen_backlog)
     await _site(listeners.api, api.host, api.port, api_tls)
     scheme = "wss/https" if opamp_tls else "ws/http"
     log.info("OpAMP (%s) on %s:%d%s", scheme, listen.host, listen.port, OPAMP_PATH)
