@@ -7,7 +7,6 @@ server, which answers with ReportFullState."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,19 +16,13 @@ import pytest
 import yaml
 
 from world.collector import JsonlProcess, start_go_agent
+from world.fleets import single_file_hash
 from world.operator import ServeProcess, start_serve, write_fleets
 from world.peers import start_node_agent, start_python_agent
 
 pytestmark = pytest.mark.world
 
 CONFIG = "receivers:\n  otlp:\n    protocols:\n      grpc: {}\n"
-
-
-def _our_hash(body: str) -> str:
-    parts = b""
-    for item in (b"", b"text/yaml", body.encode()):
-        parts += len(item).to_bytes(8, "big") + item
-    return hashlib.sha256(parts).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -78,7 +71,7 @@ def test_peer_applies_the_fleet_config(server: ServeProcess, peer: Peer) -> None
     with peer.start(_url(server, peer), "--heartbeat=1s", f"--service-name={name}") as agent:
         started = agent.wait_for("started")
         offered = agent.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
-        assert offered["remote_config"]["config_hash"] == _our_hash(CONFIG)
+        assert offered["remote_config"]["config_hash"] == single_file_hash(CONFIG)
         assert offered["remote_config"]["files"][""]["body"] == CONFIG
         seen = server.wait_agent(
             lambda a: (
@@ -88,13 +81,15 @@ def test_peer_applies_the_fleet_config(server: ServeProcess, peer: Peer) -> None
         )
         assert seen["instance_uid"].replace("-", "") == started["instance_uid"]
         assert seen["transport"] == ("websocket" if peer.websocket else "http")
-        assert seen["remote_config_status"]["hash"] == _our_hash(CONFIG)
+        assert seen["remote_config_status"]["hash"] == single_file_hash(CONFIG)
         assert seen["drifted"] is False
         if peer.reports_effective_config:
             # The effective config it reports is the file it was given, byte for byte (its
             # hash); the API shows it in canonical form, secrets masked.
             applied = server.wait_agent(
-                lambda a: _named(name)(a) and a["effective_config_hash"] == _our_hash(CONFIG),
+                lambda a: (
+                    _named(name)(a) and a["effective_config_hash"] == single_file_hash(CONFIG)
+                ),
                 f"{peer.name} to report the config as effective",
             )
             detail = server.get(f"/api/v1/agents/{applied['instance_uid']}")
@@ -140,7 +135,7 @@ def test_peer_returns_with_full_state_after_server_restart(
                     _named(name), "the description on the new server", 30 + peer.retry_after_failure
                 )
                 assert back["remote_config_status"] is not None
-                assert back["remote_config_status"]["hash"] == _our_hash(CONFIG)
+                assert back["remote_config_status"]["hash"] == single_file_hash(CONFIG)
                 assert agent.proc.poll() is None
     finally:
         first.stop()

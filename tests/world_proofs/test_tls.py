@@ -12,7 +12,6 @@ the rotation has its own, since it rewrites the certificate files."""
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ from world.collector import (
     start_go_agent,
     start_supervised_collector,
 )
-from world.fleets import CONFIG_V1
+from world.fleets import CONFIG_V1, single_file_hash
 from world.operator import ServeProcess, start_serve, write_fleets
 from world.peers import start_node_agent, start_python_agent
 from world.pki import CertificateAuthority
@@ -53,14 +52,6 @@ from world.tls import (
 pytestmark = pytest.mark.world
 
 ACCEPTS_REMOTE_CONFIG = 0x2  # AgentCapabilities_AcceptsRemoteConfig
-
-
-def _our_hash(body: str) -> str:
-    """Our config hash of a single unnamed file (see opamp_operator.opamp.configs)."""
-    parts = b""
-    for item in (b"", b"text/yaml", body.encode()):
-        parts += len(item).to_bytes(8, "big") + item
-    return hashlib.sha256(parts).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -226,7 +217,7 @@ def test_supervisor_over_wss_with_a_client_certificate_applies_the_fleet_config(
             "the supervisor to apply the fleet's config over wss",
             90,
         )
-        assert applied["remote_config_status"]["hash"] == _our_hash(fleet.config)
+        assert applied["remote_config_status"]["hash"] == single_file_hash(fleet.config)
         assert applied["transport"] == "websocket"
         assert applied["connected"] is True
         # The Collector runs our config: the health check port it names answers.
@@ -246,10 +237,10 @@ def test_opamp_go_with_a_client_certificate(
         assert int(handshake["serial"], 16) == pki.server.certificate.serial_number
         assert handshake["version"] == "TLS 1.3"
         offered = go.wait_for("message", timeout=30, where=lambda e: "remote_config" in e)
-        assert offered["remote_config"]["config_hash"] == _our_hash(fleet.config)
+        assert offered["remote_config"]["config_hash"] == single_file_hash(fleet.config)
         seen = _applied(mtls, name)
         assert seen["transport"] == transport
-        assert seen["effective_config_hash"] == _our_hash(fleet.config)
+        assert seen["effective_config_hash"] == single_file_hash(fleet.config)
 
 
 @dataclass(frozen=True)
@@ -271,7 +262,7 @@ def test_http_only_clients_over_https_trusting_our_ca(
     url = https_url(optional)
     with peer.start(url, "--heartbeat=1s", f"--service-name={name}", ca_file=pki.ca_file) as agent:
         offered = agent.wait_for("message", timeout=60, where=lambda e: "remote_config" in e)
-        assert offered["remote_config"]["config_hash"] == _our_hash(fleet.config)
+        assert offered["remote_config"]["config_hash"] == single_file_hash(fleet.config)
         seen = _applied(optional, name)
         assert seen["transport"] == "http"
     # The CA is what made it work: the same client trusting only the system's CAs fails.
@@ -478,7 +469,7 @@ def test_serve_gives_a_fleet_only_to_agents_whose_certificate_names_it(
             for agent in started:
                 agent.stop()
     assert hashes == {
-        "by-certificate": _our_hash(named),
-        "other-certificate": _our_hash(CONFIG_V1),
-        "no-certificate": _our_hash(CONFIG_V1),
+        "by-certificate": single_file_hash(named),
+        "other-certificate": single_file_hash(CONFIG_V1),
+        "no-certificate": single_file_hash(CONFIG_V1),
     }
