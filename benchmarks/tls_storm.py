@@ -69,7 +69,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from procstat import free_port, proc_stats
-from server_scale import CONFIG_A
 
 from opamp_operator.opamp import wire
 from opamp_operator.opamp.attributes import from_dict
@@ -80,7 +79,24 @@ from opamp_operator.simulator.runner import raise_file_limit
 HERE = Path(__file__).resolve()
 Pki = tuple[Path, Path, Path]
 
-CONFIG = CONFIG_A  # the gateway config the other server benchmarks offer
+CONFIG = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: 127.0.0.1:4317}
+      http: {endpoint: 127.0.0.1:4318}
+processors:
+  memory_limiter: {check_interval: 1s, limit_mib: 400}
+  batch: {timeout: 5s}
+exporters:
+  otlp:
+    endpoint: gateway.observability.svc:4317
+    sending_queue: {enabled: true, queue_size: 5000}
+service:
+  pipelines:
+    traces: {receivers: [otlp], processors: [memory_limiter, batch], exporters: [otlp]}
+    metrics: {receivers: [otlp], processors: [memory_limiter, batch], exporters: [otlp]}
+"""
 
 # The same server code and flags as `opamp-operator serve`, under the stdlib loop.
 LAUNCHER = """\
