@@ -6,10 +6,8 @@ authenticated against the cluster's client CA and authorized by SubjectAccessRev
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -189,13 +187,13 @@ class OperatorProcess(OpAMPEndpoint):
         self.stop_in_background()
 
     def stop_in_background(self) -> None:
-        """SIGTERM now; a thread waits for the exit. kopf gives the tasks it did not start
-        5 s to end before it returns, so each operator takes 5 s to stop: the test that used
-        it need not wait for that (its handlers are cancelled at once; it listens on its own
-        port). `stop()` still waits, for a test that stops and restarts on one port.
-        `wait_stopped()` joins them all before the cluster goes."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.record.pid, signal.SIGTERM)
+        """SIGTERM now, from a thread that then waits for the exit (one SIGTERM: kopf's
+        handler completes a future, and a second signal made it log InvalidStateError).
+        kopf gives the tasks it did not start 5 s to end before it returns, so each operator
+        takes 5 s to stop: the test that used it need not wait for that (its handlers are
+        cancelled at once; it listens on its own port). `stop()` still waits, for a test
+        that stops and restarts on one port. `wait_stopped()` joins them all before the
+        cluster goes."""
         thread = threading.Thread(target=self.stop, name=self.record.name, daemon=True)
         thread.start()
         _STOPPING.append(thread)
