@@ -12,7 +12,8 @@ from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.mapping import FleetSelector
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.identity import AgentIdentity
-from opamp_operator.server.app import Credentials, UnauthorizedError
+from opamp_operator.server.api import Unauthenticated
+from opamp_operator.server.app import Credentials
 from opamp_operator.server.tls import ClientCertificate
 
 
@@ -47,7 +48,7 @@ async def test_a_verified_certificate_adds_its_names(state: OperatorState) -> No
 
 
 async def test_a_jwt_is_refused_unasked_without_a_reviewer(state: OperatorState) -> None:
-    with pytest.raises(UnauthorizedError, match="not the token of any CollectorFleet"):
+    with pytest.raises(Unauthenticated, match="not the token of any CollectorFleet"):
         await state.authenticate(Credentials("Bearer eyJh.eyJz.c2ln"))
 
 
@@ -63,7 +64,7 @@ async def test_a_serviceaccount_session_ends_when_its_pod_is_deleted(
     state.credentials_changed = lambda: closed.append(True)
     state.pod_deleted("uid-p")
     assert closed == [True]
-    with pytest.raises(UnauthorizedError, match="pod obs/p was deleted"):
+    with pytest.raises(Unauthenticated, match="pod obs/p was deleted"):
         await state.authenticate(credentials, session)
 
 
@@ -77,7 +78,7 @@ async def test_a_serviceaccount_session_ends_when_its_pod_is_deleted(
     ],
 )
 async def test_anything_else_is_refused(state: OperatorState, header: str, message: str) -> None:
-    with pytest.raises(UnauthorizedError, match=message):
+    with pytest.raises(Unauthenticated, match=message):
         await state.authenticate(Credentials(header))
 
 

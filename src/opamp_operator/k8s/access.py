@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,19 @@ def cluster_client_ca() -> str | None:
             exc.reason,
         )
         return None
+
+
+async def token_review(token: str, audiences: Sequence[str]) -> Any | None:
+    """The user (V1UserInfo) a TokenReview says `token` belongs to; None when it does
+    not pass. No audiences: the apiserver's own."""
+    review = client.V1TokenReview(
+        spec=client.V1TokenReviewSpec(token=token, audiences=list(audiences) or None)
+    )
+    result = await asyncio.to_thread(client.AuthenticationV1Api().create_token_review, review)
+    status = result.status
+    if status is None or not status.authenticated or status.user is None:
+        return None
+    return status.user
 
 
 def _user(info: Any) -> User:
@@ -119,7 +132,6 @@ class KubernetesGuard:
         self._denied: TTLCache[tuple[User, Access], bool] = TTLCache(
             size, settings.denied_ttl_seconds
         )
-        self.reviews = {"token": 0, "access": 0}
 
     async def authenticate(self, request: web.Request) -> User | None:
         token = bearer_token(request)
@@ -137,19 +149,12 @@ class KubernetesGuard:
             return user
         if (why := self._refused.get(key)) is not None:
             raise Unauthenticated(why)
-        review = client.V1TokenReview(
-            spec=client.V1TokenReviewSpec(
-                token=token, audiences=list(self.settings.audiences) or None
-            )
-        )
-        self.reviews["token"] += 1
-        result = await asyncio.to_thread(client.AuthenticationV1Api().create_token_review, review)
-        status = result.status
-        if status is None or not status.authenticated:
+        info = await token_review(token, self.settings.audiences)
+        if info is None:
             why = "the bearer token did not pass a TokenReview"
             self._refused[key] = why
             raise Unauthenticated(why)
-        user = _user(status.user)
+        user = _user(info)
         self._users[key] = user
         return user
 
@@ -168,7 +173,6 @@ class KubernetesGuard:
                 **_attributes(access),
             )
         )
-        self.reviews["access"] += 1
         result = await asyncio.to_thread(
             client.AuthorizationV1Api().create_subject_access_review, review
         )
@@ -229,7 +233,6 @@ class AgentTokenReviewer:
         )
         self._refused: TTLCache[bytes, str] = TTLCache(settings.cache_size, 10.0)
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self.reviews = 0
 
     async def review(self, token: str) -> ReviewedAccount:
         """Raises Unauthenticated when the token does not pass."""
@@ -243,21 +246,13 @@ class AgentTokenReviewer:
         return account
 
     async def _ask(self, token: str, key: bytes) -> ReviewedAccount:
-        review = client.V1TokenReview(
-            spec=client.V1TokenReviewSpec(token=token, audiences=list(self.settings.audiences))
-        )
-        self.reviews += 1
-        result = await asyncio.to_thread(client.AuthenticationV1Api().create_token_review, review)
-        self._counted(
-            "authenticated" if result.status and result.status.authenticated else "refused"
-        )
-        status = result.status
-        user = status.user if status is not None else None
-        username = (user.username or "") if user is not None else ""
-        if status is None or not status.authenticated or user is None:
+        user = await token_review(token, self.settings.audiences)
+        self._counted("authenticated" if user is not None else "refused")
+        if user is None:
             why = f"the token did not pass a TokenReview for audience {self.settings.audiences}"
             self._refused[key] = why
             raise Unauthenticated(why)
+        username = user.username or ""
         if not username.startswith(SERVICE_ACCOUNT_PREFIX):
             why = f"{username} is not a ServiceAccount"
             self._refused[key] = why

@@ -27,8 +27,8 @@ from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.session import AgentRecord, ServerCore
-from opamp_operator.server.api import Unauthenticated
-from opamp_operator.server.app import Credentials, UnauthorizedError, bearer_of
+from opamp_operator.server.api import Unauthenticated, bearer_of
+from opamp_operator.server.app import Credentials
 
 
 @dataclass(frozen=True)
@@ -239,16 +239,13 @@ class OperatorState:
     async def _account(self, token: str, session: AgentIdentity | None) -> ReviewedAccount:
         if session is not None and session.service_account:
             if session.pod_uid in self.deleted_pods:
-                raise UnauthorizedError(f"pod {session.pod} was deleted")
+                raise Unauthenticated(f"pod {session.pod} was deleted")
             return ReviewedAccount(session.service_account, session.pod, session.pod_uid)
         if self.reviewer is None or not looks_like_jwt(token):
-            raise UnauthorizedError("the bearer token is not the token of any CollectorFleet")
-        try:
-            account = await self.reviewer.review(token)
-        except Unauthenticated as exc:
-            raise UnauthorizedError(str(exc)) from None
+            raise Unauthenticated("the bearer token is not the token of any CollectorFleet")
+        account = await self.reviewer.review(token)
         if account.pod_uid in self.deleted_pods:
-            raise UnauthorizedError(f"pod {account.pod} was deleted")
+            raise Unauthenticated(f"pod {account.pod} was deleted")
         return account
 
     def _fleet_of_token(self, token: str) -> str:

@@ -95,7 +95,8 @@ Access = ResourceAccess | PathAccess
 
 
 class Unauthenticated(Exception):  # noqa: N818 - read as a verdict, like aiohttp's HTTPxxx
-    """The request carries a credential that was refused (not merely none)."""
+    """A credential was refused (not merely absent): by an API Guard, or by the agents'
+    port's Authenticator (server/app.py)."""
 
 
 _USER = web.RequestKey("opamp_operator.user", User)
@@ -146,15 +147,20 @@ class LoopbackGuard:
         return True
 
 
-def bearer_token(request: web.Request) -> str | None:
-    """The request's bearer token; None without an Authorization header."""
-    header = request.headers.get("Authorization")
-    if header is None:
+def bearer_of(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer` header, for the API and the agents' port
+    alike; None without a header; any other scheme is refused (Unauthenticated)."""
+    if authorization is None:
         return None
-    scheme, _, token = header.strip().partition(" ")
+    scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
     return token.strip()
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The request's bearer token; None without an Authorization header."""
+    return bearer_of(request.headers.get("Authorization"))
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:

@@ -36,7 +36,7 @@ from opamp_operator.opamp.session import (
     error_reply,
     message_kind,
 )
-from opamp_operator.server.api import Access, ApiServer, Guard
+from opamp_operator.server.api import Access, ApiServer, Guard, Unauthenticated
 from opamp_operator.server.metrics import ServerMetrics
 from opamp_operator.server.tls import ClientCertificate, TLSFiles, client_certificate
 
@@ -82,10 +82,6 @@ class Limits:
 EventListener = Callable[[Event, AgentRecord | None], None]
 
 
-class UnauthorizedError(Exception):
-    """Raised by an Authenticator: the request's credentials are refused."""
-
-
 @dataclass(frozen=True)
 class Credentials:
     """What a connection presented: its Authorization header and the client certificate
@@ -96,7 +92,7 @@ class Credentials:
 
 
 # A connection's credentials (and, when re-checking an open WebSocket, who it was
-# authenticated as) → who the agent is (None: anonymous); raises UnauthorizedError to
+# authenticated as) → who the agent is (None: anonymous); raises Unauthenticated to
 # refuse it. Async: a credential may need a round trip (a TokenReview), which must not
 # block the loop.
 Authenticator = Callable[[Credentials, AgentIdentity | None], Awaitable[AgentIdentity | None]]
@@ -109,17 +105,6 @@ async def certificate_identity(
     client certificate's names, else anonymous; an Authorization header proves nothing."""
     certificate = credentials.certificate
     return AgentIdentity(certificate=certificate.names) if certificate is not None else None
-
-
-def bearer_of(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer` header; None without a header; any other
-    scheme is refused (UnauthorizedError)."""
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
-    return token.strip()
 
 
 def credentials(request: web.Request) -> Credentials:
@@ -207,7 +192,7 @@ class OpAMPServer:
                 continue  # anonymous: nothing granted, nothing to revoke
             try:
                 now_as = await self.authenticate(creds, identity)
-            except UnauthorizedError as exc:
+            except Unauthenticated as exc:
                 why = str(exc)
             else:
                 if now_as == identity:
@@ -286,12 +271,13 @@ class OpAMPServer:
     async def handle_opamp(self, request: web.Request) -> web.StreamResponse:
         if self._standby:
             return self._unavailable("standby", "this operator replica is on standby")
+        presented = credentials(request)
         try:
-            identity = await self.authenticate(credentials(request), None)
-        except UnauthorizedError as exc:
+            identity = await self.authenticate(presented, None)
+        except Unauthenticated as exc:
             return self._unauthorized(str(exc))
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._websocket(request, identity)
+            return await self._websocket(request, presented, identity)
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(
                 request.method, ["POST"], text="OpAMP over HTTP uses POST"
@@ -371,7 +357,7 @@ class OpAMPServer:
         )
 
     async def _websocket(
-        self, request: web.Request, identity: AgentIdentity | None
+        self, request: web.Request, presented: Credentials, identity: AgentIdentity | None
     ) -> web.StreamResponse:
         if len(self._sockets) >= self.limits.max_websockets:
             return self._shed("websocket")
@@ -380,7 +366,7 @@ class OpAMPServer:
         now = self.clock()
         conn = self.core.open(now, peer=request.remote or "", identity=identity)
         self._sockets[conn] = ws
-        self._sessions[conn] = (credentials(request), identity)
+        self._sessions[conn] = (presented, identity)
         try:
             async for frame in ws:
                 if frame.type == WSMsgType.BINARY:
