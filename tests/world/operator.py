@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -79,6 +80,12 @@ class OpAMPEndpoint:
     def stop(self) -> None:
         terminate(self.record)
         self.proc.wait(timeout=5)
+
+    def metric(self, name: str, labels: str) -> float:
+        """One series of /metrics, e.g. `metric("opamp_errors_total", 'reason="revoked"')`;
+        0.0 while the series does not exist."""
+        found = re.search(rf"^{name}\{{{labels}\}} (\S+)$", self.get("/metrics"), re.M)
+        return float(found.group(1)) if found else 0.0
 
     def get(self, path: str) -> Any:
         """GET one of the read endpoints: JSON decoded, anything else as text."""

@@ -9,8 +9,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from world.chart import service_account_token, token_kubeconfig
-from world.cluster import LocalCluster
+from world.chart import service_account_token
 
 FLEET_READER_RULES = [
     {"apiGroups": ["opampoperator.io"], "resources": ["collectorfleets"], "verbs": ["get", "list"]}
@@ -67,10 +66,6 @@ def revoke_cluster_grant(api_client: Any, namespace: str, name: str) -> None:
     role_name = f"{namespace}-{name}"
     rbac.delete_cluster_role_binding(role_name)
     rbac.delete_cluster_role(role_name)
-
-
-def user_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
-    return token_kubeconfig(cluster, token, path)
 
 
 def username(namespace: str, name: str) -> str:

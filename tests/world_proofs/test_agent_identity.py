@@ -12,7 +12,6 @@ displaces the real agent, which keeps its pod's readiness gate True.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,11 +78,6 @@ def seen(agent: JsonlProcess) -> list[dict[str, Any]]:
     with contextlib.suppress(TimeoutError):
         agent.wait_for("(drain)", timeout=0.2)
     return agent.seen
-
-
-def metric(op: OperatorProcess, name: str, labels: str) -> float:
-    found = re.search(rf"^{name}\{{{labels}\}} (\S+)$", op.get("/metrics"), re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_pods_are_bound_to_their_serviceaccount_tokens_and_cannot_be_taken(
@@ -158,7 +152,7 @@ def test_pods_are_bound_to_their_serviceaccount_tokens_and_cannot_be_taken(
                 or None
             ),
         )
-        reviews = metric(operator, "opamp_agent_token_reviews_total", 'result="authenticated"')
+        reviews = operator.metric("opamp_agent_token_reviews_total", 'result="authenticated"')
         assert reviews == 2
 
         # The attacks on the first pod.
@@ -203,12 +197,10 @@ def test_pods_are_bound_to_their_serviceaccount_tokens_and_cannot_be_taken(
         assert [a["pod"] for a in open_agents] == [None]
 
         # One TokenReview per token, never per heartbeat.
-        authenticated = metric(
-            operator, "opamp_agent_token_reviews_total", 'result="authenticated"'
-        )
+        authenticated = operator.metric("opamp_agent_token_reviews_total", 'result="authenticated"')
         assert authenticated == 3  # the two real agents, the liar
         time.sleep(3)
-        assert metric(operator, "opamp_agent_token_reviews_total", 'result="authenticated"') == 3
+        assert operator.metric("opamp_agent_token_reviews_total", 'result="authenticated"') == 3
 
         # A fleet without agentAuth: its agent holds its pod on its word, unverified.
         patch_fleet_spec(api_client, namespace, "open", {"authSecretRef": None})
@@ -228,7 +220,7 @@ def test_pods_are_bound_to_their_serviceaccount_tokens_and_cannot_be_taken(
             lambda: any(e["event"] == "connect_failed" for e in seen(real[0])[mark:]) or None,
             timeout=30,
         )
-        revoked = metric(operator, "opamp_errors_total", 'reason="revoked"')
+        revoked = operator.metric("opamp_errors_total", 'reason="revoked"')
         assert revoked >= 1
     finally:
         for a in agents:

@@ -19,7 +19,6 @@ v0.139), fixed by open-telemetry/opentelemetry-collector-contrib#45953 (closed).
 from __future__ import annotations
 
 import os
-import re
 import time
 import urllib.error
 from collections.abc import Callable
@@ -44,17 +43,12 @@ FLEET = "direct"
 WAIT = 120.0
 
 
-def _metric(op: OperatorProcess, name: str, labels: str) -> float:
-    found = re.search(rf"^{name}\{{{labels}\}} (\S+)$", op.get("/metrics"), re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def _reviews(op: OperatorProcess, result: str = "authenticated") -> float:
-    return _metric(op, "opamp_agent_token_reviews_total", f'result="{result}"')
+    return op.metric("opamp_agent_token_reviews_total", f'result="{result}"')
 
 
 def _refused(op: OperatorProcess) -> float:
-    return _metric(op, "opamp_errors_total", 'reason="unauthorized"')
+    return op.metric("opamp_errors_total", 'reason="unauthorized"')
 
 
 def _token_auth(token_file: Path) -> Callable[[CollectorConfig], None]:

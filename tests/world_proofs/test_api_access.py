@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from world.chart import token_kubeconfig
 from world.cluster import LocalCluster
 from world.collector import start_go_agent
 from world.fleets import create_fleet, deploy_running, single_file_hash
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually
-from world.users import FLEET_READER_RULES, grant, user, user_kubeconfig
+from world.users import FLEET_READER_RULES, grant, user
 
 pytestmark = pytest.mark.world
 
@@ -186,7 +187,7 @@ def test_the_api_answers_only_whom_kubernetes_allows(
 
         # The kubectl plugin, as alice and as bob, with their own kubeconfigs.
         for name, token, ok in (("alice", alice, True), ("bob", bob, False)):
-            kubeconfig = user_kubeconfig(cluster, token, tmp_path / f"{name}.kubeconfig")
+            kubeconfig = token_kubeconfig(cluster, token, tmp_path / f"{name}.kubeconfig")
             done = subprocess.run(
                 [
                     str(PLUGIN),

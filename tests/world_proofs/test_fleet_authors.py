@@ -27,6 +27,7 @@ from kubernetes import client as k8s
 
 from opamp_operator.api.models import GROUP, VERSION
 from world import binaries
+from world.chart import token_kubeconfig
 from world.cluster import LocalCluster
 from world.fleets import CONFIG_V1, CONFIG_V2, PLURAL
 from world.operator import OperatorProcess, start_operator
@@ -37,7 +38,6 @@ from world.users import (
     revoke_cluster_grant,
     user,
     user_api_client,
-    user_kubeconfig,
     username,
 )
 
@@ -163,7 +163,7 @@ def author(
     def make(name: str) -> tuple[Path, Any]:
         token = user(api_client, namespace, name)
         grant(api_client, namespace, name, FLEET_WRITER)
-        kubeconfig = user_kubeconfig(cluster, token, tmp_path / f"{name}.kubeconfig")
+        kubeconfig = token_kubeconfig(cluster, token, tmp_path / f"{name}.kubeconfig")
         clients.append(user_api_client(kubeconfig))
         return kubeconfig, clients[-1]
 
@@ -351,7 +351,7 @@ def test_a_review_the_apiserver_does_not_answer_refuses_the_fleet(
     ]
     token = user(api_client, namespace, "operator")
     grant(api_client, namespace, "operator", everything_but_reviews, cluster=True)
-    kubeconfig = user_kubeconfig(cluster, token, tmp_path / "operator.kubeconfig")
+    kubeconfig = token_kubeconfig(cluster, token, tmp_path / "operator.kubeconfig")
     core: Any = k8s.CoreV1Api(api_client)
     core.create_namespaced_secret(
         namespace, {"metadata": {"name": "agent-token"}, "stringData": {"token": "t"}}

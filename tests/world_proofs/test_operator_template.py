@@ -8,7 +8,6 @@ the CA from the fleet's ConfigMap."""
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
@@ -409,17 +408,12 @@ def test_a_template_that_cannot_be_rendered_is_not_ready_with_the_reason(
     assert get_or_none(apps.read_namespaced_deployment, workload_name(FLEET), namespace) is None
 
 
-def _metric(op: OperatorProcess, name: str, labels: str) -> float:
-    found = re.search(rf"^{name}\{{{labels}\}} (\S+)$", op.get("/metrics"), re.M)
-    return float(found.group(1)) if found else 0.0
-
-
 def _reviews(op: OperatorProcess, result: str = "authenticated") -> float:
-    return _metric(op, "opamp_agent_token_reviews_total", f'result="{result}"')
+    return op.metric("opamp_agent_token_reviews_total", f'result="{result}"')
 
 
 def _refused_connects(op: OperatorProcess) -> float:
-    return _metric(op, "opamp_errors_total", 'reason="unauthorized"')
+    return op.metric("opamp_errors_total", 'reason="unauthorized"')
 
 
 def test_template_pods_present_their_projected_token_over_wss_verified_with_the_ca(
