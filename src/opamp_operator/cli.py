@@ -241,6 +241,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
             rollout_startup_grace=args.rollout_startup_grace,
             token_refresh_seconds=args.token_refresh_seconds,
             agent_endpoint=args.agent_endpoint,
+            agent_ca_file=args.agent_ca_file,
             remediation=replace(handlers.remediation, wait_seconds=args.remediation_wait_seconds),
         ),
         peering=PeeringSettings(
@@ -349,6 +350,14 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=handlers.agent_endpoint,
         help="OpAMP URL given to template-mode Collectors, e.g. "
         f"ws://opamp-operator.opamp-system.svc:{_LISTEN.port}/v1/opamp",
+    )
+    p.add_argument(
+        "--agent-ca-file",
+        type=Path,
+        default=handlers.agent_ca_file,
+        help="CA certificates (PEM) template-mode Collectors verify a wss:// or https:// "
+        "--agent-endpoint with; put into each template fleet's ConfigMap unless the fleet "
+        "names its own (spec.template.caConfigMapRef). Read at start",
     )
     p.add_argument(
         "--remediation-wait-seconds",

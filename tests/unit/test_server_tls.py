@@ -21,6 +21,7 @@ from opamp_operator.server.tls import (
     TLSConfigError,
     TLSFiles,
     client_certificate,
+    read_ca_bundle,
 )
 from world.pki import CertificateAuthority, KeyPair
 
@@ -181,6 +182,35 @@ def test_minimum_version_is_tls_1_2(files: Files, ca: CertificateAuthority) -> N
     lax.load_cert_chain(files.cert, files.key)
     client_end, _ = handshake(lax, old)
     assert client_end.version() == "TLSv1.1"
+
+
+def _has_ticket(server: ssl.SSLContext, ca: CertificateAuthority) -> bool:
+    """Whether a TLS 1.3 client got a session ticket (sent after the handshake)."""
+    client_end, _ = handshake(server, _client_context(ca))
+    assert client_end.version() == "TLSv1.3"
+    with pytest.raises(ssl.SSLWantReadError):
+        client_end.read()  # takes in what the server sent after its Finished
+    session = client_end.session
+    return session is not None and session.has_ticket
+
+
+def test_no_session_tickets_are_issued(files: Files, ca: CertificateAuthority) -> None:
+    tls = ReloadingTLS(TLSFiles(files.cert, files.key))
+    assert not _has_ticket(tls.context, ca)
+    ticketing = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ticketing.load_cert_chain(files.cert, files.key)
+    assert _has_ticket(ticketing, ca)  # what OpenSSL does by default
+
+
+def test_a_ca_bundle_is_read_and_checked(tmp_path: Path, ca: CertificateAuthority) -> None:
+    other = CertificateAuthority("other CA")
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_bytes(ca.cert_pem + other.cert_pem)
+    assert read_ca_bundle(bundle) == bundle.read_text()
+    (tmp_path / "junk.crt").write_text("not a certificate\n")
+    for path in (tmp_path / "junk.crt", tmp_path / "missing.crt"):
+        with pytest.raises(TLSConfigError, match="not a readable PEM certificate bundle"):
+            read_ca_bundle(path)
 
 
 @pytest.mark.parametrize(

@@ -147,7 +147,10 @@ def test_the_charts_api_and_tls_values_default_to_the_operators() -> None:
     assert value_at("api.port") == ApiListen().port
     assert tuple(value_at("api.tokenAudiences")) == RunOptions().access.audiences
     assert ClientAuth(value_at("opamp.tls.clientAuth")) is TLSFiles().client_auth
-    assert value_at("opamp.tls.enabled") is (RunOptions().listen.tls.enabled)
+    # A deliberate difference: the chart has a certificate to serve (Helm's by default);
+    # `run` has none unless given one, and cannot hand agents a CA it made up.
+    assert value_at("opamp.tls.enabled") is True
+    assert RunOptions().listen.tls.enabled is False
 
 
 RELEASE_NAMESPACE = "{{ .Release.Namespace }}"
@@ -184,6 +187,11 @@ def _condition(expr: str) -> bool:
         return int(value_at(m[1])) > int(m[2])
     if m := re.fullmatch(r'if ne \.Values\.([\w.]+) "(\w*)"', expr):
         return str(value_at(m[1])) != m[2]
+    if expr == 'if include "opamp-operator.givesAgentsCA" .':
+        tls = value_at("opamp.tls")
+        helm_made = not tls["certManager"]["enabled"] and not tls["existingSecret"]
+        own_issuer = tls["certManager"]["enabled"] and not tls["certManager"]["issuerRef"]
+        return bool(tls["enabled"] and (helm_made or own_issuer))
     raise AssertionError(f"the test does not know the template action {expr!r}")
 
 
@@ -216,8 +224,16 @@ def default_chart_args() -> list[str]:
 
 def test_the_charts_default_args_run_the_operator_with_its_defaults() -> None:
     args = default_chart_args()
-    # From the release: its Service names, and its namespace (the namespaced default).
-    for flag in ("--agent-endpoint", "--webhook-host", "--namespace"):
+    # From the release: its Service names, and its namespace (the namespaced default);
+    # files of the mounted TLS Secret (test_the_charts_api_and_tls_values_default...).
+    tls_files = ("--tls-cert-file", "--tls-key-file", "--api-tls-cert-file", "--api-tls-key-file")
+    for flag in (
+        "--agent-endpoint",
+        "--webhook-host",
+        "--namespace",
+        *tls_files,
+        "--agent-ca-file",
+    ):
         i = args.index(flag)
         assert args[i + 1].startswith("{{"), args[i + 1]
         del args[i : i + 2]

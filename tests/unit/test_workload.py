@@ -527,6 +527,53 @@ def test_without_a_ca_a_wss_endpoint_is_verified_against_the_system_roots() -> N
     assert _supervisor(render(overridden, WSS))["server"]["tls"] == tls
 
 
+OPERATOR_CA = "-----BEGIN CERTIFICATE-----\nthe operator's CA\n-----END CERTIFICATE-----\n"
+
+
+def test_the_operators_ca_goes_beside_the_supervisor_config_for_its_own_wss_endpoint() -> None:
+    rendered = render(_record(), WSS, agent_ca=OPERATOR_CA)
+    data = rendered.config_map["data"]
+    assert data["ca.crt"] == OPERATOR_CA
+    mount = _mounts(rendered)["supervisor-config"]
+    assert _supervisor(rendered)["server"] == {
+        "endpoint": WSS,
+        "tls": {"ca_file": f"{mount['mountPath']}/ca.crt"},
+    }
+    assert "server-ca" not in _volumes(rendered)
+
+    def digest(r: Rendered) -> str:
+        value: str = _pod_template(r)["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+        return value
+
+    # A new CA rolls the pods (the supervisor reads its ca_file once); no CA, no change.
+    assert digest(render(_record(), WSS, agent_ca=OPERATOR_CA + "\n")) != digest(rendered)
+    assert digest(render(_record(), WSS)) == digest(render(_record(), WSS, agent_ca=None))
+
+
+@pytest.mark.parametrize(
+    ("why", "spec", "endpoint"),
+    [
+        ("plaintext", {}, ENDPOINT),
+        ("the fleet's own CA", {"caConfigMapRef": {"name": "opamp-ca"}}, WSS),
+        (
+            "another endpoint",
+            {"supervisorConfig": {"server": {"endpoint": "wss://elsewhere:4320/v1/opamp"}}},
+            WSS,
+        ),
+        (
+            "a ca_file of the fleet's",
+            {"supervisorConfig": {"server": {"tls": {"ca_file": "/x/ca.crt"}}}},
+            WSS,
+        ),
+    ],
+)
+def test_the_operators_ca_is_left_out(why: str, spec: dict[str, Any], endpoint: str) -> None:
+    rendered = render(_record({"image": "img", **spec}), endpoint, agent_ca=OPERATOR_CA)
+    assert "ca.crt" not in rendered.config_map["data"], why
+    tls = _supervisor(rendered)["server"].get("tls", {})
+    assert tls.get("ca_file") != "/etc/opampsupervisor/ca.crt", why
+
+
 def test_the_node_agents_example_renders_with_a_token_the_fleet_admits() -> None:
     path = Path(__file__).resolve().parents[2] / "examples" / "node-agents-template.yaml"
     docs = list(yaml.safe_load_all(path.read_text()))

@@ -105,6 +105,28 @@ def token_kubeconfig(cluster: LocalCluster, token: str, path: Path) -> Path:
     return path
 
 
+def args_with_mounted_secrets(
+    api_client: Any, pod: Any, container: Any, namespace: str, root: Path
+) -> list[str]:
+    """The container's args with every path on one of its Secret volumes made a path under
+    `root`, where that Secret's keys are written as the kubelet would mount them: the chart's
+    own arguments, run as a process here."""
+    core: Any = k8s.CoreV1Api(api_client)
+    secrets = {v.name: v.secret.secret_name for v in pod.volumes if v.secret is not None}
+    args: list[str] = list(container.args)
+    for mount in container.volume_mounts or ():
+        if mount.name not in secrets:
+            continue
+        local = root / mount.name
+        local.mkdir(parents=True, exist_ok=True)
+        data = core.read_namespaced_secret(secrets[mount.name], namespace).data or {}
+        for key, value in data.items():
+            (local / key).write_bytes(base64.b64decode(value))
+        prefix = mount.mount_path.rstrip("/") + "/"
+        args = [a.replace(prefix, f"{local}/") if a.startswith(prefix) else a for a in args]
+    return args
+
+
 def remove_chart_crds(api_client: Any) -> None:
     """What `helm uninstall` leaves: the CRDs (fleets released of their finalizers first,
     as no operator is left to do it)."""

@@ -40,6 +40,7 @@ from opamp_operator.server.api import ApiListen
 from world import binaries
 from world.chart import (
     CHART,
+    args_with_mounted_secrets,
     helm,
     remove_chart_crds,
     service_account_token,
@@ -49,7 +50,7 @@ from world.cluster import LocalCluster
 from world.collector import Agent
 from world.operator import OperatorProcess, Reader, spawn_operator
 from world.processes import eventually, free_port
-from world.template import container_env, start_pod_supervisor
+from world.template import PodVolumes, container_env, start_pod_supervisor
 
 RELEASE = "opamp-operator"
 API_PORT = ApiListen().port  # the chart's api.port default (tests/unit/test_settings.py)
@@ -82,6 +83,7 @@ class Target:
     reader: Reader
     workdir: Path
     agents: dict[str, Agent] = field(default_factory=dict)  # pod uid -> its container
+    volumes: list[PodVolumes] = field(default_factory=list)
 
     def operator_get(self, path: str) -> str:
         """GET a path of the operator's API, as text, as the kubeconfig's user."""
@@ -135,12 +137,17 @@ class Target:
             if pod.metadata.uid in self.agents:
                 continue
             pod_json = self.api_client.sanitize_for_serialization(pod)
+            workdir = self.workdir / pod.metadata.name
+            # The ConfigMap's other file, the operator's CA, where the pod has it.
+            volumes = PodVolumes(pod_json, self.api_client, workdir).mount()
+            self.volumes.append(volumes)
             self.agents[pod.metadata.uid] = start_pod_supervisor(
                 supervisor_yaml,
                 pod_json,
                 container_env(pod_json, self.api_client),
-                self.workdir / pod.metadata.name,
+                workdir,
                 health_url=f"http://{pod.status.pod_ip}:{HEALTH_PORT}/",
+                volumes=volumes,
             )
         return pods
 
@@ -224,6 +231,8 @@ def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
     finally:
         for agent in target.agents.values() if target else ():
             agent.stop()
+        for volumes in target.volumes if target else ():
+            volumes.stop()
         if operator is not None:
             operator.stop()
         if installed:
@@ -243,20 +252,24 @@ def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
 def _operator_as_the_chart_runs_it(
     cluster: LocalCluster, admin: Any, workdir: Path
 ) -> OperatorProcess:
-    """The chart's Deployment's own arguments and ServiceAccount token; the address it
-    listens on and tells agents about is this machine's, not its Service's."""
+    """The chart's Deployment's own arguments (its mounted Secrets' files at a local path:
+    the certificate Helm made for the agents' port, and its CA for template-mode pods)
+    and ServiceAccount token; the address it listens on and tells agents about is this
+    machine's, not its Service's, which the certificate names as 127.0.0.1."""
     apps: Any = k8s.AppsV1Api(admin)
     pod = apps.read_namespaced_deployment(RELEASE, RELEASE_NAMESPACE).spec.template.spec
     (container,) = pod.containers
     assert container.command == ["opamp-operator"]
+    args = args_with_mounted_secrets(admin, pod, container, RELEASE_NAMESPACE, workdir / "mounts")
+    assert "--agent-ca-file" in args, "the chart's default: TLS with a CA of its own"
     token = service_account_token(admin, pod.service_account_name, RELEASE_NAMESPACE)
     kubeconfig = token_kubeconfig(cluster, token, workdir / "operator.kubeconfig")
     port = free_port()
     argv = [
-        *container.args,
+        *args,
         "--host=127.0.0.1",
         f"--port={port}",
-        f"--agent-endpoint=ws://127.0.0.1:{port}/v1/opamp",
+        f"--agent-endpoint=wss://127.0.0.1:{port}/v1/opamp",
     ]
     # Its API is read as the cluster's admin (a client certificate), not as the operator.
     return spawn_operator(

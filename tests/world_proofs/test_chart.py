@@ -8,6 +8,8 @@ refuses bad values, and that the chart's CRDs are the generated ones in deploy/c
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
 import json
 import ssl
 from collections.abc import Callable
@@ -187,6 +189,7 @@ def render(helm_env: dict[str, str]) -> Render:
 
 VALUE_SETS = {
     "defaults": (),
+    "plaintext": ("opamp.tls.enabled=false",),
     "opamp-tls-cert-manager": (
         "opamp.tls.enabled=true",
         "opamp.tls.certManager.enabled=true",
@@ -229,7 +232,7 @@ def test_the_rendered_args_are_accepted_by_the_operator_cli(render: Render, name
     assert parsed.port == 4320
     options = run_options(parsed)
     assert (options.api.host, options.api.port) == ("0.0.0.0", API_PORT)  # noqa: S104
-    tls = "opamp.tls.enabled=true" in VALUE_SETS[name]
+    tls = "opamp.tls.enabled=false" not in VALUE_SETS[name]
     scheme = "wss" if tls else "ws"
     assert parsed.agent_endpoint == f"{scheme}://{FULL}.{NS}.svc:4320/v1/opamp"
     assert options.listen.tls.enabled is tls
@@ -254,6 +257,7 @@ def test_defaults_are_one_replica_watching_its_namespace_with_a_hardened_pod(
             "Role",
             "RoleBinding",
             "RoleBinding",
+            "Secret",
             "Secret",
             "Service",
             "Service",
@@ -296,7 +300,10 @@ def test_defaults_are_one_replica_watching_its_namespace_with_a_hardened_pod(
     assert args[:4] == ["--log-level=INFO", "run", "--port", "4320"]
     assert args[args.index("--api-host") + 1] == "0.0.0.0"  # noqa: S104
     assert args[args.index("--api-port") + 1] == str(API_PORT)
-    assert not [a for a in args if "tls" in a or a.startswith("--client")]
+    # TLS for agents, Helm's certificate (test_tls_for_agents_from_helms_own_ca).
+    assert args[args.index("--tls-cert-file") + 1] == f"{TLS_DIR}/tls.crt"
+    assert args[args.index("--agent-ca-file") + 1] == f"{TLS_DIR}/ca.crt"
+    assert not [a for a in args if a.startswith("--client")]
     assert r.watched() == [NS]  # the release namespace only
     assert "--peering" not in args
     assert args[args.index("--webhook-port") + 1] == "9443"
@@ -328,7 +335,7 @@ def test_defaults_are_one_replica_watching_its_namespace_with_a_hardened_pod(
         "port": 4320,
         "targetPort": "opamp",
         "protocol": "TCP",
-        "appProtocol": "http",
+        "appProtocol": "https",
     }
     assert len(opamp["spec"]["ports"]) == 1  # OpAMP only: the API has its own Service
     api = r.one("Service", f"{FULL}-api")
@@ -537,7 +544,7 @@ def test_the_webhook_has_a_self_signed_certificate_for_its_service(render: Rende
 
 def test_the_webhook_certificate_can_come_from_cert_manager(render: Render) -> None:
     r = render(*VALUE_SETS["webhook-cert-manager"])
-    assert not r.all("Secret")
+    assert [s["metadata"]["name"] for s in r.all("Secret")] == [f"{FULL}-opamp-tls"]
     certificate = r.one("Certificate", f"{FULL}-webhook")
     assert certificate["apiVersion"] == "cert-manager.io/v1"
     assert certificate["spec"]["secretName"] == f"{FULL}-webhook-tls"
@@ -678,10 +685,10 @@ def test_the_api_has_its_own_port_service_and_audiences(render: Render) -> None:
 def test_without_webhook_and_template_mode_the_grants_shrink(render: Render) -> None:
     r = render(*VALUE_SETS["no-webhook-no-templates"])
     assert not r.all("ValidatingWebhookConfiguration")
-    assert not r.all("Secret")
+    assert [s["metadata"]["name"] for s in r.all("Secret")] == [f"{FULL}-opamp-tls"]
     assert not any(a.startswith("--webhook") for a in r.args())
     assert "volumeMounts" in r.container()
-    assert [m["mountPath"] for m in r.container()["volumeMounts"]] == [TMP]
+    assert [m["mountPath"] for m in r.container()["volumeMounts"]] == [TMP, TLS_DIR]
     assert r.rules("Role", NS) == NAMESPACED_RULES
     assert r.rules("ClusterRole") == KOPF_CLUSTER_RULES | NAMESPACE_RULES | AUTH_RULES
     wide = render(*VALUE_SETS["no-webhook-no-templates"], "clusterWide=true")
@@ -759,7 +766,11 @@ def _tls_mount(r: Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def test_tls_for_agents_from_cert_manager_with_the_charts_own_ca(render: Render) -> None:
-    r = render(*VALUE_SETS["opamp-tls-cert-manager"], "opamp.tls.certManager.dnsNames[0]=x.io")
+    r = render(
+        *VALUE_SETS["opamp-tls-cert-manager"],
+        "opamp.tls.dnsNames[0]=x.io",
+        "opamp.tls.ipAddresses[0]=10.1.2.3",
+    )
     # A self-signed Issuer signs a CA; a CA Issuer signs the agents' port certificate.
     selfsigned = r.one("Issuer", f"{FULL}-selfsigned")
     assert selfsigned["spec"] == {"selfSigned": {}}
@@ -780,6 +791,7 @@ def test_tls_for_agents_from_cert_manager_with_the_charts_own_ca(render: Render)
             assert f"{service}{suffix}" in names
     assert "localhost" in names
     assert "x.io" in names
+    assert cert["spec"]["ipAddresses"] == ["127.0.0.1", "10.1.2.3"]
     # Mounted read-only; the operator serves it on both ports and asks agents for theirs.
     mount, volume = _tls_mount(r)
     assert mount["readOnly"] is True
@@ -795,6 +807,8 @@ def test_tls_for_agents_from_cert_manager_with_the_charts_own_ca(render: Render)
         cert_file=Path(TLS_DIR, "tls.crt"), key_file=Path(TLS_DIR, "tls.key")
     )
     assert options.handlers.agent_endpoint == f"wss://{FULL}.{NS}.svc:4320/v1/opamp"
+    # The chart's own CA: template-mode pods are given it.
+    assert options.handlers.agent_ca_file == Path(TLS_DIR, "ca.crt")
     assert r.one("Service", FULL)["spec"]["ports"][0]["appProtocol"] == "https"
 
     # With the webhook's certificate from cert-manager too: one self-signed Issuer.
@@ -818,12 +832,61 @@ def test_tls_for_agents_from_cert_manager_with_an_issuer_of_yours(render: Render
     [cert] = r.all("Certificate")
     assert cert["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer"}
     assert cert["spec"]["duration"] == "720h"
-    assert not [n for n in cert["spec"]["dnsNames"] if "-api" in n or n == "localhost"]
+    assert not [n for n in cert["spec"]["dnsNames"] if "-api" in n]
     options = run_options(build_parser().parse_args(r.args()))
+    assert options.handlers.agent_ca_file is None  # your CA: caConfigMapRef, or the roots
     assert options.listen.tls.enabled
     assert options.listen.tls.client_auth is ClientAuth.NONE
     assert options.listen.tls.client_ca_file is None
     assert not options.api.tls.enabled  # self-signed at start
+
+
+def test_tls_for_agents_from_helms_own_ca(render: Render, tmp_path: Path) -> None:
+    """The default: Helm makes an EC P-256 CA and a certificate for the Services,
+    localhost and 127.0.0.1 (and the names asked for); the operator serves it and gives
+    template-mode pods the CA. The certificate chains to the Secret's ca.crt and loads
+    with the operator's own TLS code."""
+    r = render("opamp.tls.dnsNames[0]=x.io", "opamp.tls.selfSigned.validityDays=30")
+    assert not r.all("Certificate")
+    secret = r.one("Secret", f"{FULL}-opamp-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    cert = x509.load_pem_x509_certificate(data["tls.crt"])
+    ca = x509.load_pem_x509_certificate(data["ca.crt"])
+    cert.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for key in (cert.public_key(), ca.public_key()):
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        assert key.curve.name == "secp256r1"
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= dt.timedelta(days=31)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = san.get_values_for_type(x509.DNSName)
+    for service in (FULL, f"{FULL}-api"):
+        assert f"{service}.{NS}.svc" in names
+    assert {"localhost", "x.io"} <= set(names)
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    _, volume = _tls_mount(r)
+    assert volume["secret"] == {"secretName": f"{FULL}-opamp-tls"}
+    options = run_options(build_parser().parse_args(r.args()))
+    assert options.handlers.agent_ca_file == Path(TLS_DIR, "ca.crt")
+    assert options.listen.tls.client_auth is ClientAuth.NONE
+    for key, value in data.items():
+        (tmp_path / key).write_bytes(value)
+    served = ReloadingTLS(TLSFiles(tmp_path / "tls.crt", tmp_path / "tls.key"))
+    client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client_end = client.wrap_bio(c_in, c_out, server_hostname=f"{FULL}.{NS}.svc")
+    server_end = served.context.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(4):
+        for end in (client_end, server_end):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    assert client_end.version() == "TLSv1.3"
+    # Each render without a cluster makes new ones (lookup keeps them on an upgrade).
+    again = render().one("Secret", f"{FULL}-opamp-tls")["data"]["ca.crt"]
+    assert again != secret["data"]["ca.crt"]
 
 
 def test_tls_for_agents_from_an_existing_secret(render: Render) -> None:
@@ -837,6 +900,7 @@ def test_tls_for_agents_from_an_existing_secret(render: Render) -> None:
     assert args[args.index("--client-auth") + 1] == "optional"
     assert args[args.index("--client-ca-file") + 1] == f"{TLS_DIR}/ca.crt"
     assert args[args.index("--agent-endpoint") + 1] == f"wss://{FULL}.{NS}.svc:4320/v1/opamp"
+    assert "--agent-ca-file" not in args
     # An explicit endpoint is kept as given.
     own = render(
         *VALUE_SETS["opamp-tls-existing-secret"], "operator.agentEndpoint=wss://o.io/v1/opamp"
@@ -872,7 +936,10 @@ def test_the_mounted_secrets_files_load_with_the_rendered_flags(
 
 def test_template_logic_refuses_tls_values_that_cannot_work(helm_env: dict[str, str]) -> None:
     for sets, message in (
-        (("opamp.tls.enabled=true",), "needs opamp.tls.certManager.enabled=true or"),
+        (
+            ("opamp.tls.clientAuth=require",),
+            "opamp.tls.clientAuth needs opamp.tls.certManager.enabled=true or",
+        ),
         (
             (
                 "opamp.tls.enabled=true",
@@ -881,7 +948,10 @@ def test_template_logic_refuses_tls_values_that_cannot_work(helm_env: dict[str, 
             ),
             "not both",
         ),
-        (("opamp.tls.clientAuth=require",), "opamp.tls.clientAuth needs opamp.tls.enabled"),
+        (
+            ("opamp.tls.enabled=false", "opamp.tls.clientAuth=require"),
+            "opamp.tls.clientAuth needs opamp.tls.enabled",
+        ),
         (
             ("metrics.serviceMonitor.enabled=true", "api.service.enabled=false"),
             "metrics.serviceMonitor.enabled needs api.service.enabled",

@@ -24,7 +24,13 @@ from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from world import binaries
-from world.chart import CHART, helm, service_account_token, token_kubeconfig
+from world.chart import (
+    CHART,
+    args_with_mounted_secrets,
+    helm,
+    service_account_token,
+    token_kubeconfig,
+)
 from world.cluster import LocalCluster
 from world.pki import CertificateAuthority
 from world.processes import free_port, spawn, terminate, wait_until
@@ -194,13 +200,11 @@ def test_the_chart_with_tls_for_agents_runs_the_operator_with_its_args_and_ident
         [volume] = [v for v in pod.volumes if v.secret and v.secret.secret_name == TLS_SECRET]
         [mount] = [m for m in container.volume_mounts if m.name == volume.name]
         assert (mount.mount_path, mount.read_only) == (MOUNT, True)
-        files = tmp_path / "mounted"
-        files.mkdir()
-        data = core.read_namespaced_secret(TLS_SECRET, namespace).data
-        for key, value in data.items():
-            (files / key).write_bytes(base64.b64decode(value))
-        args = [a.replace(f"{MOUNT}/", f"{files}/") for a in container.args]
+        mounts = tmp_path / "mounted"
+        args = args_with_mounted_secrets(api_client, pod, container, namespace, mounts)
+        files = mounts / volume.name
         assert f"{files}/ca.crt" in args
+        assert "--agent-ca-file" not in args  # a Secret of yours: your CA, maybe public
         assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == [namespace]
         assert rbac.read_namespaced_role(FULL, namespace).rules
         token = service_account_token(api_client, pod.service_account_name, namespace)

@@ -61,13 +61,16 @@ class FleetReconciler:
         rollouts: RolloutHandlers,
         agent_endpoint: str | None,
         token_audience: str,
+        agent_ca: str | None = None,
     ) -> None:
         """`token_audience`: what template-mode pods' ServiceAccount tokens are issued
-        for, the audience the operator's TokenReviews require."""
+        for, the audience the operator's TokenReviews require; `agent_ca`: the CA (PEM)
+        they verify a wss:// endpoint with."""
         self.state = state
         self.rollouts = rollouts
         self.agent_endpoint = agent_endpoint
         self.token_audience = token_audience
+        self.agent_ca = agent_ca
 
     async def reconcile(self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
         """Read the fleet's spec and config, keep its revision, offer changes at once."""
@@ -122,7 +125,7 @@ class FleetReconciler:
     async def reconcile_workload(self, body: kopf.Body, record: FleetRecord) -> None:
         try:
             await workload.reconcile_workload(
-                body, record, self.agent_endpoint, self.token_audience
+                body, record, self.agent_endpoint, self.token_audience, self.agent_ca
             )
         except workload.TemplateError as exc:
             record.workload_problem = Why("TemplateInvalid", f"spec.template: {exc}")

@@ -23,6 +23,7 @@ from opamp_operator.k8s.rollouts import ROLLOUTS, RolloutHandlers
 from opamp_operator.k8s.settings import AgentTokenSettings, HandlerSettings
 from opamp_operator.k8s.state import OperatorState
 from opamp_operator.server.app import OpAMPServer
+from opamp_operator.server.tls import read_ca_bundle
 
 FLEETS = (GROUP, VERSION, FLEETS_PLURAL)
 # A failed fleet or rollout handler is retried this soon, not after kopf's 60 s: the
@@ -71,7 +72,8 @@ def _register_fleets(
     settings: HandlerSettings,
     token_audience: str,
 ) -> None:
-    fleets = FleetReconciler(state, rollouts, settings.agent_endpoint, token_audience)
+    agent_ca = read_ca_bundle(settings.agent_ca_file) if settings.agent_ca_file else None
+    fleets = FleetReconciler(state, rollouts, settings.agent_endpoint, token_audience, agent_ca)
     status = FleetStatus(state, settings)
 
     @kopf.on.resume(*FLEETS, registry=registry, backoff=RETRY_SECONDS)

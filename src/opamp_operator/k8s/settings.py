@@ -8,6 +8,7 @@ checked against them (tests/unit/test_settings.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from opamp_operator.fleet.remediation import RemediationSettings
 
@@ -20,6 +21,9 @@ class HandlerSettings:
     """Seconds between a fleet's status writes (only when something changed)."""
     agent_endpoint: str | None = None
     """The OpAMP URL template-mode Collectors are given (the operator's Service)."""
+    agent_ca_file: Path | None = None
+    """The CA (PEM) template-mode Collectors verify a wss:// agent_endpoint with, put into
+    each template fleet's ConfigMap unless the fleet names its own (caConfigMapRef)."""
     remediation: RemediationSettings = field(default_factory=RemediationSettings)
     """Drift policy Remediate: waits and attempts (fleet/remediation.py)."""
     token_refresh_seconds: float = 30.0

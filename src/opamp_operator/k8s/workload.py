@@ -76,10 +76,12 @@ TOKEN_VOLUME = "agent-token"  # noqa: S105 - a volume's name
 TOKEN_DIR = "/var/run/secrets/opamp-operator"  # noqa: S105 - a path
 TOKEN_PATH = "token"  # noqa: S105 - a file name in the volume
 TOKEN_AUDIENCE = AgentTokenSettings().audiences[0]
-# caConfigMapRef: the CA a wss:// endpoint is verified with.
+# caConfigMapRef: the CA a wss:// endpoint is verified with. Without it, the operator's
+# own --agent-ca-file goes into the fleet's ConfigMap beside the supervisor's config.
 CA_VOLUME = "server-ca"
 CA_DIR = "/etc/opamp-operator/ca"
 CA_PATH = "ca.crt"
+OPERATOR_CA_FILE = f"{CONFIG_DIR}/{CA_PATH}"
 # Restricted defaults (the Pod Security Standard "restricted"); the template's
 # podSecurityContext / securityContext are merged over them key by key.
 POD_SECURITY_CONTEXT: dict[str, Any] = {
@@ -208,8 +210,11 @@ def _sends_fleet_token(spec: CollectorFleetSpec) -> bool:
     return spec.auth_secret_ref is not None and not sends_service_account_token(spec)
 
 
-def supervisor_config(spec: CollectorFleetSpec, agent_endpoint: str | None) -> dict[str, Any]:
-    """The opampsupervisor config for the fleet's pods."""
+def supervisor_config(
+    spec: CollectorFleetSpec, agent_endpoint: str | None, agent_ca: str | None = None
+) -> dict[str, Any]:
+    """The opampsupervisor config for the fleet's pods; `agent_ca`: the operator's CA,
+    which pods verify a wss:// / https:// endpoint with unless the fleet names its own."""
     template = _template(spec)
     server: dict[str, Any] = {"endpoint": agent_endpoint} if agent_endpoint else {}
     if sends_service_account_token(spec):
@@ -244,7 +249,32 @@ def supervisor_config(spec: CollectorFleetSpec, agent_endpoint: str | None) -> d
     }
     config = merge(rendered, template.supervisor_config or {})
     _check_endpoint(config)
+    if agent_ca is not None and _trusts_operator_ca(config, template, agent_endpoint):
+        config["server"] = merge(config["server"], {"tls": {"ca_file": OPERATOR_CA_FILE}})
     return config
+
+
+def _trusts_operator_ca(
+    config: Mapping[str, Any], template: FleetTemplate, agent_endpoint: str | None
+) -> bool:
+    """The pods verify the operator with the operator's own CA when they connect to the
+    operator's endpoint over TLS and name no CA of their own."""
+    server = config["server"]
+    tls = server.get("tls")
+    return (
+        template.ca_config_map_ref is None
+        and agent_endpoint is not None
+        and server["endpoint"] == agent_endpoint
+        and urlsplit(agent_endpoint).scheme in ("wss", "https")
+        and not (isinstance(tls, Mapping) and tls.get("ca_file"))
+    )
+
+
+def operator_ca_data(config: Mapping[str, Any], agent_ca: str | None) -> dict[str, str]:
+    """The ConfigMap entry the supervisor's ca_file reads, when it reads the operator's."""
+    tls = config["server"].get("tls")
+    uses = isinstance(tls, Mapping) and tls.get("ca_file") == OPERATOR_CA_FILE
+    return {CA_PATH: agent_ca} if uses and agent_ca is not None else {}
 
 
 def _check_endpoint(config: Mapping[str, Any]) -> None:
@@ -314,9 +344,10 @@ def token_volume(template: FleetTemplate, audience: str) -> dict[str, Any]:
 def pod_template(
     record: FleetRecord,
     template: FleetTemplate,
-    config_text: str,
+    config_data: Mapping[str, str],
     audience: str = TOKEN_AUDIENCE,
 ) -> dict[str, Any]:
+    """`config_data`: the fleet's ConfigMap data (the supervisor's config, the CA)."""
     _check_service_account(record, template)
     env: list[dict[str, Any]] = [
         {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
@@ -376,11 +407,12 @@ def pod_template(
     }
     if template.service_account_name:
         spec["serviceAccountName"] = template.service_account_name
-    digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+    files = "".join(config_data[key] for key in sorted(config_data))
+    digest = hashlib.sha256(files.encode()).hexdigest()[:16]
     return {
         "metadata": {
             "labels": pod_labels(record),
-            # The supervisor reads its config once: a new config must roll the pods.
+            # The supervisor reads its config and CA once: a new one must roll the pods.
             "annotations": {CONFIG_HASH_ANNOTATION: digest},
         },
         "spec": spec,
@@ -388,22 +420,29 @@ def pod_template(
 
 
 def render(
-    record: FleetRecord, agent_endpoint: str | None, audience: str = TOKEN_AUDIENCE
+    record: FleetRecord,
+    agent_endpoint: str | None,
+    audience: str = TOKEN_AUDIENCE,
+    agent_ca: str | None = None,
 ) -> Rendered:
     """The fleet's ConfigMap and workload; raises TemplateError for what the user must fix.
     `audience`: what the pods' ServiceAccount tokens are issued for (the operator's
-    --agent-token-audience)."""
+    --agent-token-audience); `agent_ca`: the operator's --agent-ca-file (PEM)."""
     template = _template(record.spec)
-    text = yaml.safe_dump(supervisor_config(record.spec, agent_endpoint), sort_keys=False)
+    config = supervisor_config(record.spec, agent_endpoint, agent_ca)
+    data = {
+        CONFIG_KEY: yaml.safe_dump(config, sort_keys=False),
+        **operator_ca_data(config, agent_ca),
+    }
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(record, config_map_name(record.name)),
-        "data": {CONFIG_KEY: text},
+        "data": data,
     }
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(record.name)},
-        "template": pod_template(record, template, text, audience),
+        "template": pod_template(record, template, data, audience),
     }
     if template.kind == WorkloadKind.DEPLOYMENT:
         spec = {"replicas": template.replicas, **spec}
@@ -585,6 +624,7 @@ async def reconcile_workload(
     record: FleetRecord,
     agent_endpoint: str | None,
     audience: str = TOKEN_AUDIENCE,
+    agent_ca: str | None = None,
 ) -> None:
     """Create, update or remove the fleet's own Deployment / DaemonSet.
 
@@ -594,7 +634,7 @@ async def reconcile_workload(
     if record.spec.template is None:
         changes = await asyncio.to_thread(remove, record)
     else:
-        rendered = render(record, agent_endpoint, audience)
+        rendered = render(record, agent_endpoint, audience, agent_ca)
         changes = await asyncio.to_thread(apply, record, rendered)
     for change in changes:
         kopf.info(body, reason="Workload", message=change)

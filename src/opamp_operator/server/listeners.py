@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from opamp_operator.server.api import ApiListen
+from opamp_operator.server.api import ApiListen, is_loopback
 from opamp_operator.server.app import OPAMP_PATH, Listen, OpAMPServer
 from opamp_operator.server.tls import ReloadingTLS, self_signed
 
@@ -88,5 +88,13 @@ async def start(
     await _site(listeners.api, api.host, api.port, api_tls)
     scheme = "wss/https" if opamp_tls else "ws/http"
     log.info("OpAMP (%s) on %s:%d%s", scheme, listen.host, listen.port, OPAMP_PATH)
+    if opamp_tls is None and not is_loopback(listen.host):
+        log.warning(
+            "the agents' port %s:%d is plaintext: fleet tokens and configs cross the network "
+            "in clear, and agents cannot tell this server from an impostor. Give it "
+            "--tls-cert-file/--tls-key-file, unless a mesh encrypts the traffic",
+            listen.host,
+            listen.port,
+        )
     log.info("API (%s) on %s:%d", "https" if api_tls else "http", api.host, api.port)
     return listeners

@@ -106,7 +106,22 @@ def server_context(client_auth: ClientAuth = ClientAuth.NONE) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = _VERIFY[client_auth]
+    # No TLS 1.3 session tickets: agents (opamp-go, the Collector, the supervisor) keep no
+    # session cache, and a restart's reconnect storm finds the old tickets' key gone, so
+    # each ticket only costs the handshake an encryption and the agent a record.
+    context.num_tickets = 0
     return context
+
+
+def read_ca_bundle(path: Path) -> str:
+    """The CA certificates (PEM) in `path`, checked: a bundle that parses to nothing would
+    only show up as every agent failing its handshake."""
+    try:
+        text = path.read_text()
+        x509.load_pem_x509_certificates(text.encode())
+    except (OSError, ValueError) as exc:
+        raise TLSConfigError(f"{path}: not a readable PEM certificate bundle ({exc})") from exc
+    return text
 
 
 class ReloadingTLS:

@@ -62,6 +62,44 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 /opamp-tls
 {{- end }}
 
+{{/* Where the agents' port certificate comes from: certManager, existingSecret or helm. */}}
+{{- define "opamp-operator.opampTLSSource" -}}
+{{- $tls := .Values.opamp.tls }}
+{{- if $tls.certManager.enabled }}certManager
+{{- else if $tls.existingSecret }}existingSecret
+{{- else }}helm
+{{- end }}
+{{- end }}
+
+{{/* Whether the Secret's ca.crt is the chart's own CA, which template-mode Collectors are
+given (`run --agent-ca-file`); a CA of yours may be anywhere, or a public one. */}}
+{{- define "opamp-operator.givesAgentsCA" -}}
+{{- $source := include "opamp-operator.opampTLSSource" . }}
+{{- if and .Values.opamp.tls.enabled (or (eq $source "helm") (and (eq $source "certManager") (not .Values.opamp.tls.certManager.issuerRef))) }}true{{ end }}
+{{- end }}
+
+{{/* The DNS names of the agents' port certificate (JSON list): the OpAMP Service's, the
+API Service's when it shares the certificate, localhost (port-forward, kind's node port)
+and opamp.tls.dnsNames. */}}
+{{- define "opamp-operator.opampCertNames" -}}
+{{- $fullname := include "opamp-operator.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $services := list $fullname }}
+{{- if .Values.api.useOpampCertificate }}
+{{- $services = append $services (printf "%s-api" $fullname) }}
+{{- end }}
+{{- $names := list }}
+{{- range $services }}
+{{- $names = concat $names (list . (printf "%s.%s" . $ns) (printf "%s.%s.svc" . $ns) (printf "%s.%s.svc.cluster.local" . $ns)) }}
+{{- end }}
+{{- concat $names (list "localhost") .Values.opamp.tls.dnsNames | toJson }}
+{{- end }}
+
+{{/* Its IP addresses (JSON list): 127.0.0.1 and opamp.tls.ipAddresses. */}}
+{{- define "opamp-operator.opampCertIPs" -}}
+{{- concat (list "127.0.0.1") .Values.opamp.tls.ipAddresses | toJson }}
+{{- end }}
+
 {{/* Values that cannot work together: fail with what to change. */}}
 {{- define "opamp-operator.validate" -}}
 {{- $tls := .Values.opamp.tls }}
@@ -69,8 +107,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and $tls.certManager.enabled $tls.existingSecret }}
 {{- fail "opamp.tls: set either certManager.enabled or existingSecret, not both" }}
 {{- end }}
-{{- if not (or $tls.certManager.enabled $tls.existingSecret) }}
-{{- fail "opamp.tls.enabled needs opamp.tls.certManager.enabled=true or opamp.tls.existingSecret" }}
+{{- if and (eq (include "opamp-operator.opampTLSSource" .) "helm") (ne $tls.clientAuth "none") }}
+{{- fail "opamp.tls.clientAuth needs opamp.tls.certManager.enabled=true or opamp.tls.existingSecret: Helm's CA key is not kept, so it cannot sign agents' client certificates" }}
 {{- end }}
 {{- else if ne $tls.clientAuth "none" }}
 {{- fail "opamp.tls.clientAuth needs opamp.tls.enabled (client certificates need TLS)" }}
