@@ -24,9 +24,14 @@ from opamp_operator.fleet.remediation import Action, Attempt, RemediationPlan, r
 from opamp_operator.fleet.status import count_events, fleet_status, status_update
 from opamp_operator.fleet.views import AgentView, PodView
 from opamp_operator.k8s.fleets import FleetReconciler, config_problem, parse_fleet, revision_news
-from opamp_operator.k8s.gates import gate_updates, pod_view
+from opamp_operator.k8s.gates import (
+    REMEDIATION_ANNOTATION,
+    gate_updates,
+    pod_view,
+)
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.session import AgentState
 from samples import T0, T1, healthy_fleet
 
 HEALTH = healthy_fleet(2)
@@ -201,6 +206,65 @@ def test_an_agent_applying_the_desired_config_opens_its_pods_gate() -> None:
         pod, gate_conditions={AGENT_READY_CONDITION: ("True", "AgentReady")}
     )
     assert gate_updates(state, record, map_agents([settled], [agent])) == {}
+
+
+def test_after_a_start_pods_of_agents_not_back_yet_keep_their_gate() -> None:
+    """A new process, 3 s into its grace: agents it has not seen leave their pods as
+    they are; an agent that is back (or left again since) is judged at once."""
+    record = _record()
+    started = 1000.0
+    pods = [_gated(n, ("True", "AgentReady")) for n in ("back", "away", "closed", "left")]
+    agents = [
+        AgentView(
+            instance_uid="back",
+            attributes={"k8s.pod.uid": "uid-back"},
+            remote_config_status="APPLIED",
+            remote_config_hash=record.desired_hash,
+            connected_at=started + 2,
+        ),
+        # Closed when this replica went standby; not back since it is active again.
+        AgentView(
+            instance_uid="closed",
+            attributes={"k8s.pod.uid": "uid-closed"},
+            state=AgentState.DISCONNECTED,
+            connected_at=started - 60,
+        ),
+        AgentView(
+            instance_uid="left",
+            attributes={"k8s.pod.uid": "uid-left"},
+            state=AgentState.DISCONNECTED,
+            connected_at=started + 1,
+        ),
+    ]
+    state = OperatorState(pods={p.key: p for p in pods})
+    state.put_fleet(record)
+    mapping = map_agents(pods, agents)
+    held = gate_updates(state, record, mapping, held_since=started)
+    assert sorted(held) == ["obs/left"]
+    assert (held["obs/left"]["status"], held["obs/left"]["reason"]) == ("False", "Disconnected")
+    after = gate_updates(state, record, mapping, held_since=None)
+    assert {k: (c["status"], c["reason"]) for k, c in after.items()} == {
+        "obs/away": ("False", "NoAgent"),
+        "obs/closed": ("False", "Disconnected"),
+        "obs/left": ("False", "Disconnected"),
+    }
+    assert all("lastTransitionTime" in c for c in after.values())
+
+
+def test_pod_view_reads_the_persisted_remediation_attempt() -> None:
+    raw: dict[str, Any] = {
+        "metadata": {
+            "namespace": "obs",
+            "name": "p",
+            "uid": "u",
+            "annotations": {REMEDIATION_ANNOTATION: '{"hash":"ab"}', "other": "x"},
+        },
+    }
+    view = pod_view(kopf.Body(cast(kopf.RawBody, raw)))
+    assert view.remediation == '{"hash":"ab"}'
+    assert PodView("obs", "p", "u").remediation == ""
+    bare = pod_view(kopf.Body(cast(kopf.RawBody, {"metadata": {"name": "q"}})))
+    assert bare.remediation == ""
 
 
 def test_pod_view_reads_only_the_gates_conditions() -> None:

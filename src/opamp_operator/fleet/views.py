@@ -25,6 +25,8 @@ class PodView:
     readiness_gates: tuple[str, ...] = ()
     # The gates' conditions as the pod has them now: type -> (status, reason).
     gate_conditions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # The drift-remediation attempt the operator persisted on the pod (encoded; "" none).
+    remediation: str = ""
 
     @property
     def key(self) -> str:

@@ -3,7 +3,11 @@
 Each status tick compares the condition the pod has (from the pod watch) with the one
 its agent calls for, and patches only the pods where they differ: a condition changed or
 removed by anything else is put back at the next tick, and a restarted operator writes
-nothing where the pods are already right.
+nothing where the pods are already right. During the startup grace (fleet/readiness.py)
+a pod whose agent this process has not seen yet is left as it is.
+
+The pod watch also brings what the operator keeps on a pod for itself: the persisted
+drift-remediation attempt (REMEDIATION_ANNOTATION, fleet/remediation.py).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from opamp_operator.api.models import AGENT_READY_CONDITION
+from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP
 from opamp_operator.fleet.health import agent_ready_condition
 from opamp_operator.fleet.mapping import MappingResult
+from opamp_operator.fleet.readiness import gate_write, seen_since
 from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, OperatorState
+
+REMEDIATION_ANNOTATION = f"{GROUP}/remediation"
 
 
 def pod_view(body: kopf.Body) -> PodView:
@@ -42,41 +49,64 @@ def pod_view(body: kopf.Body) -> PodView:
         phase=status.get("phase", "") or "",
         readiness_gates=gates,
         gate_conditions=observed,
+        remediation=meta.annotations.get(REMEDIATION_ANNOTATION, ""),
     )
 
 
 def gate_updates(
-    state: OperatorState, record: FleetRecord, mapping: MappingResult
+    state: OperatorState,
+    record: FleetRecord,
+    mapping: MappingResult,
+    held_since: float | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Pod key -> the agent-ready condition it should have, for the gated pods whose
-    condition differs from it."""
+    """Pod key -> the agent-ready condition to patch, for the gated pods whose condition
+    differs from the one their agent calls for. `held_since`: during the startup grace,
+    when it began; pods whose agent has not been seen since are left alone."""
     updates = {}
+    now = now_iso()
     for key, pod in mapping.pods.items():
         if AGENT_READY_CONDITION not in pod.readiness_gates:
             continue
         uid = mapping.agent_of.get(key)
         agent = mapping.agents.get(uid) if uid is not None else None
         expected_hash = state.expected(record, uid)[1] if uid is not None else ""
-        cond = agent_ready_condition(agent, expected_hash, AGENT_READY_CONDITION)
-        if pod.gate_conditions.get(AGENT_READY_CONDITION) != (cond["status"], cond["reason"]):
+        held = held_since is not None and not seen_since(agent, held_since)
+        cond = gate_write(
+            pod.gate_conditions.get(AGENT_READY_CONDITION),
+            agent_ready_condition(agent, expected_hash, AGENT_READY_CONDITION),
+            held=held,
+            now_iso=now,
+        )
+        if cond is not None:
             updates[key] = cond
     return updates
 
 
+async def patch_pod_status(pod: PodView, body: dict[str, Any]) -> bool:
+    """One strategic-merge patch of the pod's status subresource: the one pod write the
+    operator's RBAC grants (pods/status), and the apiserver takes metadata.annotations
+    from it too. False when the pod is gone."""
+    try:
+        await asyncio.to_thread(
+            k8s.CoreV1Api().patch_namespaced_pod_status, pod.name, pod.namespace, body
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return False
+    return True
+
+
 async def write_gates(pods: Mapping[str, PodView], updates: Mapping[str, dict[str, str]]) -> int:
     """Patch the pods' gate conditions; returns how many pods were patched."""
-    now = now_iso()
     patched = 0
     for key, cond in updates.items():
-        pod = pods[key]
-        body: dict[str, Any] = {"status": {"conditions": [{**cond, "lastTransitionTime": now}]}}
-        try:
-            await asyncio.to_thread(
-                k8s.CoreV1Api().patch_namespaced_pod_status, pod.name, pod.namespace, body
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            continue
-        patched += 1
+        patched += await patch_pod_status(pods[key], {"status": {"conditions": [cond]}})
     return patched
+
+
+async def write_remediation(pod: PodView, value: str | None) -> bool:
+    """Persist (or, with None, remove) the pod's drift-remediation attempt."""
+    return await patch_pod_status(
+        pod, {"metadata": {"annotations": {REMEDIATION_ANNOTATION: value}}}
+    )

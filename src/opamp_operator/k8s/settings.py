@@ -35,6 +35,10 @@ class HandlerSettings:
     rollout_startup_grace: float = 15.0
     """After a start, how long a rollout only holds its persisted progress while agents
     reconnect, before planning again."""
+    gate_startup_grace: float = 15.0
+    """After a start (or a standby taking over), how long a gated pod whose agent has not
+    connected to this process yet keeps its agent-ready condition, rather than going
+    False (NoAgent) before its agent had the time to reconnect (fleet/readiness.py)."""
 
 
 @dataclass(frozen=True)
