@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 import textwrap
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -18,17 +21,22 @@ from opamp_operator.fleet.drift import (
     MAX_REASONS,
     REDACTED,
     SECRET_KEYS,
+    Difference,
+    DriftCache,
     DriftState,
     DriftVerdict,
     canonical_yaml,
+    compare,
     differences,
     drift_reasons,
     drifted,
     masked_config_text,
+    substitution_matches,
+    substitution_segments,
     unified_diff,
 )
 from opamp_operator.fleet.drift import agent_drift as judge
-from opamp_operator.fleet.validation import child_path, index_path
+from opamp_operator.fleet.validation import MAX_YAML_BYTES, child_path, index_path
 from opamp_operator.fleet.views import AgentView
 
 # What the fleet asks for: a gateway with env substitutions, a secret header, a null
@@ -326,7 +334,7 @@ def test_invalid_yaml_on_either_side_is_drift_with_a_reason() -> None:
     assert drifted("a: [", "a: 1")
     assert drifted("a: 1", "a: [")
     assert drift_reasons("a: 1", "a: [") == [
-        "the effective config is not valid YAML (line 1, column 5)"
+        "the effective config is not valid YAML (line 2, column 1)"
     ]
     assert [r.split(" (")[0] for r in drift_reasons("{", "]")] == [
         "the desired config is not valid YAML",
@@ -384,6 +392,165 @@ def test_odd_keys_get_unambiguous_paths() -> None:
         'resource["service.name"] (changed)',
         'resource["with space"] (changed)',
     ]
+
+
+# ---------------------------------------------------------------- substitutions, hostile values
+
+
+def old_substitution_pattern(value: str) -> re.Pattern[str] | None:
+    """The regex drift.py matched `${...}` with before segments_match, kept as the oracle:
+    the same rules, in exponential time on hostile text."""
+    parts: list[str] = []
+    i = 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            parts.append(re.escape("$"))
+            i += 2
+        elif value.startswith("${", i):
+            depth, j = 0, i
+            while j < len(value):
+                if value.startswith("${", j):
+                    depth, j = depth + 1, j + 2
+                    continue
+                if value[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if j >= len(value):
+                parts.append(re.escape(value[i:]))
+                break
+            if i == 0 and j == len(value) - 1:
+                return None
+            parts.append("(?s:.*)")
+            i = j + 1
+        else:
+            parts.append(re.escape(value[i]))
+            i += 1
+    return re.compile("".join(parts))
+
+
+def oracle(desired: str, text: str) -> bool:
+    pattern = old_substitution_pattern(desired)
+    return pattern is None or pattern.fullmatch(text) is not None
+
+
+# Values built of the pieces that matter (references, nested ones, `$$`, lone `$`, `{`
+# and `}`, unterminated `${`), and texts of the same letters: short, so that both
+# matches and near misses are common.
+_PIECES = ["a", "b", "ab", "$$", "$", "{", "}", "${", ":-", "${env:X}", "${y}", "${a:-${b}}"]
+_DESIRED_VALUES = st.lists(st.sampled_from(_PIECES), max_size=8).map("".join)
+_TEXTS = st.text(alphabet="ab${}\n", max_size=10)
+_REFERENCE = re.compile(r"\$\{[^${}]*\}")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_DESIRED_VALUES, _TEXTS)
+def test_segments_match_what_the_regex_matched(desired: str, text: str) -> None:
+    assert (substitution_segments(desired) is None) == (old_substitution_pattern(desired) is None)
+    assert substitution_matches(desired, text) is oracle(desired, text)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    _DESIRED_VALUES,
+    st.lists(st.text(alphabet="ab${}", max_size=4), min_size=8, max_size=8),
+    st.integers(min_value=0, max_value=40),
+    st.sampled_from(["", "a", "b", "$", "}"]),
+)
+def test_segments_match_a_resolved_value_as_the_regex_did(
+    desired: str, fills: list[str], at: int, insert: str
+) -> None:
+    """Texts made from `desired` the way the Collector makes them (each reference
+    replaced by some value), and the same with one character dropped or added."""
+    values = iter(fills * 4)
+    text = _REFERENCE.sub(lambda _: next(values), desired).replace("$$", "$")
+    assert substitution_matches(desired, text) is oracle(desired, text)
+    at = min(at, len(text))
+    edited = text[:at] + insert + text[at + 1 :] if insert else text[:at] + text[at + 1 :]
+    assert substitution_matches(desired, edited) is oracle(desired, edited)
+
+
+@pytest.mark.parametrize(
+    ("desired", "segments"),
+    [
+        ("plain", ("plain",)),
+        ("${env:A}", None),
+        ("${env:A:-${env:B}}", None),
+        ("x${env:A}", ("x", "")),
+        ("${env:A}${env:B}", ("", "", "")),
+        ("a${env:A:-${env:B}}b${c}c", ("a", "b", "c")),
+        ("${a:-{x}}", ("", "}")),  # a lone { does not nest
+        ("cost $$5 ${x}", ("cost $5 ", "")),
+        ("$x$", ("$x$",)),
+        ("a${open", ("a${open",)),
+        ("a${open $$ ${x}", ("a${open $$ ${x}",)),  # literal to the end, $$ too
+        ("${x}${open", ("", "${open")),
+    ],
+)
+def test_substitution_segments(desired: str, segments: tuple[str, ...] | None) -> None:
+    assert substitution_segments(desired) == segments
+
+
+def test_many_substitutions_against_a_long_value_take_linear_time() -> None:
+    """200 substitutions against a megabyte: the regex backtracked over a power of the
+    length per substitution (three against 16 KB took minutes); the segments scan it once."""
+    desired = "".join(f"${{env:V{i}}}x" for i in range(200)) + "${env:END}z"
+    matching = "x" * 1_000_000 + "z"
+    failing_late = "x" * 199 + "a" * 1_000_000 + "z"
+    failing_end = "x" * 1_000_000 + "a"
+    started = time.perf_counter()
+    assert substitution_matches(desired, matching)
+    assert not substitution_matches(desired, failing_late)
+    assert not substitution_matches(desired, failing_end)
+    assert drift_reasons(f"a: '{desired}'", f"a: {failing_late}") == ["a (changed)"]
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "effective",
+    [
+        "'" + "1" * 100_000 + "'",  # the duration regex backtracked quadratically
+        "'1." + "0" * 5000 + "s'",  # a duration Fraction could not convert (4300 digits)
+        "0x" + "f" * 990,  # an int Python can still print
+    ],
+)
+def test_hostile_values_against_a_duration_are_changes_found_quickly(effective: str) -> None:
+    started = time.perf_counter()
+    assert drift_reasons("a: 5s\n", f"a: {effective}\n") == ["a (changed)"]
+    assert time.perf_counter() - started < 1.0
+
+
+_EXTENSION_ITEMS = st.sampled_from(
+    [
+        *("a", "b", "A", "10", 10, 10.0, True, "true", None, "info", "INFO", "basic"),
+        *("1m", "1m0s", 60000000000, REDACTED, "${env:X}", "x${env:X}", "xa", "$$", "$"),
+        *({"a": 1}, ["a"], "1:2"),
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_EXTENSION_ITEMS, max_size=5), st.lists(_EXTENSION_ITEMS, max_size=6))
+def test_extensions_match_by_the_value_rules_in_any_order(
+    desired: list[Any], reported: list[Any]
+) -> None:
+    """service.extensions looks plain ids up among the reported texts at once; the
+    outcome is that of trying each desired item against each reported one."""
+    found = differences({"service": {"extensions": desired}}, {"service": {"extensions": reported}})
+    missing = [
+        i
+        for i, item in enumerate(desired)
+        if not any(differences(item, candidate, limit=1) == [] for candidate in reported)
+    ]
+    assert found == [Difference(f"service.extensions[{i}]", "missing") for i in missing]
+
+
+def test_durations_are_compared_up_to_64_characters() -> None:
+    """Go prints none longer than 25; longer text is compared as text only."""
+    assert not drifted("a: 1m", "a: " + "0" * 61 + "60s")
+    assert drifted("a: 1m", "a: " + "0" * 62 + "60s")
+    assert not drifted("a: " + "0" * 62 + "60s", "a: " + "0" * 62 + "60s")
 
 
 # ---------------------------------------------------------------- canonical form and diff
@@ -463,8 +630,8 @@ def test_unreadable_text_is_named_by_side_and_position() -> None:
         "no diff: the effective config is not valid YAML (line 2, column 1)\n"
     )
     assert unified_diff("{", "a: !!int x") == (
-        "no diff: the desired config is not valid YAML (line 1, column 2); "
-        "the effective config is not valid YAML\n"
+        "no diff: the desired config is not valid YAML (line 2, column 1); "
+        "the effective config is not valid YAML (line 1, column 4)\n"
     )
     assert masked_config_text("a: [\n") == (
         "# not shown: the config is not valid YAML (line 2, column 1)\n"
@@ -753,94 +920,91 @@ def agent(
 EDITED = EFFECTIVE.replace("endpoint: tempo:4317", "endpoint: elsewhere:4317")
 
 
-@pytest.mark.parametrize(
-    ("view", "state", "reason"),
-    [
-        (agent("APPLIED", HASH), DriftState.IN_SYNC, "applied the desired config"),
-        (
-            agent("APPLIED", HASH.upper(), effective=EFFECTIVE),
-            DriftState.IN_SYNC,
-            "applied the desired config and its effective config matches it",
-        ),
-        (
-            agent("APPLIED", HASH, effective=EDITED),
-            DriftState.DRIFTED,
-            "its effective config differs from the desired config at "
-            "exporters.otlp.endpoint (changed)",
-        ),
-        (
-            agent("APPLIED", HASH, effective="exporters: {otlp: [\n"),
-            DriftState.DRIFTED,
-            "the effective config is not valid YAML (line 2, column 1)",
-        ),
-        (agent("APPLYING", HASH), DriftState.PENDING, "applying the desired config"),
-        (
-            agent("FAILED", HASH, error="'exporters' unknown type: \"kafka\""),
-            DriftState.DRIFTED,
-            "failed to apply the desired config: 'exporters' unknown type: \"kafka\"",
-        ),
-        (
-            agent("FAILED", HASH),
-            DriftState.DRIFTED,
-            "failed to apply the desired config: (the agent gave no error message)",
-        ),
-        (
-            agent("APPLIED", OTHER, effective=EFFECTIVE),
-            DriftState.DRIFTED,
-            "the agent runs config cdcdcdcdcdcd, not the desired abababababab",
-        ),
-        (
-            agent("APPLYING", OTHER),
-            DriftState.DRIFTED,
-            "the agent is applying config cdcdcdcdcdcd, not the desired abababababab",
-        ),
-        (
-            agent("FAILED", OTHER, error="bad"),
-            DriftState.DRIFTED,
-            "failed to apply config cdcdcdcdcdcd: bad; the desired config is abababababab",
-        ),
-        (
-            agent("UNSET"),
-            DriftState.DRIFTED,
-            "the agent has no remote config (status UNSET); the desired config is abababababab",
-        ),
-        (
-            agent("SOMETHING_NEW", OTHER),
-            DriftState.DRIFTED,
-            "the agent reports SOMETHING_NEW for config cdcdcdcdcdcd, not the desired abababababab",
-        ),
-        (
-            agent(),
-            DriftState.UNKNOWN,
-            "the agent has reported neither a remote config status nor an effective config",
-        ),
-        (
-            agent(effective="  \n"),
-            DriftState.UNKNOWN,
-            "the agent has reported neither a remote config status nor an effective config",
-        ),
-        (agent(effective=EFFECTIVE), DriftState.IN_SYNC, "its effective config matches it"),
-        # UNSET is what opamp-go reports before any remote config: the effective config
-        # alone decides then.
-        (
-            agent("UNSET", effective=EFFECTIVE),
-            DriftState.IN_SYNC,
-            "its effective config matches it",
-        ),
-        (
-            agent("UNSET", effective=EDITED),
-            DriftState.DRIFTED,
-            "its effective config differs from the desired config at "
-            "exporters.otlp.endpoint (changed)",
-        ),
-        (
-            agent(effective=EDITED),
-            DriftState.DRIFTED,
-            "its effective config differs from the desired config at "
-            "exporters.otlp.endpoint (changed)",
-        ),
-    ],
-)
+AGENT_CASES: list[tuple[AgentView, DriftState, str]] = [
+    (agent("APPLIED", HASH), DriftState.IN_SYNC, "applied the desired config"),
+    (
+        agent("APPLIED", HASH.upper(), effective=EFFECTIVE),
+        DriftState.IN_SYNC,
+        "applied the desired config and its effective config matches it",
+    ),
+    (
+        agent("APPLIED", HASH, effective=EDITED),
+        DriftState.DRIFTED,
+        "its effective config differs from the desired config at exporters.otlp.endpoint (changed)",
+    ),
+    (
+        agent("APPLIED", HASH, effective="exporters: {otlp: [\n"),
+        DriftState.DRIFTED,
+        "the effective config is not valid YAML (line 2, column 1)",
+    ),
+    (agent("APPLYING", HASH), DriftState.PENDING, "applying the desired config"),
+    (
+        agent("FAILED", HASH, error="'exporters' unknown type: \"kafka\""),
+        DriftState.DRIFTED,
+        "failed to apply the desired config: 'exporters' unknown type: \"kafka\"",
+    ),
+    (
+        agent("FAILED", HASH),
+        DriftState.DRIFTED,
+        "failed to apply the desired config: (the agent gave no error message)",
+    ),
+    (
+        agent("APPLIED", OTHER, effective=EFFECTIVE),
+        DriftState.DRIFTED,
+        "the agent runs config cdcdcdcdcdcd, not the desired abababababab",
+    ),
+    (
+        agent("APPLYING", OTHER),
+        DriftState.DRIFTED,
+        "the agent is applying config cdcdcdcdcdcd, not the desired abababababab",
+    ),
+    (
+        agent("FAILED", OTHER, error="bad"),
+        DriftState.DRIFTED,
+        "failed to apply config cdcdcdcdcdcd: bad; the desired config is abababababab",
+    ),
+    (
+        agent("UNSET"),
+        DriftState.DRIFTED,
+        "the agent has no remote config (status UNSET); the desired config is abababababab",
+    ),
+    (
+        agent("SOMETHING_NEW", OTHER),
+        DriftState.DRIFTED,
+        "the agent reports SOMETHING_NEW for config cdcdcdcdcdcd, not the desired abababababab",
+    ),
+    (
+        agent(),
+        DriftState.UNKNOWN,
+        "the agent has reported neither a remote config status nor an effective config",
+    ),
+    (
+        agent(effective="  \n"),
+        DriftState.UNKNOWN,
+        "the agent has reported neither a remote config status nor an effective config",
+    ),
+    (agent(effective=EFFECTIVE), DriftState.IN_SYNC, "its effective config matches it"),
+    # UNSET is what opamp-go reports before any remote config: the effective config
+    # alone decides then.
+    (
+        agent("UNSET", effective=EFFECTIVE),
+        DriftState.IN_SYNC,
+        "its effective config matches it",
+    ),
+    (
+        agent("UNSET", effective=EDITED),
+        DriftState.DRIFTED,
+        "its effective config differs from the desired config at exporters.otlp.endpoint (changed)",
+    ),
+    (
+        agent(effective=EDITED),
+        DriftState.DRIFTED,
+        "its effective config differs from the desired config at exporters.otlp.endpoint (changed)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("view", "state", "reason"), AGENT_CASES)
 def test_agent_drift(view: AgentView, state: DriftState, reason: str) -> None:
     verdict = judge(view, DESIRED, HASH)
     assert (verdict.state, verdict.reason) == (state, reason)
@@ -879,6 +1043,94 @@ def test_agent_drift_keeps_the_differing_paths_and_names_the_first_few() -> None
             "service.pipelines.traces.receivers[1]",
         ),
     )
+
+
+# ---------------------------------------------------------------- the comparison cache
+
+
+@pytest.mark.parametrize(("view", "state", "reason"), AGENT_CASES)
+def test_the_cache_gives_agent_drifts_verdicts(
+    view: AgentView, state: DriftState, reason: str
+) -> None:
+    cache = DriftCache()
+    for _ in range(2):
+        assert cache.agent_drift(view, DESIRED, HASH) == judge(view, DESIRED, HASH)
+    assert cache.hits == cache.misses == len(cache)  # one entry when the config decided
+
+
+def test_comparison_says_what_drift_reasons_and_agent_drift_say() -> None:
+    pairs = [(DESIRED, EFFECTIVE), (DESIRED, EDITED), ("a: [", "b: 1"), ("a: 1", "# none")]
+    pairs += [(DESIRED, EFFECTIVE.replace("1s", "2s").replace("80", "90").replace("5m", "7m"))]
+    for desired, effective in pairs:
+        found = compare(desired, effective)
+        assert found.drifted is drifted(desired, effective)
+        for limit in range(-1, MAX_REASONS + 1):
+            assert found.reasons(limit) == drift_reasons(desired, effective, limit)
+        view = agent("APPLIED", HASH, effective=effective)
+        assert found.verdict(applied=True) == judge(view, desired, HASH)
+
+
+def test_the_cache_keys_on_the_effective_text_and_the_desired_hash() -> None:
+    cache = DriftCache()
+    first = cache.compare(DESIRED, HASH, EFFECTIVE)
+    assert first == compare(DESIRED, EFFECTIVE)
+    assert cache.compare(DESIRED, HASH.upper(), EFFECTIVE) is first  # hex in either case
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert cache.compare(DESIRED, HASH, EDITED) == compare(DESIRED, EDITED)
+    assert cache.compare(DESIRED, OTHER, EFFECTIVE) is not first
+    assert (cache.hits, cache.misses, len(cache)) == (1, 3, 3)
+    # trusted: the hash names the desired text, so another text under it is not read
+    assert cache.compare("anything: else", HASH, EFFECTIVE) is first
+
+
+def test_the_cache_evicts_the_least_recently_used() -> None:
+    cache = DriftCache(capacity=2)
+    a, b, c = (f"k: {name}" for name in "abc")
+    cache.compare("k: a", HASH, a)
+    cache.compare("k: a", HASH, b)
+    cache.compare("k: a", HASH, a)  # a is now the more recent
+    cache.compare("k: a", HASH, c)  # evicts b
+    assert (cache.hits, cache.misses, len(cache)) == (1, 3, 2)
+    cache.compare("k: a", HASH, a)
+    assert cache.hits == 2
+    cache.compare("k: a", HASH, b)  # evicts c
+    assert (cache.hits, cache.misses, len(cache)) == (2, 4, 2)
+    cache.compare("k: a", HASH, c)
+    assert cache.misses == 5
+
+
+def test_the_cache_is_bounded() -> None:
+    cache = DriftCache(capacity=3)
+    for i in range(50):
+        assert cache.compare("k: 1", HASH, f"k: {i}").drifted is (i != 1)
+    assert len(cache) == 3
+    assert cache.capacity == 3
+    with pytest.raises(ValueError, match="at least one"):
+        DriftCache(capacity=0)
+
+
+def test_the_cache_skips_what_it_cannot_key_or_need_not_keep() -> None:
+    cache = DriftCache()
+    assert cache.compare(DESIRED, "", EFFECTIVE) == compare(DESIRED, EFFECTIVE)
+    too_large = "a: " + "x" * MAX_YAML_BYTES
+    assert cache.compare("a: 1", HASH, too_large).reasons() == [
+        f"the effective config is too large: more than {MAX_YAML_BYTES} bytes"
+    ]
+    assert len(cache) == 0
+    assert cache.compare("a: 1", HASH, "a: \ud800").drifted  # hashed, though not UTF-8
+    assert len(cache) == 1
+
+
+def test_the_cache_serves_a_thread_pool() -> None:
+    cache = DriftCache(capacity=10)
+    texts = [EFFECTIVE.replace("tempo:4317", f"tempo-{i}:4317") for i in range(20)]
+    expected = {text: compare(DESIRED, text) for text in texts}
+    calls = [texts[(i * 7) % 20] for i in range(400)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda text: cache.compare(DESIRED, HASH, text), calls))
+    assert results == [expected[text] for text in calls]
+    assert cache.hits + cache.misses == 400
+    assert len(cache) <= 10
 
 
 # ---------------------------------------------------------------- properties
@@ -995,6 +1247,7 @@ def test_reasons_are_bounded_and_agree_with_drifted(a: object, b: object, limit:
     reasons = drift_reasons(dump(a), dump(b), limit=limit)
     assert len(reasons) <= limit
     assert drifted(dump(a), dump(b)) == bool(drift_reasons(dump(a), dump(b)))
+    assert compare(dump(a), dump(b)).reasons(limit) == reasons
 
 
 # Secret literals, unique and in letters no other generated text uses (nor "[REDACTED]").

@@ -230,14 +230,15 @@ def test_minimal_config_is_valid_and_unknown_top_level_keys_are_not_errors() -> 
             "the config must be a mapping of sections (receivers, processors, exporters, "
             "connectors, extensions, service), got a string",
         ),
+        # libyaml's reasons (yaml.v3, the Collector's parser, is a port of libyaml)
         (
             "receivers: [otlp\n",
-            "not valid YAML: expected ',' or ']', but got '<stream end>' "
+            "not valid YAML: did not find expected ',' or ']' "
             "(while parsing a flow sequence) (line 2, column 1)",
         ),
         (
             "receivers:\n  otlp: {}\n exporters: {}\n",
-            "not valid YAML: expected <block end>, but found '<block mapping start>' "
+            "not valid YAML: did not find expected key "
             "(while parsing a block mapping) (line 3, column 2)",
         ),
         (
@@ -251,13 +252,33 @@ def test_minimal_config_is_valid_and_unknown_top_level_keys_are_not_errors() -> 
         ),
         (
             "receivers: \x1f\n",
-            "not valid YAML: unacceptable character #x001f: special characters are not allowed",
+            "not valid YAML: unacceptable character #x001f: control characters are not allowed",
         ),
-        ("when: 2024-13-45\n", "not valid YAML: a value cannot be built (month must be in 1..12)"),
+        # Python's own reasons would quote the value ("invalid literal for int() with
+        # base 10: 'twelve'"); the position says where instead.
+        (
+            "when: 2024-13-45\n",
+            "not valid YAML: a value cannot be built (a bad date, number or tag) "
+            "(line 1, column 7)",
+        ),
         (
             "n: !!int twelve\n",
-            "not valid YAML: a value cannot be built "
-            "(invalid literal for int() with base 10: 'twelve')",
+            "not valid YAML: a value cannot be built (a bad date, number or tag) "
+            "(line 1, column 4)",
+        ),
+        (
+            "n: !sk_live_TAG x\n",
+            "not valid YAML: a value cannot be built (a bad date, number or tag) "
+            "(line 1, column 4)",
+        ),
+        (
+            "a: *sk_live_ALIAS\n",
+            "not valid YAML: an alias names no anchor defined before it (line 1, column 4)",
+        ),
+        ("a: &x 1\nb: &x 2\n", "not valid YAML: an anchor is defined twice (line 2, column 4)"),
+        (
+            "a: 0x" + "f" * 1001 + "\n",
+            "not valid YAML: a number longer than 1000 characters (line 1, column 4)",
         ),
     ],
 )
@@ -288,8 +309,9 @@ def test_nesting_is_bounded_before_anything_recurses_over_it() -> None:
     assert [str(p) for p in validate_config(nested(v.MAX_DEPTH + 1))] == [
         f"too deeply nested: more than {v.MAX_DEPTH} levels"
     ]
+    # deeper than libyaml's own bound (1000): refused as well, in the same words
     assert [str(p) for p in validate_config(nested(5000))] == [
-        "too deeply nested for the YAML parser"
+        f"too deeply nested: more than {v.MAX_DEPTH} levels"
     ]
 
 

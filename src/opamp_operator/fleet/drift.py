@@ -36,8 +36,11 @@ shown, only why.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
-from collections.abc import Iterator, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
@@ -46,7 +49,13 @@ from typing import Any
 
 import yaml
 
-from opamp_operator.fleet.validation import ConfigSyntaxError, child_path, index_path, load_yaml
+from opamp_operator.fleet.validation import (
+    MAX_YAML_BYTES,
+    ConfigSyntaxError,
+    child_path,
+    index_path,
+    load_yaml,
+)
 from opamp_operator.fleet.views import AgentView
 
 MAX_REASONS = 20  # differing paths kept for a status message
@@ -73,6 +82,7 @@ _LEVELS = frozenset(
 )
 # Desired values a reported config leaves out: zero values of omitempty fields, by key.
 _OMITTED_ZERO_VALUES = {"verbosity": frozenset({"basic"})}  # configtelemetry.LevelBasic == 0
+_MAX_DURATION_CHARS = 64
 _DURATION_RE = re.compile(r"[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:ns|us|µs|μs|ms|s|m|h))+")
 _DURATION_PART_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 _REFERENCE_RE = re.compile(r"\$\{[^${}]+\}")
@@ -187,10 +197,13 @@ def _text(value: object) -> str | None:
 
 
 def _duration_ns(value: str) -> Fraction | None:
-    """A Go duration string (time.ParseDuration's syntax) in nanoseconds, else None."""
+    """A Go duration string (time.ParseDuration's syntax) in nanoseconds, else None.
+    Text longer than _MAX_DURATION_CHARS is not a duration here: the Collector renders
+    none longer than 25 characters, and a long run of digits would cost the regex a
+    quadratic backtrack and Fraction more digits than Python converts."""
     if value in ("0", "+0", "-0"):
         return Fraction(0)
-    if not _DURATION_RE.fullmatch(value):
+    if len(value) > _MAX_DURATION_CHARS or not _DURATION_RE.fullmatch(value):
         return None
     total = sum(
         (Fraction(number) * _UNITS[unit] for number, unit in _DURATION_PART_RE.findall(value)),
@@ -199,38 +212,90 @@ def _duration_ns(value: str) -> Fraction | None:
     return -total if value.startswith("-") else total
 
 
-def _substitution_pattern(value: str) -> re.Pattern[str] | None:
-    """A regex for what the Collector can make of `value`: each `${...}` (braces may
-    nest, as in `${env:A:-${env:B}}`) resolves to anything, `$$` to `$`. None when the
-    whole value is one substitution: it may resolve to any value, even a mapping."""
-    parts: list[str] = []
+def _substitution_end(value: str, start: int) -> int:
+    """The index of the `}` closing the `${` at `start` (braces nest, as in
+    `${env:A:-${env:B}}`; a lone `{` does not), or -1 when it is never closed. Linear: each
+    find runs on from where the last one stopped."""
+    depth, i = 0, start
+    opening = closing = -1
+    while True:
+        if opening < i:
+            opening = value.find("${", i)
+            if opening < 0:
+                opening = len(value)
+        if closing < i:
+            closing = value.find("}", i)
+            if closing < 0:
+                return -1
+        if opening < closing:
+            depth, i = depth + 1, opening + 2
+        else:
+            depth, i = depth - 1, closing + 1
+            if depth == 0:
+                return closing
+
+
+def substitution_segments(value: str) -> tuple[str, ...] | None:
+    """The literal text of `value` around its `${...}` substitutions, which the Collector
+    resolves to anything: `a${x}b${y}c` is ("a", "b", "c"); `$$` is a literal `$`; an
+    unterminated `${` is literal to the end (the Collector leaves it as text). None when
+    the whole value is one substitution: it may resolve to any value, even a mapping."""
+    segments: list[str] = []
+    literal: list[str] = []
     i = 0
     while i < len(value):
+        dollar = value.find("$", i)
+        if dollar < 0:
+            literal.append(value[i:])
+            break
+        literal.append(value[i:dollar])
+        i = dollar
         if value.startswith("$$", i):
-            parts.append(re.escape("$"))
+            literal.append("$")
             i += 2
         elif value.startswith("${", i):
-            depth, j = 0, i
-            while j < len(value):
-                if value.startswith("${", j):
-                    depth, j = depth + 1, j + 2
-                    continue
-                if value[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if j >= len(value):  # unterminated: the Collector leaves it as text
-                parts.append(re.escape(value[i:]))
+            end = _substitution_end(value, i)
+            if end < 0:
+                literal.append(value[i:])
                 break
-            if i == 0 and j == len(value) - 1:
+            if i == 0 and end == len(value) - 1:
                 return None
-            parts.append("(?s:.*)")
-            i = j + 1
+            segments.append("".join(literal))
+            literal = []
+            i = end + 1
         else:
-            parts.append(re.escape(value[i]))
+            literal.append("$")
             i += 1
-    return re.compile("".join(parts))
+    segments.append("".join(literal))
+    return tuple(segments)
+
+
+def segments_match(segments: tuple[str, ...], text: str) -> bool:
+    """Whether `text` is the segments with anything between each two (a glob of `*`
+    only): the first at the start, the last at the end, each other one found leftmost
+    after the one before. Leftmost is never wrong for `*`-only globs (a later match of a
+    segment leaves less room, never more), so this is exact, and each str.find runs on
+    from where the last stopped: linear in len(text) plus the segments, where the regex
+    this replaced backtracked polynomially (a power of len(text) per substitution)."""
+    if len(segments) == 1:
+        return text == segments[0]
+    first, last = segments[0], segments[-1]
+    end = len(text) - len(last)
+    if end < len(first) or not text.startswith(first) or not text.endswith(last):
+        return False
+    at = len(first)
+    for segment in segments[1:-1]:
+        found = text.find(segment, at, end)
+        if found < 0:
+            return False
+        at = found + len(segment)
+    return True
+
+
+def substitution_matches(desired: str, text: str) -> bool:
+    """Whether the Collector can make `text` of `desired` by resolving its `${...}`."""
+    segments = substitution_segments(desired)
+    return segments is None or segments_match(segments, text)
 
 
 def _plain_equal(desired: object, effective: object) -> bool:
@@ -252,11 +317,11 @@ def _resolved(desired: str, effective: object) -> bool:
     """Whether `effective` can be what the Collector made of a `${...}` in `desired`."""
     if "$" not in desired:
         return False
-    pattern = _substitution_pattern(desired)
-    if pattern is None:
+    segments = substitution_segments(desired)
+    if segments is None:
         return True
     text = _text(effective)
-    return text is not None and pattern.fullmatch(text) is not None
+    return text is not None and segments_match(segments, text)
 
 
 def _same_level(desired: str, effective: object) -> bool:
@@ -317,15 +382,41 @@ def _walk_mapping(desired: Mapping[Any, Any], effective: object, path: str) -> I
             yield Difference(child_path(path, key), "missing")
 
 
+def _only_equal_text(item: object) -> bool:
+    """Whether a desired scalar matches only the same text or REDACTED: a string that is
+    no substitution, Go duration or level name (see _scalar_matches)."""
+    return (
+        isinstance(item, str)
+        and "$" not in item
+        and item.lower() not in _LEVELS
+        and _duration_ns(item) is None
+    )
+
+
+def _walk_extensions(desired: list[Any], effective: list[Any], path: str) -> Iterator[Difference]:
+    """Each desired extension must match some reported one, in any order. Extension ids
+    are plain text, looked up among the reported texts at once; only other items are
+    tried against each reported item, so an agent reporting a huge list costs one pass
+    over it, not one per desired extension."""
+    texts: set[str] | None = None
+    for i, item in enumerate(desired):
+        if _only_equal_text(item):
+            if texts is None:
+                texts = {text for text in map(_text, effective) if text is not None}
+            found = item in texts or REDACTED in texts
+        else:
+            found = any(_matches(item, candidate) for candidate in effective)
+        if not found:
+            yield Difference(index_path(path, i), "missing")
+
+
 def _walk_list(desired: list[Any], effective: object, path: str) -> Iterator[Difference]:
     if effective is None:
         effective = []
     if not isinstance(effective, list):
         yield Difference(path, "changed")
     elif path == EXTENSIONS_PATH:
-        for i, item in enumerate(desired):
-            if not any(_matches(item, candidate) for candidate in effective):
-                yield Difference(index_path(path, i), "missing")
+        yield from _walk_extensions(desired, effective, path)
     else:
         for i in range(max(len(desired), len(effective))):
             if i >= len(effective):
@@ -469,6 +560,8 @@ def _unreadable(subject: str, error: ConfigSyntaxError) -> str:
     """Why a config cannot be shown, without the parser's message: that can quote the
     document (a tag, an alias name, a value PyYAML could not build)."""
     message = str(error)
+    if message.startswith("too large"):
+        return f"{subject} is {message}"  # a size and the bound: nothing of the text
     what = "too deeply nested" if message.startswith("too deeply nested") else "not valid YAML"
     position = _POSITION_RE.search(message)
     return f"{subject} is {what}{position.group() if position else ''}"
@@ -477,7 +570,11 @@ def _unreadable(subject: str, error: ConfigSyntaxError) -> str:
 def masked_config_text(text: str) -> str:
     """A config as the read API may show it: canonical form (see canonical_yaml) with
     every scalar at SECRET_KEYS replaced by REDACTED; for text that is not valid YAML, one
-    comment line saying so instead of the text."""
+    comment line saying so instead of the text.
+
+    Cost: a bounded parse (see compare), then PyYAML's pure-Python dumper over every node
+    of the expansion, which dominates: ~5-8 s for a text at MAX_NODES on a 2-core machine;
+    the output is as large (an alias is written out where the text repeats it)."""
     data, error = _parse(text)
     if error is not None:
         return f"# not shown: {_unreadable('the config', error)}\n"
@@ -493,7 +590,12 @@ def unified_diff(
     """A unified diff from the desired config to the effective one, both in canonical
     form with secrets masked (see the module docstring), cut at a line boundary near
     `max_chars`; "" when they are the same; one line saying why when either side is not
-    valid YAML."""
+    valid YAML.
+
+    Cost: two masked_config_text dumps and difflib over their lines (quadratic in the
+    lines that differ, at worst): ~8-18 s with an effective config at MAX_NODES on a
+    2-core machine (benchmarks/drift_worst.py cases, measured by hand). The read API
+    alone calls this, per request; nothing caches it."""
     desired, desired_error = _parse(desired_yaml)
     effective, effective_error = _parse(effective_yaml)
     errors = [
@@ -519,28 +621,125 @@ def unified_diff(
     return "".join(out)
 
 
+# ---------------------------------------------------------------- comparisons, cached
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What comparing an effective config with a desired one found: why either side
+    could not be read (`errors`), else the first MAX_REASONS `differences`. Everything a
+    verdict or a list of reasons needs, so it can be computed once and cached."""
+
+    errors: tuple[str, ...] = ()
+    differences: tuple[Difference, ...] = ()
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.errors or self.differences)
+
+    def reasons(self, limit: int = MAX_REASONS) -> list[str]:
+        """As drift_reasons says them, for `limit` up to MAX_REASONS."""
+        found = self.errors or tuple(str(d) for d in self.differences)
+        return list(found[: max(limit, 0)])
+
+    def verdict(self, applied: bool) -> DriftVerdict:
+        """The verdict on an agent whose effective config this is (`applied`: it reports
+        APPLIED for the desired hash)."""
+        if self.errors:
+            return DriftVerdict(DriftState.DRIFTED, "; ".join(self.errors))
+        if not self.differences:
+            prefix = "applied the desired config and " if applied else ""
+            return DriftVerdict(DriftState.IN_SYNC, f"{prefix}its effective config matches it")
+        named = ", ".join(str(d) for d in self.differences[:SHOWN_REASONS])
+        more = " and more" if len(self.differences) > SHOWN_REASONS else ""
+        return DriftVerdict(
+            DriftState.DRIFTED,
+            f"its effective config differs from the desired config at {named}{more}",
+            tuple(d.path for d in self.differences),
+        )
+
+
+def compare(desired_yaml: str, effective_yaml: str) -> Comparison:
+    """Compare two config texts (see the module docstring for the rule).
+
+    Cost, for any text an agent can send: parsing each side is bounded by
+    validation.load_yaml_checked (MAX_YAML_BYTES unread beyond, MAX_NODES nodes built at
+    most); the walk visits each node the desired config has once, and compares a desired
+    scalar with the effective scalar at its path in time linear in both (durations
+    bounded, `${...}` matched by segments_match, service.extensions looked up). So the
+    worst case is two bounded parses: ~2-3 s with an effective config at MAX_NODES, ~6 s
+    with both sides there (benchmarks/drift_worst.py, a 2-core machine; ~50 ms for one
+    4 MiB scalar). DriftCache keeps it to once per pair of texts."""
+    desired, effective, errors = _parse_both(desired_yaml, effective_yaml)
+    if errors:
+        return Comparison(errors=tuple(errors))
+    return Comparison(differences=tuple(differences(desired, effective, MAX_REASONS)))
+
+
+DRIFT_CACHE_ENTRIES = 10_000
+"""Comparisons a DriftCache keeps: one per agent config in a large operator, each a few
+paths at most (reasons name paths, never values)."""
+
+
+class DriftCache:
+    """A bounded LRU of comparisons, keyed by the sha256 of the effective config text and
+    the desired config's hash: status ticks, rollout ticks and read-API calls on the same
+    agent config share one parse and walk.
+
+    `desired_hash` must name `desired_yaml` (it is the hash agents echo, of the config
+    built from that text); an empty one is never cached. Hashing the effective text costs
+    ~2 ms per MiB; text over MAX_YAML_BYTES is refused unread and not cached. Callable
+    from several threads: the lock guards the table only, so two threads missing on the
+    same key both compute it (the same result)."""
+
+    def __init__(self, capacity: int = DRIFT_CACHE_ENTRIES) -> None:
+        if capacity < 1:
+            raise ValueError("a DriftCache holds at least one entry")
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple[bytes, str], Comparison] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def compare(self, desired_yaml: str, desired_hash: str, effective_yaml: str) -> Comparison:
+        """compare(desired_yaml, effective_yaml), from the cache when it has it."""
+        if not desired_hash or len(effective_yaml) > MAX_YAML_BYTES:
+            return compare(desired_yaml, effective_yaml)
+        digest = hashlib.sha256(effective_yaml.encode("utf-8", "surrogatepass")).digest()
+        key = (digest, desired_hash.lower())
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return found
+            self.misses += 1
+        result = compare(desired_yaml, effective_yaml)
+        with self._lock:
+            self._entries[key] = result
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return result
+
+    def agent_drift(self, agent: AgentView, desired_yaml: str, desired_hash: str) -> DriftVerdict:
+        """agent_drift(agent, desired_yaml, desired_hash), its comparison cached."""
+        return _agent_drift(
+            agent,
+            desired_hash,
+            lambda: self.compare(desired_yaml, desired_hash, agent.effective_config),
+        )
+
+
 # ---------------------------------------------------------------- one agent
 
 
 def _short(config_hash: str) -> str:
     return config_hash[:12] if config_hash else "(none)"
-
-
-def _effective_verdict(desired_yaml: str, effective_yaml: str, applied: bool) -> DriftVerdict:
-    desired, effective, errors = _parse_both(desired_yaml, effective_yaml)
-    if errors:
-        return DriftVerdict(DriftState.DRIFTED, "; ".join(errors))
-    found = differences(desired, effective, MAX_REASONS)
-    if not found:
-        prefix = "applied the desired config and " if applied else ""
-        return DriftVerdict(DriftState.IN_SYNC, f"{prefix}its effective config matches it")
-    named = ", ".join(str(d) for d in found[:SHOWN_REASONS])
-    more = " and more" if len(found) > SHOWN_REASONS else ""
-    return DriftVerdict(
-        DriftState.DRIFTED,
-        f"its effective config differs from the desired config at {named}{more}",
-        tuple(d.path for d in found),
-    )
 
 
 _NO_ERROR = "(the agent gave no error message)"
@@ -582,8 +781,16 @@ def agent_drift(agent: AgentView, desired_yaml: str, desired_hash: str) -> Drift
     config status and no effective config (e.g. an agent that does not accept remote
     config and reports nothing); with an effective config but no status (or UNSET, what
     opamp-go reports before any remote config), that config alone decides. Drifted
-    otherwise, with the reason.
+    otherwise, with the reason. Costs a `compare` when the effective config decides;
+    DriftCache.agent_drift caches that.
     """
+    return _agent_drift(agent, desired_hash, lambda: compare(desired_yaml, agent.effective_config))
+
+
+def _agent_drift(
+    agent: AgentView, desired_hash: str, comparison: Callable[[], Comparison]
+) -> DriftVerdict:
+    """agent_drift, calling `comparison` only when the effective config decides."""
     status = agent.remote_config_status
     reported = agent.remote_config_hash.lower()
     wanted = desired_hash.lower()
@@ -594,9 +801,9 @@ def agent_drift(agent: AgentView, desired_yaml: str, desired_hash: str) -> Drift
                 DriftState.UNKNOWN,
                 "the agent has reported neither a remote config status nor an effective config",
             )
-        return _effective_verdict(desired_yaml, agent.effective_config, applied=False)
+        return comparison().verdict(applied=False)
     if status == "APPLIED" and reported and reported == wanted:
         if not has_effective:
             return DriftVerdict(DriftState.IN_SYNC, "applied the desired config")
-        return _effective_verdict(desired_yaml, agent.effective_config, applied=True)
+        return comparison().verdict(applied=True)
     return _status_verdict(agent, reported, wanted)

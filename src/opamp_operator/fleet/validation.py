@@ -21,6 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 # Component kinds, in the order the Collector's config lists them.
@@ -46,11 +56,27 @@ MAX_NODES = 200_000
 # Collector configs nest about 10 deep; the walks over parsed documents (here, in drift,
 # and PyYAML's dumper) recurse, so depth is bounded before any of them runs.
 MAX_DEPTH = 100
+MAX_YAML_BYTES = 4 * 1024 * 1024
+"""The largest config text parsed (UTF-8 bytes); longer text is refused unread. A desired
+config lives in a ConfigMap or the fleet object, which the API server keeps under about
+1.5 MiB; an agent's effective config is that config re-serialised with every default
+filled in, a few times larger. An OpAMP message may carry 64 MiB: this bound, not that
+one, is what a hostile agent can make the operator parse per config."""
+# The Collector's numbers are 64-bit; PyYAML builds `1:2:3:...` (sexagesimal) in quadratic
+# time, and Python refuses to print an int of more than 4300 digits (`0x` + 4000 digits).
+MAX_NUMBER_CHARS = 1000
+LIBYAML = True
+"""Parse with libyaml (C) when PyYAML has it; False forces the pure-Python parser."""
 
 _TYPE_RE = re.compile(r"[a-zA-Z][0-9a-zA-Z_]{0,62}")
 _MAX_NAME_BYTES = 1024
 _PLAIN_KEY_RE = re.compile(r"[^.\[\]\s\"]+")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_UNBUILDABLE = "not valid YAML: a value cannot be built (a bad date, number or tag)"
+_LIBYAML_TOO_DEEP = "exceeded maximum nesting depth"  # libyaml's own bound: 1000 levels
 # bool before int: a YAML boolean is a Python int too
 _DESCRIPTIONS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (bool, "a boolean"),
@@ -140,114 +166,363 @@ def is_substitution(value: object) -> bool:
 # ---------------------------------------------------------------- YAML loading
 
 
-def _mark(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+class _LoadError(Exception):
+    """Why loading stopped, in words that never quote the document."""
+
+
+def _at(mark: Any) -> str:
     return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
 
 
-def _yaml_message(error: yaml.YAMLError) -> str:
-    problem = getattr(error, "problem", None)
+def _mark(error: yaml.YAMLError) -> str:
+    return _at(getattr(error, "problem_mark", None) or getattr(error, "context_mark", None))
+
+
+def _yaml_message(error: yaml.YAMLError, libyaml: bool) -> str:
+    """The parser's reason and position. libyaml's reasons are fixed phrases; PyYAML's own
+    scanner puts document characters into its `problem`, so from it only the `context`
+    (also a fixed phrase) is kept."""
+    problem = getattr(error, "problem", None) if libyaml else None
     context = getattr(error, "context", None)
     if problem:
         text = f"{problem} ({context})" if context else str(problem)
+    elif context:
+        text = str(context)
     else:
-        lines = str(error).splitlines()
+        lines = str(error).splitlines()  # a ReaderError: the code of one character
         text = lines[0] if lines else type(error).__name__
     return f"not valid YAML: {text}{_mark(error)}"
 
 
-def _scan_nodes(root: Node) -> list[Problem]:
-    """Duplicate keys (yaml.v3 refuses them; PyYAML silently keeps the last), recursive
-    aliases, documents deeper than MAX_DEPTH or expanding past MAX_NODES, found on the
-    composed node graph before construction (which rewrites merge keys in place)."""
-    problems: list[Problem] = []
-    sizes: dict[int, int] = {}
-    on_stack: set[int] = set()
+def _cannot_build(construct: Any, bounded: bool) -> Any:
+    """`construct` (a SafeConstructor method) refusing, with the node's position, what
+    Python cannot build (its message would quote the value); with `bounded`, also number
+    text longer than MAX_NUMBER_CHARS, which PyYAML builds in quadratic time (sexagesimal
+    `1:2:3:...`) or Python cannot print back (a huge hexadecimal)."""
 
-    def size(node: Node, path: str, depth: int) -> int:
-        if depth > MAX_DEPTH:
-            raise ConfigSyntaxError(f"too deeply nested: more than {MAX_DEPTH} levels")
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in on_stack:
-            raise ConfigSyntaxError(
+    def build(loader: Any, node: Any) -> Any:
+        if bounded and isinstance(node.value, str) and len(node.value) > MAX_NUMBER_CHARS:
+            raise _LoadError(
+                f"not valid YAML: a number longer than {MAX_NUMBER_CHARS} characters"
+                f"{_at(node.start_mark)}"
+            )
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError) as error:
+            raise _LoadError(f"{_UNBUILDABLE}{_at(node.start_mark)}") from error
+
+    return build
+
+
+class _PyLoader(yaml.SafeLoader):
+    """PyYAML's pure-Python safe loader, the fallback when PyYAML was built without libyaml."""
+
+
+_C_LOADER: type[Any] | None = None
+if yaml.__with_libyaml__:
+
+    class _CLoader(yaml.CSafeLoader):
+        """libyaml's scanner and parser (C) under PyYAML's safe resolver and constructor."""
+
+    _C_LOADER = _CLoader
+
+for _loader in (_PyLoader, _C_LOADER):
+    if _loader is None:
+        continue
+    _loader.add_constructor(_INT_TAG, _cannot_build(SafeConstructor.construct_yaml_int, True))
+    _loader.add_constructor(_FLOAT_TAG, _cannot_build(SafeConstructor.construct_yaml_float, True))
+    _loader.add_constructor(
+        _TIMESTAMP_TAG, _cannot_build(SafeConstructor.construct_yaml_timestamp, False)
+    )
+
+
+class _Frame:
+    """A collection being composed: its node, the parent it sits in and at which key or
+    index (`segment`: None while it is a mapping's key), the node count when it started,
+    and the height of what it holds so far."""
+
+    __slots__ = (
+        "anchor",
+        "depth",
+        "height",
+        "key",
+        "node",
+        "parent",
+        "path",
+        "seen",
+        "segment",
+        "start",
+    )
+
+    def __init__(
+        self,
+        node: SequenceNode | MappingNode,
+        parent: _Frame | None,
+        segment: str | int | None,
+        start: int,
+        anchor: str | None,
+    ) -> None:
+        self.node = node
+        self.parent = parent
+        self.depth: int = parent.depth + 1 if parent is not None else 0
+        self.segment = segment
+        self.start = start
+        self.anchor = anchor
+        self.height = 0
+        self.key: Node | None = None  # a mapping's key whose value comes next
+        self.seen: dict[tuple[str, str], Node] | None = (
+            {} if isinstance(node, MappingNode) else None
+        )
+        self.path: str | None = None
+
+    def child_segment(self) -> str | int | None:
+        """Where the next node goes: an index, a key's text, or None for a key itself."""
+        if self.seen is None:
+            return len(self.node.value)
+        if self.key is None:
+            return None
+        return self.key.value if isinstance(self.key, ScalarNode) else "?"
+
+    def at(self) -> str:
+        if self.path is None:
+            base = self.parent.at() if self.parent is not None else ""
+            self.path = _extend(base, self.segment)
+        return self.path
+
+
+def _extend(path: str, segment: str | int | None) -> str:
+    if segment is None:
+        return path
+    return index_path(path, segment) if isinstance(segment, int) else child_path(path, segment)
+
+
+class _Composer:
+    """PyYAML's Composer with the bounds applied while it composes: every node counts,
+    an alias as many nodes as its anchor expands to, and at its anchor's depth below it;
+    so a document that expands past `max_nodes` or nests deeper than `max_depth` stops
+    the parser where it crosses the bound, having built at most that much. Also notes
+    duplicate keys (yaml.v3 refuses them; PyYAML silently keeps the last) and refuses
+    recursive aliases, as the walks over parsed documents could not end.
+
+    The SafeLoader has no path resolvers, so descend_resolver/ascend_resolver are left out.
+    """
+
+    def __init__(self, loader: Any, max_nodes: int, max_depth: int) -> None:
+        self.loader = loader
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self.anchors: dict[str, Node] = {}
+        self.extents: dict[str, tuple[int, int]] = {}  # complete anchors: (nodes, height)
+        self.count = 0
+        self.aliased = False
+        self.problems: list[Problem] = []
+
+    def single_node(self) -> Node | None:
+        get = self.loader.get_event
+        get()  # StreamStartEvent
+        if isinstance(get(), StreamEndEvent):
+            return None
+        root = self._root()
+        get()  # DocumentEndEvent
+        event = get()
+        if not isinstance(event, StreamEndEvent):
+            raise _LoadError(
+                "not valid YAML: but found another document (expected a single document "
+                f"in the stream){_at(event.start_mark)}"
+            )
+        return root
+
+    def _over(self, depth: int) -> None:
+        """Raise for the bound just crossed: the node count or `depth`."""
+        if self.count > self.max_nodes:
+            if self.aliased:
+                raise _LoadError(
+                    f"not valid YAML: the document expands to more than {self.max_nodes} "
+                    "nodes (excessive aliasing)"
+                )
+            raise _LoadError(f"not valid YAML: the document has more than {self.max_nodes} nodes")
+        if depth > self.max_depth:
+            raise _LoadError(f"too deeply nested: more than {self.max_depth} levels")
+
+    def _anchor(self, event: Any, node: Node) -> None:
+        if event.anchor in self.anchors:
+            raise _LoadError(f"not valid YAML: an anchor is defined twice{_at(event.start_mark)}")
+        self.anchors[event.anchor] = node
+
+    def _alias(self, event: Any, top: _Frame) -> tuple[Node, int]:
+        """The anchored node and its height, counted as every node it expands to."""
+        node = self.anchors.get(event.anchor)
+        if node is None:
+            raise _LoadError(
+                f"not valid YAML: an alias names no anchor defined before it{_at(event.start_mark)}"
+            )
+        extent = self.extents.get(event.anchor)
+        if extent is None:
+            path = _extend(top.at(), top.child_segment())
+            raise _LoadError(
                 f"not valid YAML: an alias at {path or 'the top level'} refers to a node "
                 "that contains it (recursive anchor)"
             )
-        on_stack.add(key)
-        total = 1
-        if isinstance(node, MappingNode):
-            seen: dict[tuple[str, str], int] = {}
-            for key_node, value_node in node.value:
-                name: object = "?"
-                if isinstance(key_node, ScalarNode):
-                    name = key_node.value
-                    if key_node.tag != _MERGE_TAG:
-                        ident = (key_node.tag, key_node.value)
-                        line = key_node.start_mark.line + 1
-                        if ident in seen:
-                            problems.append(
-                                Problem(
-                                    child_path(path, name),
-                                    f'key "{key_node.value}" is defined more than once '
-                                    f"(lines {seen[ident]} and {line}); the Collector "
-                                    "refuses duplicate keys",
-                                    DUPLICATE_KEY,
-                                )
-                            )
-                        else:
-                            seen[ident] = line
-                value_path = child_path(path, name)
-                total += size(key_node, path, depth + 1) + size(value_node, value_path, depth + 1)
-        elif isinstance(node, SequenceNode):
-            for i, item in enumerate(node.value):
-                total += size(item, index_path(path, i), depth + 1)
-        on_stack.discard(key)
-        if total > MAX_NODES:
-            raise ConfigSyntaxError(
-                f"not valid YAML: the document expands to more than {MAX_NODES} nodes "
-                "(excessive aliasing)"
+        nodes, height = extent
+        self.aliased = True
+        self.count += nodes
+        if self.count > self.max_nodes or top.depth + 1 + height > self.max_depth:
+            self._over(top.depth + 1 + height)
+        return node, height
+
+    def _root(self) -> Node:
+        """The events of one document's root node, composed without recursion: `top` is
+        the innermost collection still open."""
+        get = self.loader.get_event
+        resolve = self.loader.resolve
+        top: _Frame | None = None
+        while True:
+            event = get()
+            kind = type(event)
+            height = 0
+            node: Node
+            if kind is ScalarEvent:
+                self.count += 1
+                depth = top.depth + 1 if top is not None else 0
+                if self.count > self.max_nodes or depth > self.max_depth:
+                    self._over(depth)
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = resolve(ScalarNode, event.value, event.implicit)
+                node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+                if event.anchor is not None:
+                    self._anchor(event, node)
+                    self.extents[event.anchor] = (1, 0)
+            elif kind is AliasEvent and top is not None:  # an anchor comes before its alias
+                node, height = self._alias(event, top)
+            elif kind is SequenceStartEvent or kind is MappingStartEvent:
+                top = self._open(event, top)
+                continue
+            elif (kind is SequenceEndEvent or kind is MappingEndEvent) and top is not None:
+                node, height = self._close(event, top)
+                top = top.parent
+            else:  # a parser keeps to the grammar; this is a broken one
+                raise _LoadError(f"not valid YAML: unexpected {kind.__name__}")
+            if top is None:
+                return node
+            self._attach(top, node, height)
+
+    def _attach(self, top: _Frame, node: Node, height: int) -> None:
+        if top.height <= height:
+            top.height = height + 1
+        seen = top.seen
+        if seen is None:
+            top.node.value.append(node)
+        elif top.key is None:
+            top.key = node
+            if type(node) is ScalarNode and node.tag != _MERGE_TAG:
+                first = seen.setdefault((node.tag, node.value), node)
+                if first is not node:
+                    self._duplicate(top, first, node)
+        else:
+            top.node.value.append((top.key, node))
+            top.key = None
+
+    def _open(self, event: Any, parent: _Frame | None) -> _Frame:
+        self.count += 1
+        depth = parent.depth + 1 if parent is not None else 0
+        if self.count > self.max_nodes or depth > self.max_depth:
+            self._over(depth)
+        node_class = SequenceNode if type(event) is SequenceStartEvent else MappingNode
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = self.loader.resolve(node_class, None, event.implicit)
+        node = node_class(tag, [], event.start_mark, None, event.flow_style)
+        if event.anchor is not None:
+            self._anchor(event, node)
+        segment = parent.child_segment() if parent is not None else None
+        return _Frame(node, parent, segment, self.count - 1, event.anchor)
+
+    def _close(self, event: Any, frame: _Frame) -> tuple[Node, int]:
+        frame.node.end_mark = event.end_mark
+        if frame.anchor is not None:
+            self.extents[frame.anchor] = (self.count - frame.start, frame.height)
+        return frame.node, frame.height
+
+    def _duplicate(self, frame: _Frame, first: Node, key: Node) -> None:
+        self.problems.append(
+            Problem(
+                child_path(frame.at(), key.value),
+                f'key "{key.value}" is defined more than once (lines '
+                f"{first.start_mark.line + 1} and {key.start_mark.line + 1}); the Collector "
+                "refuses duplicate keys",
+                DUPLICATE_KEY,
             )
-        sizes[key] = total
-        return total
-
-    size(root, "", 0)
-    return problems
+        )
 
 
-def load_yaml_checked(text: str) -> tuple[Any, list[Problem]]:
+def _utf8(text: str, max_bytes: int) -> bytes:
+    """The text as the parser reads it, refused when over `max_bytes` (before encoding when
+    its length alone says so)."""
+    if len(text) > max_bytes:
+        raise _LoadError(f"too large: more than {max_bytes} bytes")
+    try:
+        data = text.encode()
+    except UnicodeEncodeError as error:
+        raise _LoadError(
+            f"not valid YAML: a lone surrogate (not a Unicode character) at character "
+            f"{error.start + 1}"
+        ) from error
+    if len(data) > max_bytes:
+        raise _LoadError(f"too large: {len(data)} bytes, more than {max_bytes}")
+    return data
+
+
+def load_yaml_checked(text: str, *, max_bytes: int = MAX_YAML_BYTES) -> tuple[Any, list[Problem]]:
     """Parse one YAML document as the Collector would see it: the data (PyYAML's safe
-    loader) and the duplicate-key problems. Raises ConfigSyntaxError when the text is not
-    loadable at all."""
+    constructor) and the duplicate-key problems. Raises ConfigSyntaxError when the text is
+    not loadable at all, with a message that names a position but never quotes the text
+    (configs hold secrets).
+
+    Bounded before anything is built: text over `max_bytes` is refused unparsed; libyaml
+    parses (PyYAML's pure-Python parser when PyYAML lacks it, 4-40x slower); nodes are
+    composed under MAX_NODES and MAX_DEPTH (see _Composer) and numbers over
+    MAX_NUMBER_CHARS refused. The worst case is MAX_NODES nodes composed and constructed
+    in Python, ~1.5-3 s on a 2-core machine (10-25 s without libyaml), where PyYAML's
+    pure-Python loader took ~12 s and read text of any size; one 4 MiB scalar takes
+    ~50 ms (benchmarks/drift_worst.py).
+    """
+    loader_class = _C_LOADER if LIBYAML else None
+    libyaml = loader_class is not None
     try:
-        # the reader refuses control characters already here
-        loader = yaml.SafeLoader(text)
+        data = _utf8(text, max_bytes)
+        # PyYAML's reader refuses control characters already here, libyaml's when parsing
+        loader = loader_class(data) if loader_class is not None else _PyLoader(text)
+    except _LoadError as refused:
+        raise ConfigSyntaxError(str(refused)) from None
     except yaml.YAMLError as error:
-        raise ConfigSyntaxError(_yaml_message(error)) from error
+        raise ConfigSyntaxError(_yaml_message(error, libyaml)) from None
+    composer = _Composer(loader, MAX_NODES, MAX_DEPTH)
     try:
-        node = loader.get_single_node()
+        node = composer.single_node()
         if node is None:
             return None, []
-        problems = _scan_nodes(node)
-        return loader.construct_document(node), problems
+        return loader.construct_document(node), composer.problems
+    except _LoadError as refused:
+        raise ConfigSyntaxError(str(refused)) from None
+    except ConstructorError as error:
+        raise ConfigSyntaxError(f"{_UNBUILDABLE}{_mark(error)}") from None
     except yaml.YAMLError as error:
-        raise ConfigSyntaxError(_yaml_message(error)) from error
-    except RecursionError as error:
-        raise ConfigSyntaxError("too deeply nested for the YAML parser") from error
-    except (ValueError, TypeError, AttributeError, OverflowError) as error:
-        if isinstance(error, ConfigSyntaxError):
-            raise
-        # PyYAML's constructors raise these for values its resolver matched but cannot
-        # build, e.g. the date 2024-13-45 or `!!int x`.
-        raise ConfigSyntaxError(f"not valid YAML: a value cannot be built ({error})") from error
+        if getattr(error, "problem", None) == _LIBYAML_TOO_DEEP:
+            raise ConfigSyntaxError(f"too deeply nested: more than {MAX_DEPTH} levels") from None
+        raise ConfigSyntaxError(_yaml_message(error, libyaml)) from None
+    except RecursionError:
+        raise ConfigSyntaxError("too deeply nested for the YAML parser") from None
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        # a constructor failing otherwise than the ones _cannot_build guards
+        raise ConfigSyntaxError(_UNBUILDABLE) from None
     finally:
         loader.dispose()
 
 
-def load_yaml(text: str) -> Any:
+def load_yaml(text: str, *, max_bytes: int = MAX_YAML_BYTES) -> Any:
     """The parsed document; raises ConfigSyntaxError. Duplicate keys keep the last value."""
-    return load_yaml_checked(text)[0]
+    return load_yaml_checked(text, max_bytes=max_bytes)[0]
 
 
 # ---------------------------------------------------------------- component ids
