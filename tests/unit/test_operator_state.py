@@ -36,7 +36,7 @@ def _view(uid: str, status: str | None, effective: str = "", config_hash: str = 
     )
 
 
-def test_drift_counts_judge_applied_and_status_less_agents_only() -> None:
+async def test_drift_counts_judge_applied_and_status_less_agents_only() -> None:
     record = _record()
     views = [
         _view("fresh", "UNSET"),  # connected, applied nothing yet: pending
@@ -49,7 +49,7 @@ def test_drift_counts_judge_applied_and_status_less_agents_only() -> None:
         _view("silent", None),  # reports nothing at all: unknown
     ]
     state = OperatorState(views={v.instance_uid: v for v in views})
-    verdicts = state.drift_of(record, [v.instance_uid for v in views])
+    verdicts = await state.drift_of(record, [v.instance_uid for v in views])
     assert verdicts == {
         "unset-edited": True,
         "applied": False,

@@ -705,11 +705,19 @@ class DriftCache:
         with self._lock:
             return len(self._entries)
 
-    def compare(self, desired_yaml: str, desired_hash: str, effective_yaml: str) -> Comparison:
-        """compare(desired_yaml, effective_yaml), from the cache when it has it."""
+    def compare(
+        self, desired_yaml: str, desired_hash: str, effective_yaml: str, effective_hash: str = ""
+    ) -> Comparison:
+        """compare(desired_yaml, effective_yaml), from the cache when it has it.
+        `effective_hash`: a digest the server computed of the files the text is made of
+        (AgentView.effective_config_hash), which spares hashing the text again."""
         if not desired_hash or len(effective_yaml) > MAX_YAML_BYTES:
             return compare(desired_yaml, effective_yaml)
-        digest = hashlib.sha256(effective_yaml.encode("utf-8", "surrogatepass")).digest()
+        digest = (
+            bytes.fromhex(effective_hash)
+            if effective_hash
+            else hashlib.sha256(effective_yaml.encode("utf-8", "surrogatepass")).digest()
+        )
         key = (digest, desired_hash.lower())
         with self._lock:
             found = self._entries.get(key)
@@ -731,7 +739,9 @@ class DriftCache:
         return _agent_drift(
             agent,
             desired_hash,
-            lambda: self.compare(desired_yaml, desired_hash, agent.effective_config),
+            lambda: self.compare(
+                desired_yaml, desired_hash, agent.effective_config, agent.effective_config_hash
+            ),
         )
 
 

@@ -14,13 +14,14 @@ shown with their secrets masked, on both sides of a diff (fleet.drift).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from opamp_operator.api.models import FLEETS_PLURAL, GROUP
 from opamp_operator.api.read import AGENT_STATES
-from opamp_operator.fleet.drift import agent_drift, masked_config_text, unified_diff
+from opamp_operator.fleet.drift import DriftVerdict, masked_config_text, unified_diff
 from opamp_operator.fleet.health import ConfigState, config_state, summarize
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s.state import FleetRecord, OperatorState
@@ -53,10 +54,10 @@ class FleetAPI:
             raise web.HTTPNotFound(text=f"no CollectorFleet {key} is known to this operator")
         return record
 
-    def _summary(self, record: FleetRecord) -> dict[str, Any]:
+    async def _summary(self, record: FleetRecord) -> dict[str, Any]:
         assignment = self.state.assignment or self.state.refresh()
         mapping = assignment.mapping_for(record.key)
-        drift = self.state.drift_of(record, mapping.agents)
+        drift = await self.state.drift_of(record, mapping.agents)
         health = summarize(record.selector, mapping, record.desired_hash, drift)
         return {
             "namespace": record.namespace,
@@ -87,19 +88,20 @@ class FleetAPI:
         records = await self._readable(
             request, sorted(self.state.fleets.values(), key=lambda f: f.key)
         )
-        fleets = [self._summary(f) for f in records]
+        fleets = [await self._summary(f) for f in records]
         return web.json_response({"fleets": fleets, "count": len(fleets)})
 
     async def get_fleet(self, request: web.Request) -> web.Response:
         record = await self._fleet(request)
         self.state.refresh()
-        return web.json_response(self._summary(record))
+        return web.json_response(await self._summary(record))
 
-    def _agent_json(self, record: FleetRecord, agent: AgentView, pod: str | None) -> dict[str, Any]:
+    def _agent_json(
+        self, record: FleetRecord, agent: AgentView, pod: str | None, drift: DriftVerdict
+    ) -> dict[str, Any]:
         assignment = self.state.assignment
         rule = assignment.mapping.rule_of(agent.instance_uid) if assignment else None
-        text, expected_hash, _ = self.state.expected(record, agent.instance_uid)
-        drift = agent_drift(agent, text or "", expected_hash)
+        expected_hash = self.state.expected(record, agent.instance_uid)[1]
         return {
             "instanceUid": agent.instance_uid,
             "pod": pod,
@@ -126,12 +128,17 @@ class FleetAPI:
             "attributes": dict(agent.attributes),
         }
 
-    def _agents(self, record: FleetRecord) -> list[dict[str, Any]]:
+    async def _agents(self, record: FleetRecord) -> list[dict[str, Any]]:
         assignment = self.state.refresh()
         mapping = assignment.mapping_for(record.key)
         pod_of = mapping.pod_of
+        jobs = {}
+        for uid, agent in mapping.agents.items():
+            text, expected_hash, _ = self.state.expected(record, uid)
+            jobs[uid] = (agent, text or "", expected_hash)
+        verdicts = await self.state.judge(jobs)
         return [
-            self._agent_json(record, a, pod_of.get(uid))
+            self._agent_json(record, a, pod_of.get(uid), verdicts[uid])
             for uid, a in sorted(mapping.agents.items())
         ]
 
@@ -140,23 +147,26 @@ class FleetAPI:
         wanted = request.query.get("state")
         if wanted is not None and wanted not in AGENT_STATES:
             raise web.HTTPBadRequest(text=f"state must be one of {', '.join(AGENT_STATES)}")
-        agents = [a for a in self._agents(record) if wanted is None or _in_state(a, wanted)]
+        agents = [a for a in await self._agents(record) if wanted is None or _in_state(a, wanted)]
         return web.json_response({"agents": agents, "count": len(agents)})
 
     async def get_agent(self, request: web.Request) -> web.Response:
         record = await self._fleet(request)
         wanted = request.match_info["uid"].replace("-", "").lower()
-        for agent in self._agents(record):
+        for agent in await self._agents(record):
             if agent["instanceUid"].replace("-", "").lower() == wanted:
-                view = self.state.views[agent["instanceUid"]]
-                agent["effectiveConfig"] = (
-                    masked_config_text(view.effective_config) if view.effective_config else ""
-                )
-                agent["diff"] = (
-                    unified_diff(record.config_text or "", view.effective_config, "config.yaml")
-                    if view.effective_config
-                    else ""
-                )
+                effective = self.state.views[agent["instanceUid"]].effective_config
+                desired = record.config_text or ""
+                if effective:
+                    # Seconds for a config at the parser's caps: off the loop.
+                    agent["effectiveConfig"] = await self.state.off_loop(
+                        partial(masked_config_text, effective)
+                    )
+                    agent["diff"] = await self.state.off_loop(
+                        partial(unified_diff, desired, effective, "config.yaml")
+                    )
+                else:
+                    agent["effectiveConfig"] = agent["diff"] = ""
                 return web.json_response(agent)
         raise web.HTTPNotFound(text=f"no agent {request.match_info['uid']} in fleet {record.key}")
 

@@ -98,7 +98,7 @@ class FleetStatus:
         mapping = assignment.mapping_for(record.key)
         held = self.holding_since()
         await write_gates(self.state.pods, gate_updates(self.state, record, mapping, held))
-        drift = self.state.drift_of(record, mapping.agents)
+        drift = await self.state.drift_of(record, mapping.agents)
         if record.spec.drift_policy == DriftPolicy.REMEDIATE:
             await self.remediate(body, record, mapping, drift)
         health = summarize(record.selector, mapping, record.desired_hash, drift)

@@ -245,13 +245,13 @@ class RolloutHandlers:
         self.state.rollouts[ref.key] = ref
         return ref
 
-    def _agents(self, record: FleetRecord) -> list[planner.RolloutAgent]:
+    async def _agents(self, record: FleetRecord) -> list[planner.RolloutAgent]:
         """The fleet's live agents, with what the gates and preflight need."""
         assignment = self.state.assignment or self.state.refresh()
         mapping = assignment.mapping_for(record.key)
         unverified = set(assignment.unverified.get(record.key, ()))
         views = self.state.refresh_views(mapping.agents)
-        drift = self.state.drift_of(record, views)
+        drift = await self.state.drift_of(record, views)
         agents = []
         for uid, view in views.items():
             if not view.live:
@@ -345,7 +345,7 @@ class RolloutHandlers:
         if progress is None:
             progress = planner.initial_progress(desired, *record.stable, controls)
         self._planned.add(key)
-        agents = self._agents(record)
+        agents = await self._agents(record)
         decision = planner.plan(policy, progress, desired, agents, time.time(), controls)
         generation = int(body.metadata.get("generation", 0))
         await self._write(body, old, rollout_status(decision, generation, old, now_iso()))

@@ -8,16 +8,18 @@ same assignment.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
 from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.conditions import Why
-from opamp_operator.fleet.drift import DriftState, agent_drift
+from opamp_operator.fleet.drift import DriftCache, DriftState, DriftVerdict
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
@@ -119,6 +121,12 @@ class FleetRecord:
         return self.config.hash.hex() if self.config is not None else ""
 
 
+JUDGES = 2
+"""Threads that parse and compare agents' configs. They share the GIL with the loop, which
+still gets its turn every few milliseconds (sys.getswitchinterval); more threads would
+only let more hostile configs be parsed at once."""
+
+
 @dataclass
 class OperatorState:
     core: ServerCore | None = None
@@ -126,8 +134,6 @@ class OperatorState:
     pods: dict[str, PodView] = field(default_factory=dict)
     assignment: FleetAssignment | None = None
     views: dict[str, AgentView] = field(default_factory=dict)
-    # Drift needs YAML parsing; verdicts are cached per fleet by what they depend on, and
-    # only the current agents' entries are kept.
     # Drift remediation attempts per fleet, per agent (policy Remediate).
     remediation: dict[str, dict[str, Attempt]] = field(default_factory=dict)
     rollouts: dict[str, RolloutRef] = field(default_factory=dict)
@@ -141,9 +147,14 @@ class OperatorState:
     """Called when a credential stops or starts identifying a fleet (a token rotated,
     revoked, a fleet deleted): the server re-checks the sessions it authenticated
     earlier (OpAMPServer.revalidate)."""
-    _drift_cache: dict[str, dict[tuple[str, str, str, str], bool | None]] = field(
-        default_factory=dict
+    drift: DriftCache = field(default_factory=DriftCache)
+    """Comparisons of agents' effective configs with what they should run, shared by the
+    status tick, the rollout tick and the read API (one parse per pair of configs)."""
+    judges: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(JUDGES, thread_name_prefix="drift")
     )
+    """Where agents' configs are parsed and compared: never on the event loop, which
+    answers every agent (a config at the parser's caps takes seconds)."""
 
     def refresh(self) -> FleetAssignment:
         """Re-map every agent to pods and fleets; cheap enough to run every few seconds.
@@ -320,16 +331,14 @@ class OperatorState:
             and f.spec.config.config_map_ref.name == name
         ]
 
-    def drift_of(self, record: FleetRecord, uids: Iterable[str]) -> dict[str, bool | None]:
+    async def drift_of(self, record: FleetRecord, uids: Iterable[str]) -> dict[str, bool | None]:
         """Per agent: does what it runs differ from the config it should run (the fleet's,
         or the stable one for an agent a rollout has not reached)? Only agents that say
         they applied it (or report no status, or UNSET with an effective config) are
         judged; a failed apply is counted as failed, not as drift."""
         if record.config_text is None:
             return {}
-        verdicts: dict[str, bool | None] = {}
-        cache = self._drift_cache.get(record.key, {})
-        fresh: dict[tuple[str, str, str, str], bool | None] = {}
+        jobs: dict[str, tuple[AgentView, str, str]] = {}
         for uid in uids:
             view = self.views.get(uid)
             if view is None or view.remote_config_status not in (None, "UNSET", "APPLIED"):
@@ -344,15 +353,23 @@ class OperatorState:
                 and view.remote_config_hash.lower() != expected_hash
             ):
                 continue  # still on an older config it was given: pending, not drifted
-            key = (
-                expected_hash,
-                view.remote_config_status or "",
-                view.remote_config_hash,
-                view.effective_config_hash,
-            )
-            if key not in cache:
-                verdict = agent_drift(view, text, expected_hash)
-                cache[key] = verdict.drifted if verdict.state != DriftState.UNKNOWN else None
-            fresh[key] = verdicts[uid] = cache[key]
-        self._drift_cache[record.key] = fresh
-        return verdicts
+            jobs[uid] = (view, text, expected_hash)
+        verdicts = await self.judge(jobs)
+        return {
+            uid: v.drifted if v.state != DriftState.UNKNOWN else None for uid, v in verdicts.items()
+        }
+
+    async def judge(self, jobs: dict[str, tuple[AgentView, str, str]]) -> dict[str, DriftVerdict]:
+        """Per agent uid, its drift verdict against (view, expected text, expected hash),
+        worked out on the judges' threads."""
+        if not jobs:
+            return {}
+
+        def run() -> dict[str, DriftVerdict]:
+            return {uid: self.drift.agent_drift(*job) for uid, job in jobs.items()}
+
+        return await asyncio.get_running_loop().run_in_executor(self.judges, run)
+
+    async def off_loop(self, work: Callable[[], str]) -> str:
+        """`work` (parsing or rendering an agent's config) on the judges' threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.judges, work)
