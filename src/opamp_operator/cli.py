@@ -19,6 +19,7 @@ from opamp_operator.k8s.run import RunOptions
 from opamp_operator.k8s.run import run as run_operator
 from opamp_operator.k8s.settings import PeeringSettings
 from opamp_operator.k8s.webhook import WebhookOptions
+from opamp_operator.opamp.session import AgentLimits
 from opamp_operator.opamp.wire import protobuf_backend
 from opamp_operator.server.api import ApiListen
 from opamp_operator.server.app import Limits, Listen
@@ -55,6 +56,140 @@ _LISTEN = Listen()
 _API = ApiListen()
 _TLS = TLSFiles()
 _LIMITS = Limits()
+_AGENT_LIMITS = AgentLimits()
+
+# (flag, the dataclass owning its default, its field, help). One table for `run` and
+# `serve`, the chart's opamp.limits.* values and docs/opamp-server.md's table.
+_MIB = f"{_LIMITS.max_message_bytes / 2**20:g} MiB"
+LIMIT_FLAGS: tuple[tuple[str, Limits | AgentLimits, str, str], ...] = (
+    (
+        "--max-message-bytes",
+        _LIMITS,
+        "max_message_bytes",
+        f"largest message either way, after decompression (default %(default)s, {_MIB}); "
+        "past it HTTP 413, WebSocket close 1009",
+    ),
+    (
+        "--max-in-flight-bytes",
+        _LIMITS,
+        "max_in_flight_bytes",
+        "bytes of messages being received or handled at once, both transports; HTTP bodies "
+        "are admitted by Content-Length before they are read; past it 503 + Retry-After or "
+        "WebSocket close 1013 (default %(default)s)",
+    ),
+    (
+        "--max-websockets",
+        _LIMITS,
+        "max_websockets",
+        "open WebSockets; past it, 503 + Retry-After (default %(default)s)",
+    ),
+    (
+        "--max-http-in-flight",
+        _LIMITS,
+        "max_http_in_flight",
+        "HTTP requests handled at once, counted once their body is read; past it, "
+        "503 + Retry-After (default %(default)s)",
+    ),
+    (
+        "--listen-backlog",
+        _LIMITS,
+        "listen_backlog",
+        "connections queued before they are accepted, for reconnect storms; capped by "
+        "net.core.somaxconn (default %(default)s)",
+    ),
+    (
+        "--retry-after-min-seconds",
+        _LIMITS,
+        "retry_after_min_seconds",
+        "shed requests are told to retry after a whole number of seconds drawn from "
+        "[min, max), in Retry-After and retry_info (default %(default)s)",
+    ),
+    (
+        "--retry-after-max-seconds",
+        _LIMITS,
+        "retry_after_max_seconds",
+        "see --retry-after-min-seconds (default %(default)s)",
+    ),
+    (
+        "--header-timeout-seconds",
+        _LIMITS,
+        "header_timeout_seconds",
+        "a connection that has not completed its TLS handshake, then its request headers, "
+        "within this (each) is closed (default %(default)s)",
+    ),
+    (
+        "--body-timeout-seconds",
+        _LIMITS,
+        "body_timeout_seconds",
+        "an HTTP body, or a WebSocket message once begun, must arrive within this: 408 or "
+        "WebSocket close 1008 (default %(default)s)",
+    ),
+    (
+        "--keepalive-seconds",
+        _LIMITS,
+        "keepalive_seconds",
+        "idle kept-alive HTTP connections are closed after this (default %(default)s)",
+    ),
+    (
+        "--first-message-timeout-seconds",
+        _LIMITS,
+        "first_message_timeout_seconds",
+        "a WebSocket without an AgentToServer within this is closed, 1008 (default %(default)s)",
+    ),
+    (
+        "--ws-ping-seconds",
+        _LIMITS,
+        "ws_ping_seconds",
+        "a silent WebSocket is pinged after this and closed without a pong within half "
+        "of it (default %(default)s)",
+    ),
+    (
+        "--shutdown-seconds",
+        _LIMITS,
+        "shutdown_seconds",
+        "on shutdown, WebSockets are closed (1001) at once and requests finish, each "
+        "within this (default %(default)s)",
+    ),
+    (
+        "--max-agents",
+        _AGENT_LIMITS,
+        "max_agents",
+        "agent records kept; the oldest not held by a WebSocket is forgotten first, else a "
+        "new agent gets UNAVAILABLE + retry (default %(default)s)",
+    ),
+    (
+        "--forget-undescribed-after-seconds",
+        _AGENT_LIMITS,
+        "forget_undescribed_after_seconds",
+        "an agent that never sent its description is forgotten this long after it was "
+        "last seen (default %(default)s)",
+    ),
+    (
+        "--max-agent-attributes",
+        _AGENT_LIMITS,
+        "max_attributes",
+        "attributes in an AgentDescription; more: 413 or WebSocket close 1009 "
+        "(default %(default)s)",
+    ),
+    (
+        "--max-agent-description-bytes",
+        _AGENT_LIMITS,
+        "max_description_bytes",
+        "bytes of an AgentDescription; more: 413 or WebSocket close 1009 (default %(default)s)",
+    ),
+    (
+        "--max-effective-config-bytes",
+        _AGENT_LIMITS,
+        "max_effective_config_bytes",
+        "a larger effective config is kept as its hash only (default %(default)s)",
+    ),
+    (
+        "--max-agent-components",
+        _AGENT_LIMITS,
+        "max_components",
+        "more available components are kept as their hash only (default %(default)s)",
+    ),
+)
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:
@@ -93,36 +228,27 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     api.add_argument("--api-port", type=int, default=_API.port, help="(default %(default)s)")
     api.add_argument("--api-tls-cert-file", type=Path, help="certificate (PEM) for the API")
     api.add_argument("--api-tls-key-file", type=Path, help="its private key (PEM)")
-    limits = p.add_argument_group("OpAMP server limits")
-    limits.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=_LIMITS.max_message_bytes,
-        help="largest message either way, after decompression (default %(default)s, "
-        f"{_LIMITS.max_message_bytes / 2**20:g} MiB, the spec's recommendation)",
-    )
-    limits.add_argument(
-        "--max-websockets",
-        type=int,
-        default=_LIMITS.max_websockets,
-        help="open WebSockets; past it, 503 + Retry-After (default %(default)s)",
-    )
-    limits.add_argument(
-        "--listen-backlog",
-        type=int,
-        default=_LIMITS.listen_backlog,
-        help="connections queued before they are accepted, for reconnect storms; capped by "
-        "net.core.somaxconn (default %(default)s)",
-    )
-    limits.add_argument(
-        "--max-http-in-flight",
-        type=int,
-        default=_LIMITS.max_http_in_flight,
-        help="HTTP requests handled at once; past it, 503 + Retry-After (default %(default)s)",
-    )
+    limits = p.add_argument_group("OpAMP server limits and timeouts (docs/opamp-server.md)")
+    for flag, owner, name, text in LIMIT_FLAGS:
+        default = getattr(owner, name)
+        limits.add_argument(flag, type=type(default), default=default, help=text)
 
 
-def _server_settings(args: argparse.Namespace) -> tuple[Listen, ApiListen, Limits]:
+def _limit_args(args: argparse.Namespace) -> tuple[Limits, AgentLimits]:
+    """The limit flags as the two dataclasses that own them; ValueError when a value is
+    out of range."""
+
+    def given(owner: Limits | AgentLimits) -> dict[str, Any]:
+        return {
+            name: getattr(args, flag.removeprefix("--").replace("-", "_"))
+            for flag, of, name, _ in LIMIT_FLAGS
+            if of is owner
+        }
+
+    return replace(_LIMITS, **given(_LIMITS)), replace(_AGENT_LIMITS, **given(_AGENT_LIMITS))
+
+
+def _server_settings(args: argparse.Namespace) -> tuple[Listen, ApiListen, Limits, AgentLimits]:
     listen = Listen(
         host=args.host,
         port=args.port,
@@ -144,14 +270,8 @@ def _server_settings(args: argparse.Namespace) -> tuple[Listen, ApiListen, Limit
         ),
         token_file=getattr(args, "api_token_file", None),
     )
-    limits = replace(
-        _LIMITS,
-        max_message_bytes=args.max_message_bytes,
-        max_websockets=args.max_websockets,
-        max_http_in_flight=args.max_http_in_flight,
-        listen_backlog=args.listen_backlog,
-    )
-    return listen, api, limits
+    limits, agent_limits = _limit_args(args)
+    return listen, api, limits, agent_limits
 
 
 def _add_heartbeat_flag(p: argparse.ArgumentParser, default: int | None) -> None:
@@ -166,13 +286,13 @@ def _add_heartbeat_flag(p: argparse.ArgumentParser, default: int | None) -> None
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     """`serve`'s arguments as ServeOptions; only --config gives ServeOptions(config)."""
-    listen, api, limits = _server_settings(args)
+    listen, api, limits, agent_limits = _server_settings(args)
     return ServeOptions(
         config=args.config,
         listen=listen,
         api=api,
         limits=limits,
-        core=serve_core_settings(args.heartbeat_seconds),
+        core=replace(serve_core_settings(args.heartbeat_seconds), limits=agent_limits),
         reload_seconds=args.reload_seconds,
     )
 
@@ -185,7 +305,12 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        run_loop(serve(serve_options(args)))
+        options = serve_options(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        run_loop(serve(options))
     except (FleetFileError, TLSConfigError, ApiExposedError) as exc:
         log.error("%s", exc)
         return 2
@@ -221,7 +346,7 @@ _RUN = RunOptions()
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     """`run`'s arguments as RunOptions; no arguments give RunOptions()."""
-    listen, api, limits = _server_settings(args)
+    listen, api, limits, agent_limits = _server_settings(args)
     handlers = _RUN.handlers
     return RunOptions(
         namespaces=tuple(args.namespace),
@@ -233,7 +358,9 @@ def run_options(args: argparse.Namespace) -> RunOptions:
             audiences=tuple(args.agent_token_audience or _RUN.agent_tokens.audiences),
         ),
         limits=limits,
-        core=replace(_RUN.core, offer_heartbeat_seconds=args.heartbeat_seconds),
+        core=replace(
+            _RUN.core, offer_heartbeat_seconds=args.heartbeat_seconds, limits=agent_limits
+        ),
         handlers=replace(
             handlers,
             status_interval=args.status_interval,
@@ -262,7 +389,12 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        run_loop(run_operator(run_options(args)))
+        options = run_options(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        run_loop(run_operator(options))
     except TLSConfigError as exc:
         log.error("%s", exc)
         return 2

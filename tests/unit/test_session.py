@@ -14,12 +14,15 @@ from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     SERVER_CAPABILITIES,
+    AgentLimits,
     AgentRecord,
     AgentState,
     CoreSettings,
     EventKind,
+    Refusal,
     ServerCore,
     Transport,
+    component_count,
     message_kind,
 )
 
@@ -405,6 +408,129 @@ def test_effective_config_hash_is_the_config_map_hash() -> None:
     core.receive(msg, now=0.0)
     want = files_hash({"a": ConfigFile(b"1", ""), "b": ConfigFile(b"2", "")})
     assert core.agents[UID].effective_config_hash == want
+
+
+# ---- what one agent may make the server keep (AgentLimits) ------------------------------
+
+
+def limited(**limits: float) -> ServerCore:
+    return ServerCore(CoreSettings(limits=AgentLimits(**limits)))  # type: ignore[arg-type]
+
+
+def test_a_description_over_its_caps_is_refused_and_nothing_is_kept() -> None:
+    core = limited(max_attributes=3, max_description_bytes=200)
+    many = first()  # service.name, and three more: 4 attributes
+    many.agent_description.non_identifying_attributes.extend(
+        attributes.from_dict({f"k{i}": "v" for i in range(3)})
+    )
+    reply = core.receive(many, now=0.0)
+    assert reply.refusal is Refusal.TOO_LARGE
+    assert reply.message.error_response.type == pb.ServerErrorResponseType_BadRequest
+    assert "4 attributes, over the limit of 3" in reply.message.error_response.error_message
+    big = first(note="x" * 300)
+    assert core.receive(big, now=0.0).refusal is Refusal.TOO_LARGE
+    assert "bytes, over the limit of 200" in (
+        core.receive(big, now=0.0).message.error_response.error_message
+    )
+    assert core.agents == {}
+    ok = core.receive(first(note="x"), now=0.0)
+    assert ok.refusal is None
+    assert UID in core.agents
+
+
+def test_an_effective_config_over_its_cap_is_kept_as_its_hash_only() -> None:
+    core = limited(max_effective_config_bytes=1000)
+    big = first()
+    big.effective_config.config_map.config_map[""].body = b"a" * 2000
+    reply = core.receive(big, now=0.0)
+    agent = core.agents[UID]
+    assert reply.refusal is None
+    assert reply.trimmed == ["effective_config"]
+    assert agent.trimmed == {"effective_config"}
+    assert agent.effective_config == pb.EffectiveConfig()
+    assert agent.effective_config_hash == files_hash({"": ConfigFile(b"a" * 2000, "")})
+    # Another large config is a change (by its hash), the same one is not.
+    other = beat(seq=1)
+    other.effective_config.config_map.config_map[""].body = b"b" * 2000
+    changed = core.receive(other, now=1.0)
+    assert [e.changed for e in changed.events] == [frozenset({"effective_config"})]
+    assert agent.effective_config_hash == files_hash({"": ConfigFile(b"b" * 2000, "")})
+    same = beat(seq=2)
+    same.effective_config.CopyFrom(other.effective_config)
+    assert core.receive(same, now=2.0).events == []
+    small = beat(seq=3)
+    small.effective_config.config_map.config_map[""].body = b"c"
+    core.receive(small, now=3.0)
+    assert agent.trimmed == frozenset()
+    assert agent.effective_config == small.effective_config
+    # From a stand-in to an empty config: both are empty messages, yet a change.
+    big.sequence_num = 4
+    core.receive(big, now=4.0)
+    empty = beat(seq=5)
+    empty.effective_config.SetInParent()
+    assert [e.changed for e in core.receive(empty, now=5.0).events] == [
+        frozenset({"effective_config"})
+    ]
+    assert agent.trimmed == frozenset()
+    assert agent.effective_config_hash == files_hash({})
+
+
+def test_components_over_their_cap_are_kept_as_the_hash_and_not_asked_for_again() -> None:
+    msg = first()
+    msg.available_components.hash = b"h1"
+    receivers = msg.available_components.components["receivers"]
+    for name in ("otlp", "jaeger", "zipkin"):
+        receivers.sub_component_map[name].SetInParent()
+    assert component_count(msg.available_components) == 4
+    core = limited(max_components=3)
+    reply = core.receive(msg, now=0.0)
+    assert reply.trimmed == ["available_components"]
+    assert core.agents[UID].available_components == pb.AvailableComponents(hash=b"h1")
+    assert not reply.message.flags & pb.ServerToAgentFlags_ReportAvailableComponents
+    again = beat(seq=1)
+    again.available_components.CopyFrom(msg.available_components)
+    assert core.receive(again, now=1.0).events == []
+
+
+def test_an_agent_that_never_describes_itself_is_forgotten_within_seconds() -> None:
+    core = limited(forget_undescribed_after_seconds=15)
+    core.receive(beat(uid=OTHER, seq=0), now=0.0)  # a bare poll with a fresh uid
+    core.receive(first(), now=0.0)
+    conn = core.open(now=0.0)
+    held = bytes(range(201, 217))
+    core.receive(beat(uid=held, seq=0), now=0.0, conn=conn)
+    assert core.tick(now=15.0) == []
+    forgotten = core.tick(now=15.5)
+    assert [(e.kind, e.instance_uid) for e in forgotten] == [(EventKind.FORGOTTEN, OTHER)]
+    # Described, or held by an open WebSocket: kept.
+    assert set(core.agents) == {UID, held}
+    core.close(conn, now=20.0)
+    assert [e.instance_uid for e in core.tick(now=36.0)] == [held]
+
+
+def test_at_max_agents_the_best_record_to_forget_makes_room_else_new_agents_wait() -> None:
+    core = limited(max_agents=3)
+    a, b, c, d, e = (bytes([i]) * 16 for i in range(1, 6))
+    conn = core.open(now=0.0)
+    core.receive(first(uid=a), now=0.0, conn=conn)  # described, on a WebSocket
+    core.receive(first(uid=b), now=0.0)  # described, HTTP
+    core.receive(beat(uid=c, seq=0), now=1.0)  # never described
+    core.tick(now=2.0)
+    # Full: the never-described record goes first.
+    assert core.receive(first(uid=d), now=3.0).refusal is None
+    assert set(core.agents) == {a, b, d}
+    # Nothing more tick() found to forget: the newcomer is told to come back later.
+    full = core.receive(first(uid=e), now=4.0)
+    assert full.refusal is Refusal.FULL
+    assert full.message.error_response.type == pb.ServerErrorResponseType_Unavailable
+    assert e not in core.agents
+    # Known agents are still served.
+    assert core.receive(beat(uid=b, seq=1), now=4.0).refusal is None
+    # A WebSocket agent that left is forgettable at the next tick; a live one never is.
+    core.close(conn, now=5.0)
+    core.tick(now=6.0)
+    assert core.receive(first(uid=e), now=7.0).refusal is None
+    assert set(core.agents) == {b, d, e}
 
 
 # ---- properties ---------------------------------------------------------------------

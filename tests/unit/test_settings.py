@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from opamp_operator.cli import build_parser, run_options, serve_options
+from opamp_operator.cli import LIMIT_FLAGS, build_parser, run_options, serve_options
 from opamp_operator.k8s.run import RunOptions
+from opamp_operator.opamp.session import AgentLimits
 from opamp_operator.server.api import ApiListen
 from opamp_operator.server.app import Limits, Listen
 from opamp_operator.server.tls import ClientAuth, TLSFiles
@@ -66,15 +67,49 @@ def test_serve_without_arguments_is_the_dataclass_defaults() -> None:
 
 def test_serve_and_run_share_the_server_flags() -> None:
     run, serve = subparser("run"), subparser("serve")
-    for flag, default in (
-        ("--host", Listen().host),
-        ("--port", Listen().port),
-        ("--max-message-bytes", Limits().max_message_bytes),
-        ("--max-websockets", Limits().max_websockets),
-        ("--max-http-in-flight", Limits().max_http_in_flight),
-    ):
+    limits = [(flag, getattr(owner, name)) for flag, owner, name, _ in LIMIT_FLAGS]
+    for flag, default in [("--host", Listen().host), ("--port", Listen().port), *limits]:
         assert option(run, flag).default == option(serve, flag).default == default
         assert option(run, flag).help == option(serve, flag).help
+
+
+def test_every_limit_is_a_flag_and_every_limit_field_has_one() -> None:
+    """Limits and AgentLimits fields are all flags (but the tick, which is no limit), and
+    a flag given reaches its field under both commands."""
+    fields = {(type(owner).__name__, name) for _, owner, name, _ in LIMIT_FLAGS}
+    assert {("Limits", f) for f in Limits.__dataclass_fields__} - fields == {
+        ("Limits", "tick_seconds")
+    }
+    assert {("AgentLimits", f) for f in AgentLimits.__dataclass_fields__} <= fields
+    for flag, owner, name, _ in LIMIT_FLAGS:
+        value = getattr(owner, name) + 1
+        args = [f"{flag}={value}"]
+        if name == "retry_after_min_seconds":
+            args.append(f"--retry-after-max-seconds={value + 1}")
+        parser = build_parser()
+        serve = serve_options(parser.parse_args(["serve", "--config=f.yaml", *args]))
+        run = run_options(parser.parse_args(["run", *args]))
+        for options in (serve, run):
+            got = options.limits if isinstance(owner, Limits) else options.core.limits
+            assert getattr(got, name) == value, flag
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-message-bytes=0"],
+        ["--header-timeout-seconds=0"],
+        ["--retry-after-min-seconds=61"],
+        ["--max-agents=0"],
+        ["--forget-undescribed-after-seconds=-1"],
+    ],
+)
+def test_limits_out_of_range_are_refused(args: list[str]) -> None:
+    parser = build_parser()
+    with pytest.raises(ValueError, match="must be"):
+        serve_options(parser.parse_args(["serve", "--config=f.yaml", *args]))
+    with pytest.raises(ValueError, match="must be"):
+        run_options(parser.parse_args(["run", *args]))
 
 
 @pytest.mark.parametrize("command", ["run", "serve"])
@@ -129,7 +164,7 @@ def test_every_chart_default_of_an_operator_flag_equals_the_one_source() -> None
     top, run = build_parser(), subparser("run")
     checked: set[str] = set()
     for flag, expr in chart_args():
-        m = re.fullmatch(r"\{\{ \.Values\.([\w.]+)( \| quote)? \}\}", expr)
+        m = re.fullmatch(r"\{\{ \.Values\.([\w.]+)( \| int64)?( \| quote)? \}\}", expr)
         if m is None:
             continue  # a literal, a range item or a computed value
         path = m.group(1)
@@ -139,7 +174,23 @@ def test_every_chart_default_of_an_operator_flag_equals_the_one_source() -> None
         checked.add(path)
     operator_values = {f"operator.{k}" for k in VALUES["operator"]}
     assert operator_values - NOT_OPERATOR_DEFAULTS <= checked, "a chart value no flag reads"
+    assert {f"opamp.limits.{k}" for k in VALUES["opamp"]["limits"]} <= checked
     assert {"logLevel", "api.port", "opamp.tls.clientAuth"} <= checked
+
+
+def _camel(flag: str) -> str:
+    first, *rest = flag.removeprefix("--").split("-")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+def test_every_limit_flag_is_a_chart_value_passed_as_that_flag() -> None:
+    args = dict(chart_args())
+    assert set(VALUES["opamp"]["limits"]) == {_camel(flag) for flag, *_ in LIMIT_FLAGS}
+    for flag, owner, name, _ in LIMIT_FLAGS:
+        value = f"opamp.limits.{_camel(flag)}"
+        convert = "int64 | " if isinstance(getattr(owner, name), int) else ""
+        assert args[flag] == f"{{{{ .Values.{value} | {convert}quote }}}}", flag
+        assert value_at(value) == getattr(owner, name), value
 
 
 def test_the_charts_api_and_tls_values_default_to_the_operators() -> None:
@@ -215,7 +266,9 @@ def default_chart_args() -> list[str]:
             continue
         args.append(
             re.sub(
-                r"\{\{ \.Values\.([\w.]+)( \| quote)? \}\}", lambda v: str(value_at(v[1])), m[1]
+                r"\{\{ \.Values\.([\w.]+)( \| int64)?( \| quote)? \}\}",
+                lambda v: str(value_at(v[1])),
+                m[1],
             ).strip('"')
         )
     assert taken == [True], "unbalanced template actions"
@@ -317,6 +370,19 @@ def test_the_chart_docs_list_the_values_defaults() -> None:
         except KeyError:
             continue
         assert yaml.safe_load(text) == expected, key
+
+
+def test_the_limits_table_lists_every_limit_with_its_chart_value_and_default() -> None:
+    text = (ROOT / "docs/opamp-server.md").read_text()
+    rows = {
+        flag: (value, float(default))
+        for flag, value, default in re.findall(
+            r"^\| `(--[\w-]+)` \| `opamp\.limits\.(\w+)` \| ([\d.]+)", text, re.M
+        )
+    }
+    assert rows.keys() == {flag for flag, *_ in LIMIT_FLAGS}
+    for flag, owner, name, _ in LIMIT_FLAGS:
+        assert rows[flag] == (_camel(flag), getattr(owner, name)), flag
 
 
 def _g(value: float) -> str:

@@ -87,6 +87,13 @@ class OpAMPEndpoint:
         found = re.search(rf"^{name}\{{{labels}\}} (\S+)$", self.get("/metrics"), re.M)
         return float(found.group(1)) if found else 0.0
 
+    def rss_mib(self) -> float:
+        """The server process's resident memory now (VmRSS), in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"no VmRSS in /proc/{self.proc.pid}/status")
+
     def get(self, path: str) -> Any:
         """GET one of the read endpoints: JSON decoded, anything else as text."""
         request = urllib.request.Request(f"{self.api_url}{path}")  # noqa: S310 - http(s) only

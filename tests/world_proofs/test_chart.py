@@ -25,7 +25,7 @@ from kopf._cogs.structs.references import Resource
 from kopf._core.engines.admission import build_webhooks
 
 from opamp_operator.api.models import GROUP, VERSION
-from opamp_operator.cli import build_parser, run_options
+from opamp_operator.cli import LIMIT_FLAGS, build_parser, run_options
 from opamp_operator.k8s.handlers import register
 from opamp_operator.k8s.settings import HandlerSettings
 from opamp_operator.k8s.state import OperatorState
@@ -956,6 +956,10 @@ def test_template_logic_refuses_tls_values_that_cannot_work(helm_env: dict[str, 
             ("metrics.serviceMonitor.enabled=true", "api.service.enabled=false"),
             "metrics.serviceMonitor.enabled needs api.service.enabled",
         ),
+        (
+            ("opamp.limits.retryAfterMinSeconds=90",),
+            "opamp.limits.retryAfterMinSeconds must not be above",
+        ),
     ):
         done = run_helm(helm_env, "template", RELEASE, str(CHART), *(f"--set={s}" for s in sets))
         assert done.returncode != 0, sets
@@ -982,6 +986,10 @@ def test_template_logic_refuses_tls_values_that_cannot_work(helm_env: dict[str, 
         ("metrics.service.enabled=true", "additional properties 'service' not allowed"),
         ("networkPolicy.apiFrom[0].podSelectr.a=b", "additional properties 'podSelectr'"),
         ("networkPolicy.agentsFrom[0].ipBlock.except[0]=1.2.3.4/32", "missing property 'cidr'"),
+        ("opamp.limits.maxWebsocket=10", "additional properties 'maxWebsocket' not allowed"),
+        ("opamp.limits.maxMessageBytes=0", "/opamp/limits/maxMessageBytes"),
+        ("opamp.limits.headerTimeoutSeconds=0", "/opamp/limits/headerTimeoutSeconds"),
+        ("opamp.limits.shutdownSeconds=20", "/opamp/limits/shutdownSeconds"),
     ],
 )
 def test_the_schema_refuses_bad_values(helm_env: dict[str, str], value: str, message: str) -> None:
@@ -989,6 +997,38 @@ def test_the_schema_refuses_bad_values(helm_env: dict[str, str], value: str, mes
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
     assert message in done.stderr, done.stderr
+
+
+def test_the_limits_values_reach_the_operator_as_given(render: Render) -> None:
+    """Every opamp.limits value, set to something else than its default, arrives in the
+    operator's Limits or AgentLimits: rendered by helm, parsed by the operator's CLI."""
+    sets = {
+        "maxMessageBytes": 33554432,
+        "maxInFlightBytes": 134217728,
+        "maxWebsockets": 20000,
+        "maxHttpInFlight": 2000,
+        "listenBacklog": 8192,
+        "retryAfterMinSeconds": 40,
+        "retryAfterMaxSeconds": 90,
+        "headerTimeoutSeconds": 5,
+        "bodyTimeoutSeconds": 45,
+        "keepaliveSeconds": 75,
+        "firstMessageTimeoutSeconds": 20,
+        "wsPingSeconds": 15,
+        "shutdownSeconds": 12,
+        "maxAgents": 50000,
+        "forgetUndescribedAfterSeconds": 30,
+        "maxAgentAttributes": 256,
+        "maxAgentDescriptionBytes": 131072,
+        "maxEffectiveConfigBytes": 4194304,
+        "maxAgentComponents": 5000,
+    }
+    rendered = render(*(f"opamp.limits.{k}={v}" for k, v in sets.items()))
+    options = run_options(build_parser().parse_args(rendered.args()))
+    got = {**vars(options.limits), **vars(options.core.limits)}
+    for flag, owner, name, _ in LIMIT_FLAGS:
+        camel = "".join(w if i == 0 else w.capitalize() for i, w in enumerate(flag[2:].split("-")))
+        assert got[name] == sets[camel] != getattr(owner, name), flag
 
 
 def test_the_kind_values_expose_opamp_where_kind_config_maps_it(helm_env: dict[str, str]) -> None:

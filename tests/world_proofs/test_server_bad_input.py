@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from opamp_operator.opamp.proto import opamp_pb2 as pb
+from opamp_operator.server.app import Limits
 from world.collector import JsonlProcess, start_go_agent
 from world.operator import ServeProcess, start_serve, write_fleets
 
@@ -113,6 +114,22 @@ async def test_gzip_request_and_response(server: ServeProcess) -> None:
     assert reply.remote_config.config.config_map[""].body == b"a: 1\n"
 
 
+async def test_a_body_that_is_not_its_encoding_is_a_bad_request(server: ServeProcess) -> None:
+    async with aiohttp.ClientSession() as http:
+        headers = {**PROTOBUF, "Content-Encoding": "gzip"}
+        async with http.post(server.http_url, data=b"not gzip", headers=headers) as resp:
+            assert resp.status == 400
+            err = pb.ServerToAgent.FromString(await resp.read()).error_response
+        assert "not valid gzip" in err.error_message
+        cut = gzip.compress(_hello())[:-4]
+        async with http.post(server.http_url, data=cut, headers=headers) as resp:
+            assert resp.status == 400
+        headers = {**PROTOBUF, "Content-Encoding": "br"}
+        async with http.post(server.http_url, data=_hello(), headers=headers) as resp:
+            assert resp.status == 415
+            assert "unsupported Content-Encoding 'br'" in await resp.text()
+
+
 async def test_wrong_websocket_header_closes_that_connection_only(
     server: ServeProcess, bystander: JsonlProcess
 ) -> None:
@@ -166,10 +183,11 @@ async def test_connection_flood_is_shed_with_503_and_retry_after(
             },
         ) as resp:
             assert resp.status == 503
-            assert resp.headers["Retry-After"] == "5"
+            retry = int(resp.headers["Retry-After"])
+            assert Limits().retry_after_min_seconds <= retry < Limits().retry_after_max_seconds
             err = pb.ServerToAgent.FromString(await resp.read()).error_response
             assert err.type == pb.ServerErrorResponseType_Unavailable
-            assert err.retry_info.retry_after_nanoseconds == 5_000_000_000
+            assert err.retry_info.retry_after_nanoseconds == retry * 10**9
         for ws in held:
             await ws.close()
     _assert_bystander_fine(server, bystander)

@@ -19,15 +19,23 @@ Rules implemented (spec sections in parentheses):
   is marked stale (AgentState: CONNECTED, STALE, DISCONNECTED, set by the core alone);
 - remote config is offered to agents that accept it until they report its hash;
 - a hash-only AvailableComponents is answered with ReportAvailableComponents.
+
+What one agent may make the server keep is bounded (AgentLimits): a description over its
+caps refuses the message as too large; an effective config or component list over its
+cap is kept as its hash only; an agent that never described itself is forgotten within
+seconds; past `max_agents` records a new uid is told to come back later (UNAVAILABLE).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
+
+from google.protobuf.message import Message
 
 from opamp_operator.opamp import ids
 from opamp_operator.opamp.configs import RemoteConfig, files_hash, files_of
@@ -73,6 +81,50 @@ class AgentState(StrEnum):
     """It said goodbye, or its WebSocket closed; the record is kept for a while."""
 
 
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """What one agent may make the server keep, and how many agents it keeps; each
+    default is owned here. Sized for the chart's 512 Mi: a Collector in Kubernetes
+    describes itself in 20-40 attributes and a few KiB, reports a config of tens of KiB
+    and a few hundred components."""
+
+    max_agents: int = 10_000
+    """Agent records kept. At the cap the oldest record no open WebSocket holds is
+    forgotten first (never-described ones before the others); with none to forget, a
+    new uid is answered UNAVAILABLE with retry_info. Twice the WebSocket limit, so a
+    fleet that restarts (new uids while the old records wait to be forgotten) fits."""
+    forget_undescribed_after_seconds: float = 15.0
+    """An agent that has not sent its AgentDescription (a bare poll with a fresh uid) is
+    forgotten this long after it was last seen, unless an open WebSocket holds it: such
+    a record is asked for its full state on every message anyway."""
+    max_attributes: int = 128
+    """Identifying plus non-identifying attributes; more refuses the message (413, 1009)."""
+    max_description_bytes: int = 64 * KiB
+    """Serialized AgentDescription; larger refuses the message (413, 1009)."""
+    max_effective_config_bytes: int = 1 * MiB
+    """Serialized EffectiveConfig; a larger one is kept as its hash only (drift is still
+    judged by hash; the read API shows no body), so the agent stays managed."""
+    max_components: int = 1_000
+    """AvailableComponents entries, sub-components included; more are kept as the hash."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_agents",
+            "max_attributes",
+            "max_description_bytes",
+            "max_effective_config_bytes",
+            "max_components",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.forget_undescribed_after_seconds <= 0:
+            raise ValueError("forget_undescribed_after_seconds must be positive")
+
+
 @dataclass(frozen=True)
 class CoreSettings:
     """The session core's tunables; each default is owned here."""
@@ -85,6 +137,7 @@ class CoreSettings:
     """A disconnected or stale agent's record is dropped after this long."""
     stale_after_heartbeats: int = 3
     """Silent for this many heartbeat intervals: the agent is stale."""
+    limits: AgentLimits = field(default_factory=AgentLimits)
 
 
 class HasAgentState:
@@ -144,6 +197,8 @@ class AgentRecord(HasAgentState):
     reoffer_config: bool = False
     restart_requested: bool = False
     messages: int = 0
+    # Sub-messages kept as their hash only: they were over AgentLimits.
+    trimmed: frozenset[str] = frozenset()
 
     def can(self, capability: int) -> bool:
         return bool(self.capabilities & capability)
@@ -183,13 +238,31 @@ class Event:
     previous_uid: bytes | None = None
 
 
+class Refusal(StrEnum):
+    """Why the core did not take a message; the transport answers as the spec says."""
+
+    TOO_LARGE = "agent_too_large"
+    """Over a per-agent cap: HTTP 413, WebSocket close 1009."""
+    FULL = "agents_full"
+    """No room for another agent record: UNAVAILABLE with retry_info (HTTP 503 +
+    Retry-After, WebSocket close 1013)."""
+
+
 @dataclass
 class Reply:
-    """What the transport must do after a message: send `message`, maybe close."""
+    """What the transport must do after a message: send `message`, maybe close. With a
+    `refusal`, nothing of the message was kept and `message` says why."""
 
     message: pb.ServerToAgent
     events: list[Event] = field(default_factory=list)
     close: bool = False
+    refusal: Refusal | None = None
+    trimmed: list[str] = field(default_factory=list)
+    """Sub-messages of this message kept as their hash only (over AgentLimits)."""
+
+
+class _FullError(Exception):
+    """No room for a new agent record."""
 
 
 @dataclass
@@ -211,6 +284,35 @@ def message_kind(msg: pb.AgentToServer) -> str:
     if any(msg.HasField(name) for name in STATUS_FIELDS):
         return "status"
     return "heartbeat"
+
+
+def component_count(components: pb.AvailableComponents) -> int:
+    """Every component and sub-component an AvailableComponents lists."""
+    count = 0
+    stack = list(components.components.values())
+    while stack:
+        details = stack.pop()
+        count += 1
+        stack.extend(details.sub_component_map.values())
+    return count
+
+
+def over_description_caps(msg: pb.AgentToServer, limits: AgentLimits) -> str | None:
+    """Why the message's AgentDescription is too large to keep, or None."""
+    if not msg.HasField("agent_description"):
+        return None
+    description = msg.agent_description
+    count = len(description.identifying_attributes) + len(description.non_identifying_attributes)
+    if count > limits.max_attributes:
+        return (
+            f"agent_description has {count} attributes, over the limit of {limits.max_attributes}"
+        )
+    size = description.ByteSize()
+    if size > limits.max_description_bytes:
+        return (
+            f"agent_description is {size} bytes, over the limit of {limits.max_description_bytes}"
+        )
+    return None
 
 
 def _bare(msg: pb.ServerToAgent) -> bool:
@@ -247,6 +349,9 @@ class ServerCore:
         self._agents: dict[bytes, AgentRecord] = {}
         self._conns: dict[ConnId, _Conn] = {}
         self._next_conn: ConnId = 1
+        # Records to forget, best first, when a new agent arrives at max_agents; found by
+        # tick(), so a flood at the cap costs no scan per message.
+        self._evictable: deque[bytes] = deque()
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -321,10 +426,26 @@ class ServerCore:
         transport = Transport.WEBSOCKET if conn is not None else Transport.HTTP
         if conn is not None:
             identity = self._conns[conn].identity
+        too_large = over_description_caps(msg, self.settings.limits)
+        if too_large is not None:
+            return Reply(
+                error_reply(pb.ServerErrorResponseType_BadRequest, too_large),
+                refusal=Refusal.TOO_LARGE,
+            )
         reply = pb.ServerToAgent(capabilities=SERVER_CAPABILITIES)
-        agent, full_state_needed, events = self._identify(
-            msg, now, conn, transport, reply, identity=identity
-        )
+        try:
+            agent, full_state_needed, events = self._identify(
+                msg, now, conn, transport, reply, identity=identity
+            )
+        except _FullError:
+            return Reply(
+                error_reply(
+                    pb.ServerErrorResponseType_Unavailable,
+                    f"the server keeps {self.settings.limits.max_agents} agents and has no "
+                    "room for another",
+                ),
+                refusal=Refusal.FULL,
+            )
         agent.identity = identity
         if conn is not None:
             agent.peer = peer or self._conns[conn].peer
@@ -335,25 +456,21 @@ class ServerCore:
         agent.sequence_num = msg.sequence_num
         agent.flags = msg.flags
 
-        changed = self._merge(agent, msg)
+        changed, trimmed = self._merge(agent, msg)
         if changed:
             events.append(Event(EventKind.UPDATED, agent.instance_uid, frozenset(changed)))
         if full_state_needed:
             reply.flags |= pb.ServerToAgentFlags_ReportFullState
-        components = agent.available_components
-        if (
-            "available_components" in changed
-            and components is not None
-            and not components.components
-        ):
+        # Asked of a hash-only list the agent sent, never of one kept as its hash here.
+        if "available_components" in changed and not msg.available_components.components:
             reply.flags |= pb.ServerToAgentFlags_ReportAvailableComponents
 
         if msg.HasField("agent_disconnect"):
             events.append(self._disconnect(agent, now))
-            return Reply(reply, events, close=transport is Transport.WEBSOCKET)
+            return Reply(reply, events, close=transport is Transport.WEBSOCKET, trimmed=trimmed)
         if not self._add_offers(agent, reply) and _bare(reply):
             self._add_command(agent, reply)
-        return Reply(reply, events)
+        return Reply(reply, events, trimmed=trimmed)
 
     def _identify(
         self,
@@ -387,6 +504,7 @@ class ServerCore:
         reply.instance_uid = uid
 
         if agent is None:
+            self._make_room()
             agent = AgentRecord(
                 uid, transport, now, now, heartbeat_seconds=self.settings.default_heartbeat_seconds
             )
@@ -418,10 +536,23 @@ class ServerCore:
         return agent, full_state_needed, events
 
     def tick(self, now: float) -> list[Event]:
-        """Mark silent agents stale and forget long-gone ones; call every few seconds."""
+        """Mark silent agents stale and forget long-gone and never-described ones; call
+        every few seconds."""
         events: list[Event] = []
         forget_after = self.settings.forget_after_seconds
+        forget_undescribed = self.settings.limits.forget_undescribed_after_seconds
+        evictable: list[tuple[bool, float, bytes]] = []
         for uid, agent in list(self._agents.items()):
+            held = self._held(agent)
+            if not held and agent.description is None:
+                if now - agent.last_seen > forget_undescribed:
+                    del self._agents[uid]
+                    events.append(Event(EventKind.FORGOTTEN, uid))
+                    continue
+                evictable.append((False, agent.last_seen, uid))
+            elif not held and agent.state is not AgentState.CONNECTED:
+                since_gone = agent.state_since if agent.state_since is not None else agent.last_seen
+                evictable.append((True, since_gone, uid))
             if agent.state is not AgentState.CONNECTED:
                 # Gone since it left; stale: silent since it was last seen.
                 since = agent.last_seen
@@ -438,6 +569,8 @@ class ServerCore:
             ):
                 agent.state, agent.state_since = AgentState.STALE, now
                 events.append(Event(EventKind.STALE, uid))
+        evictable.sort()
+        self._evictable = deque(uid for _, _, uid in evictable)
         return events
 
     def pending_offers(self) -> list[tuple[ConnId, pb.ServerToAgent]]:
@@ -459,6 +592,24 @@ class ServerCore:
 
     # ---- internals -------------------------------------------------------------------
 
+    def _held(self, agent: AgentRecord) -> bool:
+        """An open WebSocket speaks for this agent."""
+        return agent.conn is not None and agent.conn in self._conns
+
+    def _make_room(self) -> None:
+        """Before a new record: at max_agents, forget the best record to forget (see
+        tick), or raise _FullError when there is none."""
+        while len(self._agents) >= self.settings.limits.max_agents:
+            if not self._evictable:
+                raise _FullError
+            uid = self._evictable.popleft()
+            agent = self._agents.get(uid)
+            if agent is None or self._held(agent):
+                continue
+            if agent.description is not None and agent.state is AgentState.CONNECTED:
+                continue  # described and back since tick() chose it
+            del self._agents[uid]
+
     def _held_elsewhere(self, agent: AgentRecord | None, conn: ConnId | None) -> bool:
         """Another live WebSocket connection already speaks for this uid."""
         if agent is None or agent.state is AgentState.DISCONNECTED or agent.conn is None:
@@ -469,9 +620,11 @@ class ServerCore:
     def _in_sequence(agent: AgentRecord, msg: pb.AgentToServer) -> bool:
         return agent.sequence_num is not None and msg.sequence_num == agent.sequence_num + 1
 
-    def _merge(self, agent: AgentRecord, msg: pb.AgentToServer) -> list[str]:
-        """Replace each sub-message the agent sent; keep the rest (status compression)."""
+    def _merge(self, agent: AgentRecord, msg: pb.AgentToServer) -> tuple[list[str], list[str]]:
+        """Replace each sub-message the agent sent; keep the rest (status compression).
+        Returns what changed and what was kept as its hash only (over AgentLimits)."""
         changed: list[str] = []
+        trimmed: list[str] = []
         if msg.capabilities and msg.capabilities != agent.capabilities:
             agent.capabilities = msg.capabilities
             changed.append("capabilities")
@@ -480,16 +633,42 @@ class ServerCore:
                 continue
             new = getattr(msg, name)
             attr = "description" if name == "agent_description" else name
+            kept = self._bounded(name, new)
+            stand_in = kept is not new
+            if stand_in:
+                trimmed.append(name)
             old = getattr(agent, attr)
-            if old is not None and old == new:
-                continue
-            copy = type(new)()
-            copy.CopyFrom(new)
+            config_hash = None
+            if old is not None and old == kept:
+                if not stand_in and name not in agent.trimmed:
+                    continue  # the usual case: unchanged
+                if name != "effective_config":
+                    continue  # the same hash-only stand-in
+                # Two stand-ins are equal: their configs may not be.
+                config_hash = files_hash(files_of(new.config_map))
+                if config_hash == agent.effective_config_hash:
+                    continue
+            elif name == "effective_config":
+                config_hash = files_hash(files_of(new.config_map))
+            copy = type(kept)()
+            copy.CopyFrom(kept)
             setattr(agent, attr, copy)
             changed.append(attr)
-            if name == "effective_config":
-                agent.effective_config_hash = files_hash(files_of(copy.config_map))
-        return changed
+            agent.trimmed = agent.trimmed | {name} if stand_in else agent.trimmed - {name}
+            if config_hash is not None:
+                agent.effective_config_hash = config_hash
+        return changed, trimmed
+
+    def _bounded(self, name: str, new: Message) -> Message:
+        """`new`, or the stand-in kept for it when it is over its cap: an empty
+        EffectiveConfig (its hash is computed from the real one) or an AvailableComponents
+        with its hash only."""
+        limits = self.settings.limits
+        if name == "effective_config" and new.ByteSize() > limits.max_effective_config_bytes:
+            return pb.EffectiveConfig()
+        if isinstance(new, pb.AvailableComponents) and component_count(new) > limits.max_components:
+            return pb.AvailableComponents(hash=new.hash)
+        return new
 
     def _add_offers(self, agent: AgentRecord, msg: pb.ServerToAgent) -> bool:
         """Put the remote config and heartbeat offers this agent still needs into `msg`."""

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
+from yarl import URL
 
 from opamp_operator.server.api import ApiListen, is_loopback
-from opamp_operator.server.app import OPAMP_PATH, Listen, OpAMPServer
+from opamp_operator.server.app import OPAMP_PATH, ConnectionGuard, Listen, OpAMPServer
 from opamp_operator.server.tls import ReloadingTLS, self_signed
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,50 @@ class Listeners:
         await self.api.cleanup()
 
 
+class GuardedSite(web.BaseSite):
+    """aiohttp's TCPSite for the agents' port, with each connection behind a
+    ConnectionGuard (header deadline, WebSocket byte budget) and the TLS handshake
+    bounded by the header timeout: aiohttp's own site has a hook for neither."""
+
+    __slots__ = ("_host", "_opamp", "_port")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        opamp: OpAMPServer,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        backlog: int,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._opamp = opamp
+        self._host = host
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return str(URL.build(scheme=scheme, host=self._host, port=self._port))
+
+    async def start(self) -> None:
+        await super().start()
+        handlers = self._runner.server
+        assert handlers is not None, "the runner is set up before its sites"
+        opamp = self._opamp
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: ConnectionGuard(handlers(), opamp),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=(
+                opamp.limits.header_timeout_seconds if self._ssl_context else None
+            ),
+        )
+
+
 def _api_tls(api: ApiListen, scratch: Path, self_sign: bool) -> ReloadingTLS | None:
     if api.tls.enabled:
         return ReloadingTLS(api.tls)
@@ -51,12 +96,10 @@ def _api_tls(api: ApiListen, scratch: Path, self_sign: bool) -> ReloadingTLS | N
     return ReloadingTLS(replace(api.tls, cert_file=cert, key_file=key))
 
 
-async def _site(
-    runner: web.AppRunner, host: str, port: int, tls: ReloadingTLS | None, backlog: int = 128
-) -> None:
+async def _site(runner: web.AppRunner, host: str, port: int, tls: ReloadingTLS | None) -> None:
     await runner.setup()
     context: ssl.SSLContext | None = tls.context if tls is not None else None
-    await web.TCPSite(runner, host, port, ssl_context=context, backlog=backlog).start()
+    await web.TCPSite(runner, host, port, ssl_context=context).start()
 
 
 async def start(
@@ -77,14 +120,23 @@ async def start(
     if api_tls is not None and user_client_ca:
         api_tls.context.load_verify_locations(cadata=user_client_ca)
         api_tls.context.verify_mode = ssl.CERT_OPTIONAL
+    limits = server.limits
     listeners = Listeners(
-        web.AppRunner(server.app(), handle_signals=False),
+        web.AppRunner(server.app(), handle_signals=False, shutdown_timeout=limits.shutdown_seconds),
         web.AppRunner(api_app, handle_signals=False),
     )
     for tls in (opamp_tls, api_tls):
         if tls is not None:
             listeners.follow(tls)
-    await _site(listeners.opamp, listen.host, listen.port, opamp_tls, server.limits.listen_backlog)
+    await listeners.opamp.setup()
+    await GuardedSite(
+        listeners.opamp,
+        server,
+        listen.host,
+        listen.port,
+        ssl_context=opamp_tls.context if opamp_tls is not None else None,
+        backlog=limits.listen_backlog,
+    ).start()
     await _site(listeners.api, api.host, api.port, api_tls)
     scheme = "wss/https" if opamp_tls else "ws/http"
     log.info("OpAMP (%s) on %s:%d%s", scheme, listen.host, listen.port, OPAMP_PATH)

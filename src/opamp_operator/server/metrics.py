@@ -40,8 +40,18 @@ class ServerMetrics:
         )
         self.errors = Counter(
             "opamp_errors_total",
-            "Rejected input and shed load, by reason.",
+            "Rejected input, shed load and timeouts, by reason (docs/opamp-server.md).",
             ["reason"],
+            registry=self.registry,
+        )
+        self.in_flight_bytes = Gauge(
+            "opamp_in_flight_bytes",
+            "Bytes of messages being received or handled, charged to --max-in-flight-bytes.",
+            registry=self.registry,
+        )
+        self.http_in_flight = Gauge(
+            "opamp_http_in_flight",
+            "HTTP requests being handled, counted against --max-http-in-flight.",
             registry=self.registry,
         )
         self.token_reviews = Counter(
