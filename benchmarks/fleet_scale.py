@@ -627,6 +627,10 @@ def start_operator(
             "--host=127.0.0.1",
             f"--port={port}",
             f"--status-interval={status_interval:g}",
+            # Above the chart's per-process defaults (5,000 WebSockets, 10,000 agent
+            # records, sized for 512 Mi): this machine has the memory.
+            "--max-websockets=50000",
+            "--max-agents=100000",
         ],
         log_dir,
         env={"KUBECONFIG": str(kubeconfig)},

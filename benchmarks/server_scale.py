@@ -117,6 +117,7 @@ def start_ours(workdir: Path, agents: int) -> Server:
             "--reload-seconds=0.1",
             f"--max-websockets={agents + 100}",
             f"--max-http-in-flight={agents + 100}",
+            f"--max-agents={2 * agents + 100}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -322,6 +322,7 @@ def start_server(
         f"--port={port}",
         f"--api-port={api_port}",
         f"--max-websockets={agents + 100}",
+        f"--max-agents={2 * agents + 100}",
     ]
     if tls:
         flags += [f"--tls-cert-file={pki[0]}", f"--tls-key-file={pki[1]}"]

@@ -366,6 +366,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
             status_interval=args.status_interval,
             rollout_interval=args.rollout_interval,
             rollout_startup_grace=args.rollout_startup_grace,
+            gate_startup_grace=args.gate_startup_grace,
             token_refresh_seconds=args.token_refresh_seconds,
             agent_endpoint=args.agent_endpoint,
             agent_ca_file=args.agent_ca_file,
@@ -468,6 +469,14 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds after a start during which rollouts hold their persisted progress "
         "while agents reconnect, before gates and steps are evaluated again "
         "(default %(default)s)",
+    )
+    p.add_argument(
+        "--gate-startup-grace",
+        type=float,
+        default=handlers.gate_startup_grace,
+        help="seconds after a start (or a standby taking over) during which gated pods "
+        "whose agent has not reconnected yet keep their agent-ready condition instead of "
+        "going False (default %(default)s)",
     )
     p.add_argument(
         "--token-refresh-seconds",

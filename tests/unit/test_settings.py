@@ -399,6 +399,7 @@ def test_prose_defaults_in_the_docs_are_the_one_source() -> None:
             f"(`--remediation-wait-seconds`, default {_g(handlers.remediation.wait_seconds)})",
             f"`--peering-lifetime` seconds (default {run.peering.lifetime})",
             f"one port ({Listen().port} by default)",
+            f"(`--gate-startup-grace`, default {_g(handlers.gate_startup_grace)} s;",
         ],
         "docs/rollout.md": [f"`--rollout-startup-grace` ({_g(handlers.rollout_startup_grace)} s)"],
         "docs/opamp-server.md": [

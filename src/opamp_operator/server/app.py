@@ -38,6 +38,7 @@ from opamp_operator.opamp.session import (
     message_kind,
 )
 from opamp_operator.server.api import Access, ApiServer, Guard, Unauthenticated
+from opamp_operator.server.looplag import LagWatch
 from opamp_operator.server.metrics import ServerMetrics
 from opamp_operator.server.tls import ClientCertificate, TLSFiles, client_certificate
 
@@ -432,6 +433,7 @@ class OpAMPServer:
         self._ready = False
         self._standby = False
         self._ticker: asyncio.Task[None] | None = None
+        self._lag = LagWatch(self.metrics.loop_lag.observe)
         self._closing: set[asyncio.Task[None]] = set()
         self._offers_due = False
         self._flusher: asyncio.Task[None] | None = None
@@ -467,6 +469,7 @@ class OpAMPServer:
 
     async def _on_startup(self, _: web.Application) -> None:
         self._ticker = asyncio.create_task(self._tick_forever(), name="opamp-tick")
+        self._lag.start()
         self._ready = True
 
     async def _on_shutdown(self, _: web.Application) -> None:
@@ -474,6 +477,7 @@ class OpAMPServer:
         self._ready = False
         if self._ticker is not None:
             self._ticker.cancel()
+        await self._lag.stop()
         await self._close_all(b"server shutting down")
 
     async def _close_all(self, reason: bytes) -> None:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from opamp_operator.opamp.session import AgentState
+from opamp_operator.server.looplag import LAG_BUCKETS
 
 
 class ServerMetrics:
@@ -63,4 +64,11 @@ class ServerMetrics:
         )
         self.config_offers = Counter(
             "opamp_remote_config_offers_total", "Remote configs offered.", registry=self.registry
+        )
+        self.loop_lag = Histogram(
+            "opamp_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 100 ms (server/looplag.py): what "
+            "holds the loop delays every agent's answer.",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
         )
