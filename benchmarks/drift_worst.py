@@ -22,19 +22,24 @@ import argparse
 import multiprocessing
 import platform
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from opamp_operator.fleet import drift, validation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from opamp_operator.fleet.drift import DriftCache
 from opamp_operator.fleet.validation import MAX_DEPTH, MAX_NODES, MAX_YAML_BYTES
+from world.drift_oracle import old_substitution_pattern
 
 MiB = 1024 * 1024
 DESIRED_HASH = "ab" * 32
@@ -100,41 +105,10 @@ def old_parse(text: str) -> tuple[Any, validation.ConfigSyntaxError | None]:
         return None, error
 
 
-def _old_pattern(value: str) -> re.Pattern[str] | None:
-    parts: list[str] = []
-    i = 0
-    while i < len(value):
-        if value.startswith("$$", i):
-            parts.append(re.escape("$"))
-            i += 2
-        elif value.startswith("${", i):
-            depth, j = 0, i
-            while j < len(value):
-                if value.startswith("${", j):
-                    depth, j = depth + 1, j + 2
-                    continue
-                if value[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if j >= len(value):
-                parts.append(re.escape(value[i:]))
-                break
-            if i == 0 and j == len(value) - 1:
-                return None
-            parts.append("(?s:.*)")
-            i = j + 1
-        else:
-            parts.append(re.escape(value[i]))
-            i += 1
-    return re.compile("".join(parts))
-
-
 def old_resolved(desired: str, effective: object) -> bool:
     if "$" not in desired:
         return False
-    pattern = _old_pattern(desired)
+    pattern = old_substitution_pattern(desired)
     if pattern is None:
         return True
     text = drift._text(effective)

@@ -38,6 +38,7 @@ from opamp_operator.fleet.drift import (
 from opamp_operator.fleet.drift import agent_drift as judge
 from opamp_operator.fleet.validation import MAX_YAML_BYTES, child_path, index_path
 from opamp_operator.fleet.views import AgentView
+from world.drift_oracle import old_substitution_pattern, oracle
 
 # What the fleet asks for: a gateway with env substitutions, a secret header, a null
 # component, list items that are mappings (transform statements) and the extensions list.
@@ -395,44 +396,6 @@ def test_odd_keys_get_unambiguous_paths() -> None:
 
 
 # ---------------------------------------------------------------- substitutions, hostile values
-
-
-def old_substitution_pattern(value: str) -> re.Pattern[str] | None:
-    """The regex drift.py matched `${...}` with before segments_match, kept as the oracle:
-    the same rules, in exponential time on hostile text."""
-    parts: list[str] = []
-    i = 0
-    while i < len(value):
-        if value.startswith("$$", i):
-            parts.append(re.escape("$"))
-            i += 2
-        elif value.startswith("${", i):
-            depth, j = 0, i
-            while j < len(value):
-                if value.startswith("${", j):
-                    depth, j = depth + 1, j + 2
-                    continue
-                if value[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if j >= len(value):
-                parts.append(re.escape(value[i:]))
-                break
-            if i == 0 and j == len(value) - 1:
-                return None
-            parts.append("(?s:.*)")
-            i = j + 1
-        else:
-            parts.append(re.escape(value[i]))
-            i += 1
-    return re.compile("".join(parts))
-
-
-def oracle(desired: str, text: str) -> bool:
-    pattern = old_substitution_pattern(desired)
-    return pattern is None or pattern.fullmatch(text) is not None
 
 
 # Values built of the pieces that matter (references, nested ones, `$$`, lone `$`, `{`
