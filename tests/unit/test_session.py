@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from opamp_operator.fleet.views import agent_view
 from opamp_operator.opamp import attributes, ids
 from opamp_operator.opamp.configs import ConfigFile, RemoteConfig, files_hash
 from opamp_operator.opamp.identity import AgentIdentity
@@ -595,3 +596,31 @@ def test_message_kinds() -> None:
         "heartbeat",
         "disconnect",
     ]
+
+
+def test_one_agent_cannot_poison_another_builds_components_through_its_hash() -> None:
+    """Issue 14: the parsed components were cached by the hash the agent sent, process-wide:
+    an agent claiming a real build's hash with an almost empty list changed what every
+    agent of that build was taken to have (rollout preflight). They are now cached by the
+    server's digest of the list itself."""
+    honest, poisoner = first(UID), first(OTHER)
+    honest.available_components.hash = b"build-1"
+    for kind, name in (("receivers", "otlp"), ("exporters", "debug"), ("processors", "batch")):
+        honest.available_components.components[kind].sub_component_map[name].SetInParent()
+    poisoner.available_components.hash = b"build-1"
+    poisoner.available_components.components["receivers"].sub_component_map["nop"].SetInParent()
+    core = ServerCore()
+    core.receive(poisoner, now=0.0)  # first in: its list would have been cached as build-1's
+    core.receive(honest, now=1.0)
+    mine, theirs = agent_view(core.agents[UID]), agent_view(core.agents[OTHER])
+    assert mine.components is not None
+    assert theirs.components is not None
+    assert mine.components["exporters"] == frozenset({"debug"})
+    assert theirs.components == {"receivers": frozenset({"nop"})}
+    assert core.agents[UID].components_digest != core.agents[OTHER].components_digest
+    # Agents of one build share one digest (and one parsed list), whatever order of keys.
+    again = first(bytes(range(31, 47)))
+    for kind, name in (("processors", "batch"), ("exporters", "debug"), ("receivers", "otlp")):
+        again.available_components.components[kind].sub_component_map[name].SetInParent()
+    core.receive(again, now=2.0)
+    assert core.agents[bytes(range(31, 47))].components_digest == core.agents[UID].components_digest

@@ -75,22 +75,24 @@ _COMPONENTS_CACHE: dict[bytes, Mapping[str, frozenset[str]]] = {}
 _COMPONENTS_CACHE_LIMIT = 256
 
 
-def components_of(available: pb.AvailableComponents | None) -> Mapping[str, frozenset[str]] | None:
+def components_of(
+    available: pb.AvailableComponents | None, digest: bytes = b""
+) -> Mapping[str, frozenset[str]] | None:
     """AvailableComponents as the Collector reports them (kind → types in
-    sub_component_map). Many agents share one build, so results are kept by the agent's
-    hash of them."""
+    sub_component_map). Many agents share one build, so results are kept by `digest`, the
+    server's hash of what was listed (AgentRecord.components_digest): never by the hash
+    the agent sends, which one agent could point at another build's list."""
     if available is None or not available.components:
         return None
-    key = available.hash
-    if key and key in _COMPONENTS_CACHE:
-        return _COMPONENTS_CACHE[key]
+    if digest and digest in _COMPONENTS_CACHE:
+        return _COMPONENTS_CACHE[digest]
     parsed = {
         kind: frozenset(details.sub_component_map) for kind, details in available.components.items()
     }
-    if key:
+    if digest:
         if len(_COMPONENTS_CACHE) >= _COMPONENTS_CACHE_LIMIT:
             _COMPONENTS_CACHE.clear()
-        _COMPONENTS_CACHE[key] = parsed
+        _COMPONENTS_CACHE[digest] = parsed
     return parsed
 
 
@@ -126,5 +128,5 @@ def agent_view(agent: AgentRecord) -> AgentView:
         identity=agent.identity or AgentIdentity(),
         accepts_remote_config=agent.can(pb.AgentCapabilities_AcceptsRemoteConfig),
         connected_at=agent.connected_at,
-        components=components_of(agent.available_components),
+        components=components_of(agent.available_components, agent.components_digest),
     )

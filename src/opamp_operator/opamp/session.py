@@ -182,6 +182,9 @@ class AgentRecord(HasAgentState):
     package_statuses: pb.PackageStatuses | None = None
     custom_capabilities: pb.CustomCapabilities | None = None
     available_components: pb.AvailableComponents | None = None
+    # The server's digest of the components listed (never the agent's own hash, which
+    # it may set to anything); b"" when it listed none.
+    components_digest: bytes = b""
     connection_settings_status: pb.ConnectionSettingsStatus | None = None
     heartbeat_seconds: float = CoreSettings.default_heartbeat_seconds
     state: AgentState = AgentState.CONNECTED
@@ -330,6 +333,16 @@ def error_reply(
     if retry_after_seconds is not None:
         msg.error_response.retry_info.retry_after_nanoseconds = int(retry_after_seconds * 1e9)
     return msg
+
+
+def components_digest(available: Message) -> bytes:
+    """What the components an agent listed hash to, computed here: agents of one build
+    share it (and so the parsed list, fleet/views.py); b"" for a list-less report."""
+    if not isinstance(available, pb.AvailableComponents) or not available.components:
+        return b""
+    listed = pb.AvailableComponents()
+    listed.components.MergeFrom(available.components)
+    return hashlib.sha256(listed.SerializeToString(deterministic=True)).digest()
 
 
 class ServerCore:
@@ -657,6 +670,8 @@ class ServerCore:
             agent.trimmed = agent.trimmed | {name} if stand_in else agent.trimmed - {name}
             if config_hash is not None:
                 agent.effective_config_hash = config_hash
+            if name == "available_components":
+                agent.components_digest = components_digest(copy)
         return changed, trimmed
 
     def _bounded(self, name: str, new: Message) -> Message:
