@@ -455,6 +455,13 @@ def test_one_helper_decides_the_watched_namespaces(render: Render) -> None:
 def test_two_replicas_run_active_standby_with_kopf_peering(render: Render) -> None:
     r = render(*VALUE_SETS["replicas-2"])
     assert r.one("Deployment")["spec"]["replicas"] == 2
+    # A new pod comes up as a standby before an old one leaves (issue 14).
+    assert r.one("Deployment")["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    # One replica has no peering: the old pod stops before the new one starts.
+    assert render().one("Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     args = r.args()
     assert args[args.index("--peering") + 1] == RELEASE
     # The namespaced default: a KopfPeering in the release namespace, nothing cluster-wide.

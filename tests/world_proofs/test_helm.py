@@ -12,6 +12,7 @@ import json
 import socket
 import ssl
 import sys
+import time
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -33,6 +34,7 @@ from world.chart import (
 )
 from world.cluster import LocalCluster
 from world.pki import CertificateAuthority
+from world.podwatch import PodWatch
 from world.processes import free_port, spawn, terminate, wait_until
 
 pytestmark = pytest.mark.world
@@ -132,7 +134,8 @@ def test_the_chart_with_tls_for_agents_runs_the_operator_with_its_args_and_ident
     certificate on the agents' port (an OpAMP exchange with a client certificate; none
     refused) and on the API port, and its API authenticates (TokenReview, the cluster's
     client CA) and authorizes (SubjectAccessReview) with nothing but the chart's RBAC;
-    the metrics-reader role opens /metrics and nothing else."""
+    the metrics-reader role opens /metrics and nothing else. Then a `helm upgrade` rolls
+    the one replica without ever running two operator pods (strategy Recreate)."""
     core: Any = k8s.CoreV1Api(api_client)
     rbac: Any = k8s.RbacAuthorizationV1Api(api_client)
     ca = CertificateAuthority("agents CA")
@@ -286,6 +289,48 @@ def test_the_chart_with_tls_for_agents_runs_the_operator_with_its_args_and_ident
         log = Path(record.log).read_text()
         assert "cannot read kube-system" not in log
         assert "Traceback" not in log
+
+        # An upgrade of the one replica (a new pod template) never runs two operator
+        # pods: the real Deployment controller deletes the old pod before it creates the
+        # new one (strategy Recreate; a rolling update would surge a second pod first).
+        selector = f"app.kubernetes.io/instance={RELEASE}"
+        (old,) = core.list_namespaced_pod(namespace, label_selector=selector).items
+        seen: list[tuple[str, str]] = []
+        events = PodWatch(
+            api_client,
+            namespace,
+            lambda kind, pod: seen.append((kind, pod.metadata.name)),
+            selector,
+        )
+        assert events.listed.wait(10)
+        helm(
+            cluster.kubeconfig,
+            home,
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            f"--namespace={namespace}",
+            "--reuse-values",
+            "--set=podAnnotations.restartedAt=now",
+            "--wait",
+            "--timeout=90s",
+            timeout=150,
+        )
+        time.sleep(1.0)  # the rollout's last events
+        events.close()
+        gone = [
+            i
+            for i, (kind, name) in enumerate(seen)
+            if kind == "DELETED" and name == old.metadata.name
+        ]
+        added = [
+            i
+            for i, (kind, name) in enumerate(seen)
+            if kind == "ADDED" and name != old.metadata.name
+        ]
+        assert gone, seen
+        assert added, seen
+        assert gone[0] < added[0], f"a new operator pod before the old one was gone: {seen}"
     except AssertionError as failed:
         tail = record.log_tail(40) if record is not None else "(not started)"
         raise AssertionError(f"{failed}\noperator log:\n{tail}") from failed

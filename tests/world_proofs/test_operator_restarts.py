@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
 
 from opamp_operator.api.models import AGENT_READY_CONDITION
 from opamp_operator.k8s.gates import REMEDIATION_ANNOTATION
@@ -34,6 +32,7 @@ from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
 from world.fleets import CONFIG_V1, CONFIG_V2, create_deployment, create_fleet, running_pods
 from world.operator import OperatorProcess, start_operator
+from world.podwatch import PodWatch
 from world.processes import eventually
 
 pytestmark = pytest.mark.world
@@ -42,22 +41,18 @@ GRACE = HandlerSettings().gate_startup_grace
 REMEDIATION_WAIT = 2.0
 FROZEN = 5.0  # seconds the returning agents stay away after the new operator listens
 GATED = {"app": "gated"}
-_WATCH: Any = k8s_watch.Watch  # untyped
 DRIFTING = {"app": "drifting"}
 
 
 class GateLog:
     """Every agent-ready condition (status, reason) the pods of a namespace go through,
-    with when it was seen, from a list and then a watch resumed at its resourceVersion."""
+    with when it was seen (world/podwatch.py)."""
 
     def __init__(self, kubeconfig: Path, namespace: str) -> None:
         self.api = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-        self.namespace = namespace
         self.changes: list[tuple[float, str, tuple[str, str] | None]] = []
         self._last: dict[str, tuple[str, str] | None] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gate-log", daemon=True)
-        self._thread.start()
+        self._watch = PodWatch(self.api, namespace, lambda _, pod: self._record(pod))
 
     def _record(self, pod: Any) -> None:
         name = pod.metadata.name
@@ -73,36 +68,14 @@ class GateLog:
             self._last[name] = found
             self.changes.append((time.time(), name, found))
 
-    def _run(self) -> None:
-        core: Any = k8s.CoreV1Api(self.api)
-        version = None
-        while not self._stop.is_set():
-            if version is None:
-                listing = core.list_namespaced_pod(self.namespace)
-                for pod in listing.items:
-                    self._record(pod)
-                version = listing.metadata.resource_version
-            try:
-                for event in _WATCH().stream(
-                    core.list_namespaced_pod,
-                    self.namespace,
-                    resource_version=version,
-                    timeout_seconds=2,
-                ):
-                    version = event["object"].metadata.resource_version
-                    self._record(event["object"])
-            except k8s.ApiException as exc:
-                if exc.status != 410:
-                    raise
-                version = None  # too old: list again
-
     def of(self, pod: str) -> list[tuple[float, tuple[str, str] | None]]:
         return [(at, cond) for at, name, cond in list(self.changes) if name == pod]
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.api.close()
+        try:
+            self._watch.close()
+        finally:
+            self.api.close()
 
 
 @dataclass
