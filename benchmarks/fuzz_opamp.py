@@ -13,6 +13,10 @@ over real sockets while a real agent is served beside them.
    mutations go to the server as WebSocket frames (on a few connections, reopened when
    the server closes one) and as HTTP bodies. The agent must keep being answered: the
    longest gap between its messages is reported, and the server must still be up.
+3. **Agents' configs, coverage-guided**: each input, as an agent's effective config, goes
+   through the bounded YAML loader, drift against a desired config (substitutions,
+   durations, secrets, extensions) and the masked text the read API shows; an input
+   slower than `--input-timeout` seconds is a crash.
 
     .venv/bin/python benchmarks/fuzz_opamp.py --inputs 1000000 --socket-inputs 20000
 
@@ -68,25 +72,72 @@ atheris.Fuzz()
 """
 
 
-def fuzz_core(inputs: int, corpus: Path, timeout: int, workdir: Path) -> dict[str, str]:
-    """Phase 1 in a child process (libFuzzer exits when done); its figures."""
-    corpus.mkdir(parents=True, exist_ok=True)
-    for i, data in enumerate(seeds()):
-        (corpus / f"seed-{i}").write_bytes(data)
-    target = workdir / "fuzz_core_target.py"
-    target.write_text(_TARGET)
+_CONFIG_TARGET = """
+import sys
+import atheris
+
+with atheris.instrument_imports(include=["opamp_operator.fleet"]):
+    from opamp_operator.fleet import drift, validation
+
+DESIRED = open(sys.argv.pop(1)).read()
+
+
+def one(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        validation.load_yaml_checked(text)
+    except validation.ConfigSyntaxError:
+        pass
+    drift.compare(DESIRED, text)
+    drift.masked_config_text(text)
+
+
+atheris.Setup(sys.argv, one)
+atheris.Fuzz()
+"""
+
+# What phase 3 compares every input with: substitutions, durations, secrets, extensions.
+DESIRED_CONFIG = """\
+receivers: {otlp: {protocols: {grpc: {endpoint: '${env:POD_IP}:4317'}}}}
+processors: {batch: {timeout: 5s}}
+exporters:
+  otlphttp: {endpoint: 'https://${env:HOST}/v1', headers: {authorization: 'Bearer ${env:TOKEN}'}}
+extensions: {health_check: {}}
+service:
+  extensions: [health_check]
+  pipelines: {traces: {receivers: [otlp], processors: [batch], exporters: [otlphttp]}}
+"""
+
+CONFIG_SEEDS = (
+    DESIRED_CONFIG.encode(),
+    b"receivers: {otlp: {protocols: {grpc: {endpoint: 10.0.0.1:4317}}}}\n",
+    b"a: &a [1, 2]\nb: [*a, *a, *a]\nc: [*b, *b]\n",
+    b"exporters: {otlphttp: {headers: {authorization: '[REDACTED]'}}}\n",
+    b"processors: {batch: {timeout: 5000000000ns}}\n",
+    b"x: 0x" + b"f" * 100 + b"\n",
+    b"- - - - - - - - [1]\n",
+)
+
+
+def fuzz(
+    script: str, name: str, args: list[str], *, inputs: int, timeout: int, workdir: Path
+) -> dict[str, str]:
+    """One libFuzzer run of `script` in a child process (libFuzzer exits when done) and its
+    figures; it stops at the first crash: a Python exception or an input over `timeout` s."""
+    target = workdir / f"fuzz_{name}_target.py"
+    target.write_text(script)
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}:{REPO / 'src'}"}
     started = time.monotonic()
     done = subprocess.run(
         [
             sys.executable,
             str(target),
+            *args,
             f"-runs={inputs}",
-            "-max_len=8192",
             f"-timeout={timeout}",
             "-rss_limit_mb=4096",
             "-print_final_stats=1",
-            str(corpus),
+            str(workdir / name),
         ],
         capture_output=True,
         text=True,
@@ -95,20 +146,44 @@ def fuzz_core(inputs: int, corpus: Path, timeout: int, workdir: Path) -> dict[st
     )
     elapsed = time.monotonic() - started
     log = done.stdout + done.stderr
-    (workdir / "fuzz_core.log").write_text(log)
+    (workdir / f"fuzz_{name}.log").write_text(log)
     if done.returncode != 0:
         tail = "\n".join(log.splitlines()[-40:])
-        raise SystemExit(f"phase 1 stopped with exit {done.returncode} (a crash):\n{tail}")
+        raise SystemExit(f"fuzzing {name} stopped with exit {done.returncode}:\n{tail}")
     runs = re.search(r"Done (\d+) runs in (\d+) second", log)
     cov = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", log)
+    slowest = re.search(r"stat::slowest_unit_time_sec:\s+(\d+)", log)
     return {
         "inputs": runs.group(1) if runs else "?",
         "seconds": f"{elapsed:.0f}",
         "per second": f"{int(runs.group(1)) / elapsed:.0f}" if runs else "?",
         "coverage (edges / features)": f"{cov[-1][0]} / {cov[-1][1]}" if cov else "?",
         "corpus": cov[-1][2] if cov else "?",
+        "slowest input (s)": f"< {int(slowest.group(1)) + 1}" if slowest else "?",
         "crashes": "0",
     }
+
+
+def fuzz_core(inputs: int, timeout: int, workdir: Path) -> dict[str, str]:
+    """Phase 1: the OpAMP core, starting from realistic messages."""
+    corpus = workdir / "core"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(seeds()):
+        (corpus / f"seed-{i}").write_bytes(data)
+    return fuzz(_TARGET, "core", ["-max_len=8192"], inputs=inputs, timeout=timeout, workdir=workdir)
+
+
+def fuzz_configs(inputs: int, timeout: int, workdir: Path) -> dict[str, str]:
+    """Phase 3: an agent's effective config as the operator reads it — the bounded YAML
+    loader, drift against DESIRED_CONFIG, the masked text the read API shows."""
+    corpus = workdir / "configs"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for i, data in enumerate(CONFIG_SEEDS):
+        (corpus / f"seed-{i}").write_bytes(data)
+    desired = workdir / "desired.yaml"
+    desired.write_text(DESIRED_CONFIG)
+    args = [str(desired), "-max_len=65536"]
+    return fuzz(_CONFIG_TARGET, "configs", args, inputs=inputs, timeout=timeout, workdir=workdir)
 
 
 def _mutate(data: bytes, rng: random.Random) -> bytes:
@@ -240,14 +315,20 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=1_000_000, help="phase 1 inputs")
     parser.add_argument("--socket-inputs", type=int, default=20_000, help="phase 2 inputs")
     parser.add_argument("--input-timeout", type=int, default=1, help="seconds per input")
+    parser.add_argument("--config-inputs", type=int, default=100_000, help="phase 3 inputs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fuzz-opamp-") as tmp:
         workdir = Path(tmp)
-        corpus = workdir / "corpus"
-        core = fuzz_core(args.inputs, corpus, args.input_timeout, workdir)
-        sockets = fuzz_sockets(corpus, args.socket_inputs, workdir)
+        core = fuzz_core(args.inputs, args.input_timeout, workdir)
+        sockets = fuzz_sockets(workdir / "core", args.socket_inputs, workdir)
+        configs = fuzz_configs(args.config_inputs, args.input_timeout, workdir)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.python_version()}")
-    for title, figures in (("core, coverage-guided", core), ("over sockets", sockets)):
+    phases = (
+        ("core, coverage-guided", core),
+        ("over sockets", sockets),
+        ("agents' configs, coverage-guided", configs),
+    )
+    for title, figures in phases:
         print(f"\n{title}\n\n| | |\n|---|---|")
         for key, value in figures.items():
             print(f"| {key} | {value} |")

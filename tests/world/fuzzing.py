@@ -91,7 +91,7 @@ class CoreFuzzer:
             self.core.tick(self.now)
         else:
             for _, offer in self.core.pending_offers():
-                self._check_reply(offer)
+                self._check_reply(offer, pushed=True)
         self.now += 0.001
         self._heartbeat()
 
@@ -134,9 +134,14 @@ class CoreFuzzer:
         assert record.connected, "the honest agent was disconnected"
 
     @staticmethod
-    def _check_reply(reply: pb.ServerToAgent) -> None:
-        assert reply.capabilities == SERVER_CAPABILITIES
-        assert ids.valid_uid(reply.instance_uid)
+    def _check_reply(reply: pb.ServerToAgent, pushed: bool = False) -> None:
+        """A reply names a valid agent and the server's capabilities; a message the server
+        pushes may leave capabilities unset (the spec: MUST in the first message only)."""
+        allowed = {SERVER_CAPABILITIES, 0} if pushed else {SERVER_CAPABILITIES}
+        assert reply.capabilities in allowed, f"capabilities {reply.capabilities:#x}"
+        assert ids.valid_uid(reply.instance_uid), f"instance uid {reply.instance_uid.hex()!r}"
+        if pushed:
+            assert reply.ListFields(), "an empty message pushed"
         data = reply.SerializeToString()
         assert wire.decode_server_message(data) == reply
 
