@@ -44,10 +44,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from procstat import free_port, proc_stats  # noqa: E402
+from procstat import proc_stats  # noqa: E402
 
 from world.collector import start_go_agent  # noqa: E402
 from world.fuzzing import seeds  # noqa: E402
+from world.operator import start_serve  # noqa: E402
+from world.processes import terminate  # noqa: E402
 
 _TARGET = """
 import sys
@@ -265,39 +267,23 @@ def fuzz_sockets(corpus: Path, count: int, workdir: Path) -> dict[str, str]:
     fleets.write_text(
         "fleets:\n  - name: all\n    selector: {}\n    config: |\n      exporters: {debug: {}}\n"
     )
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "opamp_operator.cli",
-            "serve",
-            f"--config={fleets}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            f"--api-port={free_port()}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "serve.log").open("w"),
-    )
-    url = f"ws://127.0.0.1:{port}/v1/opamp"
+    server = start_serve(fleets, workdir)
+    url = f"ws://127.0.0.1:{server.port}/v1/opamp"
     try:
-        time.sleep(3)
         agent = start_go_agent(url, "--heartbeat=1s")
         agent.wait_for("connected", timeout=30)
         gaps = AgentGaps(agent)
-        rss_before, cpu_before = proc_stats(server.pid)
+        rss_before, cpu_before = proc_stats(server.proc.pid)
         started = time.monotonic()
         ws_sent, http_sent, closed = asyncio.run(_send(url, inputs, connections=4))
         elapsed = time.monotonic() - started
         time.sleep(2)
-        rss_after, cpu_after = proc_stats(server.pid)
+        rss_after, cpu_after = proc_stats(server.proc.pid)
         gaps.stop.set()
-        alive = server.poll() is None
+        alive = server.proc.poll() is None
         agent.stop()
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        terminate(server.record)
     return {
         "inputs": str(count),
         "over WebSocket / HTTP": f"{ws_sent} / {http_sent}",

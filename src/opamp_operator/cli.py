@@ -303,18 +303,28 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _start(
+    start: Callable[[], Coroutine[Any, Any, None]], refused: tuple[type[Exception], ...]
+) -> int:
+    """Exit 2 with one line, no traceback, for settings the mode refuses: `start` builds
+    the options (ValueError) and the coroutine; `refused`, what it raises at start."""
     try:
-        options = serve_options(args)
+        main = start()
     except ValueError as exc:
         log.error("%s", exc)
         return 2
     try:
-        run_loop(serve(options))
-    except (FleetFileError, TLSConfigError, ApiExposedError) as exc:
+        run_loop(main)
+    except refused as exc:
         log.error("%s", exc)
         return 2
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return _start(
+        lambda: serve(serve_options(args)), (FleetFileError, TLSConfigError, ApiExposedError)
+    )
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -389,17 +399,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        options = run_options(args)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    try:
-        run_loop(run_operator(options))
-    except TLSConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+    return _start(lambda: run_operator(run_options(args)), (TLSConfigError,))
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

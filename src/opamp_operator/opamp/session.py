@@ -85,6 +85,14 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+def at_least_one(settings: object, *names: str) -> None:
+    """Refuse a settings object whose named counts are below 1 (a limit of 0 would refuse
+    everything, and read as "no limit" to whoever set it)."""
+    for name in names:
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+
+
 @dataclass(frozen=True)
 class AgentLimits:
     """What one agent may make the server keep, and how many agents it keeps; each
@@ -112,15 +120,14 @@ class AgentLimits:
     """AvailableComponents entries, sub-components included; more are kept as the hash."""
 
     def __post_init__(self) -> None:
-        for name in (
+        at_least_one(
+            self,
             "max_agents",
             "max_attributes",
             "max_description_bytes",
             "max_effective_config_bytes",
             "max_components",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        )
         if self.forget_undescribed_after_seconds <= 0:
             raise ValueError("forget_undescribed_after_seconds must be positive")
 

@@ -34,6 +34,7 @@ from opamp_operator.opamp.session import (
     Refusal,
     Reply,
     ServerCore,
+    at_least_one,
     error_reply,
     message_kind,
 )
@@ -117,15 +118,14 @@ class Limits:
     storm of 10,000 agents, each dropped connect waiting out TCP's retry timer."""
 
     def __post_init__(self) -> None:
-        for name in (
+        at_least_one(
+            self,
             "max_message_bytes",
             "max_in_flight_bytes",
             "max_websockets",
             "max_http_in_flight",
             "listen_backlog",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        )
         for name in (
             "header_timeout_seconds",
             "body_timeout_seconds",
