@@ -302,7 +302,9 @@ def test_helm_install_is_deployed_and_its_crds_are_served(
         notes = helm(
             cluster.kubeconfig, helm_home, "get", "notes", release.name, f"-n={release.namespace}"
         )
-        assert f"ws://{release.name}-opamp-operator.{release.namespace}.svc:4320/v1/opamp" in notes
+        # TLS by default, with the CA Helm made: the endpoint and where its CA is.
+        assert f"wss://{release.name}-opamp-operator.{release.namespace}.svc:4320/v1/opamp" in notes
+        assert f"get secret {release.name}-opamp-operator-opamp-tls" in notes
         scope = ", ".join(release.watched) if release.watched else "every namespace"
         assert scope in notes
         deployment = apps.read_namespaced_deployment(
