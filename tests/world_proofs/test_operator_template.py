@@ -32,7 +32,7 @@ from opamp_operator.k8s.workload import (
     workload_name,
 )
 from world.cluster import LocalCluster
-from world.collector import base_collector_config, collector_config_with_health
+from world.collector import Agent, base_collector_config, collector_config_with_health
 from world.fleets import PLURAL, create_fleet, fleet_status
 from world.operator import OperatorProcess, start_operator
 from world.processes import eventually, free_port
@@ -520,14 +520,19 @@ def test_template_pods_present_their_projected_token_over_wss_verified_with_the_
             return agent
 
         with PodVolumes(pod_json, api_client, tmp_path / "pod-0") as volumes:
-            supervisor = start_pod_supervisor(
-                supervisor_yaml,
-                pod_json,
-                env,
-                tmp_path / "pod-0",
-                health_url=health_url,
-                volumes=volumes,
-            )
+
+            def container() -> Agent:
+                """The pod's container (again: a restart keeps the emptyDir, so its uid)."""
+                return start_pod_supervisor(
+                    supervisor_yaml,
+                    pod_json,
+                    env,
+                    tmp_path / "pod-0",
+                    health_url=health_url,
+                    volumes=volumes,
+                )
+
+            supervisor = container()
             agent = verified(op)
             supervisor.wait_healthy(timeout=WAIT)
             eventually(
@@ -580,14 +585,7 @@ def test_template_pods_present_their_projected_token_over_wss_verified_with_the_
             # The container restarts: the supervisor reads the current token and holds
             # its pod again (same instance UID: the emptyDir outlives the container).
             supervisor.stop()
-            supervisor = start_pod_supervisor(
-                supervisor_yaml,
-                pod_json,
-                env,
-                tmp_path / "pod-0",
-                health_url=health_url,
-                volumes=volumes,
-            )
+            supervisor = container()
             restarted = verified(op)
             assert restarted["instanceUid"] == agent["instanceUid"]
             assert _reviews(op) == 1
