@@ -279,7 +279,9 @@ def _add_heartbeat_flag(p: argparse.ArgumentParser, default: int | None) -> None
         "--heartbeat-seconds",
         type=int,
         default=default,
-        help="heartbeat interval offered to agents that accept OpAMP connection settings "
+        help="heartbeat interval offered to agents that accept OpAMP connection settings, "
+        "report heartbeats and connected over plaintext without an Authorization header, "
+        "unless their fleet names its own; 0: none offered "
         f"(default {'none offered' if default is None else '%(default)s'})",
     )
 

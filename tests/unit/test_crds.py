@@ -67,7 +67,7 @@ def test_models_read_a_user_manifest() -> None:
     assert fleet.spec.config.config_map_ref is not None
     assert fleet.spec.config.config_map_ref.key == "collector.yaml"
     assert fleet.spec.drift_policy == DriftPolicy.REMEDIATE
-    assert fleet.spec.heartbeat_interval_seconds == 30
+    assert fleet.spec.heartbeat_interval_seconds is None  # the operator's default
 
 
 def test_models_refuse_unknown_spec_fields() -> None:

@@ -29,6 +29,9 @@ class Desired:
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         return self.config
 
+    def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        return None
+
 
 def _hello() -> pb.AgentToServer:
     msg = pb.AgentToServer(instance_uid=UID, sequence_num=0)

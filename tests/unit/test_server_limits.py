@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 
 from opamp_operator.opamp import wire
@@ -114,10 +115,7 @@ class Running:
         return f"http://127.0.0.1:{self.port}/v1/opamp"
 
     def errors(self, reason: str) -> float:
-        value = self.server.metrics.registry.get_sample_value(
-            "opamp_errors_total", {"reason": reason}
-        )
-        return value or 0.0
+        return running_errors(self.server, reason)
 
 
 LIMITS = Limits(
@@ -235,6 +233,49 @@ async def test_a_websocket_without_a_first_message_is_closed(running: Running) -
     assert running.errors("first_message_timeout") == 1
 
 
+def test_the_server_s_own_lateness_is_not_held_against_a_client() -> None:
+    """A client whose headers, or first WebSocket message, arrived in time while the loop
+    was held (a connect storm, a collection of a large heap) is answered, not cut off:
+    its deadline fires in the same loop iteration that read its bytes, before the
+    request's task has started."""
+
+    async def scenario() -> tuple[bytes, aiohttp.WSMsgType]:
+        server = OpAMPServer(ServerCore(), LIMITS, rng=random.Random(1))  # noqa: S311
+        runner = web.AppRunner(server.app(), shutdown_timeout=LIMITS.shutdown_seconds)
+        await runner.setup()
+        await GuardedSite(runner, server, "127.0.0.1", 0, ssl_context=None, backlog=128).start()
+        port = runner.addresses[0][1]
+        try:
+            body = _hello()
+            reader, writer = await _raw(port, b"")
+            await asyncio.sleep(0.2)  # accepted: its header deadline runs
+            writer.write(_post_head(len(body)) + body)
+            time.sleep(1.0)  # noqa: ASYNC251 - the loop is held past the header deadline
+            status = await asyncio.wait_for(reader.readline(), 3)
+            writer.close()
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(f"http://127.0.0.1:{port}/v1/opamp") as ws,
+            ):
+                await ws.send_bytes(b"\x00" + _hello(bytes(range(16, 32))))
+                time.sleep(1.0)  # noqa: ASYNC251 - past the first-message deadline
+                answer = await ws.receive(timeout=3)
+            assert running_errors(server, "header_timeout") == 0
+            assert running_errors(server, "first_message_timeout") == 0
+            return status, answer.type
+        finally:
+            await runner.cleanup()
+
+    status, answer = uvloop.run(scenario())
+    assert status.startswith(b"HTTP/1.1 200")
+    assert answer == aiohttp.WSMsgType.BINARY
+
+
+def running_errors(server: OpAMPServer, reason: str) -> float:
+    value = server.metrics.registry.get_sample_value("opamp_errors_total", {"reason": reason})
+    return value or 0.0
+
+
 async def test_a_websocket_message_past_the_budget_gets_unavailable_and_1013(
     running: Running,
 ) -> None:
@@ -335,6 +376,9 @@ class Big:
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         return self.config
+
+    def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        return None
 
 
 async def test_shutdown_closes_every_websocket_at_once_within_its_bound() -> None:

@@ -53,9 +53,13 @@ def beat(uid: bytes = UID, seq: int = 1) -> pb.AgentToServer:
 @dataclass
 class Fixed:
     config: RemoteConfig | None
+    heartbeat: int | None = None
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         return self.config
+
+    def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        return self.heartbeat
 
 
 def test_first_reply_carries_capabilities_and_echoes_uid() -> None:
@@ -390,17 +394,6 @@ def test_hash_only_available_components_asks_for_the_list() -> None:
     )
 
 
-def test_heartbeat_interval_offered_once_to_agents_that_accept_settings() -> None:
-    core = ServerCore(CoreSettings(offer_heartbeat_seconds=15))
-    caps = ACCEPTS | pb.AgentCapabilities_AcceptsOpAMPConnectionSettings
-    reply = core.receive(first(caps=caps), now=0.0)
-    assert reply.message.connection_settings.opamp.heartbeat_interval_seconds == 15
-    assert core.agents[UID].heartbeat_seconds == 15
-    assert not core.receive(beat(seq=1), now=1.0).message.HasField("connection_settings")
-    plain = core.receive(first(uid=OTHER), now=0.0)
-    assert not plain.message.HasField("connection_settings")
-
-
 def test_effective_config_hash_is_the_config_map_hash() -> None:
     msg = first()
     msg.effective_config.config_map.config_map["b"].body = b"2"
@@ -583,6 +576,57 @@ def test_core_invariants_hold_for_any_message_sequence(
         assert all(ids.valid_uid(uid) for uid in core.agents)
         held = [a.instance_uid for _, a in core.websocket_agents() if a.connected]
         assert len(held) == len(set(held))
+
+
+def _overdue(core: ServerCore, agent: AgentRecord, now: float) -> bool:
+    """What a scan of every agent would act on at `now` (the rules tick() keeps)."""
+    held = agent.conn is not None and any(a is agent for _, a in core.websocket_agents())
+    limits = core.settings.limits
+    if (
+        not held
+        and agent.description is None
+        and now - agent.last_seen > limits.forget_undescribed_after_seconds
+    ):
+        return True
+    if agent.state is not AgentState.CONNECTED:
+        since = agent.last_seen
+        if agent.state is AgentState.DISCONNECTED and agent.state_since is not None:
+            since = agent.state_since
+        return now - since > core.settings.forget_after_seconds
+    beats = agent.can(pb.AgentCapabilities_ReportsHeartbeat) or agent.transport is Transport.HTTP
+    return beats and now - agent.last_seen > 3 * agent.heartbeat_seconds
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            messages,
+            st.sampled_from([None, 0, 1]),
+            st.booleans(),
+            st.sampled_from([0.0, 0.5, 5.0, 16.0, 95.0, 700.0]),
+        ),
+        max_size=40,
+    )
+)
+def test_tick_acts_on_every_agent_a_full_scan_would(
+    steps: list[tuple[pb.AgentToServer, int | None, bool, float]],
+) -> None:
+    """tick() looks only at agents whose check is due; after it, no agent is left that a
+    scan of them all would have marked stale or forgotten (a scan took two ticks too)."""
+    core = ServerCore(desired=Fixed(RemoteConfig.single(b"c")))
+    conns = [core.open(now=0.0), core.open(now=0.0)]
+    now = 0.0
+    for msg, which, close_after, wait in steps:
+        conn = None if which is None else conns[which]
+        reply = core.receive(msg, now=now, conn=conn)
+        if (reply.close or close_after) and conn is not None:
+            core.close(conn, now=now)
+            conns[which or 0] = core.open(now=now)
+        now += wait
+        core.tick(now)
+        core.tick(now)  # one tick marks a long-silent agent stale, the next forgets it
+        assert not [a.instance_uid for a in core.agents.values() if _overdue(core, a, now)]
 
 
 def test_message_kinds() -> None:

@@ -37,6 +37,9 @@ class _Desired:
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         return DESIRED
 
+    def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        return None
+
 
 @dataclasses.dataclass
 class Outcome:

@@ -210,7 +210,19 @@ class CollectorFleetSpec(_Spec):
     agent_auth: AgentAuthSpec | None = Field(
         default=None, description="What agents must prove to hold this fleet's pods"
     )
-    heartbeat_interval_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    heartbeat_interval_seconds: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=3600,
+            description="Heartbeat interval offered to the fleet's agents that accept OpAMP "
+            "connection settings and report heartbeats (HTTP agents poll at it), with the URL "
+            "each connected to as destination_endpoint; only where that offer repeats the "
+            "whole connection (plaintext, no Authorization header): opampsupervisor "
+            "reconnects with what an offer carries. 0: none offered; unset: the operator's "
+            "--heartbeat-seconds (default 30)",
+        ),
+    ] = None
     drift_policy: DriftPolicy = DriftPolicy.REPORT
     revision_history_limit: Annotated[int, Field(ge=1, le=100)] = 10
     template: FleetTemplate | None = None

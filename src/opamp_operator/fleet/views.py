@@ -96,12 +96,17 @@ def components_of(
     return parsed
 
 
+def agent_attributes(agent: AgentRecord) -> dict[str, str]:
+    """Its identifying and non-identifying attributes as text, identifying ones winning."""
+    if agent.description is None:
+        return {}
+    merged = to_dict(agent.description.non_identifying_attributes)
+    merged.update(to_dict(agent.description.identifying_attributes))
+    return {k: to_text(v) for k, v in merged.items()}
+
+
 def agent_view(agent: AgentRecord) -> AgentView:
-    attrs: dict[str, str] = {}
-    if agent.description is not None:
-        merged = to_dict(agent.description.non_identifying_attributes)
-        merged.update(to_dict(agent.description.identifying_attributes))
-        attrs = {k: to_text(v) for k, v in merged.items()}
+    attrs = agent_attributes(agent)
     status = agent.remote_config_status
     effective = ""
     if agent.effective_config is not None:

@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def operator_core_settings() -> CoreSettings:
-    """The session core as the operator runs it: agents that accept connection settings
-    are offered the heartbeat interval the core assumes for them, so every agent's is
-    known."""
+    """The session core as the operator runs it: agents that accept connection settings,
+    in no fleet or in one that names no interval, are offered the interval the core
+    assumes agents keep (30 s); a fleet's spec.heartbeatIntervalSeconds overrides it
+    (OperatorState.heartbeat_for)."""
     core = CoreSettings()
     return replace(core, offer_heartbeat_seconds=int(core.default_heartbeat_seconds))
 

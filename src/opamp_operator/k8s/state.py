@@ -172,7 +172,7 @@ class OperatorState:
 
     def put_fleet(self, record: FleetRecord) -> FleetRecord | None:
         """Install a (re)reconciled fleet; returns the record it replaces. Agents whose
-        config it changes get their offers."""
+        config or heartbeat interval it changes get their offers."""
         previous = self.fleets.get(record.key)
         self.fleets[record.key] = record
         if previous is not None and previous.token_digest != record.token_digest:
@@ -289,6 +289,13 @@ class OperatorState:
         if fleet is None:
             return None
         return self.expected(fleet, uid_str(agent.instance_uid))[2]
+
+    def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        """DesiredConfigSource: the heartbeat interval of the fleet the agent's pod belongs
+        to (0: none offered); None, for an agent in no fleet or a fleet that names none,
+        leaves it to the operator's --heartbeat-seconds."""
+        fleet = self.fleet_of(agent)
+        return fleet.spec.heartbeat_interval_seconds if fleet is not None else None
 
     def is_member(self, record: FleetRecord, uid: str) -> bool:
         """Whether the agent is to run the fleet's desired revision."""

@@ -310,6 +310,18 @@ def _iso(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="seconds")
 
 
+def _settings_status(status: pb.ConnectionSettingsStatus | None) -> dict[str, str] | None:
+    if status is None:
+        return None
+    return {
+        "status": pb.ConnectionSettingsStatuses.Name(status.status).removeprefix(
+            "ConnectionSettingsStatuses_"
+        ),
+        "hash": status.last_connection_settings_hash.hex(),
+        "error_message": status.error_message,
+    }
+
+
 def agent_json(agent: AgentRecord, desired: RemoteConfig | None = None) -> dict[str, Any]:
     """The read API's view of an agent; hashes in hex, attributes as plain values.
 
@@ -367,6 +379,9 @@ def agent_json(agent: AgentRecord, desired: RemoteConfig | None = None) -> dict[
         "last_seen": _iso(agent.last_seen),
         "sequence_num": agent.sequence_num,
         "messages": agent.messages,
+        "heartbeat_seconds": agent.heartbeat_seconds,
+        "offered_heartbeat_seconds": agent.offered_heartbeat_seconds,
+        "connection_settings_status": _settings_status(agent.connection_settings_status),
     }
     components = agent.available_components
     if components is not None:

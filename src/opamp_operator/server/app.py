@@ -22,6 +22,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from prometheus_client import generate_latest
 
 from opamp_operator.opamp import wire
+from opamp_operator.opamp.endpoint import AgentEndpoint, agent_endpoint
 from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
@@ -246,6 +247,22 @@ def credentials(request: web.Request) -> Credentials:
     return Credentials(request.headers.get("Authorization"), client_certificate(peercert))
 
 
+def request_endpoint(request: web.Request, *, websocket: bool) -> AgentEndpoint:
+    """How the agent behind `request` reached the server (opamp/endpoint.py)."""
+    headers = request.headers
+    return agent_endpoint(
+        websocket=websocket,
+        tls=request.secure,
+        host=headers.get("Host"),
+        target=request.raw_path,
+        authorization="Authorization" in headers,
+        forwarded_proto=headers.get("X-Forwarded-Proto"),
+        forwarded_host=headers.get("X-Forwarded-Host"),
+        forwarded_prefix=headers.get("X-Forwarded-Prefix"),
+        forwarded=headers.get("Forwarded"),
+    )
+
+
 class ConnectionGuard(asyncio.Protocol):
     """Stands between a connection's transport and aiohttp's RequestHandler for what
     aiohttp has no setting for: a deadline for complete request headers (slowloris:
@@ -262,6 +279,7 @@ class ConnectionGuard(asyncio.Protocol):
         self._server = server
         self._transport: asyncio.BaseTransport | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._awaiting_first = False
         self._busy = False
         # Bytes after the end of the current request's headers (its body, or, before a
         # WebSocket handshake is answered, frames no client may send yet).
@@ -324,6 +342,9 @@ class ConnectionGuard(asyncio.Protocol):
         self._frames = wire.FrameCounter()
         if self._headers_end.after:
             self._end_messages("protocol_error", WSCloseCode.PROTOCOL_ERROR)
+            return
+        self._awaiting_first = True
+        self._arm(self._server.limits.first_message_timeout_seconds, self._first_message_late)
 
     def message_done(self, size: int) -> None:
         """A message of `size` payload bytes has been handled: they are free."""
@@ -338,6 +359,9 @@ class ConnectionGuard(asyncio.Protocol):
         if not self._charge.settle(frames.data_bytes - self._handled):
             self._end_messages("shed_bytes", WSCloseCode.TRY_AGAIN_LATER)
             return False
+        if self._awaiting_first and frames.data_bytes:
+            self._awaiting_first = False  # begun: the body timeout governs it now
+            self._disarm()
         if not frames.in_message:
             self._disarm()
         elif self._deadline is None:
@@ -360,8 +384,14 @@ class ConnectionGuard(asyncio.Protocol):
         transport = self._transport
         if self._busy or transport is None or transport.is_closing():
             return
+        if self._headers_end.found:
+            return  # complete: the request waits for the loop (a storm), not the client
         self._server.metrics.errors.labels("header_timeout").inc()
         transport.close()
+
+    def _first_message_late(self) -> None:
+        self._deadline = None
+        self._end_messages("first_message_timeout", WSCloseCode.POLICY_VIOLATION)
 
     def _message_late(self) -> None:
         self._deadline = None
@@ -383,11 +413,11 @@ class _HeadersEnd:
 
     def __init__(self) -> None:
         self.after = 0
-        self._found = False
+        self.found = False
         self._carry = b""
 
     def feed(self, data: bytes) -> None:
-        if self._found:
+        if self.found:
             self.after += len(data)
             return
         seen = self._carry + data
@@ -395,7 +425,7 @@ class _HeadersEnd:
         if end < 0:
             self._carry = seen[-3:]
             return
-        self._found = True
+        self.found = True
         self.after = len(seen) - end - 4
 
 
@@ -548,7 +578,6 @@ class OpAMPServer:
         while True:
             await asyncio.sleep(self.limits.tick_seconds)
             self._publish(self.core.tick(self.clock()))
-            self._update_gauges()
 
     def _update_gauges(self) -> None:
         counts = dict.fromkeys(AgentState, 0)
@@ -700,15 +729,17 @@ class OpAMPServer:
     def _http_reply(
         self, request: web.Request, identity: AgentIdentity | None, body: bytes
     ) -> web.Response:
-        self.metrics.messages.labels("in", "http").inc()
-        self.metrics.bytes.labels("in", "http").inc(len(body))
+        self.metrics.message("in", "http", len(body))
         try:
             msg = wire.decode_agent_message(body)
         except wire.WireError as exc:
             return self._http_bad_request(str(exc))
-        self.metrics.agent_messages.labels(message_kind(msg)).inc()
+        self.metrics.agent_message(message_kind(msg))
         peer = request.remote or ""
-        reply = self.core.receive(msg, self.clock(), peer=peer, identity=identity)
+        endpoint = request_endpoint(request, websocket=False)
+        reply = self.core.receive(
+            msg, self.clock(), peer=peer, identity=identity, endpoint=endpoint
+        )
         if reply.refusal is Refusal.TOO_LARGE:
             self.metrics.errors.labels(reply.refusal.value).inc()
             text = reply.message.error_response.error_message
@@ -726,8 +757,7 @@ class OpAMPServer:
         if len(payload) > self.limits.max_message_bytes:
             log.error("not sending a %d-byte ServerToAgent: over the limit", len(payload))
             return self._unavailable("response_too_large", "the reply is over the size limit")
-        self.metrics.messages.labels("out", "http").inc()
-        self.metrics.bytes.labels("out", "http").inc(len(payload))
+        self.metrics.message("out", "http", len(payload))
         response = web.Response(body=payload, content_type=PROTOBUF)
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
@@ -785,12 +815,16 @@ class OpAMPServer:
         if guard is not None:
             guard.upgraded(ws)
         now = self.clock()
-        conn = self.core.open(now, peer=request.remote or "", identity=identity)
+        endpoint = request_endpoint(request, websocket=True)
+        conn = self.core.open(now, peer=request.remote or "", identity=identity, endpoint=endpoint)
         self._sockets[conn] = ws
         self._sessions[conn] = (presented, identity)
         try:
             try:
-                frame = await ws.receive(timeout=self.limits.first_message_timeout_seconds)
+                # Behind a guard, its deadline: bytes arrived in time count, read or not.
+                frame = await ws.receive(
+                    timeout=None if guard is not None else self.limits.first_message_timeout_seconds
+                )
             except TimeoutError:
                 self.metrics.errors.labels("first_message_timeout").inc()
                 seconds = self.limits.first_message_timeout_seconds
@@ -825,8 +859,7 @@ class OpAMPServer:
 
     async def _ws_message(self, conn: ConnId, ws: web.WebSocketResponse, data: bytes) -> bool:
         """Handle one message; False when the connection must end."""
-        self.metrics.messages.labels("in", "websocket").inc()
-        self.metrics.bytes.labels("in", "websocket").inc(len(data))
+        self.metrics.message("in", "websocket", len(data))
         try:
             msg = wire.decode_agent_message(wire.split_ws_frame(data))
         except wire.WireError as exc:
@@ -835,7 +868,7 @@ class OpAMPServer:
             await self._send_ws(ws, error_reply(pb.ServerErrorResponseType_BadRequest, str(exc)))
             await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=str(exc)[:120].encode())
             return False
-        self.metrics.agent_messages.labels(message_kind(msg)).inc()
+        self.metrics.agent_message(message_kind(msg))
         reply = self.core.receive(msg, self.clock(), conn=conn)
         if reply.refusal is Refusal.TOO_LARGE:
             self.metrics.errors.labels(reply.refusal.value).inc()
@@ -875,8 +908,7 @@ class OpAMPServer:
             self.metrics.errors.labels("response_too_large").inc()
             log.error("not sending a %d-byte ServerToAgent: over the limit", len(payload))
             return
-        self.metrics.messages.labels("out", "websocket").inc()
-        self.metrics.bytes.labels("out", "websocket").inc(len(payload))
+        self.metrics.message("out", "websocket", len(payload))
         with contextlib.suppress(ConnectionResetError):
             await ws.send_bytes(payload)
 
@@ -889,7 +921,7 @@ class OpAMPServer:
         if any(e.kind in (EventKind.CONNECTED, EventKind.DISCONNECTED) for e in reply.events):
             # Only the count at hand: counting agents by state walks them all, which per
             # connect made a connect storm quadratic (36% of the server's CPU at 10,000
-            # agents). The by-state gauge is refreshed on the tick and on each scrape.
+            # agents). The by-state gauge is counted when /metrics is scraped.
             self.metrics.connections.set(len(self._sockets))
 
     # ---- what the API listener shows ------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from opamp_operator.opamp.session import AgentState
+from opamp_operator.opamp.session import MESSAGE_KINDS, AgentState
 from opamp_operator.server.looplag import LAG_BUCKETS
 
 
@@ -72,3 +72,24 @@ class ServerMetrics:
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )
+        # The per-message series' children, looked up once: labels() on every message
+        # was ~5 % of a 10,000-agent server's CPU.
+        self._traffic = {
+            (direction, transport): (
+                self.messages.labels(direction, transport),
+                self.bytes.labels(direction, transport),
+            )
+            for direction in ("in", "out")
+            for transport in ("websocket", "http")
+        }
+        self._kinds = {kind: self.agent_messages.labels(kind) for kind in MESSAGE_KINDS}
+
+    def message(self, direction: str, transport: str, size: int) -> None:
+        """One OpAMP message of `size` protobuf bytes."""
+        count, total = self._traffic[direction, transport]
+        count.inc()
+        total.inc(size)
+
+    def agent_message(self, kind: str) -> None:
+        """One decoded AgentToServer of this kind (session.message_kind)."""
+        self._kinds[kind].inc()

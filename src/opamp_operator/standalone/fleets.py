@@ -16,6 +16,7 @@ fleets:
   - name: everyone-else
     selector: {}                  # matches any agent
     configFile: default.yaml      # relative to this file
+    heartbeatIntervalSeconds: 10  # offered to its agents (0: none); default --heartbeat-seconds
 ```
 
 The first fleet whose selector matches an agent's identifying or non-identifying
@@ -23,7 +24,8 @@ attributes gives that agent its config. A fleet with `certificateNames` only mat
 agents whose client certificate verified (`--client-ca-file`, `--client-auth`) and
 carries one of those names (subject CN or a DNS/URI/email SAN): an identity the agent
 cannot claim by reporting attributes. A file that does not parse, or a fleet whose
-config is not a YAML mapping, is rejected with a message and the previous fleets stay in
+config is not a YAML mapping, or a heartbeatIntervalSeconds that is not a whole number
+of seconds from 0 to 3600, is rejected with a message and the previous fleets stay in
 force: one bad edit never takes configs away from running agents.
 """
 
@@ -37,10 +39,10 @@ from typing import Any
 
 import yaml
 
-from opamp_operator.fleet.views import agent_view
+from opamp_operator.fleet.views import agent_attributes
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.identity import AgentIdentity
-from opamp_operator.opamp.session import AgentRecord
+from opamp_operator.opamp.session import MAX_HEARTBEAT_SECONDS, AgentRecord
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,23 @@ class Fleet:
     selector: Mapping[str, str]
     config: RemoteConfig
     certificate_names: frozenset[str] = frozenset()
+    heartbeat_seconds: int | None = None
+    """Offered to its agents (0: none); None: `serve --heartbeat-seconds`."""
 
     def matches(self, attributes: Mapping[str, str], identity: AgentIdentity) -> bool:
         if self.certificate_names and not self.certificate_names & set(identity.certificate):
             return False
         return all(attributes.get(k) == v for k, v in self.selector.items())
+
+
+@dataclass(frozen=True, slots=True)
+class _Mapped:
+    """What FileFleets.fleet_for found for an agent, and from what."""
+
+    description: object
+    identity: AgentIdentity | None
+    fleets: list[Fleet]
+    fleet: Fleet | None
 
 
 def _fleet(raw: Any, index: int, base: Path) -> Fleet:
@@ -72,6 +86,16 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
     names = raw.get("certificateNames") or []
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise FleetFileError(f"fleet {name!r}: certificateNames must be a list of names")
+    heartbeat = raw.get("heartbeatIntervalSeconds")
+    if heartbeat is not None and (
+        not isinstance(heartbeat, int)
+        or isinstance(heartbeat, bool)
+        or not 0 <= heartbeat <= MAX_HEARTBEAT_SECONDS
+    ):
+        raise FleetFileError(
+            f"fleet {name!r}: heartbeatIntervalSeconds must be a whole number of seconds "
+            f"from 0 to {MAX_HEARTBEAT_SECONDS}"
+        )
     if ("config" in raw) == ("configFile" in raw):
         raise FleetFileError(f"fleet {name!r}: give exactly one of config or configFile")
     if "config" in raw:
@@ -93,6 +117,7 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
         {str(k): str(v) for k, v in selector.items()},
         RemoteConfig.single(body),
         frozenset(names),
+        heartbeat,
     )
 
 
@@ -150,9 +175,29 @@ class FileFleets:
         return changed
 
     def fleet_for(self, agent: AgentRecord) -> Fleet | None:
-        view = agent_view(agent)
-        return next((f for f in self.fleets if f.matches(view.attributes, view.identity)), None)
+        """The first fleet that selects the agent. Kept on the record until its
+        description, its identity or the fleets change: matching on every heartbeat was
+        a fifth of a 10,000-agent server's CPU."""
+        memo = agent.mapping_memo
+        if (
+            isinstance(memo, _Mapped)
+            and memo.description is agent.description
+            and memo.identity is agent.identity
+            and memo.fleets is self.fleets
+        ):
+            return memo.fleet
+        attributes = agent_attributes(agent)
+        identity = agent.identity or AgentIdentity()
+        fleet = next((f for f in self.fleets if f.matches(attributes, identity)), None)
+        agent.mapping_memo = _Mapped(agent.description, agent.identity, self.fleets, fleet)
+        return fleet
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         fleet = self.fleet_for(agent)
         return fleet.config if fleet is not None else None
+
+    def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        """The interval of the agent's fleet; None (no fleet, or none named) leaves it to
+        `--heartbeat-seconds`."""
+        fleet = self.fleet_for(agent)
+        return fleet.heartbeat_seconds if fleet is not None else None

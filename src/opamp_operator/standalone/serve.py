@@ -20,14 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def serve_core_settings(heartbeat_seconds: int | None) -> CoreSettings:
-    """The session core for `serve`: a heartbeat interval to offer is also the one agents
-    are assumed to keep; None offers nothing (the core's defaults)."""
-    core = CoreSettings()
-    return replace(
-        core,
-        offer_heartbeat_seconds=heartbeat_seconds,
-        default_heartbeat_seconds=float(heartbeat_seconds or core.default_heartbeat_seconds),
-    )
+    """The session core for `serve`: the heartbeat interval offered to agents whose fleet
+    names none; None (the core's default) offers none. Agents are judged by the core's
+    default interval until they confirm an offer (ServerCore._judge_heartbeat)."""
+    return replace(CoreSettings(), offer_heartbeat_seconds=heartbeat_seconds)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,15 @@
 // has verified the server is printed as a "tls_handshake" event with the server
 // certificate's serial (the server may still refuse the client's certificate after it),
 // so a test sees which certificate a server presented and when the agent reconnected.
+//
+// With --opamp-settings it declares AcceptsOpAMPConnectionSettings. opamp-go itself
+// applies an offered heartbeat interval (as heartbeat, or as polling interval over
+// HTTP) to an agent that reports heartbeats; the agent checks the offer as
+// opampsupervisor does (a ws, wss, http or https destination_endpoint) and prints it as
+// an "opamp_connection_settings" event. "apply" keeps the connection; "reconnect" does
+// what opampsupervisor v0.149.0 does: stops its client and starts a new one with only
+// what the offer carries (its endpoint and headers; no certificate offered: TLS without
+// verification and without a client certificate), printing "reconnecting" first.
 package main
 
 import (
@@ -85,6 +94,85 @@ type agent struct {
 	applyMode       string
 	failContaining  string
 	effectiveConfig map[string]*protobufs.AgentConfigFile
+	// What a new client (--opamp-settings=reconnect) starts from.
+	start         func(types.StartSettings) (client.OpAMPClient, error)
+	settings      types.StartSettings
+	opampSettings string
+	lastStatus    *protobufs.RemoteConfigStatus
+	description   *protobufs.AgentDescription
+	health        *protobufs.ComponentHealth
+}
+
+// current is the client in use (a reconnect replaces it).
+func (a *agent) current() client.OpAMPClient {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.client
+}
+
+// onOpampConnectionSettings checks an offer as opampsupervisor does (its server config
+// must validate: a ws, wss, http or https endpoint) and, with --opamp-settings=reconnect,
+// reconnects with it; an error is reported FAILED by opamp-go (with
+// --report-settings-status). The heartbeat interval was applied by opamp-go already.
+func (a *agent) onOpampConnectionSettings(_ context.Context, s *protobufs.OpAMPConnectionSettings) error {
+	fields := map[string]any{
+		"destination_endpoint":       s.DestinationEndpoint,
+		"heartbeat_interval_seconds": s.HeartbeatIntervalSeconds,
+		"headers":                    len(s.GetHeaders().GetHeaders()),
+		"certificate":                s.Certificate != nil,
+		"tls":                        s.Tls != nil,
+	}
+	u, err := url.Parse(s.DestinationEndpoint)
+	if err == nil && s.DestinationEndpoint == "" {
+		err = fmt.Errorf("destination_endpoint is empty")
+	} else if err == nil && u.Scheme != "ws" && u.Scheme != "wss" && u.Scheme != "http" && u.Scheme != "https" {
+		err = fmt.Errorf("destination_endpoint scheme %q: want ws, wss, http or https", u.Scheme)
+	}
+	if err != nil {
+		fields["error"] = err.Error()
+	}
+	a.out.Emit("opamp_connection_settings", fields)
+	if err != nil || a.opampSettings != "reconnect" {
+		return err
+	}
+	// As the supervisor: from another goroutine (this one belongs to the client).
+	go a.reconnect(s)
+	return nil
+}
+
+// reconnect stops the client and starts one with what the offer carries, nothing else.
+func (a *agent) reconnect(s *protobufs.OpAMPConnectionSettings) {
+	settings := a.settings
+	settings.OpAMPServerURL = s.DestinationEndpoint
+	settings.Header = http.Header{}
+	for _, h := range s.GetHeaders().GetHeaders() {
+		settings.Header.Add(h.Key, h.Value)
+	}
+	settings.TLSConfig = nil
+	if strings.HasPrefix(s.DestinationEndpoint, "wss:") || strings.HasPrefix(s.DestinationEndpoint, "https:") {
+		//nolint:gosec // what opampsupervisor does when an offer carries no certificate
+		settings.TLSConfig = &tls.Config{InsecureSkipVerify: true}
+	}
+	heartbeat := time.Duration(s.HeartbeatIntervalSeconds) * time.Second
+	settings.HeartbeatInterval = &heartbeat
+	a.mu.Lock()
+	old := a.client
+	settings.RemoteConfigStatus = a.lastStatus
+	a.mu.Unlock()
+	a.out.Emit("reconnecting", map[string]any{"url": s.DestinationEndpoint, "headers": len(settings.Header)})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := old.Stop(ctx); err != nil {
+		a.out.Emit("error", map[string]any{"op": "reconnect stop", "error": err.Error()})
+	}
+	c, err := a.start(settings)
+	if err != nil {
+		a.out.Emit("error", map[string]any{"op": "reconnect start", "error": err.Error()})
+		return
+	}
+	a.mu.Lock()
+	a.client = c
+	a.mu.Unlock()
 }
 
 func (a *agent) getEffectiveConfig(context.Context) (*protobufs.EffectiveConfig, error) {
@@ -167,17 +255,26 @@ func (a *agent) applyRemoteConfig(ctx context.Context, rc *protobufs.AgentRemote
 		a.mu.Unlock()
 		status.Status = protobufs.RemoteConfigStatuses_RemoteConfigStatuses_APPLIED
 	}
-	if err := a.client.SetRemoteConfigStatus(status); err != nil {
+	a.mu.Lock()
+	a.lastStatus = status
+	a.mu.Unlock()
+	if err := a.current().SetRemoteConfigStatus(status); err != nil {
 		a.out.Emit("error", map[string]any{"op": "SetRemoteConfigStatus", "error": err.Error()})
 	}
 	if mode != "fail" {
-		if err := a.client.UpdateEffectiveConfig(ctx); err != nil {
+		if err := a.current().UpdateEffectiveConfig(ctx); err != nil {
 			a.out.Emit("error", map[string]any{"op": "UpdateEffectiveConfig", "error": err.Error()})
 		}
 	}
 	a.out.Emit("remote_config_status", map[string]any{
 		"status": status.Status.String(), "config_hash": hex.EncodeToString(rc.ConfigHash),
 	})
+}
+
+// opampSettingsFlags say whether and how the agent takes OpAMP connection settings.
+type opampSettingsFlags struct {
+	mode         string // "", apply, reconnect
+	reportStatus bool
 }
 
 // tlsFlags are the agent's TLS settings for wss:// and https:// URLs.
@@ -245,7 +342,10 @@ func (a *agent) handle(ctx context.Context, c command) (bool, error) {
 	case "health":
 		h := &protobufs.ComponentHealth{Healthy: c.Healthy == nil || *c.Healthy, Status: c.Status,
 			LastError: c.LastError, StatusTimeUnixNano: uint64(time.Now().UnixNano())}
-		return true, a.client.SetHealth(h)
+		a.mu.Lock()
+		a.health = h
+		a.mu.Unlock()
+		return true, a.current().SetHealth(h)
 	case "effective_config":
 		if c.Body == nil {
 			return true, fmt.Errorf("effective_config needs body")
@@ -255,17 +355,21 @@ func (a *agent) handle(ctx context.Context, c command) (bool, error) {
 			"": {Body: []byte(*c.Body), ContentType: "text/yaml"},
 		}
 		a.mu.Unlock()
-		return true, a.client.UpdateEffectiveConfig(ctx)
+		return true, a.current().UpdateEffectiveConfig(ctx)
 	case "remote_config_status":
 		v, ok := protobufs.RemoteConfigStatuses_value["RemoteConfigStatuses_"+c.Status]
 		if !ok {
 			return true, fmt.Errorf("unknown remote config status %q", c.Status)
 		}
-		return true, a.client.SetRemoteConfigStatus(&protobufs.RemoteConfigStatus{
+		return true, a.current().SetRemoteConfigStatus(&protobufs.RemoteConfigStatus{
 			Status: protobufs.RemoteConfigStatuses(v), ErrorMessage: c.Error})
 	case "description":
-		return true, a.client.SetAgentDescription(&protobufs.AgentDescription{
-			IdentifyingAttributes: keyValues(c.Identifying), NonIdentifyingAttributes: keyValues(c.NonIdentifying)})
+		d := &protobufs.AgentDescription{
+			IdentifyingAttributes: keyValues(c.Identifying), NonIdentifyingAttributes: keyValues(c.NonIdentifying)}
+		a.mu.Lock()
+		a.description = d
+		a.mu.Unlock()
+		return true, a.current().SetAgentDescription(d)
 	default:
 		return true, fmt.Errorf("unknown command %q", c.Cmd)
 	}
@@ -284,6 +388,9 @@ func main() {
 	verbose := flag.Bool("verbose", false, "also print the client's debug log")
 	failContaining := flag.String("fail-containing", "", "report FAILED for an offered config whose body contains this text (and apply others)")
 	acceptRestart := flag.Bool("accept-restart", false, "declare AcceptsRestartCommand (a received command is printed, nothing restarts)")
+	var of opampSettingsFlags
+	flag.StringVar(&of.mode, "opamp-settings", "", "declare AcceptsOpAMPConnectionSettings: apply (keep the connection) | reconnect (as opampsupervisor: a new client with what the offer carries)")
+	flag.BoolVar(&of.reportStatus, "report-settings-status", false, "declare ReportsConnectionSettingsStatus (opamp-go reports APPLYING, then APPLIED or FAILED)")
 	flag.Var(identifying, "attr", "identifying attribute key=value (repeatable)")
 	flag.Var(nonIdentifying, "non-identifying", "non-identifying attribute key=value (repeatable)")
 	flag.Var(headers, "header", "HTTP header key=value sent with every request (repeatable)")
@@ -295,7 +402,7 @@ func main() {
 
 	out := jsonl.New(os.Stdout)
 	if err := run(out, *serverURL, *uidHex, *serviceName, *heartbeat, *applyMode, *initialConfig,
-		*unhealthy, *components, *verbose, *acceptRestart, *failContaining, identifying, nonIdentifying, headers, tf); err != nil {
+		*unhealthy, *components, *verbose, *acceptRestart, *failContaining, identifying, nonIdentifying, headers, tf, of); err != nil {
 		out.Emit("fatal", map[string]any{"error": err.Error()})
 		os.Exit(1)
 	}
@@ -318,7 +425,7 @@ func parseComponents(spec string) (*protobufs.AvailableComponents, error) {
 
 func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat time.Duration, applyMode,
 	initialConfig string, unhealthy bool, components string, verbose, acceptRestart bool, failContaining string,
-	identifying, nonIdentifying, headers kvFlag, tf tlsFlags) error {
+	identifying, nonIdentifying, headers kvFlag, tf tlsFlags, of opampSettingsFlags) error {
 	u, err := url.Parse(serverURL)
 	if err != nil {
 		return fmt.Errorf("--url: %w", err)
@@ -326,14 +433,14 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 	if applyMode != "accept" && applyMode != "fail" && applyMode != "ignore" {
 		return fmt.Errorf("--apply must be accept, fail or ignore, not %q", applyMode)
 	}
+	if of.mode != "" && of.mode != "apply" && of.mode != "reconnect" {
+		return fmt.Errorf("--opamp-settings must be apply or reconnect, not %q", of.mode)
+	}
 	log := &jsonl.Logger{Out: out, Verbose: verbose}
-	var c client.OpAMPClient
 	transport := "websocket"
 	switch u.Scheme {
 	case "ws", "wss":
-		c = client.NewWebSocket(log)
 	case "http", "https":
-		c = client.NewHTTP(log)
 		transport = "http"
 	default:
 		return fmt.Errorf("--url scheme %q: want ws, wss, http or https", u.Scheme)
@@ -366,23 +473,13 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 		uid = types.InstanceUid(v7)
 	}
 
-	a := &agent{out: out, client: c, applyMode: applyMode, failContaining: failContaining,
-		effectiveConfig: map[string]*protobufs.AgentConfigFile{}}
+	a := &agent{out: out, applyMode: applyMode, failContaining: failContaining,
+		effectiveConfig: map[string]*protobufs.AgentConfigFile{}, opampSettings: of.mode}
 	if initialConfig != "" {
 		a.effectiveConfig[""] = &protobufs.AgentConfigFile{Body: []byte(initialConfig), ContentType: "text/yaml"}
 	}
 	identifying["service.name"] = serviceName
 	identifying["service.instance.id"] = uuid.UUID(uid).String()
-	if err := c.SetAgentDescription(&protobufs.AgentDescription{
-		IdentifyingAttributes: keyValues(identifying), NonIdentifyingAttributes: keyValues(nonIdentifying),
-	}); err != nil {
-		return err
-	}
-	// opamp-go refuses a capability whose state is not set yet, so health comes first.
-	if err := c.SetHealth(&protobufs.ComponentHealth{Healthy: !unhealthy,
-		StartTimeUnixNano: uint64(time.Now().UnixNano())}); err != nil {
-		return err
-	}
 	caps := protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus |
 		protobufs.AgentCapabilities_AgentCapabilities_AcceptsRemoteConfig |
 		protobufs.AgentCapabilities_AgentCapabilities_ReportsEffectiveConfig |
@@ -392,27 +489,66 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 	if acceptRestart {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsRestartCommand
 	}
+	if of.mode != "" {
+		caps |= protobufs.AgentCapabilities_AgentCapabilities_AcceptsOpAMPConnectionSettings
+	}
+	if of.reportStatus {
+		caps |= protobufs.AgentCapabilities_AgentCapabilities_ReportsConnectionSettingsStatus
+	}
+	var available *protobufs.AvailableComponents
 	if components != "" {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_ReportsAvailableComponents
-		ac, err := parseComponents(components)
-		if err != nil {
-			return err
-		}
-		if err := c.SetAvailableComponents(ac); err != nil {
+		if available, err = parseComponents(components); err != nil {
 			return err
 		}
 	}
-	if err := c.SetCapabilities(&caps); err != nil {
-		return err
+	a.description = &protobufs.AgentDescription{
+		IdentifyingAttributes: keyValues(identifying), NonIdentifyingAttributes: keyValues(nonIdentifying),
+	}
+	a.health = &protobufs.ComponentHealth{Healthy: !unhealthy, StartTimeUnixNano: uint64(time.Now().UnixNano())}
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	// A client for `settings`: at start, and again on a reconnect (--opamp-settings).
+	a.start = func(settings types.StartSettings) (client.OpAMPClient, error) {
+		var c client.OpAMPClient
+		if strings.HasPrefix(settings.OpAMPServerURL, "http") {
+			c = client.NewHTTP(log)
+		} else {
+			c = client.NewWebSocket(log)
+		}
+		a.mu.Lock()
+		description, health := a.description, a.health
+		a.mu.Unlock()
+		if err := c.SetAgentDescription(description); err != nil {
+			return nil, err
+		}
+		// opamp-go refuses a capability whose state is not set yet, so health comes first.
+		if err := c.SetHealth(health); err != nil {
+			return nil, err
+		}
+		if available != nil {
+			if err := c.SetAvailableComponents(available); err != nil {
+				return nil, err
+			}
+		}
+		if err := c.SetCapabilities(&caps); err != nil {
+			return nil, err
+		}
+		if hc, ok := c.(interface{ SetPollingInterval(time.Duration) }); ok {
+			hc.SetPollingInterval(*settings.HeartbeatInterval)
+		}
+		if err := c.Start(ctx, settings); err != nil {
+			return nil, fmt.Errorf("start: %w", err)
+		}
+		return c, nil
 	}
 
 	header := http.Header{}
 	for k, v := range headers {
 		header.Set(k, v)
 	}
-	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer cancel()
-	settings := types.StartSettings{
+	a.settings = types.StartSettings{
 		OpAMPServerURL:    serverURL,
 		Header:            header,
 		InstanceUid:       uid,
@@ -432,21 +568,16 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 				out.Emit("command", map[string]any{"type": cmd.Type.String()})
 				return nil
 			},
-			OnOpampConnectionSettings: func(_ context.Context, s *protobufs.OpAMPConnectionSettings) error {
-				out.Emit("opamp_connection_settings", map[string]any{
-					"destination_endpoint":       s.DestinationEndpoint,
-					"heartbeat_interval_seconds": s.HeartbeatIntervalSeconds,
-				})
-				return nil
-			},
+			OnOpampConnectionSettings: a.onOpampConnectionSettings,
 		},
 	}
-	if hc, ok := c.(interface{ SetPollingInterval(time.Duration) }); ok {
-		hc.SetPollingInterval(heartbeat)
+	c, err := a.start(a.settings)
+	if err != nil {
+		return err
 	}
-	if err := c.Start(ctx, settings); err != nil {
-		return fmt.Errorf("start: %w", err)
-	}
+	a.mu.Lock()
+	a.client = c
+	a.mu.Unlock()
 	out.Emit("started", map[string]any{"instance_uid": hex.EncodeToString(uid[:]), "transport": transport})
 
 	lines := make(chan string)
@@ -488,7 +619,7 @@ loop:
 	}
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stopCancel()
-	err = c.Stop(stopCtx)
+	err = a.current().Stop(stopCtx)
 	out.Emit("stopped", nil)
 	return err
 }
