@@ -21,6 +21,7 @@ from opamp_operator.k8s.settings import PeeringSettings
 from opamp_operator.k8s.webhook import WebhookOptions
 from opamp_operator.opamp.session import AgentLimits
 from opamp_operator.opamp.wire import protobuf_backend
+from opamp_operator.server import gc_policy
 from opamp_operator.server.api import ApiListen
 from opamp_operator.server.app import Limits, Listen
 from opamp_operator.server.tls import ClientAuth, TLSConfigError, TLSFiles
@@ -189,6 +190,13 @@ LIMIT_FLAGS: tuple[tuple[str, Limits | AgentLimits, str, str], ...] = (
         "max_components",
         "more available components are kept as their hash only (default %(default)s)",
     ),
+    (
+        "--max-kept-bytes",
+        _AGENT_LIMITS,
+        "max_kept_bytes",
+        "effective configs and component lists kept, all agents together; one that would "
+        f"take the total past it is kept as its hash only (default %(default)s, {_MIB})",
+    ),
 )
 
 
@@ -301,7 +309,9 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Every long-running mode runs on uvloop: its TLS transport keeps a connected agent
-    at a fraction of the stdlib's per-connection buffers (docs/benchmarks.md)."""
+    at a fraction of the stdlib's per-connection buffers (docs/benchmarks.md); and with
+    the garbage collector set for many long-lived connections (server/gc_policy.py)."""
+    gc_policy.settle()
     uvloop.run(main)
 
 
