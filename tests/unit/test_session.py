@@ -486,6 +486,44 @@ def test_components_over_their_cap_are_kept_as_the_hash_and_not_asked_for_again(
     assert core.receive(again, now=1.0).events == []
 
 
+def _reporting(uid: bytes, body: bytes, seq: int = 0) -> pb.AgentToServer:
+    msg = first(uid=uid, seq=seq)
+    msg.effective_config.config_map.config_map[""].body = body
+    msg.available_components.hash = b"h"
+    msg.available_components.components["receivers"].sub_component_map["otlp"].SetInParent()
+    return msg
+
+
+def test_what_all_agents_keep_together_is_bounded_and_given_back_when_forgotten() -> None:
+    core = limited(max_kept_bytes=5000)
+    core.receive(_reporting(UID, b"a" * 3000), now=0.0)
+    kept = core.agents[UID].config_bytes + core.agents[UID].components_bytes
+    assert core.kept_bytes == kept > 3000
+    # A second agent's config would take the total past it: its hash only.
+    reply = core.receive(_reporting(OTHER, b"b" * 3000), now=0.0)
+    assert reply.trimmed == ["effective_config"]
+    other = core.agents[OTHER]
+    assert other.effective_config == pb.EffectiveConfig()
+    assert other.effective_config_hash == files_hash({"": ConfigFile(b"b" * 3000, "")})
+    assert other.available_components is not None  # small: it fits
+    assert core.kept_bytes == kept + other.components_bytes <= 5000
+    # The first one replacing its own config is judged by the difference only.
+    core.receive(_reporting(UID, b"c" * 3100, seq=1), now=1.0)
+    assert core.agents[UID].trimmed == frozenset()
+    # Forgotten: its bytes are free, and the next report of the other agent is kept.
+    bye = pb.AgentToServer(instance_uid=UID, sequence_num=2)
+    bye.agent_disconnect.SetInParent()
+    core.receive(bye, now=1.0)
+    later = 1.0 + core.settings.forget_after_seconds + 1
+    core.receive(beat(uid=OTHER, seq=1), now=later)
+    core.tick(now=later)
+    assert UID not in core.agents
+    assert core.kept_bytes == other.components_bytes
+    core.receive(_reporting(OTHER, b"d" * 3000, seq=2), now=later)
+    assert other.trimmed == frozenset()
+    assert core.kept_bytes == other.config_bytes + other.components_bytes
+
+
 def test_an_agent_that_never_describes_itself_is_forgotten_within_seconds() -> None:
     core = limited(forget_undescribed_after_seconds=15)
     core.receive(beat(uid=OTHER, seq=0), now=0.0)  # a bare poll with a fresh uid

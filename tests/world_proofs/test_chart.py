@@ -1029,6 +1029,7 @@ def test_the_limits_values_reach_the_operator_as_given(render: Render) -> None:
         "maxAgentDescriptionBytes": 131072,
         "maxEffectiveConfigBytes": 4194304,
         "maxAgentComponents": 5000,
+        "maxKeptBytes": 268435456,
     }
     rendered = render(*(f"opamp.limits.{k}={v}" for k, v in sets.items()))
     options = run_options(build_parser().parse_args(rendered.args()))

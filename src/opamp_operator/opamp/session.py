@@ -130,6 +130,10 @@ class AgentLimits:
     judged by hash; the read API shows no body), so the agent stays managed."""
     max_components: int = 1_000
     """AvailableComponents entries, sub-components included; more are kept as the hash."""
+    max_kept_bytes: int = 128 * MiB
+    """Effective configs and component lists kept, all agents together (serialized
+    bytes): one that would take the total past it is kept as its hash only, as one over
+    its own cap is. Without it, 10,000 agents at the 1 MiB cap are 10 GiB."""
 
     def __post_init__(self) -> None:
         at_least_one(
@@ -246,6 +250,10 @@ class AgentRecord(HasAgentState):
     check_at: float | None = None
     # Sub-messages kept as their hash only: they were over AgentLimits.
     trimmed: frozenset[str] = frozenset()
+    # Serialized bytes of the effective_config and available_components kept, counted
+    # against AgentLimits.max_kept_bytes.
+    config_bytes: int = 0
+    components_bytes: int = 0
     # The DesiredConfigSource's own note of what it mapped this agent to and from what,
     # so a heartbeat costs no re-mapping (opaque to the core).
     mapping_memo: object = field(default=None, compare=False, repr=False)
@@ -432,6 +440,7 @@ class ServerCore:
         # one scan per tick at most, so a flood at the cap costs no scan per message.
         self._evictable: deque[bytes] = deque()
         self._evictable_fresh = False
+        self._kept_bytes = 0
         # (when, tie-breaker, uid): each agent's next check by tick(); see _check_by.
         self._due: list[tuple[float, int, bytes]] = []
         self._due_seq = 0
@@ -712,8 +721,12 @@ class ServerCore:
         return agent.last_seen
 
     def _forget(self, agent: AgentRecord) -> Event:
-        del self._agents[agent.instance_uid]
+        self._drop(agent)
         return Event(EventKind.FORGOTTEN, agent.instance_uid)
+
+    def _drop(self, agent: AgentRecord) -> None:
+        del self._agents[agent.instance_uid]
+        self._kept_bytes -= agent.config_bytes + agent.components_bytes
 
     def _find_evictable(self) -> None:
         """The records to forget, best first, when a new agent arrives at max_agents:
@@ -770,7 +783,7 @@ class ServerCore:
                 continue
             if agent.description is not None and agent.state is AgentState.CONNECTED:
                 continue  # described and back since it was found
-            del self._agents[uid]
+            self._drop(agent)
 
     def _held_elsewhere(self, agent: AgentRecord | None, conn: ConnId | None) -> bool:
         """Another live WebSocket connection already speaks for this uid."""
@@ -795,7 +808,7 @@ class ServerCore:
                 continue
             new = getattr(msg, name)
             attr = "description" if name == "agent_description" else name
-            kept = self._bounded(name, new)
+            kept = self._bounded(name, new, agent)
             stand_in = kept is not new
             if stand_in:
                 trimmed.append(name)
@@ -819,20 +832,42 @@ class ServerCore:
             agent.trimmed = agent.trimmed | {name} if stand_in else agent.trimmed - {name}
             if config_hash is not None:
                 agent.effective_config_hash = config_hash
+            if name == "effective_config":
+                self._keep(agent, "config_bytes", copy.ByteSize())
             if name == "available_components":
                 agent.components_digest = components_digest(copy)
+                self._keep(agent, "components_bytes", copy.ByteSize())
         return changed, trimmed
 
-    def _bounded(self, name: str, new: Message) -> Message:
-        """`new`, or the stand-in kept for it when it is over its cap: an empty
-        EffectiveConfig (its hash is computed from the real one) or an AvailableComponents
-        with its hash only."""
+    def _bounded(self, name: str, new: Message, agent: AgentRecord) -> Message:
+        """`new`, or the stand-in kept for it when it is over its cap or would take the
+        total kept past max_kept_bytes: an empty EffectiveConfig (its hash is computed
+        from the real one) or an AvailableComponents with its hash only."""
         limits = self.settings.limits
-        if name == "effective_config" and new.ByteSize() > limits.max_effective_config_bytes:
-            return pb.EffectiveConfig()
-        if isinstance(new, pb.AvailableComponents) and component_count(new) > limits.max_components:
+        if name == "effective_config":
+            size = new.ByteSize()
+            if size > limits.max_effective_config_bytes or not self._room_for(
+                size - agent.config_bytes
+            ):
+                return pb.EffectiveConfig()
+        if isinstance(new, pb.AvailableComponents) and (
+            component_count(new) > limits.max_components
+            or not self._room_for(new.ByteSize() - agent.components_bytes)
+        ):
             return pb.AvailableComponents(hash=new.hash)
         return new
+
+    @property
+    def kept_bytes(self) -> int:
+        """Effective configs and component lists kept, all agents (max_kept_bytes)."""
+        return self._kept_bytes
+
+    def _room_for(self, more: int) -> bool:
+        return self._kept_bytes + more <= self.settings.limits.max_kept_bytes
+
+    def _keep(self, agent: AgentRecord, attr: str, size: int) -> None:
+        self._kept_bytes += size - getattr(agent, attr)
+        setattr(agent, attr, size)
 
     def _add_offers(self, agent: AgentRecord, msg: pb.ServerToAgent) -> bool:
         """Put the remote config and heartbeat offers this agent still needs into `msg`."""

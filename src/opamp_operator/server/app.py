@@ -586,6 +586,7 @@ class OpAMPServer:
         for state, n in counts.items():
             self.metrics.agents.labels(state.value).set(n)
         self.metrics.connections.set(len(self._sockets))
+        self.metrics.kept_bytes.set(self.core.kept_bytes)
         self.metrics.in_flight_bytes.set(self.budget.used)
         self.metrics.http_in_flight.set(self._http_in_flight)
 

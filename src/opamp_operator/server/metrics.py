@@ -55,6 +55,12 @@ class ServerMetrics:
             "HTTP requests being handled, counted against --max-http-in-flight.",
             registry=self.registry,
         )
+        self.kept_bytes = Gauge(
+            "opamp_kept_bytes",
+            "Effective configs and component lists kept, all agents, against "
+            "--max-kept-bytes (serialized bytes).",
+            registry=self.registry,
+        )
         self.token_reviews = Counter(
             "opamp_agent_token_reviews_total",
             "TokenReviews of agents' ServiceAccount tokens, by result (answers are kept "
