@@ -128,18 +128,23 @@ class FleetAPI:
             "attributes": dict(agent.attributes),
         }
 
-    async def _agents(self, record: FleetRecord) -> list[dict[str, Any]]:
+    async def _agents(self, record: FleetRecord, uid: str | None = None) -> list[dict[str, Any]]:
+        """The fleet's agents as JSON, or only the one whose uid (any case, dashes or
+        not) is `uid`: one agent's answer judges no other's drift."""
         assignment = self.state.refresh()
         mapping = assignment.mapping_for(record.key)
         pod_of = mapping.pod_of
+        agents = mapping.agents
+        if uid is not None:
+            agents = {k: a for k, a in agents.items() if k.replace("-", "").lower() == uid}
         jobs = {}
-        for uid, agent in mapping.agents.items():
-            text, expected_hash, _ = self.state.expected(record, uid)
-            jobs[uid] = (agent, text or "", expected_hash)
+        for key, agent in agents.items():
+            text, expected_hash, _ = self.state.expected(record, key)
+            jobs[key] = (agent, text or "", expected_hash)
         verdicts = await self.state.judge(jobs)
         return [
-            self._agent_json(record, a, pod_of.get(uid), verdicts[uid])
-            for uid, a in sorted(mapping.agents.items())
+            self._agent_json(record, a, pod_of.get(key), verdicts[key])
+            for key, a in sorted(agents.items())
         ]
 
     async def list_agents(self, request: web.Request) -> web.Response:
@@ -153,7 +158,7 @@ class FleetAPI:
     async def get_agent(self, request: web.Request) -> web.Response:
         record = await self._fleet(request)
         wanted = request.match_info["uid"].replace("-", "").lower()
-        for agent in await self._agents(record):
+        for agent in await self._agents(record, wanted):
             if agent["instanceUid"].replace("-", "").lower() == wanted:
                 effective = self.state.views[agent["instanceUid"]].effective_config
                 desired = record.config_text or ""
