@@ -108,11 +108,11 @@ def at_least_one(settings: object, *names: str) -> None:
 @dataclass(frozen=True)
 class AgentLimits:
     """What one agent may make the server keep, and how many agents it keeps; each
-    default is owned here. Sized for the chart's 512 Mi: a Collector in Kubernetes
+    default is owned here. Sized for the chart's 1536 Mi: a Collector in Kubernetes
     describes itself in 20-40 attributes and a few KiB, reports a config of tens of KiB
     and a few hundred components."""
 
-    max_agents: int = 10_000
+    max_agents: int = 20_000
     """Agent records kept. At the cap the oldest record no open WebSocket holds is
     forgotten first (never-described ones before the others); with none to forget, a
     new uid is answered UNAVAILABLE with retry_info. Twice the WebSocket limit, so a

@@ -66,14 +66,14 @@ class Listen:
 class Limits:
     """What one server process accepts, and for how long it waits, before it refuses a
     message or sheds load; each default is owned here (per-agent caps: AgentLimits).
-    Sized for the chart's 512 Mi memory limit: an idle server is ~80 MiB, a TLS agent
-    ~51 KiB, a 16 MiB message ~80 MiB while it is decoded and kept (docs/benchmarks.md,
+    Sized for the chart's 1536 Mi memory limit: an idle server is ~80 MiB, a TLS agent
+    ~57 KiB, a 16 MiB message ~80 MiB while it is decoded and kept (docs/benchmarks.md,
     docs/opamp-server.md)."""
 
     max_message_bytes: int = 16 * MiB
     """Largest message either way, after decompression. The spec recommends 64 MiB, but
-    one 16 MiB effective config raised RSS by ~80 MiB, so two 64 MiB messages would end
-    a 512 Mi pod; a Collector config is rarely above a few hundred KiB."""
+    one 16 MiB effective config raised RSS by ~80 MiB, so a few 64 MiB messages would
+    end a pod; a Collector config is rarely above a few hundred KiB."""
     max_in_flight_bytes: int = 64 * MiB
     """Bytes of messages being received or handled at once, over both transports: HTTP
     bodies are admitted by Content-Length before they are read (or charged as they
@@ -81,9 +81,10 @@ class Limits:
     UNCHARGED_BYTES of each body, and of what a WebSocket has sent and is not yet
     handled, are not charged, so heartbeats and status reports never wait for large
     messages. Past it: 503 + Retry-After, or WebSocket 1013."""
-    max_websockets: int = 5_000
-    """Open WebSockets; past it, new ones get 503 + Retry-After. 5,000 TLS agents hold
-    ~250 MiB; raise it with the memory limit (~60 KiB per TLS agent)."""
+    max_websockets: int = 10_000
+    """Open WebSockets; past it, new ones get 503 + Retry-After. 10,000 TLS agents hold
+    ~560 MiB (a reconnect storm of them peaked at 697 MiB); raise it with the memory
+    limit (~60 KiB per TLS agent)."""
     max_http_in_flight: int = 1_000
     """HTTP requests being handled at once, counted once their body has been read (a
     slow sender holds no slot); past it, 503 + Retry-After."""
