@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from opamp_operator.fleet.drift import (
     MAX_REASONS,
+    MAX_SHOWN_VALUES,
     REDACTED,
     SECRET_KEYS,
     Difference,
@@ -1304,3 +1305,20 @@ def test_no_secret_literal_is_ever_shown(
         assert token not in shown
     desired_shown = masked_config_text(desired_text)
     assert not any(token in desired_shown for token in keyed)
+
+
+def test_the_read_api_renders_no_config_past_its_value_cap_aliases_counted() -> None:
+    """A config whose aliases expand past MAX_SHOWN_VALUES is not rendered nor diffed (it
+    held a worker thread, and through the GIL the loop, for seconds); one under is."""
+    per = 50
+    rows = "\n".join(f"  k{i}: v{i}" for i in range(per))
+    uses = MAX_SHOWN_VALUES // (2 * per) + 1  # each use: `per` keys and `per` values
+    text = f"base: &b\n{rows}\n" + "\n".join(f"use{i}: *b" for i in range(uses)) + "\n"
+    assert len(text) < 20_000  # small text, large expansion
+    shown = masked_config_text(text)
+    assert shown.startswith("# not shown:") and "20,000 values" in shown
+    diff = unified_diff("receivers: {}\n", text)
+    assert diff.startswith("no diff:") and "the effective config has more than" in diff
+    fewer = f"base: &b\n{rows}\n" + "\n".join(f"use{i}: *b" for i in range(uses // 2)) + "\n"
+    assert "use0:" in masked_config_text(fewer)
+    assert unified_diff("receivers: {}\n", fewer).startswith("---")

@@ -61,6 +61,11 @@ from opamp_operator.fleet.views import AgentView
 MAX_REASONS = 20  # differing paths kept for a status message
 SHOWN_REASONS = 5  # of those, named in a verdict's one-line reason
 MAX_DIFF_CHARS = 64_000  # a unified diff for the read API stops here
+MAX_SHOWN_VALUES = 20_000
+"""Values (mappings, lists, scalars; an alias counted each time it is used) of a config
+the read API renders as text or diffs. Collector configs have a few hundred to a few
+thousand; rendering one at MAX_NODES took 5-25 s of a worker thread holding the GIL,
+which the event loop felt (benchmarks/loop_lag.py)."""
 REDACTED = "[REDACTED]"  # how the Collector marshals a configopaque.String
 EXTENSIONS_PATH = "service.extensions"
 
@@ -572,13 +577,39 @@ def masked_config_text(text: str) -> str:
     every scalar at SECRET_KEYS replaced by REDACTED; for text that is not valid YAML, one
     comment line saying so instead of the text.
 
-    Cost: a bounded parse (see compare), then PyYAML's pure-Python dumper over every node
-    of the expansion, which dominates: ~5-8 s for a text at MAX_NODES on a 2-core machine;
-    the output is as large (an alias is written out where the text repeats it)."""
+    Cost: a bounded parse (see compare), then PyYAML's pure-Python dumper over every
+    value of the expansion (an alias is written out where the text repeats it), for at
+    most MAX_SHOWN_VALUES of them: a larger config is not rendered."""
     data, error = _parse(text)
     if error is not None:
         return f"# not shown: {_unreadable('the config', error)}\n"
+    if _more_values_than(data, MAX_SHOWN_VALUES):
+        return f"# not shown: {_too_many('the config')}\n"
     return _dump(_mask(data, None, None, None, desired=False))
+
+
+def _too_many(what: str) -> str:
+    return (
+        f"{what} has more than {MAX_SHOWN_VALUES:,} values with its aliases written out, "
+        "more than the read API renders (its drift is still judged)"
+    )
+
+
+def _more_values_than(data: object, limit: int) -> bool:
+    """Whether `data` has more than `limit` values, an alias counted at each use; stops
+    counting there."""
+    pending, seen = [data], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def unified_diff(
@@ -592,16 +623,20 @@ def unified_diff(
     `max_chars`; "" when they are the same; one line saying why when either side is not
     valid YAML.
 
-    Cost: two masked_config_text dumps and difflib over their lines (quadratic in the
-    lines that differ, at worst): ~8-18 s with an effective config at MAX_NODES on a
-    2-core machine (benchmarks/drift_worst.py cases, measured by hand). The read API
-    alone calls this, per request; nothing caches it."""
+    Cost: two bounded parses, two masked dumps of at most MAX_SHOWN_VALUES values each
+    (a larger side is not diffed) and difflib over their lines (quadratic in the lines
+    that differ, at worst). The read API alone calls this, per request, off the loop."""
     desired, desired_error = _parse(desired_yaml)
     effective, effective_error = _parse(effective_yaml)
     errors = [
         _unreadable(f"the {side} config", error)
         for side, error in (("desired", desired_error), ("effective", effective_error))
         if error is not None
+    ]
+    errors += [
+        _too_many(f"the {side} config")
+        for side, data in (("desired", desired), ("effective", effective))
+        if _more_values_than(data, MAX_SHOWN_VALUES)
     ]
     if errors:
         return f"no diff: {'; '.join(errors)}\n"

@@ -29,7 +29,7 @@ from opamp_operator.k8s.state import OperatorState
 from opamp_operator.k8s.webhook import WebhookOptions, webhook_server
 from opamp_operator.opamp.session import CoreSettings, ServerCore
 from opamp_operator.server import listeners
-from opamp_operator.server.api import ApiListen
+from opamp_operator.server.api import ApiListen, shown_off_loop
 from opamp_operator.server.app import Limits, Listen, OpAMPServer
 from opamp_operator.server.listeners import Listeners
 
@@ -112,7 +112,11 @@ async def serve_opamp(
     # Every agent of every fleet: for whoever may list fleets cluster-wide. Not a
     # nonResourceURL under /api: the default system:discovery role grants /api/* to
     # every authenticated user.
-    api = server.api(KubernetesGuard(options.access), masked_config_text, fleet_access("list"))
+    api = server.api(
+        KubernetesGuard(options.access),
+        shown_off_loop(masked_config_text, state.judges),
+        fleet_access("list"),
+    )
     api_app = api.app()
     FleetAPI(state, api.context).add_routes(api_app)
     watch: PeeringWatch | None = None

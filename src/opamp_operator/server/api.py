@@ -13,11 +13,13 @@ is answered 403, so a route added without an authorization check leaks nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -246,11 +248,12 @@ class ApiServer:
         metrics: Callable[[], bytes],
         ready: Callable[[], str | None],
         guard: Guard,
-        show_config: Callable[[str], str],
+        show_config: ShowConfig,
         all_agents: Access,
     ) -> None:
         """`show_config` turns an effective config into what may be shown: secrets
-        masked (fleet.drift.masked_config_text); this layer does not parse configs.
+        masked (fleet.drift.masked_config_text, off the loop: shown_off_loop); this
+        layer does not parse configs.
         `all_agents` is the permission the raw agent routes need: they show every agent
         of every fleet, mapped or not."""
         self._agents = agents
@@ -299,11 +302,24 @@ class ApiServer:
                 out = agent_json(agent, self._desired(agent))
                 if agent.effective_config is not None:
                     out["effective_config"] = {
-                        name: self._show_config(f.body.decode(errors="replace"))
+                        name: await self._show_config(f.body.decode(errors="replace"))
                         for name, f in files_of(agent.effective_config.config_map).items()
                     }
                 return web.json_response(out)
         raise web.HTTPNotFound(text=f"no agent with instance_uid {request.match_info['uid']}")
+
+
+ShowConfig = Callable[[str], Awaitable[str]]
+
+
+def shown_off_loop(show: Callable[[str], str], pool: Executor) -> ShowConfig:
+    """`show` run on `pool`'s threads: rendering an agent's config parses it (a second
+    or more at the parser's caps), which must not hold the loop that answers agents."""
+
+    async def run(text: str) -> str:
+        return await asyncio.get_running_loop().run_in_executor(pool, show, text)
+
+    return run
 
 
 def _iso(epoch_seconds: float) -> str:

@@ -39,7 +39,7 @@ from opamp_operator.opamp.session import (
     error_reply,
     message_kind,
 )
-from opamp_operator.server.api import Access, ApiServer, Guard, Unauthenticated
+from opamp_operator.server.api import Access, ApiServer, Guard, ShowConfig, Unauthenticated
 from opamp_operator.server.looplag import LagWatch
 from opamp_operator.server.metrics import ServerMetrics
 from opamp_operator.server.tls import ClientCertificate, TLSFiles, client_certificate
@@ -940,7 +940,7 @@ class OpAMPServer:
         self._update_gauges()
         return generate_latest(self.metrics.registry)
 
-    def api(self, guard: Guard, show_config: Callable[[str], str], all_agents: Access) -> ApiServer:
+    def api(self, guard: Guard, show_config: ShowConfig, all_agents: Access) -> ApiServer:
         return ApiServer(
             agents=lambda: self.core.agents,
             desired=self.core.desired.config_for,

@@ -6,13 +6,21 @@ import asyncio
 import logging
 import signal
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from opamp_operator.fleet.drift import masked_config_text
 from opamp_operator.opamp.session import CoreSettings, ServerCore
 from opamp_operator.server import listeners
-from opamp_operator.server.api import ApiListen, Guard, LoopbackGuard, PathAccess, TokenGuard
+from opamp_operator.server.api import (
+    ApiListen,
+    Guard,
+    LoopbackGuard,
+    PathAccess,
+    TokenGuard,
+    shown_off_loop,
+)
 from opamp_operator.server.app import Limits, Listen, OpAMPServer
 from opamp_operator.standalone.fleets import FileFleets
 
@@ -80,7 +88,12 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     sites = await listeners.start(
         server,
         options.listen,
-        server.api(guard, masked_config_text, PathAccess("/api/v1/agents")).app(),
+        server.api(
+            guard,
+            # One thread: a reader waits for its turn, the loop never does.
+            shown_off_loop(masked_config_text, ThreadPoolExecutor(1, thread_name_prefix="show")),
+            PathAccess("/api/v1/agents"),
+        ).app(),
         options.api,
         Path(scratch.name),
         self_sign_api=not options.api.loopback,
