@@ -58,7 +58,7 @@ from typing import IO, Any, TypeVar
 import aiohttp
 import kopf
 import yaml
-from procstat import free_port, proc_stats
+from procstat import Sampler, free_port, peak_rss
 from server_scale import CONFIG_A
 
 from opamp_operator import __version__
@@ -470,64 +470,8 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-@dataclass
-class Sample:
-    at: float
-    rss: int
-    cpu: float
-
-
-class Sampler:
-    """RSS and CPU of some processes, once a second, on a thread."""
-
-    def __init__(self, pids: dict[str, int], interval: float = 1.0) -> None:
-        self.pids = pids
-        self.interval = interval
-        self.samples: dict[str, list[Sample]] = {name: [] for name in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def take(self) -> None:
-        now = time.time()
-        for name, pid in self.pids.items():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                rss, cpu = proc_stats(pid)
-                self.samples[name].append(Sample(now, rss, cpu))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.take()
-
-    def window(self, name: str, start: float, end: float) -> dict[str, float]:
-        """CPU (% of one core) between the samples nearest to start and end; peak and
-        last RSS (MiB) inside."""
-        samples = self.samples[name]
-        before = [s for s in samples if s.at <= start] or samples[:1]
-        inside = [s for s in samples if start <= s.at <= end] or samples[-1:]
-        after = [s for s in samples if s.at >= end] or samples[-1:]
-        first, last = before[-1], after[0]
-        wall = max(last.at - first.at, 1e-9)
-        return {
-            "cpu_s": round(last.cpu - first.cpu, 2),
-            "cpu_pct": round((last.cpu - first.cpu) / wall * 100, 1),
-            "rss_peak_mib": round(max(s.rss for s in inside) / 2**20, 1),
-            "rss_mib": round(inside[-1].rss / 2**20, 1),
-        }
-
-
 def vm_hwm_mib(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return None
+    return round(peak_rss(pid) / 2**20, 1) or None
 
 
 @dataclass
@@ -614,7 +558,11 @@ class SimulatorProcess:
 
 
 def start_operator(
-    kubeconfig: Path, log_dir: Path, port: int, status_interval: float
+    kubeconfig: Path,
+    log_dir: Path,
+    port: int,
+    status_interval: float,
+    extra_args: Iterable[str] = (),
 ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
     record, proc = spawn(
         "operator",
@@ -631,6 +579,7 @@ def start_operator(
             # records, sized for 512 Mi): this machine has the memory.
             "--max-websockets=50000",
             "--max-agents=100000",
+            *extra_args,
         ],
         log_dir,
         env={"KUBECONFIG": str(kubeconfig)},

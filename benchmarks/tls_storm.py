@@ -49,8 +49,6 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -68,7 +66,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from procstat import free_port, proc_stats
+from procstat import free_port, listen_counters, peak_rss, proc_stats, stop_process, wait_port
 
 from opamp_operator.opamp import wire
 from opamp_operator.opamp.attributes import from_dict
@@ -275,36 +273,6 @@ def run_client(args: argparse.Namespace) -> None:
 # ---- the server under test ------------------------------------------------------------
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-def listen_counters() -> tuple[int, int]:
-    """Host-wide TcpExt ListenOverflows and TCPSynRetrans (/proc/net/netstat)."""
-    lines = Path("/proc/net/netstat").read_text().splitlines()
-    for head, values in zip(lines[::2], lines[1::2], strict=False):
-        if head.startswith("TcpExt:"):
-            row = dict(zip(head.split()[1:], map(int, values.split()[1:]), strict=True))
-            return row.get("ListenOverflows", 0), row.get("TCPSynRetrans", 0)
-    return 0, 0
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM: the process's peak resident set, bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def start_server(
     config: str, workdir: Path, agents: int, pki: Pki, backlog: int | None
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -339,19 +307,8 @@ def start_server(
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     # the API listener starts after the agents' one: once it answers, both listen (a
     # probe of the agents' port would be a failed TLS handshake in the server's log)
-    _wait_port(api_port, proc)
+    wait_port(api_port, proc)
     return proc, port, log
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -460,7 +417,7 @@ def measure(config: str, round_: int, args: argparse.Namespace, pki: Pki) -> Res
                 if c.poll() is None:
                     c.kill()
                     c.wait()
-            stop(server)
+            stop_process(server)
     latencies = [x for r in reports for x in r["latencies"]]
     failures = sum(r["failures"] for r in reports)
     gave_up = sum(r["gave_up"] for r in reports)

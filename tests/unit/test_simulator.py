@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import ssl
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -15,6 +17,8 @@ from hypothesis import strategies as st
 from opamp_operator.cli import build_parser
 from opamp_operator.opamp import wire
 from opamp_operator.opamp.proto import opamp_pb2 as pb
+from opamp_operator.server.tls import self_signed
+from opamp_operator.simulator import Simulation
 from opamp_operator.simulator.command import settings_from_args
 from opamp_operator.simulator.protocol import (
     APPLIED,
@@ -543,6 +547,8 @@ def test_cli_arguments_become_settings() -> None:
             "50",
             "--stop-when",
             "settled",
+            "--ca-file",
+            "/etc/opamp/ca.crt",
         ]
     )
     assert isinstance(args, argparse.Namespace)
@@ -553,6 +559,24 @@ def test_cli_arguments_become_settings() -> None:
     assert options.fail_text == b"BROKEN"
     assert (options.pod_prefix, options.namespace, options.heartbeat) == ("web", "shop", 2.0)
     assert (settings.duration, settings.connect_rate, settings.stop_when) == (9.0, 50.0, "settled")
+    assert settings.ca_file == "/etc/opamp/ca.crt"
+
+
+def test_every_tls_agent_shares_one_context_trusting_the_ca_file(tmp_path: Path) -> None:
+    _, _, ca_pem = self_signed(tmp_path, ["127.0.0.1"], "simulator test")
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(ca_pem)
+    for settings in (
+        SimulationSettings(endpoint="wss://127.0.0.1:1/v1/opamp", agents=2, ca_file=str(ca)),
+        SimulationSettings(endpoint="https://h/", agents=2, transport="http", ca_file=str(ca)),
+    ):
+        context = settings.ssl_context()
+        assert context is not None
+        assert context.cert_store_stats()["x509_ca"] == 1, "the CA file, not the system's"
+        assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    sim = Simulation(SimulationSettings(endpoint="wss://127.0.0.1:1/v1/opamp", agents=2))
+    assert sim.fleet.ssl_context is not None, "one context for all agents, system CAs"
+    assert SimulationSettings(endpoint="ws://h/v1/opamp", agents=1).ssl_context() is None
 
 
 def test_stats_time_a_config_until_every_agent_applied_it() -> None:
@@ -593,6 +617,28 @@ def test_stats_time_a_config_until_every_agent_applied_it() -> None:
     assert data["all_connected_s"] == 0.2
     assert data["ack_latency_s"]["p50"] == 0.05
     assert "connected 3/3" in stats.progress_line(6.0)
+
+
+def test_stats_keep_when_each_agent_was_last_answered_and_last_throttled() -> None:
+    """What a reconnect storm is timed by: per agent, the answer on its latest connection
+    (a second answer on one connection changes nothing), and the server's last refusal."""
+    stats = SimulationStats(2)
+    assert stats.acked_at == [None, None]
+    stats.agent_connected(0, 0.5)
+    stats.full_state_acked(0, 1.0, 1.0)
+    stats.full_state_acked(0, 1.5, None)
+    assert stats.acked_at == [1.0, None]
+    stats.agent_disconnected(0, 2.0)
+    assert stats.acked_at[0] == 1.0, "kept until the agent is answered again"
+    stats.agent_throttled(0, 2.5)
+    stats.agent_throttled(1, 2.6)
+    stats.agent_throttled(0, 40.0)
+    stats.agent_connected(0, 41.0)
+    stats.full_state_acked(0, 41.2, None)
+    assert stats.acked_at == [41.2, None]
+    assert stats.throttled_at == [40.0, 2.6]
+    assert stats.throttled == 3
+    assert stats.summary(50.0, "test").throttled == 3
 
 
 def test_errors_are_counted_and_only_the_first_few_logged(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,8 @@ class Fleet:
     clock: Callable[[], float]
     rng: random.Random
     session: aiohttp.ClientSession | None = None
+    ssl_context: ssl.SSLContext | None = None
+    """Shared by every TLS connection; None over plaintext."""
 
 
 class ResponseTooLargeError(Exception):
@@ -133,7 +136,7 @@ class SimulatedAgent:
             elif isinstance(event, ProtocolError):
                 stats.error("bad message from server", f"{self.core.pod_name}: {event.message}")
         if reaction.throttled:
-            stats.throttled += 1
+            stats.agent_throttled(self.index, now)
 
     # WebSocket
 
@@ -156,6 +159,7 @@ class SimulatedAgent:
         try:
             ws = await connect(
                 settings.url,
+                ssl=self.fleet.ssl_context,
                 compression=None,
                 ping_interval=None,
                 proxy=None,
@@ -169,7 +173,7 @@ class SimulatedAgent:
             status = exc.response.status_code
             if status in (429, 503):
                 # an overloaded server may refuse the upgrade and say when to come back
-                self.fleet.stats.throttled += 1
+                self.fleet.stats.agent_throttled(self.index, self.fleet.clock())
                 retry = parse_retry_after(exc.response.headers.get("Retry-After"))
                 return False, Reaction(throttled=True, retry_after=retry)
             self.fleet.stats.connect_failed(f"HTTP {status}", f"{settings.url}: {exc}")
@@ -233,6 +237,7 @@ class SimulatedAgent:
             data = wire.encode_ws(self.core.next_message(now))
             await ws.send(data)
             self.fleet.stats.sent(len(data), heartbeat=heartbeat)
+            self.fleet.stats.awaiting_reply(self.index, now)
 
     async def _ws_receive(self, ws: ClientConnection) -> Reaction | None:
         """Wait until a frame arrives or tick() is due; the reaction only if it throttled."""
@@ -243,6 +248,7 @@ class SimulatedAgent:
         except TimeoutError:
             return None
         stats.received(len(frame))
+        stats.replied(self.index, fleet.clock())
         if isinstance(frame, str):
             stats.error("bad message from server", f"{core.pod_name}: text frame, not binary")
             return None
@@ -308,13 +314,14 @@ class SimulatedAgent:
         msg = core.next_message(fleet.clock())
         body = wire.encode_http(msg)
         stats.sent(len(body), heartbeat=heartbeat)
+        stats.awaiting_reply(self.index, fleet.clock())
         try:
             payload = await self._post(msg, body)
         except ResponseTooLargeError as exc:
             stats.error("response too large", f"{core.pod_name}: {exc}")
             return None
         except _ThrottledError as exc:
-            stats.throttled += 1
+            stats.agent_throttled(self.index, fleet.clock())
             return exc.retry_after
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             stats.connect_failed(type(exc).__name__, f"{fleet.settings.url}: {exc}")
@@ -323,6 +330,7 @@ class SimulatedAgent:
             self._online = True
             stats.agent_connected(self.index, fleet.clock())
         stats.received(len(payload))
+        stats.replied(self.index, fleet.clock())
         reaction = core.receive(payload, websocket=False, now=fleet.clock())
         self._record(reaction)
         if reaction.throttled:

@@ -123,6 +123,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="largest ServerToAgent accepted",
     )
     p.add_argument("--seed", type=int, default=None, help="seed for backoff jitter")
+    p.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        default=None,
+        help="CA certificates to verify a wss:// or https:// server by (default: the system's)",
+    )
     p.set_defaults(func=main)
 
 
@@ -149,6 +155,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
         report_applying=args.report_applying,
         max_message_bytes=args.max_message_bytes,
         seed=args.seed,
+        ca_file=args.ca_file,
     )
 
 

@@ -66,6 +66,7 @@ class Simulation:
             stats=self.stats,
             clock=self.now,
             rng=random.Random(settings.seed),  # noqa: S311 - backoff jitter, not secrets
+            ssl_context=settings.ssl_context(),
         )
         self.agents = [SimulatedAgent(i, self.fleet) for i in range(settings.agents)]
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,7 +86,9 @@ class Simulation:
         if self.settings.transport == "http":
             self.fleet.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=0, keepalive_timeout=self.settings.heartbeat + 30
+                    limit=0,
+                    keepalive_timeout=self.settings.heartbeat + 30,
+                    ssl=self.fleet.ssl_context or True,
                 ),
                 timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
             )

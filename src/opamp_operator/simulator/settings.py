@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -40,6 +41,7 @@ class SimulationSettings:
     `heartbeat` is the interval agents use until a server offers another (0 disables
     WebSocket heartbeats); HTTP agents poll at it. `duration` None runs until stopped or
     until `stop_when` holds. `connect_rate` agents start per second (0: all at once).
+    `ca_file` (PEM) verifies a wss:// or https:// server instead of the system's CAs.
     """
 
     endpoint: str
@@ -64,6 +66,7 @@ class SimulationSettings:
     report_applying: bool = False
     max_message_bytes: int = Limits.max_message_bytes
     seed: int | None = None
+    ca_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.agents < 1:
@@ -97,6 +100,13 @@ class SimulationSettings:
     @property
     def url(self) -> str:
         return endpoint_for(self.endpoint, self.transport)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """One context for every agent of a wss:// or https:// simulation (a context per
+        connection would load the CAs again each time); None over plaintext."""
+        if urlsplit(self.url).scheme not in ("wss", "https"):
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def agent_options(self) -> AgentOptions:
         return AgentOptions(

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -60,7 +61,9 @@ class Summary:
     and `peak_rss_mib` include the shutdown. `connected` is the count at the stop;
     `all_connected_s` / `all_acked_s` are when every agent had first connected / first
     had its full state answered; `ack_latency_s` is, per agent, from its launch to that
-    answer; `recoveries_s` lists each outage (all connected → fewer → all again);
+    answer; `reply_latency_s` is, per answer, from the oldest message the agent had not
+    had answered to the ServerToAgent that answered it (SimulationStats.replied);
+    `recoveries_s` lists each outage (all connected → fewer → all again);
     `messages_sent` excludes the AgentDisconnect goodbyes.
     """
 
@@ -96,6 +99,7 @@ class Summary:
     peak_rss_mib: float | None = None
     shutdown_s: float | None = None
     """How long the clean shutdown (AgentDisconnect, close) of every agent took."""
+    reply_latency_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +119,25 @@ def percentiles(values: list[float]) -> dict[str, float]:
         return round(ordered[index], 3)
 
     return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": round(ordered[-1], 3)}
+
+
+def histogram_percentiles(counts_ms: Mapping[int, int]) -> dict[str, float]:
+    """`percentiles` of values counted by whole milliseconds (SimulationStats.reply_ms, or
+    a difference of two copies of it), in seconds; empty when nothing was counted."""
+    ordered = sorted((ms, n) for ms, n in counts_ms.items() if n > 0)
+    total = sum(n for _, n in ordered)
+    if not total:
+        return {}
+
+    def rank(p: float) -> float:
+        wanted, seen = max(1, math.ceil(p * total)), 0
+        for ms, n in ordered:
+            seen += n
+            if seen >= wanted:
+                return ms / 1000
+        return ordered[-1][0] / 1000
+
+    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": ordered[-1][0] / 1000}
 
 
 def _seconds(value: float | None) -> float | None:
@@ -141,6 +164,14 @@ class SimulationStats:
         self.all_connected_at: float | None = None
         self.all_acked_at: float | None = None
         self.ack_latencies: list[float] = []
+        self.acked_at: list[float | None] = [None] * agents
+        """Per agent: when its full state was answered on its latest connection."""
+        self.reply_ms: Counter[int] = Counter()
+        """Answers by how long they took, in whole milliseconds rounded up (see `replied`):
+        one entry per distinct millisecond, however long the run."""
+        self._awaiting_since: list[float | None] = [None] * agents
+        self.throttled_at: list[float | None] = [None] * agents
+        """Per agent: when a server last told it to wait (429/503, or UNAVAILABLE)."""
         self.reconnects = 0
         self.connect_failures = 0
         self.disconnects = 0
@@ -178,6 +209,7 @@ class SimulationStats:
                 self._outage_since = None
 
     def agent_disconnected(self, index: int, now: float) -> None:
+        self._awaiting_since[index] = None  # what it sent is lost, not answered late
         if not self._connected_now[index]:
             return
         if self.connected == self.agents and self._outage_since is None:
@@ -197,6 +229,7 @@ class SimulationStats:
         if not self._acked_now[index]:
             self._acked_now[index] = 1
             self.acked += 1
+            self.acked_at[index] = now
         if not self._ever_acked[index]:
             self._ever_acked[index] = 1
             self.ever_acked += 1
@@ -204,6 +237,30 @@ class SimulationStats:
                 self.ack_latencies.append(latency)
             if self.ever_acked == self.agents and self.all_acked_at is None:
                 self.all_acked_at = now
+
+    def awaiting_reply(self, index: int, now: float) -> None:
+        """Agent `index` sent a message; its wait for an answer runs from the oldest
+        message not yet answered."""
+        if self._awaiting_since[index] is None:
+            self._awaiting_since[index] = now
+
+    def replied(self, index: int, now: float) -> None:
+        """A ServerToAgent reached agent `index` (a WebSocket frame, an HTTP response): the
+        wait it ends is counted in `reply_ms`. A message the server pushes unasked ends a
+        wait too, so an answer that follows a push is not counted."""
+        since = self._awaiting_since[index]
+        if since is not None:
+            self._awaiting_since[index] = None
+            self.reply_ms[math.ceil(max(0.0, now - since) * 1000)] += 1
+
+    def oldest_unanswered(self, now: float) -> float | None:
+        """How long the agent waiting longest for an answer has waited; None if none waits."""
+        waiting = [since for since in self._awaiting_since if since is not None]
+        return now - min(waiting) if waiting else None
+
+    def agent_throttled(self, index: int, now: float) -> None:
+        self.throttled += 1
+        self.throttled_at[index] = now
 
     def config_offered(self, index: int, config_hash: bytes, now: float) -> None:
         progress = self.configs.get(config_hash)
@@ -314,6 +371,7 @@ class SimulationStats:
             all_connected_s=_seconds(self.all_connected_at),
             all_acked_s=_seconds(self.all_acked_at),
             ack_latency_s=percentiles(self.ack_latencies),
+            reply_latency_s=histogram_percentiles(self.reply_ms),
             reconnects=self.reconnects,
             connect_failures=self.connect_failures,
             disconnects=self.disconnects,
