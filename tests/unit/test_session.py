@@ -706,3 +706,21 @@ def test_one_agent_cannot_poison_another_builds_components_through_its_hash() ->
         again.available_components.components[kind].sub_component_map[name].SetInParent()
     core.receive(again, now=2.0)
     assert core.agents[bytes(range(31, 47))].components_digest == core.agents[UID].components_digest
+
+
+def test_an_agent_s_view_is_rebuilt_when_and_only_when_what_it_shows_changed() -> None:
+    core = ServerCore()
+    conn = core.open(now=0.0)
+    core.receive(first(), now=0.0, conn=conn)
+    agent = core.agents[UID]
+    view = agent_view(agent)
+    core.receive(beat(seq=1), now=1.0, conn=conn)  # a heartbeat changes nothing shown
+    assert agent_view(agent) is view
+    sick = beat(seq=2)
+    sick.health.healthy = False
+    core.receive(sick, now=2.0, conn=conn)
+    assert agent_view(agent).healthy is False
+    healthy = agent_view(agent)
+    core.close(conn, now=3.0)
+    assert agent_view(agent) is not healthy
+    assert not agent_view(agent).connected

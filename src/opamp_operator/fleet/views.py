@@ -106,6 +106,47 @@ def agent_attributes(agent: AgentRecord) -> dict[str, str]:
 
 
 def agent_view(agent: AgentRecord) -> AgentView:
+    """The record as the fleet layer sees it. Kept on the record until something it is
+    built from changes (the core replaces a reported sub-message with a new object on
+    every change): the status tick and every read-API request view every agent, and
+    building 1,000 views (an effective config's text joined for each) was most of a
+    1,000-agent operator's loop time (benchmarks/loop_lag.py)."""
+    reported = (
+        agent.description,
+        agent.health,
+        agent.remote_config_status,
+        agent.effective_config,
+        agent.available_components,
+        agent.identity,
+    )
+    plain = (
+        agent.state,
+        agent.peer,
+        agent.effective_config_hash,
+        agent.components_digest,
+        agent.capabilities,
+        agent.connected_at,
+    )
+    memo = agent.view_memo
+    if (
+        isinstance(memo, _ViewMemo)
+        and all(a is b for a, b in zip(memo.reported, reported, strict=True))
+        and memo.plain == plain
+    ):
+        return memo.view
+    view = _build_view(agent)
+    agent.view_memo = _ViewMemo(reported, plain, view)
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class _ViewMemo:
+    reported: tuple[object, ...]
+    plain: tuple[object, ...]
+    view: AgentView
+
+
+def _build_view(agent: AgentRecord) -> AgentView:
     attrs = agent_attributes(agent)
     status = agent.remote_config_status
     effective = ""

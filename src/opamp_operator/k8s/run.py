@@ -114,7 +114,7 @@ async def serve_opamp(
     # every authenticated user.
     api = server.api(
         KubernetesGuard(options.access),
-        shown_off_loop(masked_config_text, state.judges),
+        shown_off_loop(masked_config_text, state.renders),
         fleet_access("list"),
     )
     api_app = api.app()

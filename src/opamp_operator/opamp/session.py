@@ -257,6 +257,9 @@ class AgentRecord(HasAgentState):
     # The DesiredConfigSource's own note of what it mapped this agent to and from what,
     # so a heartbeat costs no re-mapping (opaque to the core).
     mapping_memo: object = field(default=None, compare=False, repr=False)
+    # The fleet layer's view of this record and what it was built from (fleet/views.py
+    # agent_view), so ticks and API reads rebuild only what changed (opaque to the core).
+    view_memo: object = field(default=None, compare=False, repr=False)
 
     def can(self, capability: int) -> bool:
         return bool(self.capabilities & capability)
