@@ -112,6 +112,7 @@ from opamp_operator.opamp.session import AgentLimits
 from opamp_operator.server.app import Limits
 from opamp_operator.server.looplag import LAG_BUCKETS, watch
 from opamp_operator.simulator import Simulation, SimulationSettings
+from opamp_operator.simulator.protocol import CAPABILITIES as SIMULATED_CAPABILITIES
 from opamp_operator.simulator.stats import histogram_percentiles
 from world.processes import ProcessRecord, terminate
 
@@ -403,13 +404,11 @@ class Hostile:
     plain WebSocket. The cases come in shuffled rounds: each as often as the others, in
     an order no status tick keeps in step with."""
 
-    CAPABILITIES = (
-        pb.AgentCapabilities_ReportsStatus
-        | pb.AgentCapabilities_AcceptsRemoteConfig
-        | pb.AgentCapabilities_ReportsEffectiveConfig
-        | pb.AgentCapabilities_ReportsRemoteConfig
-        | pb.AgentCapabilities_ReportsHealth
-        | pb.AgentCapabilities_ReportsHeartbeat
+    # The simulator's, less connection settings (no heartbeat offer reconnects it) and
+    # components (it reports none).
+    CAPABILITIES = SIMULATED_CAPABILITIES & ~(
+        pb.AgentCapabilities_AcceptsOpAMPConnectionSettings
+        | pb.AgentCapabilities_ReportsAvailableComponents
     )
 
     def __init__(self, settings: dict[str, Any]) -> None:

@@ -130,7 +130,10 @@ class Running:
         return f"http://127.0.0.1:{self.port}/v1/opamp"
 
     def errors(self, reason: str) -> float:
-        return running_errors(self.server, reason)
+        value = self.server.metrics.registry.get_sample_value(
+            "opamp_errors_total", {"reason": reason}
+        )
+        return value or 0.0
 
 
 LIMITS = Limits(
@@ -143,17 +146,22 @@ LIMITS = Limits(
 )
 
 
-@pytest.fixture
-async def running() -> AsyncIterator[Running]:
+async def _start() -> Running:
+    """A server with LIMITS on a free loopback port, behind the agents' listener's guard."""
     server = OpAMPServer(ServerCore(), LIMITS, rng=random.Random(1))  # noqa: S311
     runner = web.AppRunner(server.app(), shutdown_timeout=LIMITS.shutdown_seconds)
     await runner.setup()
     await GuardedSite(runner, server, "127.0.0.1", 0, ssl_context=None, backlog=128).start()
-    port = runner.addresses[0][1]
+    return Running(server, runner, runner.addresses[0][1])
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    started = await _start()
     try:
-        yield Running(server, runner, port)
+        yield started
     finally:
-        await runner.cleanup()
+        await started.runner.cleanup()
 
 
 def _hello(uid: bytes = UID) -> bytes:
@@ -255,11 +263,8 @@ def test_the_server_s_own_lateness_is_not_held_against_a_client() -> None:
     request's task has started."""
 
     async def scenario() -> tuple[bytes, aiohttp.WSMsgType]:
-        server = OpAMPServer(ServerCore(), LIMITS, rng=random.Random(1))  # noqa: S311
-        runner = web.AppRunner(server.app(), shutdown_timeout=LIMITS.shutdown_seconds)
-        await runner.setup()
-        await GuardedSite(runner, server, "127.0.0.1", 0, ssl_context=None, backlog=128).start()
-        port = runner.addresses[0][1]
+        started = await _start()
+        port = started.port
         try:
             body = _hello()
             reader, writer = await _raw(port, b"")
@@ -275,20 +280,15 @@ def test_the_server_s_own_lateness_is_not_held_against_a_client() -> None:
                 await ws.send_bytes(b"\x00" + _hello(bytes(range(16, 32))))
                 time.sleep(1.0)  # noqa: ASYNC251 - past the first-message deadline
                 answer = await ws.receive(timeout=3)
-            assert running_errors(server, "header_timeout") == 0
-            assert running_errors(server, "first_message_timeout") == 0
+            assert started.errors("header_timeout") == 0
+            assert started.errors("first_message_timeout") == 0
             return status, answer.type
         finally:
-            await runner.cleanup()
+            await started.runner.cleanup()
 
     status, answer = uvloop.run(scenario())
     assert status.startswith(b"HTTP/1.1 200")
     assert answer == aiohttp.WSMsgType.BINARY
-
-
-def running_errors(server: OpAMPServer, reason: str) -> float:
-    value = server.metrics.registry.get_sample_value("opamp_errors_total", {"reason": reason})
-    return value or 0.0
 
 
 async def test_a_websocket_message_past_the_budget_gets_unavailable_and_1013(
