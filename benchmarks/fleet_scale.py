@@ -1076,16 +1076,33 @@ def _writes(api: dict[str, Any]) -> str:
     return ", ".join(f"{v} {k}" for k, v in by.items()) or "none"
 
 
-def print_report(r: Results) -> None:
-    m = r.machine
+def print_world_header(
+    machine: dict[str, Any],
+    what: str,
+    status_interval: float,
+    load: list[tuple[str, tuple[float, float, float]]],
+    setup_s: dict[str, float],
+) -> None:
+    """The lines every report of a run in the test world begins with: machine, versions,
+    commit, date, `what` was run, load averages and setup times."""
+    m = machine
     print(
         f"\n{m['host']} · {m['cores']} cores · Python {m['python']} · kopf {m['kopf']} · "
-        f"{m['kube_apiserver']} · {m['commit']} · {m['date']} · {r.agents} agents · "
-        f"readiness gates {'on' if r.readiness_gates else 'off'} · "
-        f"status interval {r.status_interval:g} s"
+        f"{m['kube_apiserver']} · {m['commit']} · {m['date']} · {what} · "
+        f"status interval {status_interval:g} s"
     )
-    print("load average (1/5/15 min): " + "; ".join(f"{w}: {la}" for w, la in r.load))
-    print("\nsetup (s): " + ", ".join(f"{k} {v}" for k, v in r.setup_s.items()))
+    print("load average (1/5/15 min): " + "; ".join(f"{w}: {la}" for w, la in load))
+    print("\nsetup (s): " + ", ".join(f"{k} {v}" for k, v in setup_s.items()))
+
+
+def print_report(r: Results) -> None:
+    print_world_header(
+        r.machine,
+        f"{r.agents} agents · readiness gates {'on' if r.readiness_gates else 'off'}",
+        r.status_interval,
+        r.load,
+        r.setup_s,
+    )
     print(
         "\n| change | operator reconciled (s) | first agent offered (s) | all agents APPLIED "
         "(simulator) (s) | status: new desiredHash (s) | status: all APPLIED (s) | operator "

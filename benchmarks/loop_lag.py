@@ -91,6 +91,7 @@ from fleet_scale import (
     log,
     log_times,
     machine,
+    print_world_header,
     run_in_world,
     start_operator,
     timer_runs,
@@ -1161,15 +1162,14 @@ def _get(d: dict[str, Any], key: str) -> str:
 
 
 def print_report(r: Results) -> None:
-    m = r.machine
-    print(
-        f"\n{m['host']} · {m['cores']} cores · Python {m['python']} · kopf {m['kopf']} · "
-        f"{m['kube_apiserver']} · {m['commit']} · {m['date']} · {r.agents} honest agents "
-        f"(heartbeat {r.heartbeat:g} s) + 1 hostile (every {r.hostile_interval:g} s) · "
-        f"status interval {r.status_interval:g} s"
+    print_world_header(
+        r.machine,
+        f"{r.agents} honest agents (heartbeat {r.heartbeat:g} s) + 1 hostile "
+        f"(every {r.hostile_interval:g} s)",
+        r.status_interval,
+        r.load,
+        r.setup_s,
     )
-    print("load average (1/5/15 min): " + "; ".join(f"{w}: {la}" for w, la in r.load))
-    print("setup (s): " + ", ".join(f"{k} {v}" for k, v in r.setup_s.items()))
     print(
         "\n| phase | s | loop lag samples | > 0.1 s | > 0.25 s | > 1 s | worst bucket | mean lag "
         "(ms) | honest answers | answer p50 / p99 / max (ms) | longest wait (s) | honest "

@@ -254,9 +254,6 @@ class AgentRecord(HasAgentState):
     # against AgentLimits.max_kept_bytes.
     config_bytes: int = 0
     components_bytes: int = 0
-    # The DesiredConfigSource's own note of what it mapped this agent to and from what,
-    # so a heartbeat costs no re-mapping (opaque to the core).
-    mapping_memo: object = field(default=None, compare=False, repr=False)
     # The fleet layer's view of this record and what it was built from (fleet/views.py
     # agent_view), so ticks and API reads rebuild only what changed (opaque to the core).
     view_memo: object = field(default=None, compare=False, repr=False)
@@ -759,7 +756,6 @@ class ServerCore:
             msg = pb.ServerToAgent(instance_uid=agent.instance_uid)
             if self._add_offers(agent, msg):
                 out.append((conn, msg))
-                self._check_by(agent, self._next_check(agent))  # a shorter heartbeat
             command = pb.ServerToAgent(instance_uid=agent.instance_uid)
             if self._add_command(agent, command):
                 out.append((conn, command))
@@ -953,11 +949,14 @@ class ServerCore:
         offered = agent.offered_heartbeat_seconds
         if offered is None:
             return
+        judged_by = agent.heartbeat_seconds
         if self._confirmed(agent):
             agent.heartbeat_seconds = float(offered)
             agent.heartbeat_bound = max(float(offered), self.settings.default_heartbeat_seconds)
         else:
             agent.heartbeat_seconds = self._heartbeat_bound(agent)
+        if agent.heartbeat_seconds < judged_by:
+            self._check_by(agent, self._next_check(agent))  # its silence counts sooner
 
     @staticmethod
     def _add_command(agent: AgentRecord, msg: pb.ServerToAgent) -> bool:

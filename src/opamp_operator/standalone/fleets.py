@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from opamp_operator.fleet.views import agent_attributes
+from opamp_operator.fleet.views import agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.session import MAX_HEARTBEAT_SECONDS, AgentRecord
@@ -64,16 +64,6 @@ class Fleet:
         if self.certificate_names and not self.certificate_names & set(identity.certificate):
             return False
         return all(attributes.get(k) == v for k, v in self.selector.items())
-
-
-@dataclass(frozen=True, slots=True)
-class _Mapped:
-    """What FileFleets.fleet_for found for an agent, and from what."""
-
-    description: object
-    identity: AgentIdentity | None
-    fleets: list[Fleet]
-    fleet: Fleet | None
 
 
 def _fleet(raw: Any, index: int, base: Path) -> Fleet:
@@ -175,22 +165,11 @@ class FileFleets:
         return changed
 
     def fleet_for(self, agent: AgentRecord) -> Fleet | None:
-        """The first fleet that selects the agent. Kept on the record until its
-        description, its identity or the fleets change: matching on every heartbeat was
-        a fifth of a 10,000-agent server's CPU."""
-        memo = agent.mapping_memo
-        if (
-            isinstance(memo, _Mapped)
-            and memo.description is agent.description
-            and memo.identity is agent.identity
-            and memo.fleets is self.fleets
-        ):
-            return memo.fleet
-        attributes = agent_attributes(agent)
-        identity = agent.identity or AgentIdentity()
-        fleet = next((f for f in self.fleets if f.matches(attributes, identity)), None)
-        agent.mapping_memo = _Mapped(agent.description, agent.identity, self.fleets, fleet)
-        return fleet
+        """The first fleet that selects the agent, by the agent's view (kept on its
+        record until what it shows changes: turning its attributes into text on every
+        heartbeat was a fifth of a 10,000-agent server's CPU)."""
+        view = agent_view(agent)
+        return next((f for f in self.fleets if f.matches(view.attributes, view.identity)), None)
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         fleet = self.fleet_for(agent)
