@@ -569,7 +569,7 @@ def start_operator(
         [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             "--log-level=INFO",
             "run",
             "--host=127.0.0.1",
@@ -867,7 +867,7 @@ class Bench:
             [
                 sys.executable,
                 "-m",
-                "opamp_operator.cli",
+                "opamp_operator",
                 "--log-level=INFO",
                 "simulate",
                 f"--endpoint=ws://127.0.0.1:{self.port}/v1/opamp",

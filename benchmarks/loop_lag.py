@@ -22,8 +22,8 @@ service extensions.
   shuffled rounds, each with a fresh nonce so no cache (DriftCache, keyed by the config's
   hash) helps; all but one within the 1 MiB the server keeps whole, one of 16 MiB (kept
   as its hash only).
-  The operator parses and compares it at each status tick (the drift judges' threads)
-  and at each read-API call that judges drift.
+  The operator parses and compares it at each status tick (on its config worker
+  processes, server/workers.py) and at each read-API call that judges drift.
 - **the read API**: the hostile agent also reads, --api-concurrency requests at a time,
   as a ServiceAccount allowed to `get`/`list` collectorfleets cluster-wide (TokenReview
   and SubjectAccessReview by the real apiserver, docs/security.md): the fleet's routes

@@ -194,7 +194,7 @@ class Servers:
         command = [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             f"--log-level={self.chart.log_level}",
             "serve",
             f"--config={self.fleets}",

@@ -91,7 +91,7 @@ def start_ours(workdir: Path, agents: int) -> Server:
         [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             "--log-level=WARNING",
             "serve",
             f"--config={fleets}",

@@ -298,7 +298,7 @@ def start_server(
         flags.append(f"--listen-backlog={backlog}")
     env = dict(os.environ)
     if loop == "uvloop":
-        command = [sys.executable, "-m", "opamp_operator.cli", *flags]
+        command = [sys.executable, "-m", "opamp_operator", *flags]
     else:
         command = [sys.executable, "-c", LAUNCHER, *flags]
         env.update(BENCH_LOOP=loop)

@@ -152,6 +152,27 @@ LIMIT_FLAGS: tuple[tuple[str, Limits | AgentLimits, str, str], ...] = (
         "within this (default %(default)s)",
     ),
     (
+        "--config-workers",
+        _LIMITS,
+        "config_workers",
+        "worker processes per pool (drift judging; rendering for readers) that parse agents' "
+        "configs, never on the event loop's process (default %(default)s)",
+    ),
+    (
+        "--config-budget-seconds",
+        _LIMITS,
+        "config_budget_seconds",
+        "one comparison or render of an agent's config must finish within this, else its "
+        "worker is killed and the config reported as not comparable (default %(default)s)",
+    ),
+    (
+        "--config-worker-memory-bytes",
+        _LIMITS,
+        "config_worker_memory_bytes",
+        "address space of each config worker; past it a call fails and the config is "
+        "reported as not comparable (default %(default)s)",
+    ),
+    (
         "--max-agents",
         _AGENT_LIMITS,
         "max_agents",

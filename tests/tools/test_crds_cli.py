@@ -19,7 +19,7 @@ def _crds_check(out: Path, reference: Path) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             "crds",
             "--check",
             f"--out={out}",

@@ -75,7 +75,7 @@ def test_test_deps_rejects_unknown_components(tmp_path: Path) -> None:
 
 def test_console_script_reports_its_version() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "opamp_operator.cli", "--version"],
+        [sys.executable, "-m", "opamp_operator", "--version"],
         capture_output=True,
         text=True,
         check=True,

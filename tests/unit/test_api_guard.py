@@ -4,10 +4,13 @@ name what is missing."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from opamp_operator.server.api import (
+    RENDERS_PER_USER,
     Access,
     ApiContext,
     LoopbackGuard,
@@ -15,6 +18,7 @@ from opamp_operator.server.api import (
     ResourceAccess,
     TokenGuard,
     User,
+    bearer_token,
     guarded,
 )
 
@@ -78,3 +82,45 @@ async def test_a_handler_that_never_authorizes_is_answered_403() -> None:
             response = await client.get("/forgetful", headers={"Authorization": "Bearer tok"})
             assert response.status == 403
             assert "leaked" not in await response.text()
+
+
+class Users:
+    """Each bearer token is a user of its own name, allowed everything."""
+
+    async def authenticate(self, request: web.Request) -> User | None:
+        token = bearer_token(request)
+        return None if token is None else User(token)
+
+    async def allowed(self, user: User, access: Access) -> bool:
+        return True
+
+
+async def test_a_user_past_their_renders_in_flight_is_told_to_retry_and_others_are_not() -> None:
+    context = ApiContext(Users())
+    release = asyncio.Event()
+    inside: asyncio.Queue[str] = asyncio.Queue()
+
+    async def render(request: web.Request) -> web.Response:
+        await context.require(request, PathAccess("/render"))
+        async with context.rendering(request):
+            inside.put_nowait(request.headers["Authorization"])
+            await release.wait()
+        return web.Response(text="rendered")
+
+    app = web.Application(middlewares=[guarded(Users())])
+    app.router.add_get("/render", render)
+    alice, bob = {"Authorization": "Bearer alice"}, {"Authorization": "Bearer bob"}
+    async with TestClient(TestServer(app)) as client:
+        held = [asyncio.create_task(client.get("/render", headers=alice)) for _ in range(2)]
+        for _ in range(RENDERS_PER_USER):
+            await inside.get()
+        refused = await client.get("/render", headers=alice)
+        assert refused.status == 429
+        assert refused.headers["Retry-After"] == "1"
+        assert "alice already has 2 config renders in flight" in await refused.text()
+        other = asyncio.create_task(client.get("/render", headers=bob))
+        assert await inside.get() == "Bearer bob"
+        release.set()
+        assert [r.status for r in await asyncio.gather(*held, other)] == [200, 200, 200]
+        again = await client.get("/render", headers=alice)  # the slots were given back
+        assert (again.status, await again.text()) == (200, "rendered")

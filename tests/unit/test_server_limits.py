@@ -71,8 +71,9 @@ def test_the_defaults_fit_the_chart_s_memory_limit() -> None:
     """What the defaults let the server hold, from measured costs (docs/benchmarks.md):
     the idle server (~80 MiB), every WebSocket a TLS agent (~57 KiB), everything all
     agents keep, the byte budget and one more message being decoded (a 16 MiB message
-    cost ~80 MiB); a quarter of the limit is left for what the cgroup counts and RSS
-    does not (kernel socket buffers)."""
+    cost ~80 MiB), and both pools of config workers at their address-space cap; a
+    quarter of the limit is left for what the cgroup counts and RSS does not (kernel
+    socket buffers)."""
     limits, kept = Limits(), AgentLimits()
     mib = 2**20
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -86,6 +87,7 @@ def test_the_defaults_fit_the_chart_s_memory_limit() -> None:
         + kept.max_kept_bytes / mib
         + limits.max_in_flight_bytes / mib
         + 5 * limits.max_message_bytes / mib
+        + 2 * limits.config_workers * limits.config_worker_memory_bytes / mib
     )
     assert held < 0.75 * int(memory.removesuffix("Mi"))
 

@@ -94,7 +94,7 @@ class OpAMPEndpoint:
                 return int(line.split()[1]) / 1024
         raise AssertionError(f"no VmRSS in /proc/{self.proc.pid}/status")
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str, timeout: float = 5.0) -> Any:
         """GET one of the read endpoints: JSON decoded, anything else as text."""
         request = urllib.request.Request(f"{self.api_url}{path}")  # noqa: S310 - http(s) only
         context = None
@@ -102,7 +102,7 @@ class OpAMPEndpoint:
             context = self.reader.context
             if self.reader.token:
                 request.add_header("Authorization", f"Bearer {self.reader.token}")
-        with urllib.request.urlopen(request, timeout=5, context=context) as r:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as r:  # noqa: S310
             body = r.read()
         return (
             json.loads(body)
@@ -154,7 +154,7 @@ def start_serve(
         [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             "serve",
             f"--config={fleets}",
             "--host=127.0.0.1",
@@ -244,7 +244,7 @@ def spawn_operator(
         [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             *argv,
             "--api-host=127.0.0.1",
             f"--api-port={api_port}",

@@ -1030,6 +1030,9 @@ def test_the_limits_values_reach_the_operator_as_given(render: Render) -> None:
         "maxEffectiveConfigBytes": 4194304,
         "maxAgentComponents": 5000,
         "maxKeptBytes": 268435456,
+        "configWorkers": 2,
+        "configBudgetSeconds": 60,
+        "configWorkerMemoryBytes": 536870912,
     }
     rendered = render(*(f"opamp.limits.{k}={v}" for k, v in sets.items()))
     options = run_options(build_parser().parse_args(rendered.args()))

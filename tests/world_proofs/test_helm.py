@@ -218,7 +218,7 @@ def test_the_chart_with_tls_for_agents_runs_the_operator_with_its_args_and_ident
             [
                 sys.executable,
                 "-m",
-                "opamp_operator.cli",
+                "opamp_operator",
                 *args,
                 "--host=127.0.0.1",
                 f"--port={port}",

@@ -29,7 +29,7 @@ def test_serve_refuses_to_expose_its_api_without_a_token(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             "serve",
             f"--config={_fleets(tmp_path)}",
             "--host=127.0.0.1",

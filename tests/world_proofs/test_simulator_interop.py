@@ -201,7 +201,7 @@ def test_cli_refuses_matching_configs_and_its_summary_agrees_with_the_server(
         [
             sys.executable,
             "-m",
-            "opamp_operator.cli",
+            "opamp_operator",
             "simulate",
             f"--endpoint={_url(reference_server, transport)}",
             f"--transport={transport}",

@@ -716,6 +716,10 @@ DRIFT_CACHE_ENTRIES = 10_000
 paths at most (reasons name paths, never values)."""
 
 
+CacheKey = tuple[bytes, str]
+"""(sha256 of an effective config text, the desired config's hash in lowercase hex)."""
+
+
 class DriftCache:
     """A bounded LRU of comparisons, keyed by the sha256 of the effective config text and
     the desired config's hash: status ticks, rollout ticks and read-API calls on the same
@@ -725,7 +729,9 @@ class DriftCache:
     built from that text); an empty one is never cached. Hashing the effective text costs
     ~2 ms per MiB; text over MAX_YAML_BYTES is refused unread and not cached. Callable
     from several threads: the lock guards the table only, so two threads missing on the
-    same key both compute it (the same result)."""
+    same key both compute it (the same result). The operator computes on worker
+    processes (key, get, then put what a worker returns); `compare` does all three here.
+    """
 
     def __init__(self, capacity: int = DRIFT_CACHE_ENTRIES) -> None:
         if capacity < 1:
@@ -733,41 +739,60 @@ class DriftCache:
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[bytes, str], Comparison] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, Comparison] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
-    def compare(
-        self, desired_yaml: str, desired_hash: str, effective_yaml: str, effective_hash: str = ""
-    ) -> Comparison:
-        """compare(desired_yaml, effective_yaml), from the cache when it has it.
+    def key(
+        self, desired_hash: str, effective_yaml: str, effective_hash: str = ""
+    ) -> CacheKey | None:
+        """Where the comparison of `effective_yaml` with the desired config is kept; None
+        when it is never kept (no desired hash, or text refused unread).
         `effective_hash`: a digest the server computed of the files the text is made of
         (AgentView.effective_config_hash), which spares hashing the text again."""
         if not desired_hash or len(effective_yaml) > MAX_YAML_BYTES:
-            return compare(desired_yaml, effective_yaml)
+            return None
         digest = (
             bytes.fromhex(effective_hash)
             if effective_hash
             else hashlib.sha256(effective_yaml.encode("utf-8", "surrogatepass")).digest()
         )
-        key = (digest, desired_hash.lower())
+        return (digest, desired_hash.lower())
+
+    def get(self, key: CacheKey | None) -> Comparison | None:
+        if key is None:
+            return None
         with self._lock:
             found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return found
-            self.misses += 1
-        result = compare(desired_yaml, effective_yaml)
+            if found is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: CacheKey | None, comparison: Comparison) -> None:
+        if key is None:
+            return
         with self._lock:
-            self._entries[key] = result
+            self._entries[key] = comparison
             self._entries.move_to_end(key)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
-        return result
+
+    def compare(
+        self, desired_yaml: str, desired_hash: str, effective_yaml: str, effective_hash: str = ""
+    ) -> Comparison:
+        """compare(desired_yaml, effective_yaml), from the cache when it has it."""
+        key = self.key(desired_hash, effective_yaml, effective_hash)
+        found = self.get(key)
+        if found is None:
+            found = compare(desired_yaml, effective_yaml)
+            self.put(key, found)
+        return found
 
     def agent_drift(self, agent: AgentView, desired_yaml: str, desired_hash: str) -> DriftVerdict:
         """agent_drift(agent, desired_yaml, desired_hash), its comparison cached."""
@@ -832,23 +857,40 @@ def agent_drift(agent: AgentView, desired_yaml: str, desired_hash: str) -> Drift
     return _agent_drift(agent, desired_hash, lambda: compare(desired_yaml, agent.effective_config))
 
 
+def needs_comparison(agent: AgentView, desired_hash: str) -> bool:
+    """Whether the agent's effective config decides its verdict (see agent_drift): it
+    reports one, and either runs the desired config or says nothing of what it runs."""
+    status = agent.remote_config_status
+    reported = agent.remote_config_hash.lower()
+    if not agent.effective_config.strip():
+        return False
+    if status is None or (status == "UNSET" and not reported):
+        return True
+    return status == "APPLIED" and bool(reported) and reported == desired_hash.lower()
+
+
+def verdict_of(agent: AgentView, desired_hash: str, comparison: Comparison | None) -> DriftVerdict:
+    """agent_drift, given the comparison of its effective config when needs_comparison
+    says it decides (None otherwise)."""
+    if needs_comparison(agent, desired_hash):
+        if comparison is None:
+            raise ValueError("the agent's effective config decides: compare it first")
+        return comparison.verdict(applied=agent.remote_config_status == "APPLIED")
+    if agent.remote_config_status is None:
+        return DriftVerdict(
+            DriftState.UNKNOWN,
+            "the agent has reported neither a remote config status nor an effective config",
+        )
+    reported = agent.remote_config_hash.lower()
+    wanted = desired_hash.lower()
+    if agent.remote_config_status == "APPLIED" and reported and reported == wanted:
+        return DriftVerdict(DriftState.IN_SYNC, "applied the desired config")
+    return _status_verdict(agent, reported, wanted)
+
+
 def _agent_drift(
     agent: AgentView, desired_hash: str, comparison: Callable[[], Comparison]
 ) -> DriftVerdict:
     """agent_drift, calling `comparison` only when the effective config decides."""
-    status = agent.remote_config_status
-    reported = agent.remote_config_hash.lower()
-    wanted = desired_hash.lower()
-    has_effective = bool(agent.effective_config.strip())
-    if status is None or (status == "UNSET" and not reported and has_effective):
-        if not has_effective:
-            return DriftVerdict(
-                DriftState.UNKNOWN,
-                "the agent has reported neither a remote config status nor an effective config",
-            )
-        return comparison().verdict(applied=False)
-    if status == "APPLIED" and reported and reported == wanted:
-        if not has_effective:
-            return DriftVerdict(DriftState.IN_SYNC, "applied the desired config")
-        return comparison().verdict(applied=True)
-    return _status_verdict(agent, reported, wanted)
+    decides = needs_comparison(agent, desired_hash)
+    return verdict_of(agent, desired_hash, comparison() if decides else None)

@@ -14,7 +14,6 @@ shown with their secrets masked, on both sides of a diff (fleet.drift).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +24,7 @@ from opamp_operator.fleet.drift import DriftVerdict, masked_config_text, unified
 from opamp_operator.fleet.health import ConfigState, config_state, summarize
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s.state import FleetRecord, OperatorState
-from opamp_operator.server.api import ApiContext, ResourceAccess
+from opamp_operator.server.api import ApiContext, ResourceAccess, rendered
 
 
 def fleet_access(verb: str, namespace: str = "", name: str = "") -> ResourceAccess:
@@ -163,13 +162,14 @@ class FleetAPI:
                 effective = self.state.views[agent["instanceUid"]].effective_config
                 desired = record.config_text or ""
                 if effective:
-                    # Seconds for a config at the parser's caps: off the loop.
-                    agent["effectiveConfig"] = await self.state.off_loop(
-                        partial(masked_config_text, effective)
-                    )
-                    agent["diff"] = await self.state.off_loop(
-                        partial(unified_diff, desired, effective, "config.yaml")
-                    )
+                    renders = self.state.renders
+                    async with self.context.rendering(request):
+                        agent["effectiveConfig"] = await rendered(
+                            renders, masked_config_text, effective
+                        )
+                        agent["diff"] = await rendered(
+                            renders, unified_diff, desired, effective, "config.yaml"
+                        )
                 else:
                     agent["effectiveConfig"] = agent["diff"] = ""
                 return web.json_response(agent)

@@ -105,6 +105,7 @@ async def serve_opamp(
     core = ServerCore(options.core, desired=state)
     state.core = core
     server = OpAMPServer(core, options.limits, authenticate=state.authenticate)
+    state.judges, state.renders = server.config_workers("judges"), server.config_workers("renders")
     state.credentials_changed = server.revalidate
     state.reviewer = AgentTokenReviewer(
         options.agent_tokens, lambda result: server.metrics.token_reviews.labels(result).inc()
@@ -179,4 +180,5 @@ async def run(options: RunOptions) -> None:
             watching.cancel()
         log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
         await sites.close()
+        state.close()
         scratch.cleanup()

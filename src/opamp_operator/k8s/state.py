@@ -12,14 +12,22 @@ import asyncio
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
 from opamp_operator.api.models import CollectorFleetSpec
 from opamp_operator.fleet.conditions import Why
-from opamp_operator.fleet.drift import DriftCache, DriftState, DriftVerdict
+from opamp_operator.fleet.drift import (
+    CacheKey,
+    Comparison,
+    DriftCache,
+    DriftState,
+    DriftVerdict,
+    compare,
+    needs_comparison,
+    verdict_of,
+)
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
@@ -30,7 +38,8 @@ from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.session import AgentRecord, ServerCore
 from opamp_operator.server.api import Unauthenticated, bearer_of
-from opamp_operator.server.app import Credentials
+from opamp_operator.server.app import Credentials, Limits, config_workers
+from opamp_operator.server.workers import ConfigWorkers, WorkerError
 
 
 @dataclass(frozen=True)
@@ -121,12 +130,6 @@ class FleetRecord:
         return self.config.hash.hex() if self.config is not None else ""
 
 
-JUDGES = 2
-"""Threads that parse and compare agents' configs. They share the GIL with the loop, which
-still gets its turn every few milliseconds (sys.getswitchinterval); more threads would
-only let more hostile configs be parsed at once."""
-
-
 @dataclass
 class OperatorState:
     core: ServerCore | None = None
@@ -150,15 +153,11 @@ class OperatorState:
     drift: DriftCache = field(default_factory=DriftCache)
     """Comparisons of agents' effective configs with what they should run, shared by the
     status tick, the rollout tick and the read API (one parse per pair of configs)."""
-    judges: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(JUDGES, thread_name_prefix="drift")
-    )
-    """Where agents' configs are parsed and compared: never on the event loop, which
-    answers every agent (a config at the parser's caps takes seconds)."""
-    renders: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="render")
-    )
-    """Where the read API renders configs and diffs for readers: a thread of its own, so
+    judges: ConfigWorkers = field(default_factory=lambda: config_workers(Limits(), "judges"))
+    """Where agents' configs are parsed and compared: worker processes, never the event
+    loop's (a config at the parser's caps takes seconds; server/workers.py)."""
+    renders: ConfigWorkers = field(default_factory=lambda: config_workers(Limits(), "renders"))
+    """Where the read API renders configs and diffs for readers: a pool of its own, so
     readers wait for each other and never hold up the status and rollout ticks' drift
     judging (benchmarks/loop_lag.py saw ticks of 7 s queued behind renders)."""
 
@@ -373,16 +372,41 @@ class OperatorState:
         }
 
     async def judge(self, jobs: dict[str, tuple[AgentView, str, str]]) -> dict[str, DriftVerdict]:
-        """Per agent uid, its drift verdict against (view, expected text, expected hash),
-        worked out on the judges' threads."""
-        if not jobs:
-            return {}
+        """Per agent uid, its drift verdict against (view, expected text, expected hash).
+        Comparisons the cache lacks are made on the judges' worker processes, each
+        distinct pair of configs once; one that cannot finish there is a verdict
+        (drifted: not comparable) and kept like any other, so a hostile config costs
+        its budget once."""
+        keys: dict[str, CacheKey | str] = {}
+        found: dict[CacheKey | str, Comparison] = {}
+        todo: dict[CacheKey | str, tuple[str, str]] = {}
+        for uid, (view, text, desired_hash) in jobs.items():
+            if not needs_comparison(view, desired_hash):
+                continue
+            key = self.drift.key(desired_hash, view.effective_config, view.effective_config_hash)
+            keys[uid] = key if key is not None else uid
+            cached = self.drift.get(key)
+            if cached is not None:
+                found[keys[uid]] = cached
+            else:
+                todo.setdefault(keys[uid], (text, view.effective_config))
+        made = await asyncio.gather(*(self._compare(*pair) for pair in todo.values()))
+        for pair, comparison in zip(todo, made, strict=True):
+            found[pair] = comparison
+            if not isinstance(pair, str):
+                self.drift.put(pair, comparison)
+        return {
+            uid: verdict_of(view, desired_hash, found.get(keys.get(uid, uid)))
+            for uid, (view, _, desired_hash) in jobs.items()
+        }
 
-        def run() -> dict[str, DriftVerdict]:
-            return {uid: self.drift.agent_drift(*job) for uid, job in jobs.items()}
+    async def _compare(self, desired_yaml: str, effective_yaml: str) -> Comparison:
+        try:
+            return await self.judges.run(compare, desired_yaml, effective_yaml)
+        except WorkerError as exc:
+            return Comparison(errors=(f"comparing its effective config {exc}",))
 
-        return await asyncio.get_running_loop().run_in_executor(self.judges, run)
-
-    async def off_loop(self, work: Callable[[], str]) -> str:
-        """`work` (rendering an agent's config for a reader) on the render thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.renders, work)
+    def close(self) -> None:
+        """Stop the config worker processes."""
+        self.judges.close()
+        self.renders.close()

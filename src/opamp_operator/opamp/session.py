@@ -108,7 +108,7 @@ def at_least_one(settings: object, *names: str) -> None:
 @dataclass(frozen=True)
 class AgentLimits:
     """What one agent may make the server keep, and how many agents it keeps; each
-    default is owned here. Sized for the chart's 1536 Mi: a Collector in Kubernetes
+    default is owned here. Sized for the chart's 2048 Mi: a Collector in Kubernetes
     describes itself in 20-40 attributes and a few KiB, reports a config of tens of KiB
     and a few hundred components."""
 

@@ -13,13 +13,13 @@ is answered 403, so a route added without an authorization check leaks nothing.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Executor
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from opamp_operator.opamp.ids import uid_str
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import AgentRecord
 from opamp_operator.server.tls import TLSFiles
+from opamp_operator.server.workers import ConfigWorkers, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +210,39 @@ def guarded(guard: Guard) -> Middleware:
     return middleware
 
 
+RENDERS_PER_USER = 2
+"""Requests that render an agent's config (masked, or a diff) one user may have in flight;
+more get 429 + Retry-After. Renders run on a worker pool of their own (seconds each at
+the parser's caps): without a bound, one reader could keep it busy for every other."""
+
+
 class ApiContext:
-    """What a read API handler asks: may this request's user do `access`?"""
+    """What a read API handler asks: may this request's user do `access`? And may they
+    start one more render?"""
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
+        self._rendering: Counter[str] = Counter()
+
+    @contextlib.asynccontextmanager
+    async def rendering(self, request: web.Request) -> AsyncIterator[None]:
+        """Around a request that renders configs: 429 + Retry-After when its user already
+        has RENDERS_PER_USER in flight (as the apiserver's priority and fairness answers
+        a user over their share)."""
+        name = request[_USER].name
+        if self._rendering[name] >= RENDERS_PER_USER:
+            raise web.HTTPTooManyRequests(
+                headers={"Retry-After": "1"},
+                text=f"{name} already has {RENDERS_PER_USER} config renders in flight; "
+                "retry after 1 s",
+            )
+        self._rendering[name] += 1
+        try:
+            yield
+        finally:
+            self._rendering[name] -= 1
+            if not self._rendering[name]:
+                del self._rendering[name]
 
     async def may(self, request: web.Request, access: Access) -> bool:
         request[_AUTHORIZED] = True
@@ -301,10 +330,11 @@ class ApiServer:
             if agent.instance_uid.hex() == wanted:
                 out = agent_json(agent, self._desired(agent))
                 if agent.effective_config is not None:
-                    out["effective_config"] = {
-                        name: await self._show_config(f.body.decode(errors="replace"))
-                        for name, f in files_of(agent.effective_config.config_map).items()
-                    }
+                    async with self.context.rendering(request):
+                        out["effective_config"] = {
+                            name: await self._show_config(f.body.decode(errors="replace"))
+                            for name, f in files_of(agent.effective_config.config_map).items()
+                        }
                 return web.json_response(out)
         raise web.HTTPNotFound(text=f"no agent with instance_uid {request.match_info['uid']}")
 
@@ -312,12 +342,21 @@ class ApiServer:
 ShowConfig = Callable[[str], Awaitable[str]]
 
 
-def shown_off_loop(show: Callable[[str], str], pool: Executor) -> ShowConfig:
-    """`show` run on `pool`'s threads: rendering an agent's config parses it (a second
-    or more at the parser's caps), which must not hold the loop that answers agents."""
+async def rendered(workers: ConfigWorkers, render: Callable[..., str], *args: Any) -> str:
+    """render(*args) on a config worker: rendering an agent's config parses it (seconds
+    at the parser's caps), which must not hold the loop that answers agents. What a
+    reader is shown when it cannot finish in the worker's bounds says why."""
+    try:
+        return await workers.run(render, *args)
+    except WorkerError as exc:
+        return f"# not shown: rendering it {exc}\n"
+
+
+def shown_off_loop(show: Callable[[str], str], workers: ConfigWorkers) -> ShowConfig:
+    """`show` (a module-level function: it is pickled) as a ShowConfig, on `workers`."""
 
     async def run(text: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(pool, show, text)
+        return await rendered(workers, show, text)
 
     return run
 

@@ -43,6 +43,7 @@ from opamp_operator.server.api import Access, ApiServer, Guard, ShowConfig, Unau
 from opamp_operator.server.looplag import LagWatch
 from opamp_operator.server.metrics import ServerMetrics
 from opamp_operator.server.tls import ClientCertificate, TLSFiles, client_certificate
+from opamp_operator.server.workers import ConfigWorkers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Listen:
 class Limits:
     """What one server process accepts, and for how long it waits, before it refuses a
     message or sheds load; each default is owned here (per-agent caps: AgentLimits).
-    Sized for the chart's 1536 Mi memory limit: an idle server is ~80 MiB, a TLS agent
+    Sized for the chart's 2048 Mi memory limit: an idle server is ~80 MiB, a TLS agent
     ~57 KiB, a 16 MiB message ~80 MiB while it is decoded and kept (docs/benchmarks.md,
     docs/opamp-server.md)."""
 
@@ -118,6 +119,19 @@ class Limits:
     """Connections the kernel queues before the server accepts them (capped by
     net.core.somaxconn). aiohttp's 128 overflowed thousands of times in a reconnect
     storm of 10,000 agents, each dropped connect waiting out TCP's retry timer."""
+    config_workers: int = 1
+    """Worker processes per pool that parse, compare and render agents' configs, never
+    on the event loop's process (server/workers.py): one pool judges drift for the
+    status and rollout ticks and the read API, one renders configs and diffs for
+    readers, so readers never delay the ticks."""
+    config_budget_seconds: float = 30.0
+    """One comparison or render of an agent's config must finish within this, else its
+    worker is killed and replaced, and the config is reported as not comparable. The
+    worst config the parser accepts takes ~6 s on 2 cores (benchmarks/drift_worst.py)."""
+    config_worker_memory_bytes: int = 256 * MiB
+    """Address space of each config worker; a call past it fails (MemoryError) and the
+    config is reported as not comparable. The worst config the parser accepts peaked
+    at 160 MiB (benchmarks/drift_worst.py cases, VmPeak)."""
 
     def __post_init__(self) -> None:
         at_least_one(
@@ -127,6 +141,8 @@ class Limits:
             "max_websockets",
             "max_http_in_flight",
             "listen_backlog",
+            "config_workers",
+            "config_worker_memory_bytes",
         )
         for name in (
             "header_timeout_seconds",
@@ -136,6 +152,7 @@ class Limits:
             "ws_ping_seconds",
             "shutdown_seconds",
             "tick_seconds",
+            "config_budget_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -148,6 +165,19 @@ class Limits:
         """Seconds a shed request is told to wait: uniform in [min, max)."""
         low, high = self.retry_after_min_seconds, self.retry_after_max_seconds
         return rng.randrange(low, high) if high > low else low
+
+
+def config_workers(
+    limits: Limits, pool: str, failed: Callable[[str], None] = lambda reason: None
+) -> ConfigWorkers:
+    """A pool of config worker processes as `limits` bound them (started on first use)."""
+    return ConfigWorkers(
+        pool,
+        processes=limits.config_workers,
+        budget_seconds=limits.config_budget_seconds,
+        memory_bytes=limits.config_worker_memory_bytes,
+        failed=failed,
+    )
 
 
 UNCHARGED_BYTES = 64 * 1024
@@ -939,6 +969,12 @@ class OpAMPServer:
     def metrics_payload(self) -> bytes:
         self._update_gauges()
         return generate_latest(self.metrics.registry)
+
+    def config_workers(self, pool: str) -> ConfigWorkers:
+        """A pool of config worker processes under this server's limits, its failures
+        counted in /metrics."""
+        failures = self.metrics.config_worker_failures
+        return config_workers(self.limits, pool, lambda reason: failures.labels(pool, reason).inc())
 
     def api(self, guard: Guard, show_config: ShowConfig, all_agents: Access) -> ApiServer:
         return ApiServer(

@@ -71,6 +71,13 @@ class ServerMetrics:
         self.config_offers = Counter(
             "opamp_remote_config_offers_total", "Remote configs offered.", registry=self.registry
         )
+        self.config_worker_failures = Counter(
+            "opamp_config_worker_failures_total",
+            "Parses, comparisons and renders of agents' configs that did not finish in a "
+            "config worker (server/workers.py), by pool and reason: timeout, memory, died.",
+            ["pool", "reason"],
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "opamp_event_loop_lag_seconds",
             "How late the event loop ran a timer due every 100 ms (server/looplag.py): what "

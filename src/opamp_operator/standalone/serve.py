@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -84,14 +83,14 @@ async def _watch(server: OpAMPServer, fleets: FileFleets, every: float) -> None:
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
     guard = api_guard(options.api)
     server, fleets = build(options)
+    renders = server.config_workers("renders")
     scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-serve-")
     sites = await listeners.start(
         server,
         options.listen,
         server.api(
             guard,
-            # One thread: a reader waits for its turn, the loop never does.
-            shown_off_loop(masked_config_text, ThreadPoolExecutor(1, thread_name_prefix="show")),
+            shown_off_loop(masked_config_text, renders),
             PathAccess("/api/v1/agents"),
         ).app(),
         options.api,
@@ -111,4 +110,5 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
     finally:
         watcher.cancel()
         await sites.close()
+        renders.close()
         scratch.cleanup()
