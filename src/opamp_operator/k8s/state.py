@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -130,6 +131,10 @@ class FleetRecord:
         return self.config.hash.hex() if self.config is not None else ""
 
 
+READ_MAPPING_SECONDS = 1.0
+"""How old a mapping the read API answers from may be (OperatorState.recent)."""
+
+
 @dataclass
 class OperatorState:
     core: ServerCore | None = None
@@ -160,10 +165,21 @@ class OperatorState:
     """Where the read API renders configs and diffs for readers: a pool of its own, so
     readers wait for each other and never hold up the status and rollout ticks' drift
     judging (benchmarks/loop_lag.py saw ticks of 7 s queued behind renders)."""
+    refreshed_at: float = 0.0
+    """When `assignment` was made (time.monotonic)."""
+
+    def recent(self) -> FleetAssignment:
+        """The mapping for a reader of the API: the last one while it is under
+        READ_MAPPING_SECONDS old, else a new one. Re-mapping on every request cost every
+        agent's offers a look (refresh) per request."""
+        if self.assignment is None or time.monotonic() - self.refreshed_at >= READ_MAPPING_SECONDS:
+            return self.refresh()
+        return self.assignment
 
     def refresh(self) -> FleetAssignment:
         """Re-map every agent to pods and fleets; cheap enough to run every few seconds.
         A new mapping can change what agents should run, so their offers are queued."""
+        self.refreshed_at = time.monotonic()
         agents = self.core.agents.values() if self.core is not None else []
         self.views = {v.instance_uid: v for v in map(agent_view, agents)}
         self.assignment = assign_fleets(
