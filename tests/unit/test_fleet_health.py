@@ -140,6 +140,10 @@ def test_every_count() -> None:
         "podsWithoutAgent": 1,  # p0
         "agentsWithoutPod": 1,  # b1 (a9 is gone)
         "duplicateAgents": 1,  # a1 lost p1 to b2
+        "targetVersion": None,
+        "agentsOutdated": 0,
+        "packageInstalling": 0,
+        "packageFailed": 0,
     }
 
 
@@ -178,6 +182,10 @@ def test_gone_duplicates_and_gone_orphans_are_not_counted() -> None:
         "podsWithoutAgent": 0,
         "agentsWithoutPod": 0,
         "duplicateAgents": 0,
+        "targetVersion": None,
+        "agentsOutdated": 0,
+        "packageInstalling": 0,
+        "packageFailed": 0,
     }
     assert health.worst == ()
 

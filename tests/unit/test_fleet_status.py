@@ -53,6 +53,7 @@ def test_the_status_is_exactly_the_models_shape() -> None:
         "Ready": ("True", "AgentsReady"),
         "Reconciling": ("False", "Reconciled"),
         "Stalled": ("False", "ConfigValid"),
+        "AgentsUpToDate": ("Unknown", "NoTargetVersion"),
     }
 
 
@@ -66,9 +67,10 @@ def test_a_blocker_stalls_and_clears_reconciling_left_from_before() -> None:
         "Ready": ("False", "InvalidConfig"),
         "Reconciling": ("False", "Stalled"),
         "Stalled": ("True", "InvalidConfig"),
+        "AgentsUpToDate": ("Unknown", "NoTargetVersion"),
     }
     times = {c["type"]: c["lastTransitionTime"] for c in after["conditions"]}
-    assert times == {"Ready": T0, "Reconciling": T1, "Stalled": T1}
+    assert times == {"Ready": T0, "Reconciling": T1, "Stalled": T1, "AgentsUpToDate": T0}
 
 
 def test_an_unchanged_status_is_not_written_and_a_change_says_what_changed() -> None:

@@ -22,6 +22,7 @@ from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp import attributes, wire
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.endpoint import AgentEndpoint, agent_endpoint
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     MAX_HEARTBEAT_SECONDS,
@@ -57,6 +58,9 @@ class Intervals:
 
     def heartbeat_for(self, agent: AgentRecord) -> int | None:
         return self.heartbeat
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
+        return None
 
 
 def hello(caps: int = CAPS, seq: int = 0, attrs: dict[str, str] | None = None) -> pb.AgentToServer:

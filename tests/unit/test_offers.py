@@ -13,6 +13,7 @@ from opamp_operator.fleet.mapping import FleetSelector
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp import wire
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import AgentRecord, ServerCore
 from opamp_operator.server.app import OpAMPServer
@@ -30,6 +31,9 @@ class Desired:
         return self.config
 
     def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        return None
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
         return None
 
 

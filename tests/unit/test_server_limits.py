@@ -19,6 +19,7 @@ from aiohttp import web
 
 from opamp_operator.opamp import wire
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import AgentLimits, AgentRecord, ServerCore
 from opamp_operator.server.app import (
@@ -395,6 +396,9 @@ class Big:
         return self.config
 
     def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        return None
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
         return None
 
 

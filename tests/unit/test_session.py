@@ -12,6 +12,7 @@ from opamp_operator.fleet.views import agent_view
 from opamp_operator.opamp import attributes, ids
 from opamp_operator.opamp.configs import ConfigFile, RemoteConfig, files_hash
 from opamp_operator.opamp.identity import AgentIdentity
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import (
     SERVER_CAPABILITIES,
@@ -60,6 +61,9 @@ class Fixed:
 
     def heartbeat_for(self, agent: AgentRecord) -> int | None:
         return self.heartbeat
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
+        return None
 
 
 def test_first_reply_carries_capabilities_and_echoes_uid() -> None:

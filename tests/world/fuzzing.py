@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from opamp_operator.opamp import ids, wire
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import SERVER_CAPABILITIES, AgentRecord, ServerCore
 from opamp_operator.simulator.protocol import COMPONENTS
@@ -39,6 +40,14 @@ class _Desired:
 
     def heartbeat_for(self, agent: AgentRecord) -> int | None:
         return None
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
+        """A package offered to every agent that accepts packages, so fuzzed package
+        statuses meet an offer."""
+        return PACKAGE
+
+
+PACKAGE = PackageOffer("", "0.150.0", "https://downloads.example/otelcol.tgz", bytes(range(32)))
 
 
 @dataclasses.dataclass

@@ -200,6 +200,75 @@ class AgentAuthSpec(_Spec):
     )
 
 
+class AgentPackage(_Spec):
+    """The agent package offered (OpAMP PackagesAvailable) to the fleet's agents that
+    accept packages: a file at a URL the user hosts; the agent downloads it and checks
+    its SHA-256 before it installs it."""
+
+    name: Annotated[
+        str,
+        Field(
+            max_length=253,
+            description="The top-level package's name; empty (the default) is the agent "
+            "itself, as the spec allows for an agent's only top-level package",
+        ),
+    ] = ""
+    url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            pattern=r"^https?://[^\s]+$",
+            description="Where agents download the package file with an HTTP GET",
+        ),
+    ]
+    sha256: Annotated[
+        str,
+        Field(
+            pattern=r"^[0-9a-f]{64}$",
+            description="SHA-256 of the file (hex): DownloadableFile.content_hash, which "
+            "the agent verifies after the download",
+        ),
+    ]
+    signature: Annotated[
+        str | None,
+        Field(
+            default=None,
+            max_length=65536,
+            pattern=r"^[A-Za-z0-9+/]*={0,2}$",
+            description="A signature of the file (e.g. a detached GPG signature, base64), "
+            "sent as DownloadableFile.signature; how it is verified is the agent's own",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _signature_is_base64(self) -> AgentPackage:
+        if self.signature and len(self.signature) % 4:
+            raise ValueError("package.signature must be base64 (a multiple of 4 characters)")
+        return self
+
+
+class FleetVersion(_Spec):
+    """The version a fleet's agents should run: what status measures agents against
+    (agentsOutdated, the AgentsUpToDate condition) and, with a package, what agents that
+    accept packages are offered."""
+
+    expected: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=128,
+            description="The service.version the fleet's agents should report, and the "
+            "version of the package offered",
+        ),
+    ]
+    package: AgentPackage | None = Field(
+        default=None,
+        description="Offered to agents that accept packages (AcceptsPackages); without it "
+        "versions are only reported",
+    )
+
+
 class CollectorFleetSpec(_Spec):
     selector: LabelSelector = Field(description="Pods whose Collectors belong to this fleet")
     config: CollectorConfigSource
@@ -226,6 +295,9 @@ class CollectorFleetSpec(_Spec):
     drift_policy: DriftPolicy = DriftPolicy.REPORT
     revision_history_limit: Annotated[int, Field(ge=1, le=100)] = 10
     template: FleetTemplate | None = None
+    version: FleetVersion | None = Field(
+        default=None, description="The version the fleet's agents should run"
+    )
 
     @model_validator(mode="after")
     def _auth_is_complete(self) -> CollectorFleetSpec:
@@ -317,6 +389,20 @@ class CollectorFleetStatus(_Status):
     )
     stable_hash: str | None = None
     versions: list[VersionCount] = Field(default_factory=list)
+    target_version: str | None = Field(
+        default=None, description="spec.version.expected, as last observed"
+    )
+    agents_outdated: int = Field(
+        default=0,
+        description="Live agents of the fleet reporting a service.version other than "
+        "targetVersion (or none)",
+    )
+    package_installing: int = Field(
+        default=0, description="Agents downloading or installing the offered package"
+    )
+    package_failed: int = Field(
+        default=0, description="Agents reporting the offered package failed to install"
+    )
     worst_agents: list[AgentProblem] = Field(default_factory=list)
     kopf: dict[str, Any] | None = Field(
         default=None,

@@ -9,6 +9,7 @@ AGENT_STATES = (
     "applying",
     "pending",
     "drifted",
+    "outdated",
     "disconnected",
     "unmapped",
 )

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from opamp_operator.fleet.conditions import READY
+from opamp_operator.fleet.versions import UP_TO_DATE
 
 EVENT_MESSAGE_LIMIT = 1024
+GOOD_WHEN_TRUE = frozenset({READY, UP_TO_DATE})
 NAMES_SHOWN = 5
 
 
@@ -23,14 +25,15 @@ class Event:
 def condition_events(
     old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]
 ) -> list[Event]:
-    """One Event for every condition whose status changed: Normal when it moved the good
-    way (Ready True, the others False), Warning otherwise."""
+    """One Event for every condition whose status changed to True or False: Normal when
+    it moved the good way (Ready and AgentsUpToDate True, the others False), Warning
+    otherwise. Unknown is no news."""
     before = {c.get("type"): c.get("status") for c in old}
     events = []
     for cond in new:
-        if before.get(cond["type"]) == cond["status"]:
+        if before.get(cond["type"]) == cond["status"] or cond["status"] == "Unknown":
             continue
-        good = (cond["type"] == READY) == (cond["status"] == "True")
+        good = (cond["type"] in GOOD_WHEN_TRUE) == (cond["status"] == "True")
         events.append(
             Event(
                 "Normal" if good else "Warning",

@@ -24,7 +24,9 @@ from opamp_operator.fleet.conditions import KState, Why, kstatus
 from opamp_operator.fleet.mapping import FleetSelector, MappingResult
 from opamp_operator.fleet.text import short_hash as _short
 from opamp_operator.fleet.text import truncate
+from opamp_operator.fleet.versions import outdated, package_problem, package_progress
 from opamp_operator.fleet.views import AgentView
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.session import AgentState
 
 VERSIONS_LIMIT = 10
@@ -52,6 +54,8 @@ class Reason(StrEnum):
     DRIFTED = "Drifted"
     CONFIG_APPLYING = "ConfigApplying"
     CONFIG_PENDING = "ConfigPending"
+    PACKAGE_FAILED = "PackageFailed"
+    OUTDATED = "Outdated"
 
 
 # Lower is worse: the order of the worst-agents list.
@@ -63,6 +67,9 @@ SEVERITY: Mapping[Reason, int] = {
     Reason.DRIFTED: 3,
     Reason.CONFIG_APPLYING: 4,
     Reason.CONFIG_PENDING: 5,
+    # Neither unreadies a pod (agent_ready): the agent still runs what it ran.
+    Reason.PACKAGE_FAILED: 6,
+    Reason.OUTDATED: 7,
 }
 
 
@@ -193,6 +200,10 @@ class FleetHealth:
     duplicate_agents: int  # live agents that claimed a pod another agent holds
     versions: tuple[tuple[str, int], ...]  # (service.version, live agents), most first
     worst: tuple[WorstAgent, ...]
+    target_version: str = ""  # spec.version.expected; "" when the fleet names none
+    agents_outdated: int = 0  # live agents on another service.version than the target
+    package_installing: int = 0  # live agents downloading or installing the offer
+    package_failed: int = 0  # live agents reporting the offer failed to install
 
     def to_status(self) -> dict[str, Any]:
         """The status fields, camelCase, ready to be written."""
@@ -211,6 +222,10 @@ class FleetHealth:
             "agentsWithoutPod": self.agents_without_pod,
             "duplicateAgents": self.duplicate_agents,
             "versions": [{"version": v, "count": n} for v, n in self.versions],
+            "targetVersion": self.target_version or None,
+            "agentsOutdated": self.agents_outdated,
+            "packageInstalling": self.package_installing,
+            "packageFailed": self.package_failed,
             "worstAgents": [w.to_dict() for w in self.worst],
         }
 
@@ -235,10 +250,13 @@ def summarize(
     worst_limit: int = 10,
     *,
     versions_limit: int = VERSIONS_LIMIT,
+    target_version: str = "",
+    package: PackageOffer | None = None,
 ) -> FleetHealth:
     """Aggregate one fleet's mapping (`FleetAssignment.mapping_for`, or `map_agents` over
     its pods and agents). `drift` maps instance_uid to a verdict; missing means unknown.
     An empty `desired_hash` means the fleet offers no config, so no config is awaited.
+    `target_version` and `package`: the fleet's spec.version, if any (fleet/versions.py).
     """
     if worst_limit < 0 or versions_limit < 0:
         raise ValueError("limits must not be negative")
@@ -249,11 +267,15 @@ def summarize(
     states = Counter(config_state(a, desired_hash) for a in live)
     conflicting = set(mapping.conflicting_agents)
 
+    behind = {a.instance_uid for a in outdated(live, target_version)}
     ranked: list[tuple[int, str, Reason, str]] = []
     for agent in members:
         found = problem(agent, desired_hash, drift.get(agent.instance_uid))
+        if found is None and agent.live:
+            found = _version_problem(agent, target_version, package, behind)
         if found is not None:
             ranked.append((SEVERITY[found[0]], agent.instance_uid, found[0], found[1]))
+    progress = package_progress(live, package)
     worst = tuple(
         WorstAgent(
             uid,
@@ -281,7 +303,23 @@ def summarize(
         duplicate_agents=sum(1 for u in conflicting if mapping.agents[u].live),
         versions=versions_histogram(live, versions_limit),
         worst=worst,
+        target_version=target_version,
+        agents_outdated=len(behind),
+        package_installing=progress.installing,
+        package_failed=progress.failed,
     )
+
+
+def _version_problem(
+    agent: AgentView, target: str, package: PackageOffer | None, behind: set[str]
+) -> tuple[Reason, str] | None:
+    failed = package_problem(agent, package)
+    if failed is not None:
+        return Reason.PACKAGE_FAILED, failed
+    if agent.instance_uid in behind:
+        runs = agent.service_version or "no version it reports"
+        return Reason.OUTDATED, f"runs {runs}, the fleet's version is {target}"
+    return None
 
 
 # ---------------------------------------------------------------------------------------

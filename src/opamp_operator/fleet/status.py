@@ -14,6 +14,7 @@ from typing import Any
 from opamp_operator.fleet.conditions import Why, merge
 from opamp_operator.fleet.events import EVENT_MESSAGE_LIMIT, NAMES_SHOWN, Event, condition_events
 from opamp_operator.fleet.health import FleetHealth, Reason, conditions
+from opamp_operator.fleet.versions import version_condition
 
 # Status counts whose rise is announced: the Event's reason, its wording, and which worst
 # agents' reasons name who.
@@ -35,6 +36,18 @@ _COUNTS: tuple[tuple[str, str, str, frozenset[str]], ...] = (
         "AgentsUnhealthy",
         "agents are unhealthy, disconnected or silent",
         frozenset({Reason.UNHEALTHY.value, Reason.DISCONNECTED.value, Reason.STALE.value}),
+    ),
+    (
+        "agentsOutdated",
+        "Outdated",
+        "agents run another version than the fleet's",
+        frozenset({Reason.OUTDATED.value}),
+    ),
+    (
+        "packageFailed",
+        "PackageFailed",
+        "agents report the offered package failed to install",
+        frozenset({Reason.PACKAGE_FAILED.value}),
     ),
 )
 
@@ -60,6 +73,11 @@ def fleet_status(
 ) -> dict[str, Any]:
     """The whole status the operator owns, conditions merged with the old ones."""
     new_conditions = conditions(health, facts.observed_generation, facts.generation, facts.blocker)
+    new_conditions.append(
+        version_condition(
+            health.target_version, health.agents_connected, health.agents_outdated, health.versions
+        )
+    )
     return {
         **health.to_status(),
         "observedGeneration": facts.observed_generation,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from opamp_operator.opamp.attributes import to_dict, to_text
 from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.packages import PackageReport, package_report
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import AgentRecord, AgentState, HasAgentState
 
@@ -56,6 +57,11 @@ class AgentView(HasAgentState):
     # AvailableComponents: component types per plural kind ("receivers": {"otlp"});
     # None when the agent reports none.
     components: Mapping[str, frozenset[str]] | None = None
+    accepts_packages: bool = False
+    # PackageStatuses: the aggregate hash of the packages it was last offered (hex), and
+    # its report on each package by name (at most PACKAGES_SHOWN).
+    packages_hash: str = ""
+    packages: Mapping[str, PackageReport] = field(default_factory=dict)
 
     @property
     def service_version(self) -> str:
@@ -118,6 +124,7 @@ def agent_view(agent: AgentRecord) -> AgentView:
         agent.effective_config,
         agent.available_components,
         agent.identity,
+        agent.package_statuses,
     )
     plain = (
         agent.state,
@@ -175,4 +182,23 @@ def _build_view(agent: AgentRecord) -> AgentView:
         accepts_remote_config=agent.can(pb.AgentCapabilities_AcceptsRemoteConfig),
         connected_at=agent.connected_at,
         components=components_of(agent.available_components, agent.components_digest),
+        accepts_packages=agent.can(pb.AgentCapabilities_AcceptsPackages),
+        packages_hash=(
+            agent.package_statuses.server_provided_all_packages_hash.hex()
+            if agent.package_statuses is not None
+            else ""
+        ),
+        packages=_packages(agent.package_statuses),
     )
+
+
+PACKAGES_SHOWN = 16
+"""Packages of one agent the fleet layer looks at (by name): an agent has one top-level
+package and a few addons; a report of more is not worth keeping in every view."""
+
+
+def _packages(statuses: pb.PackageStatuses | None) -> Mapping[str, PackageReport]:
+    if statuses is None:
+        return {}
+    names = sorted(statuses.packages)[:PACKAGES_SHOWN]
+    return {n: r for n in names if (r := package_report(statuses, n)) is not None}

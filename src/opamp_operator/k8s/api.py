@@ -23,8 +23,10 @@ from opamp_operator.api.models import FLEETS_PLURAL, GROUP
 from opamp_operator.api.read import AGENT_STATES
 from opamp_operator.fleet.drift import DriftVerdict, masked_config_text, unified_diff
 from opamp_operator.fleet.health import ConfigState, config_state, summarize
+from opamp_operator.fleet.versions import package_of
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s.state import FleetRecord, OperatorState
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.server.api import ApiContext, ResourceAccess, rendered
 
 
@@ -63,7 +65,14 @@ class FleetAPI:
         assignment = self.state.recent()
         mapping = assignment.mapping_for(record.key)
         drift = await self.state.drift_of(record, mapping.agents)
-        health = summarize(record.selector, mapping, record.desired_hash, drift)
+        health = summarize(
+            record.selector,
+            mapping,
+            record.desired_hash,
+            drift,
+            target_version=record.target_version,
+            package=record.package,
+        )
         return {
             "namespace": record.namespace,
             "name": record.name,
@@ -128,6 +137,9 @@ class FleetAPI:
                 "paths": list(drift.paths),
             },
             "version": agent.service_version,
+            "outdated": bool(record.target_version)
+            and agent.service_version != record.target_version,
+            "package": _package(agent, record.package),
             "attributes": dict(agent.attributes),
         }
 
@@ -181,6 +193,20 @@ class FleetAPI:
         raise web.HTTPNotFound(text=f"no agent {request.match_info['uid']} in fleet {record.key}")
 
 
+def _package(agent: AgentView, offer: PackageOffer | None) -> dict[str, Any] | None:
+    """The agent's report on its fleet's package: where the install of this very offer
+    is (None: not offered, or no report on it yet)."""
+    if offer is None:
+        return None
+    report = package_of(agent, offer)
+    return {
+        "offeredVersion": offer.version,
+        "accepted": agent.accepts_packages,
+        "status": report.state.value if report is not None and report.state else None,
+        "error": report.error if report is not None else "",
+    }
+
+
 def _in_state(agent: dict[str, Any], state: str) -> bool:
     live = agent["connected"] and not agent["stale"]
     checks = {
@@ -190,6 +216,7 @@ def _in_state(agent: dict[str, Any], state: str) -> bool:
         "applying": agent["config"] == ConfigState.APPLYING.value,
         "pending": agent["config"] == ConfigState.PENDING.value,
         "drifted": agent["drift"]["state"] == "Drifted",
+        "outdated": live and agent["outdated"],
         "disconnected": not live,
         "unmapped": agent["pod"] is None,
     }

@@ -101,7 +101,14 @@ class FleetStatus:
         drift = await self.state.drift_of(record, mapping.agents)
         if record.spec.drift_policy == DriftPolicy.REMEDIATE:
             await self.remediate(body, record, mapping, drift)
-        health = summarize(record.selector, mapping, record.desired_hash, drift)
+        health = summarize(
+            record.selector,
+            mapping,
+            record.desired_hash,
+            drift,
+            target_version=record.target_version,
+            package=record.package,
+        )
         old = dict(body.get("status", {}))
         generation = int(body.metadata.get("generation", 0))
         status = fleet_status(health, facts(record, assignment, generation), old, now_iso())

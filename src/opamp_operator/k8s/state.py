@@ -14,6 +14,7 @@ import hmac
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cachetools import TTLCache
 
@@ -32,11 +33,13 @@ from opamp_operator.fleet.drift import (
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
+from opamp_operator.fleet.versions import package_offer
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.k8s.access import AgentTokenReviewer, ReviewedAccount, looks_like_jwt
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.session import AgentRecord, ServerCore
 from opamp_operator.server.api import Unauthenticated, bearer_of
 from opamp_operator.server.app import Credentials, Limits, config_workers
@@ -96,6 +99,21 @@ class FleetRecord:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def target_version(self) -> str:
+        """spec.version.expected; "" when the fleet names no version."""
+        return self.spec.version.expected if self.spec.version is not None else ""
+
+    @cached_property
+    def package(self) -> PackageOffer | None:
+        """The package offered to the fleet's agents that accept packages (its hashes
+        computed once per reconciled spec)."""
+        version = self.spec.version
+        if version is None or version.package is None:
+            return None
+        p = version.package
+        return package_offer(version.expected, p.name, p.url, p.sha256, p.signature)
 
     @property
     def blocker(self) -> Why | None:
@@ -317,6 +335,11 @@ class OperatorState:
         leaves it to the operator's --heartbeat-seconds."""
         fleet = self.fleet_of(agent)
         return fleet.spec.heartbeat_interval_seconds if fleet is not None else None
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
+        """DesiredConfigSource: the package of the fleet the agent's pod belongs to."""
+        fleet = self.fleet_of(agent)
+        return fleet.package if fleet is not None else None
 
     def is_member(self, record: FleetRecord, uid: str) -> bool:
         """Whether the agent is to run the fleet's desired revision."""

@@ -47,6 +47,7 @@ from opamp_operator.opamp import ids
 from opamp_operator.opamp.configs import RemoteConfig, files_hash, files_of
 from opamp_operator.opamp.endpoint import AgentEndpoint
 from opamp_operator.opamp.identity import AgentIdentity
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 
 SERVER_CAPABILITIES = (
@@ -54,6 +55,8 @@ SERVER_CAPABILITIES = (
     | pb.ServerCapabilities_OffersRemoteConfig
     | pb.ServerCapabilities_AcceptsEffectiveConfig
     | pb.ServerCapabilities_OffersConnectionSettings
+    | pb.ServerCapabilities_OffersPackages
+    | pb.ServerCapabilities_AcceptsPackagesStatus
 )
 # An agent is offered a heartbeat interval only if it takes OpAMP connection settings and
 # heartbeats: an offer is a reconnect for opampsupervisor, and worth one only then.
@@ -71,6 +74,50 @@ STATUS_FIELDS = (
     "available_components",
     "connection_settings_status",
 )
+
+
+STATUS_BYTES = 64 * 1024
+"""Health, package statuses, custom capabilities and connection settings status are
+kept whole up to this each (serialized); past it only their top-level fields are: they
+feed status, gates and the read API, and are never worth more (a component health map
+or package list of megabytes is an agent's mistake or an attack)."""
+_TEXT_CHARS = 1024
+
+
+def _health_summary(new: Message) -> Message:
+    assert isinstance(new, pb.ComponentHealth)
+    return pb.ComponentHealth(
+        healthy=new.healthy,
+        start_time_unix_nano=new.start_time_unix_nano,
+        last_error=new.last_error[:_TEXT_CHARS],
+        status=new.status[:_TEXT_CHARS],
+        status_time_unix_nano=new.status_time_unix_nano,
+    )
+
+
+def _packages_summary(new: Message) -> Message:
+    assert isinstance(new, pb.PackageStatuses)
+    return pb.PackageStatuses(
+        server_provided_all_packages_hash=new.server_provided_all_packages_hash[:64],
+        error_message=new.error_message[:_TEXT_CHARS],
+    )
+
+
+def _settings_summary(new: Message) -> Message:
+    assert isinstance(new, pb.ConnectionSettingsStatus)
+    return pb.ConnectionSettingsStatus(
+        last_connection_settings_hash=new.last_connection_settings_hash[:64],
+        status=new.status,
+        error_message=new.error_message[:_TEXT_CHARS],
+    )
+
+
+_SMALL_STATUSES: dict[str, Callable[[Message], Message]] = {
+    "health": _health_summary,
+    "package_statuses": _packages_summary,
+    "custom_capabilities": lambda new: pb.CustomCapabilities(),
+    "connection_settings_status": _settings_summary,
+}
 
 
 class Transport(StrEnum):
@@ -231,6 +278,8 @@ class AgentRecord(HasAgentState):
     # when the agent left.
     state_since: float | None = None
     offered_config_hash: bytes | None = None
+    # The aggregate hash of the packages last offered on this connection.
+    offered_packages_hash: bytes | None = None
     # The heartbeat interval last offered (None: none yet) and the offer's hash; the
     # longest interval it may keep without having confirmed it (None: the default).
     offered_heartbeat_seconds: int | None = None
@@ -278,12 +327,20 @@ class DesiredConfigSource(Protocol):
         None leaves it to `CoreSettings.offer_heartbeat_seconds`."""
         ...
 
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
+        """The top-level package to offer this agent (when it accepts packages); None
+        offers nothing, and never takes a package away."""
+        ...
+
 
 class NoConfig:
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
         return None
 
     def heartbeat_for(self, agent: AgentRecord) -> int | None:
+        return None
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
         return None
 
 
@@ -623,7 +680,7 @@ class ServerCore:
         if agent.state is AgentState.DISCONNECTED or agent.messages == 0:
             agent.state, agent.state_since = AgentState.CONNECTED, now
             agent.connected_at, agent.transport = now, transport
-            agent.offered_config_hash = None
+            agent.offered_config_hash = agent.offered_packages_hash = None
             events.append(Event(EventKind.CONNECTED, uid))
         elif agent.state is AgentState.STALE:
             agent.state, agent.state_since = AgentState.CONNECTED, now
@@ -854,6 +911,8 @@ class ServerCore:
             or not self._room_for(new.ByteSize() - agent.components_bytes)
         ):
             return pb.AvailableComponents(hash=new.hash)
+        if name in _SMALL_STATUSES and new.ByteSize() > STATUS_BYTES:
+            return _SMALL_STATUSES[name](new)
         return new
 
     @property
@@ -887,11 +946,31 @@ class ServerCore:
             agent.offered_config_hash = desired.hash
             agent.reoffer_config = False
             added = True
+        if agent.can(pb.AgentCapabilities_AcceptsPackages):
+            added = self._offer_package(agent, msg) or added
         if agent.capabilities & HEARTBEAT_OFFER_CAPABILITIES == HEARTBEAT_OFFER_CAPABILITIES:
             added = self._offer_heartbeat(agent, msg) or added
         elif agent.offered_heartbeat_seconds is not None:
             self._judge_heartbeat(agent)
         return added
+
+    def _offer_package(self, agent: AgentRecord, msg: pb.ServerToAgent) -> bool:
+        """Offer the agent's package until it reports the offer's aggregate hash (then
+        it has it, is installing it, or failed to: no offer loop), as the config is
+        offered: once per WebSocket connection, in every HTTP reply until then."""
+        offer = self.desired.package_for(agent)
+        if offer is None:
+            return False
+        statuses = agent.package_statuses
+        reported = statuses.server_provided_all_packages_hash if statuses is not None else b""
+        if reported == offer.all_packages_hash or (
+            agent.transport is Transport.WEBSOCKET
+            and agent.offered_packages_hash == offer.all_packages_hash
+        ):
+            return False
+        msg.packages_available.CopyFrom(offer.to_proto())
+        agent.offered_packages_hash = offer.all_packages_hash
+        return True
 
     def _offer_heartbeat(self, agent: AgentRecord, msg: pb.ServerToAgent) -> bool:
         """Offer the heartbeat interval the desired source (or the default) names for

@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from opamp_operator.opamp.attributes import to_dict
 from opamp_operator.opamp.configs import RemoteConfig, files_of
 from opamp_operator.opamp.ids import uid_str
+from opamp_operator.opamp.packages import package_report
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.opamp.session import AgentRecord
 from opamp_operator.server.tls import TLSFiles
@@ -365,6 +366,28 @@ def _iso(epoch_seconds: float) -> str:
     return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="seconds")
 
 
+def _package_statuses(statuses: pb.PackageStatuses | None) -> dict[str, Any] | None:
+    """What the agent reports of its packages (bounded: session.STATUS_BYTES), by name."""
+    if statuses is None:
+        return None
+    packages = {}
+    for name in sorted(statuses.packages):
+        report = package_report(statuses, name)
+        assert report is not None
+        packages[name] = {
+            "status": report.state.value if report.state is not None else None,
+            "version": report.has_version,
+            "offered_version": statuses.packages[name].server_offered_version,
+            "offered_hash": report.offered_hash,
+            "error_message": report.error,
+        }
+    return {
+        "all_packages_hash": statuses.server_provided_all_packages_hash.hex(),
+        "error_message": statuses.error_message,
+        "packages": packages,
+    }
+
+
 def _settings_status(status: pb.ConnectionSettingsStatus | None) -> dict[str, str] | None:
     if status is None:
         return None
@@ -437,6 +460,10 @@ def agent_json(agent: AgentRecord, desired: RemoteConfig | None = None) -> dict[
         "heartbeat_seconds": agent.heartbeat_seconds,
         "offered_heartbeat_seconds": agent.offered_heartbeat_seconds,
         "connection_settings_status": _settings_status(agent.connection_settings_status),
+        "offered_packages_hash": agent.offered_packages_hash.hex()
+        if agent.offered_packages_hash
+        else None,
+        "package_statuses": _package_statuses(agent.package_statuses),
     }
     components = agent.available_components
     if components is not None:

@@ -17,6 +17,11 @@ fleets:
     selector: {}                  # matches any agent
     configFile: default.yaml      # relative to this file
     heartbeatIntervalSeconds: 10  # offered to its agents (0: none); default --heartbeat-seconds
+    version:                      # what its agents should run (as CollectorFleet spec.version)
+      expected: 0.149.0           # the service.version they should report
+      package:                    # offered to agents that accept packages (optional)
+        url: https://downloads.example.com/otelcol_0.149.0_linux_amd64.tar.gz
+        sha256: 3f2c...           # SHA-256 of the file, hex; the agent verifies it
 ```
 
 The first fleet whose selector matches an agent's identifying or non-identifying
@@ -38,10 +43,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from opamp_operator.api.models import FleetVersion
+from opamp_operator.fleet.versions import package_offer
 from opamp_operator.fleet.views import agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.identity import AgentIdentity
+from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.session import MAX_HEARTBEAT_SECONDS, AgentRecord
 
 log = logging.getLogger(__name__)
@@ -59,6 +68,10 @@ class Fleet:
     certificate_names: frozenset[str] = frozenset()
     heartbeat_seconds: int | None = None
     """Offered to its agents (0: none); None: `serve --heartbeat-seconds`."""
+    target_version: str = ""
+    """`version.expected`: the service.version its agents should report."""
+    package: PackageOffer | None = None
+    """`version.package`: offered to its agents that accept packages."""
 
     def matches(self, attributes: Mapping[str, str], identity: AgentIdentity) -> bool:
         if self.certificate_names and not self.certificate_names & set(identity.certificate):
@@ -102,13 +115,36 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
         raise FleetFileError(f"fleet {name!r}: config is not valid YAML: {exc}") from None
     if not isinstance(parsed, dict):
         raise FleetFileError(f"fleet {name!r}: a Collector config must be a YAML mapping")
+    version = _version(raw.get("version"), name)
     return Fleet(
         str(name),
         {str(k): str(v) for k, v in selector.items()},
         RemoteConfig.single(body),
         frozenset(names),
         heartbeat,
+        version.expected if version is not None else "",
+        _offer(version),
     )
+
+
+def _version(raw: Any, name: object) -> FleetVersion | None:
+    """A fleet's `version`, checked by the CRD's own model (spec.version)."""
+    if raw is None:
+        return None
+    try:
+        return FleetVersion.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'version'}: {e['msg']}" for e in exc.errors()
+        )
+        raise FleetFileError(f"fleet {name!r}: version: {problems}") from None
+
+
+def _offer(version: FleetVersion | None) -> PackageOffer | None:
+    if version is None or version.package is None:
+        return None
+    p = version.package
+    return package_offer(version.expected, p.name, p.url, p.sha256, p.signature)
 
 
 def parse_fleets(text: str, base: Path) -> list[Fleet]:
@@ -180,3 +216,8 @@ class FileFleets:
         `--heartbeat-seconds`."""
         fleet = self.fleet_for(agent)
         return fleet.heartbeat_seconds if fleet is not None else None
+
+    def package_for(self, agent: AgentRecord) -> PackageOffer | None:
+        """The package of the agent's fleet, offered if the agent accepts packages."""
+        fleet = self.fleet_for(agent)
+        return fleet.package if fleet is not None else None
