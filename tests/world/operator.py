@@ -94,6 +94,24 @@ class OpAMPEndpoint:
                 return int(line.split()[1]) / 1024
         raise AssertionError(f"no VmRSS in /proc/{self.proc.pid}/status")
 
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent the server knows (the raw agents route)."""
+        result: list[dict[str, Any]] = self.get("/api/v1/agents")["agents"]
+        return result
+
+    def wait_agent(
+        self, where: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """The first agent in the read API that satisfies `where`, polling until one does."""
+        found: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            found[:] = [a for a in self.agents() if where(a)]
+            return bool(found)
+
+        wait_until(what, check, timeout=timeout, watch=[self.record])
+        return found[0]
+
     def get(self, path: str, timeout: float = 5.0) -> Any:
         """GET one of the read endpoints: JSON decoded, anything else as text."""
         request = urllib.request.Request(f"{self.api_url}{path}")  # noqa: S310 - http(s) only
@@ -114,23 +132,6 @@ class OpAMPEndpoint:
 @dataclass
 class ServeProcess(OpAMPEndpoint):
     fleets: Path
-
-    def agents(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.get("/api/v1/agents")["agents"]
-        return result
-
-    def wait_agent(
-        self, where: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60.0
-    ) -> dict[str, Any]:
-        """The first agent in the read API that satisfies `where`, polling until one does."""
-        found: list[dict[str, Any]] = []
-
-        def check() -> bool:
-            found[:] = [a for a in self.agents() if where(a)]
-            return bool(found)
-
-        wait_until(what, check, timeout=timeout, watch=[self.record])
-        return found[0]
 
     def __enter__(self) -> ServeProcess:
         return self

@@ -1,11 +1,13 @@
-"""One anonymous client cannot stop `opamp-operator serve` from serving everyone (issue 14).
+"""One anonymous client cannot stop `opamp-operator serve`, or the operator (`run`), from
+serving everyone (issue 14).
 
 A real opamp-go agent over WebSocket and one over plain HTTP stay connected to one serve
-process through every attack below, and must get each report through within 2 s while it
-runs: slowloris on request headers and on the WebSocket upgrade, thousands of idle TCP
-connections and of WebSockets that never speak, parallel 64 MiB and 16 MiB posts, gzip
-bombs, floods of fresh instance uids. The server's memory is read from /proc and must stay
-bounded; its limits are the defaults but for shorter timeouts, so the module runs fast.
+process, then to one operator process, through every attack below, and must get each
+report through within 2 s while it runs: slowloris on request headers and on the
+WebSocket upgrade, thousands of idle TCP connections and of WebSockets that never speak,
+parallel 64 MiB and 16 MiB posts, gzip bombs, floods of fresh instance uids. The
+server's memory is read from /proc and must stay bounded; its limits are the defaults
+but for shorter timeouts, so the module runs fast.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import yaml
 from opamp_operator.opamp import wire
 from opamp_operator.opamp.proto import opamp_pb2 as pb
 from opamp_operator.server.app import Limits
+from world.cluster import LocalCluster
 from world.collector import JsonlProcess, start_go_agent
-from world.operator import ServeProcess, start_serve, write_fleets
+from world.operator import OpAMPEndpoint, start_operator, start_serve, write_fleets
+from world.processes import wait_until
 
 pytestmark = pytest.mark.world
 
@@ -70,26 +74,40 @@ def _fleets(directory: Path) -> Path:
     )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    workdir = tmp_path_factory.mktemp("abuse")
-    with start_serve(_fleets(workdir), workdir, *_timeouts()) as s:
-        yield s
+@pytest.fixture(scope="module", params=["serve", "run"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OpAMPEndpoint]:
+    """Each attack runs against `serve` and against the operator (`run`, on the test
+    world's cluster): one OpAMP server, two processes that embed it."""
+    workdir = tmp_path_factory.mktemp(f"abuse-{request.param}")
+    if request.param == "serve":
+        with start_serve(_fleets(workdir), workdir, *_timeouts()) as s:
+            yield s
+        return
+    request.getfixturevalue("crds")
+    cluster: LocalCluster = request.getfixturevalue("cluster")
+    with start_operator(cluster.kubeconfig, workdir, *_timeouts()) as op:
+        yield op
 
 
 @pytest.fixture(scope="module")
-def bystanders(server: ServeProcess) -> Iterator[dict[str, JsonlProcess]]:
+def bystanders(server: OpAMPEndpoint) -> Iterator[dict[str, JsonlProcess]]:
     """Well-behaved agents on both transports, connected for the whole module."""
     with (
         start_go_agent(server.ws_url, "--heartbeat=1s", "--service-name=ws-bystander") as ws,
         start_go_agent(server.http_url, "--heartbeat=1s", "--service-name=http-bystander") as http,
     ):
-        for agent in (ws, http):
-            agent.wait_for("remote_config_status")
+        for name in ("ws-bystander", "http-bystander"):
+
+            def named(agent: dict[str, Any], name: str = name) -> bool:
+                return bool(agent["identifying_attributes"].get("service.name") == name)
+
+            server.wait_agent(named, f"the {name} in the read API")
         yield {"websocket": ws, "http": http}
 
 
-async def _answered(server: ServeProcess, agents: dict[str, JsonlProcess]) -> float:
+async def _answered(server: OpAMPEndpoint, agents: dict[str, JsonlProcess]) -> float:
     """Each bystander's next report reaches the server within ANSWER_WITHIN; the slowest."""
     slowest = 0.0
     for name, agent in agents.items():
@@ -112,7 +130,7 @@ async def _answered(server: ServeProcess, agents: dict[str, JsonlProcess]) -> fl
 class Memory:
     """The server's RSS, sampled every 50 ms while the block runs: growth over the start."""
 
-    def __init__(self, server: ServeProcess) -> None:
+    def __init__(self, server: OpAMPEndpoint) -> None:
         self.server = server
         self.start = self.peak = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -207,11 +225,11 @@ async def _close_code(conn: Conn) -> int:
             return int(struct.unpack("!H", payload[:2])[0])
 
 
-def _errors(server: ServeProcess, reason: str) -> float:
+def _errors(server: OpAMPEndpoint, reason: str) -> float:
     return server.metric("opamp_errors_total", f'reason="{reason}"')
 
 
-def _offers(server: ServeProcess) -> float:
+def _offers(server: OpAMPEndpoint) -> float:
     found = re.search(r"^opamp_remote_config_offers_total (\S+)$", server.get("/metrics"), re.M)
     return float(found.group(1)) if found else 0.0
 
@@ -220,7 +238,7 @@ def _offers(server: ServeProcess) -> float:
 
 
 async def test_slowloris_on_headers_and_on_the_upgrade_is_cut_off(
-    server: ServeProcess, bystanders: dict[str, JsonlProcess]
+    server: OpAMPEndpoint, bystanders: dict[str, JsonlProcess]
 ) -> None:
     before = _errors(server, "header_timeout")
     post = b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
@@ -251,7 +269,7 @@ async def test_slowloris_on_headers_and_on_the_upgrade_is_cut_off(
 
 
 async def test_thousands_of_idle_connections_expire_and_cost_little(
-    server: ServeProcess, bystanders: dict[str, JsonlProcess]
+    server: OpAMPEndpoint, bystanders: dict[str, JsonlProcess]
 ) -> None:
     before = _errors(server, "header_timeout")
     async with Memory(server) as memory:
@@ -267,7 +285,7 @@ async def test_thousands_of_idle_connections_expire_and_cost_little(
 
 
 async def test_thousands_of_websockets_that_never_speak_are_closed_1008(
-    server: ServeProcess, bystanders: dict[str, JsonlProcess]
+    server: OpAMPEndpoint, bystanders: dict[str, JsonlProcess]
 ) -> None:
     before = _errors(server, "first_message_timeout")
     async with Memory(server) as memory:
@@ -298,7 +316,7 @@ def _post_head(length: int, *extra: bytes) -> bytes:
 
 
 async def test_parallel_64_mib_posts_are_refused_before_their_body_is_read(
-    server: ServeProcess, bystanders: dict[str, JsonlProcess]
+    server: OpAMPEndpoint, bystanders: dict[str, JsonlProcess]
 ) -> None:
     length = 64 * MIB
     chunk = bytes(MIB)
@@ -324,7 +342,7 @@ async def test_parallel_64_mib_posts_are_refused_before_their_body_is_read(
 
 
 async def test_parallel_posts_at_the_message_limit_stay_within_the_byte_budget(
-    server: ServeProcess, bystanders: dict[str, JsonlProcess]
+    server: OpAMPEndpoint, bystanders: dict[str, JsonlProcess]
 ) -> None:
     """16 MiB AgentToServer messages, twelve at once: the budget (64 MiB) admits four at a
     time and sheds the rest with 503 + Retry-After; memory stays bounded by it."""
@@ -351,7 +369,7 @@ async def test_parallel_posts_at_the_message_limit_stay_within_the_byte_budget(
 
 
 async def test_gzip_bombs_are_bounded_after_decompression(
-    server: ServeProcess, bystanders: dict[str, JsonlProcess]
+    server: OpAMPEndpoint, bystanders: dict[str, JsonlProcess]
 ) -> None:
     """Each ~250 KiB of gzip inflates to 256 MiB: the server reads it decompressed a
     bounded chunk at a time, charged to the budget, and stops at the message limit."""
@@ -380,7 +398,7 @@ async def test_gzip_bombs_are_bounded_after_decompression(
 
 
 async def test_a_flood_of_fresh_uids_is_forgotten_within_seconds(
-    server: ServeProcess, bystanders: dict[str, JsonlProcess]
+    server: OpAMPEndpoint, bystanders: dict[str, JsonlProcess]
 ) -> None:
     """Bare polls with a fresh uid each (no description): each makes a record, asked for
     its full state; none of them ever describes itself, so all are gone within
@@ -403,10 +421,11 @@ async def test_a_flood_of_fresh_uids_is_forgotten_within_seconds(
         assert peak_agents > 2
         started = time.monotonic()
         await asyncio.to_thread(
-            server.wait_agent,
-            lambda _: len(server.agents()) == 2,
+            wait_until,
             "only the two bystanders to be left",
-            FORGET_ALL,
+            lambda: len(server.agents()) == 2,  # one listing per look, not one per agent
+            timeout=FORGET_ALL,
+            watch=[server.record],
         )
         forgotten_in = time.monotonic() - started
         print(f"{peak_agents} records, all forgotten {forgotten_in:.1f} s after the flood")
