@@ -1,16 +1,19 @@
 """Launch real OpAMP agents: the Collector with its OpAMP extension, the same Collector under
-opampsupervisor, and the opamp-go harness agent."""
+opampsupervisor, and the opamp-go harness agent; and the download server for the packages
+opamp-go's reference server offers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -368,13 +371,123 @@ class ReferenceServer:
         self.harness.stop()
 
 
-def start_reference_server(config_file: Path | None = None) -> ReferenceServer:
+def start_reference_server(config_file: Path | None = None, *args: str) -> ReferenceServer:
+    """opamp-go's server offering `config_file` (if any); `args` are more of its flags, such
+    as `package_offer_flags(...)`."""
     argv = [str(binaries.find("opamp-go-server"))]
     if config_file is not None:
         argv.append(f"--config-file={config_file}")
-    harness = start_jsonl(argv)
+    harness = start_jsonl([*argv, *args])
     ready = harness.wait_for("listening", timeout=15)
     return ReferenceServer(harness, ready["ws_url"], ready["http_url"])
+
+
+def package_offer_flags(
+    url: str,
+    sha256: str,
+    version: str,
+    *,
+    name: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The reference server's flags to offer one top-level package (the server computes the
+    package and all-packages hashes; `sha256` is the file's content_hash, right or not)."""
+    flags = [
+        f"--package-url={url}",
+        f"--package-sha256={sha256}",
+        f"--package-version={version}",
+        f"--package-name={name}",
+    ]
+    return flags + [f"--package-header={k}={v}" for k, v in (headers or {}).items()]
+
+
+@dataclass(frozen=True)
+class Download:
+    """One GET the package file server answered."""
+
+    path: str
+    headers: dict[str, str]
+    status: int
+
+
+class PackageFiles:
+    """A real HTTP server for package files on loopback (the spec's Download Server).
+
+    `files` maps a path ("/pkg.bin") to its bytes. A request without every header of
+    `required_headers` gets 401, a path not in `files` 404, and a path in `delays` is
+    answered that many seconds late (to make a download time out). Every request is
+    recorded in `downloads`. Use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        files: Mapping[str, bytes],
+        *,
+        required_headers: Mapping[str, str] | None = None,
+        delays: Mapping[str, float] | None = None,
+    ) -> None:
+        self.files = dict(files)
+        self.required_headers = dict(required_headers or {})
+        self.delays = dict(delays or {})
+        self.downloads: list[Download] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        # a short poll interval: stop() waits for the next poll
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}{path}"
+
+    @staticmethod
+    def sha256(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        files = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                body = files.files.get(self.path)
+                missing = any(
+                    headers.get(k.lower()) != v for k, v in files.required_headers.items()
+                )
+                status = 401 if missing else 404 if body is None else 200
+                with files._lock:
+                    files.downloads.append(Download(self.path, headers, status))
+                if files._stopping.wait(files.delays.get(self.path, 0.0)):
+                    return
+                if status != 200 or body is None:
+                    self.send_error(status)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                """Quiet: the test reads `downloads`."""
+
+        return Handler
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> PackageFiles:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 def collector_config_with_health() -> tuple[str, int]:

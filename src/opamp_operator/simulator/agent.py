@@ -2,13 +2,17 @@
 
 WebSocket agents hold one connection each (no compression, no keepalive pings: OpAMP
 heartbeats do that job and each ping task costs memory at 10,000 agents). HTTP agents
-share one aiohttp ClientSession and poll at the heartbeat interval. All protocol
-decisions are made by `AgentCore`; this module moves bytes, keeps time and counts.
+share one aiohttp ClientSession and poll at the heartbeat interval. Agents that accept
+packages download them with that same session (created for them over WebSocket too), a
+bounded number at once per process, hashing the file as it streams in (nothing is kept).
+All protocol decisions are made by `AgentCore`; this module moves bytes, keeps time and
+counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import ssl
@@ -19,6 +23,7 @@ import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.protocol import State
+from websockets.typing import Data
 
 from opamp_operator import __version__
 from opamp_operator.opamp import wire
@@ -30,6 +35,10 @@ from opamp_operator.simulator.protocol import (
     ConfigReported,
     FullStateAcked,
     InstanceUidChanged,
+    PackageInstalled,
+    PackageInstallFailed,
+    PackageOffer,
+    PackagesOffered,
     Part,
     ProtocolError,
     Reaction,
@@ -64,10 +73,17 @@ class Fleet:
     session: aiohttp.ClientSession | None = None
     ssl_context: ssl.SSLContext | None = None
     """Shared by every TLS connection; None over plaintext."""
+    download_slots: asyncio.Semaphore | None = None
+    """Package downloads under way at once in this process (accept_packages only)."""
 
 
 class ResponseTooLargeError(Exception):
     """A response body over the configured limit; it is discarded, not processed."""
+
+
+class DownloadError(Exception):
+    """A package download that did not give a file; the message is the InstallFailed
+    error the agent reports."""
 
 
 def _server_error_name(value: int) -> str:
@@ -84,7 +100,7 @@ class SimulatedAgent:
     WebSocket closes the connection) before the task ends.
     """
 
-    __slots__ = ("_launched", "_online", "core", "fleet", "index")
+    __slots__ = ("_downloads", "_launched", "_online", "_wake", "core", "fleet", "index")
 
     def __init__(self, index: int, fleet: Fleet, instance_uid: bytes | None = None) -> None:
         self.index = index
@@ -92,6 +108,11 @@ class SimulatedAgent:
         self.core = AgentCore(index, fleet.options, instance_uid)
         self._launched: float | None = None
         self._online = False
+        # Created with the first package download: the downloads under way, and the
+        # event a finished one sets so the agent reports at once instead of at its next
+        # heartbeat.
+        self._downloads: set[asyncio.Task[None]] | None = None
+        self._wake: asyncio.Event | None = None
 
     @property
     def instance_uid(self) -> bytes:
@@ -99,19 +120,27 @@ class SimulatedAgent:
 
     async def run(self) -> None:
         self._launched = self.fleet.clock()
-        while True:
-            try:
-                if self.fleet.settings.transport == "ws":
-                    await self._run_ws()
-                else:
-                    await self._run_http()
-            except Exception as exc:
-                # a bug here must cost one agent a restart, not the whole simulation
-                log.exception("%s: agent loop failed; restarting it", self.core.pod_name)
-                self.fleet.stats.error("agent loop failed", f"{self.core.pod_name}: {exc!r}")
-                self.fleet.stats.agent_disconnected(self.index, self.fleet.clock())
-                self.core.disconnected()
-                await asyncio.sleep(self._backoff(3))
+        try:
+            while True:
+                try:
+                    if self.fleet.settings.transport == "ws":
+                        await self._run_ws()
+                    else:
+                        await self._run_http()
+                except Exception as exc:
+                    # a bug here must cost one agent a restart, not the whole simulation
+                    log.exception("%s: agent loop failed; restarting it", self.core.pod_name)
+                    self.fleet.stats.error("agent loop failed", f"{self.core.pod_name}: {exc!r}")
+                    self.fleet.stats.agent_disconnected(self.index, self.fleet.clock())
+                    self.core.disconnected()
+                    await asyncio.sleep(self._backoff(3))
+        finally:
+            # downloads end with the agent, before the shared session closes
+            downloads = list(self._downloads or ())
+            for task in downloads:
+                task.cancel()
+            if downloads:
+                await asyncio.gather(*downloads, return_exceptions=True)
 
     def _backoff(self, failures: int) -> float:
         s = self.fleet.settings
@@ -135,8 +164,108 @@ class SimulatedAgent:
                 stats.server_error(_server_error_name(event.type), event.message)
             elif isinstance(event, ProtocolError):
                 stats.error("bad message from server", f"{self.core.pod_name}: {event.message}")
+            elif isinstance(event, PackagesOffered):
+                for offer in event.downloads:
+                    stats.package_offered(self.index, offer, now)
+                    self._start_download(offer)
+            elif isinstance(event, PackageInstalled):
+                stats.package_installed(self.index, event.offer, now)
+            elif isinstance(event, PackageInstallFailed):
+                stats.package_failed(self.index, event.offer, event.error, now)
         if reaction.throttled:
             stats.agent_throttled(self.index, now)
+
+    # Packages
+
+    def _start_download(self, offer: PackageOffer) -> None:
+        if self._downloads is None:
+            self._downloads = set()
+            self._wake = asyncio.Event()
+        task = asyncio.create_task(self._download(offer), name=f"{self.core.pod_name}-download")
+        self._downloads.add(task)
+        task.add_done_callback(self._downloads.discard)
+
+    async def _download(self, offer: PackageOffer) -> None:
+        """Fetch the file, then let the core install it (or fail it) and wake the agent to
+        report; a download the server has since offered something else for is dropped by
+        the core."""
+        digest: bytes | None = None
+        error: str | None = None
+        slots = self.fleet.download_slots
+        assert slots is not None, "agents that accept packages need the fleet's download slots"
+        async with slots:
+            self.fleet.stats.package_downloads += 1
+            try:
+                digest = await self._fetch(offer)
+            except DownloadError as exc:
+                error = str(exc)
+            except TimeoutError:
+                timeout = self.fleet.settings.package_download_timeout
+                error = f"download from {offer.url} timed out after {timeout:g} s"
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                error = f"download from {offer.url} failed: {type(exc).__name__}: {exc}"
+        self._record(Reaction(self.core.package_fetched(offer, digest, error)))
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _fetch(self, offer: PackageOffer) -> bytes:
+        """GET the file with the offered headers, within the timeout and the size limit;
+        its SHA-256."""
+        fleet = self.fleet
+        session, settings, stats = fleet.session, fleet.settings, fleet.stats
+        assert session is not None, "agents that accept packages need the fleet's ClientSession"
+        limit = settings.max_package_bytes
+        timeout = aiohttp.ClientTimeout(total=settings.package_download_timeout)
+        headers = {"User-Agent": USER_AGENT, **dict(offer.headers)}
+        async with session.get(offer.url, headers=headers, timeout=timeout) as resp:
+            if resp.status != 200:
+                status = f"HTTP {resp.status} {resp.reason or ''}".rstrip()
+                raise DownloadError(f"download from {offer.url} failed: {status}")
+            if resp.content_length is not None and resp.content_length > limit:
+                raise DownloadError(f"package file of {resp.content_length} bytes: over {limit}")
+            sha256, size = hashlib.sha256(), 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                stats.package_download_bytes += len(chunk)
+                if size > limit:
+                    raise DownloadError(f"package file from {offer.url} is over {limit} bytes")
+                sha256.update(chunk)
+        return sha256.digest()
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if a package download finishes meanwhile."""
+        wake = self._wake
+        if wake is None:
+            await asyncio.sleep(seconds)
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await wake.wait()
+        except TimeoutError:
+            pass
+        wake.clear()
+
+    async def _recv_or_wake(self, ws: ClientConnection, wake: asyncio.Event) -> Data | None:
+        """The next frame, or None once a finished download woke the agent to report.
+
+        Cancelling websockets' recv() loses nothing: a frame it was about to return
+        stays for the next call, which must not start before the cancelled one ended.
+        """
+        if wake.is_set():
+            wake.clear()
+            return None
+        recv = asyncio.ensure_future(ws.recv())
+        recv.add_done_callback(_consume)
+        woken = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait((recv, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not recv.done():
+                recv.cancel()
+                await asyncio.wait((recv,))
+        wake.clear()
+        return None if recv.cancelled() else recv.result()
 
     # WebSocket
 
@@ -242,9 +371,16 @@ class SimulatedAgent:
     async def _ws_receive(self, ws: ClientConnection) -> Reaction | None:
         """Wait until a frame arrives or tick() is due; the reaction only if it throttled."""
         fleet, core, stats = self.fleet, self.core, self.fleet.stats
+        wake = self._wake
         try:
             async with asyncio.timeout(core.seconds_until_wakeup(fleet.clock())):
-                frame = await ws.recv()
+                if wake is None or not (self._downloads or wake.is_set()):
+                    frame = await ws.recv()
+                else:
+                    received = await self._recv_or_wake(ws, wake)
+                    if received is None:
+                        return None
+                    frame = received
         except TimeoutError:
             return None
         stats.received(len(frame))
@@ -281,7 +417,7 @@ class SimulatedAgent:
                 now = fleet.clock()
                 core.tick(now)
                 if not core.wants_to_send:
-                    await asyncio.sleep(core.seconds_until_wakeup(now) or 0.0)
+                    await self._idle(core.seconds_until_wakeup(now) or 0.0)
                     continue
                 wait = await self._http_exchange(failures)
                 if wait is None:
@@ -374,6 +510,13 @@ class SimulatedAgent:
             _ThrottledError,
         ) as exc:
             log.debug("%s: goodbye failed: %s", self.core.pod_name, exc)
+
+
+def _consume(task: asyncio.Future[Data]) -> None:
+    """Retrieve what a recv() task ended with even when nobody asks (the agent was
+    cancelled meanwhile), so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _ThrottledError(Exception):

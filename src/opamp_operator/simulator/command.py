@@ -85,7 +85,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=STOP_CONDITIONS,
         default=None,
         help="stop once all agents are connected / have their full state acknowledged / "
-        "have reported APPLIED for one config / have reported APPLIED or FAILED for one",
+        "have reported APPLIED for one config / have reported APPLIED or FAILED for one / "
+        "have installed the package offered last",
     )
     p.add_argument(
         "--connect-rate",
@@ -124,6 +125,39 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--seed", type=int, default=None, help="seed for backoff jitter")
     p.add_argument(
+        "--accept-packages",
+        action="store_true",
+        help="accept offered packages (AcceptsPackages, ReportsPackageStatuses): download each "
+        "new one, check its SHA-256 against the offered content hash, report Installed or "
+        "InstallFailed; a top-level package's version becomes the agents' service.version",
+    )
+    p.add_argument(
+        "--service-version",
+        default=None,
+        help="service.version the agents report until a top-level package replaces it "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--package-downloads",
+        metavar="N",
+        type=_positive_int,
+        default=_D.package_downloads,
+        help="package downloads at once in this process",
+    )
+    p.add_argument(
+        "--package-download-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=_D.package_download_timeout,
+        help="the longest one package download may take",
+    )
+    p.add_argument(
+        "--max-package-bytes",
+        type=_positive_int,
+        default=_D.max_package_bytes,
+        help="largest package file accepted",
+    )
+    p.add_argument(
         "--ca-file",
         metavar="PEM",
         default=None,
@@ -156,6 +190,11 @@ def settings_from_args(args: argparse.Namespace) -> SimulationSettings:
         max_message_bytes=args.max_message_bytes,
         seed=args.seed,
         ca_file=args.ca_file,
+        accept_packages=args.accept_packages,
+        service_version=args.service_version,
+        package_downloads=args.package_downloads,
+        package_download_timeout=args.package_download_timeout,
+        max_package_bytes=args.max_package_bytes,
     )
 
 

@@ -31,6 +31,16 @@ CAPABILITIES = (
     | pb.AgentCapabilities_ReportsAvailableComponents
 )
 
+# what an agent that accepts packages (AgentOptions.accept_packages) declares on top
+PACKAGE_CAPABILITIES = (
+    pb.AgentCapabilities_AcceptsPackages | pb.AgentCapabilities_ReportsPackageStatuses
+)
+
+INSTALLED = pb.PackageStatusEnum_Installed
+INSTALL_FAILED = pb.PackageStatusEnum_InstallFailed
+DOWNLOADING = pb.PackageStatusEnum_Downloading
+TOP_LEVEL = pb.PackageType_TopLevel
+
 UNSET = pb.RemoteConfigStatuses_UNSET
 APPLIED = pb.RemoteConfigStatuses_APPLIED
 APPLYING = pb.RemoteConfigStatuses_APPLYING
@@ -61,6 +71,7 @@ class Part(enum.IntFlag):
     COMPONENTS_HASH = enum.auto()
     COMPONENTS_FULL = enum.auto()
     HEARTBEAT = enum.auto()
+    PACKAGE_STATUSES = enum.auto()
 
 
 FULL_STATE = (
@@ -69,6 +80,7 @@ FULL_STATE = (
     | Part.EFFECTIVE_CONFIG
     | Part.REMOTE_CONFIG_STATUS
     | Part.COMPONENTS_HASH
+    | Part.PACKAGE_STATUSES
 )
 
 
@@ -153,12 +165,70 @@ class AgentOptions:
     fail_text: bytes | None = None
     report_applying: bool = False
     apply_delay: float = 0.0
+    accept_packages: bool = False
+    service_version: str | None = None
+    """The identifying service.version reported until a top-level package replaces it
+    (None: not reported)."""
     local_config: ConfigFiles = DEFAULT_LOCAL_CONFIG
     # received configs, interned so 10,000 agents that apply one config hold one copy
     config_store: dict[ConfigFiles, ConfigFiles] = field(default_factory=dict, compare=False)
 
     def intern(self, files: ConfigFiles) -> ConfigFiles:
         return self.config_store.setdefault(files, files)
+
+    @property
+    def capabilities(self) -> int:
+        return CAPABILITIES | (PACKAGE_CAPABILITIES if self.accept_packages else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PackageOffer:
+    """One offered package the agent is to fetch: what the download and the install need."""
+
+    name: str
+    type: int
+    version: str
+    hash: bytes
+    url: str
+    content_hash: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class PackageRecord:
+    """One package as the agent reports it in PackageStatuses: what it has, what it was
+    last offered and how installing that went."""
+
+    has_version: str = ""
+    has_hash: bytes = b""
+    offered: PackageOffer | None = None
+    status: int = INSTALLED
+    error: str = ""
+
+
+def package_offers(available: pb.PackagesAvailable) -> dict[str, PackageOffer]:
+    return {
+        name: PackageOffer(
+            name=name,
+            type=pkg.type,
+            version=pkg.version,
+            hash=pkg.hash,
+            url=pkg.file.download_url,
+            content_hash=pkg.file.content_hash,
+            headers=tuple((h.key, h.value) for h in pkg.file.headers.headers),
+        )
+        for name, pkg in available.packages.items()
+    }
+
+
+def content_hash_error(offer: PackageOffer, digest: bytes) -> str | None:
+    """None when the downloaded file's SHA-256 is the offer's content_hash."""
+    if digest == offer.content_hash:
+        return None
+    return (
+        f"content hash mismatch: the file from {offer.url} has sha256 {digest.hex()}, "
+        f"the offer's content_hash is {offer.content_hash.hex()}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +268,24 @@ class ServerError:
 
 
 @dataclass(frozen=True, slots=True)
+class PackagesOffered:
+    """A PackagesAvailable named packages to fetch; the transport downloads each."""
+
+    downloads: tuple[PackageOffer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PackageInstalled:
+    offer: PackageOffer
+
+
+@dataclass(frozen=True, slots=True)
+class PackageInstallFailed:
+    offer: PackageOffer
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolError:
     """The server sent something this agent cannot use; the message says what."""
 
@@ -212,6 +300,9 @@ Event = (
     | HeartbeatChanged
     | ServerError
     | ProtocolError
+    | PackagesOffered
+    | PackageInstalled
+    | PackageInstallFailed
 )
 
 
@@ -238,18 +329,23 @@ class AgentCore:
         "_pending",
         "_status_reported",
         "_status_seq",
+        "capabilities",
         "effective",
         "heartbeat",
         "index",
         "instance_uid",
         "options",
         "original_uid",
+        "packages",
+        "packages_hash",
         "poll_fallback",
         "remote_error",
         "remote_hash",
         "remote_status",
         "sequence_num",
+        "server_packages_hash",
         "started_unix_nano",
+        "version",
     )
 
     def __init__(
@@ -281,6 +377,13 @@ class AgentCore:
         self._full_state_seq: int | None = None
         self._status_seq: int | None = None
         self._status_reported = True
+        self.capabilities = options.capabilities
+        self.version = options.service_version
+        # Packages (accept_packages only): by name; the all-packages hash the server
+        # last offered; the one the agent has every package of (spec step 1).
+        self.packages: dict[str, PackageRecord] | None = {} if options.accept_packages else None
+        self.server_packages_hash = b""
+        self.packages_hash = b""
 
     @property
     def pod_name(self) -> str:
@@ -336,7 +439,7 @@ class AgentCore:
         msg = pb.AgentToServer(
             instance_uid=self.instance_uid,
             sequence_num=self.sequence_num,
-            capabilities=CAPABILITIES,
+            capabilities=self.capabilities,
         )
         if parts & Part.DESCRIPTION:
             self._describe(msg.agent_description)
@@ -360,6 +463,8 @@ class AgentCore:
             msg.available_components.CopyFrom(COMPONENTS)
         elif parts & Part.COMPONENTS_HASH:
             msg.available_components.hash = COMPONENTS.hash
+        if parts & Part.PACKAGE_STATUSES and self.packages is not None:
+            self._package_statuses(msg.package_statuses)
         if parts & Part.DESCRIPTION and self._awaiting_full_ack:
             self._full_state_seq = self.sequence_num
         self._pending = Part(0)
@@ -372,7 +477,7 @@ class AgentCore:
         msg = pb.AgentToServer(
             instance_uid=self.instance_uid,
             sequence_num=self.sequence_num,
-            capabilities=CAPABILITIES,
+            capabilities=self.capabilities,
             agent_disconnect=pb.AgentDisconnect(),
         )
         self._last_sent = now
@@ -418,13 +523,18 @@ class AgentCore:
             if interval != self.heartbeat:
                 self.heartbeat = interval
                 events.append(HeartbeatChanged(interval))
-        if msg.flags & pb.ServerToAgentFlags_ReportFullState:
-            self._pending |= FULL_STATE
-        if msg.flags & pb.ServerToAgentFlags_ReportAvailableComponents:
-            self._pending |= Part.COMPONENTS_FULL
+        self._flags(msg.flags)
         if msg.HasField("remote_config"):
             self._offer(msg.remote_config, now, events)
+        if msg.HasField("packages_available") and self.packages is not None:
+            self._packages_offered(msg.packages_available, events)
         return reaction
+
+    def _flags(self, flags: int) -> None:
+        if flags & pb.ServerToAgentFlags_ReportFullState:
+            self._pending |= FULL_STATE
+        if flags & pb.ServerToAgentFlags_ReportAvailableComponents:
+            self._pending |= Part.COMPONENTS_FULL
 
     def _acknowledge(self, events: list[Event]) -> None:
         last_sent = self.sequence_num - 1
@@ -467,6 +577,92 @@ class AgentCore:
         self._status_reported = False
         self._pending |= Part.REMOTE_CONFIG_STATUS
 
+    def _packages_offered(self, available: pb.PackagesAvailable, events: list[Event]) -> None:
+        """The spec's download procedure: nothing to do when the agent has every package of
+        this all-packages hash; else fetch each package whose hash it does not have (and is
+        not fetching already), and forget the packages no longer offered."""
+        records = self.packages
+        assert records is not None
+        all_hash = available.all_packages_hash
+        if all_hash and all_hash == self.packages_hash:
+            return
+        changed = all_hash != self.server_packages_hash
+        self.server_packages_hash = all_hash
+        offers = package_offers(available)
+        for name in [n for n in records if n not in offers]:
+            del records[name]
+            changed = True
+        downloads: list[PackageOffer] = []
+        for name, offer in offers.items():
+            record = records.setdefault(name, PackageRecord())
+            if record.has_hash and record.has_hash == offer.hash:
+                if record.offered != offer or record.status != INSTALLED:
+                    record.offered, record.status, record.error = offer, INSTALLED, ""
+                    changed = True
+                continue
+            if record.status == DOWNLOADING and record.offered == offer:
+                continue  # already being fetched
+            record.offered, record.status, record.error = offer, DOWNLOADING, ""
+            downloads.append(offer)
+            changed = True
+        if changed:
+            self._pending |= Part.PACKAGE_STATUSES
+        if downloads:
+            events.append(PackagesOffered(tuple(downloads)))
+        self._note_all_installed()
+
+    def package_fetched(
+        self, offer: PackageOffer, digest: bytes | None, error: str | None = None
+    ) -> list[Event]:
+        """A download of `offer` ended: the file's SHA-256 (`digest`) or why it failed.
+
+        Installing is checking the hash; a top-level package then becomes what the agent
+        runs: its service.version is the package version, and it says so in a new
+        description. A download the server has offered something else for since is
+        dropped.
+        """
+        record = None if self.packages is None else self.packages.get(offer.name)
+        if record is None or record.offered != offer or record.status != DOWNLOADING:
+            return []
+        if error is None:
+            error = (
+                "the download ended without a file"
+                if digest is None
+                else content_hash_error(offer, digest)
+            )
+        self._pending |= Part.PACKAGE_STATUSES
+        if error is not None:
+            record.status, record.error = INSTALL_FAILED, error
+            return [PackageInstallFailed(offer, error)]
+        record.status, record.error = INSTALLED, ""
+        record.has_version, record.has_hash = offer.version, offer.hash
+        if offer.type == TOP_LEVEL and offer.version != self.version:
+            self.version = offer.version
+            self._pending |= Part.DESCRIPTION
+        self._note_all_installed()
+        return [PackageInstalled(offer)]
+
+    def _note_all_installed(self) -> None:
+        if self.packages is not None and all(r.status == INSTALLED for r in self.packages.values()):
+            self.packages_hash = self.server_packages_hash
+
+    def _package_statuses(self, statuses: pb.PackageStatuses) -> None:
+        """Every package the agent has or is processing, as the spec requires, and the
+        all-packages hash the server last offered (empty statuses before any offer)."""
+        assert self.packages is not None
+        statuses.SetInParent()
+        statuses.server_provided_all_packages_hash = self.server_packages_hash
+        for name, record in self.packages.items():
+            status = statuses.packages[name]
+            status.name = name
+            status.agent_has_version = record.has_version
+            status.agent_has_hash = record.has_hash
+            if record.offered is not None:
+                status.server_offered_version = record.offered.version
+                status.server_offered_hash = record.offered.hash
+            status.status = record.status  # type: ignore[assignment]
+            status.error_message = record.error
+
     def _describe(self, description: pb.AgentDescription) -> None:
         pod = self.pod_name
         description.identifying_attributes.extend(
@@ -477,6 +673,8 @@ class AgentCore:
                 _kv("k8s.namespace.name", self.options.namespace),
             ]
         )
+        if self.version is not None:
+            description.identifying_attributes.append(_kv("service.version", self.version))
         description.non_identifying_attributes.extend(
             [_kv("host.name", pod), _kv("os.type", "linux")]
         )

@@ -83,7 +83,8 @@ class Simulation:
         raise_file_limit(self.settings.agents + _SPARE_FILES)
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
-        if self.settings.transport == "http":
+        # one session for the process: HTTP agents' requests and package downloads
+        if self.settings.transport == "http" or self.settings.accept_packages:
             self.fleet.session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=0,
@@ -92,6 +93,8 @@ class Simulation:
                 ),
                 timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
             )
+        if self.settings.accept_packages:
+            self.fleet.download_slots = asyncio.Semaphore(self.settings.package_downloads)
         self._helpers = [
             asyncio.create_task(self._launch(), name="simulator-launch"),
             asyncio.create_task(self._report_progress(), name="simulator-progress"),

@@ -41,7 +41,13 @@ class SimulationSettings:
     `heartbeat` is the interval agents use until a server offers another (0 disables
     WebSocket heartbeats); HTTP agents poll at it. `duration` None runs until stopped or
     until `stop_when` holds. `connect_rate` agents start per second (0: all at once).
-    `ca_file` (PEM) verifies a wss:// or https:// server instead of the system's CAs.
+    `ca_file` (PEM) verifies a wss:// or https:// server instead of the system's CAs
+    (package downloads over https:// too).
+
+    `accept_packages`: agents take offered packages (PackagesAvailable), fetching at most
+    `package_downloads` files at once per process, each within `package_download_timeout`
+    seconds and `max_package_bytes`; `service_version` is the version they report until
+    a top-level package replaces it (None: none reported).
     """
 
     endpoint: str
@@ -67,6 +73,11 @@ class SimulationSettings:
     max_message_bytes: int = Limits.max_message_bytes
     seed: int | None = None
     ca_file: str | None = None
+    accept_packages: bool = False
+    service_version: str | None = None
+    package_downloads: int = 16
+    package_download_timeout: float = 60.0
+    max_package_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.agents < 1:
@@ -85,6 +96,7 @@ class SimulationSettings:
             "goodbye_timeout": self.goodbye_timeout,
             "shutdown_timeout": self.shutdown_timeout,
             "progress_interval": self.progress_interval,
+            "package_download_timeout": self.package_download_timeout,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -95,6 +107,8 @@ class SimulationSettings:
             raise ValueError("duration must be positive")
         if self.max_message_bytes < 1:
             raise ValueError("max_message_bytes must be positive")
+        if self.package_downloads < 1 or self.max_package_bytes < 1:
+            raise ValueError("package_downloads and max_package_bytes must be positive")
         endpoint_for(self.endpoint, self.transport)
 
     @property
@@ -117,4 +131,6 @@ class SimulationSettings:
             fail_text=self.fail_configs_matching.encode() if self.fail_configs_matching else None,
             report_applying=self.report_applying,
             apply_delay=self.apply_delay,
+            accept_packages=self.accept_packages,
+            service_version=self.service_version,
         )

@@ -14,12 +14,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from opamp_operator.simulator.protocol import APPLIED, FAILED
+from opamp_operator.simulator.protocol import APPLIED, FAILED, PackageOffer
 
 log = logging.getLogger("opamp_operator.simulator")
 
-StopCondition = Literal["connected", "acked", "applied", "settled"]
-STOP_CONDITIONS: tuple[StopCondition, ...] = ("connected", "acked", "applied", "settled")
+StopCondition = Literal["connected", "acked", "applied", "settled", "installed"]
+STOP_CONDITIONS: tuple[StopCondition, ...] = (
+    "connected",
+    "acked",
+    "applied",
+    "settled",
+    "installed",
+)
 
 _LOGGED_PER_KIND = 5
 
@@ -36,6 +42,35 @@ class ConfigProgress:
     all_applied: float | None = None
     all_reported: float | None = None
     error_example: str = ""
+
+
+@dataclass
+class PackageProgress:
+    """One offered package (by package hash) across the fleet."""
+
+    package_hash: bytes
+    name: str
+    version: str
+    first_offer: float
+    offered: set[int] = field(default_factory=set)
+    installed: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    all_installed: float | None = None
+    error_example: str = ""
+
+
+@dataclass(frozen=True)
+class PackageSummary:
+    name: str
+    version: str
+    hash: str
+    first_offer_s: float
+    offered: int
+    installed: int
+    failed: int
+    all_installed_s: float | None
+    """From the first offer of this package until every agent had installed it."""
+    error_example: str
 
 
 @dataclass(frozen=True)
@@ -64,7 +99,10 @@ class Summary:
     answer; `reply_latency_s` is, per answer, from the oldest message the agent had not
     had answered to the ServerToAgent that answered it (SimulationStats.replied);
     `recoveries_s` lists each outage (all connected → fewer → all again);
-    `messages_sent` excludes the AgentDisconnect goodbyes.
+    `messages_sent` excludes the AgentDisconnect goodbyes. `packages_installed` and
+    `package_install_failures` count installs by agents (a retried package counts
+    again), `package_downloads` the downloads started and `package_download_bytes` the
+    bytes they received, failed ones included.
     """
 
     transport: str
@@ -100,6 +138,11 @@ class Summary:
     shutdown_s: float | None = None
     """How long the clean shutdown (AgentDisconnect, close) of every agent took."""
     reply_latency_s: dict[str, float] = field(default_factory=dict)
+    packages: list[PackageSummary] = field(default_factory=list)
+    packages_installed: int = 0
+    package_install_failures: int = 0
+    package_downloads: int = 0
+    package_download_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +230,12 @@ class SimulationStats:
         self.instance_uid_changes = 0
         self.configs: dict[bytes, ConfigProgress] = {}
         self.latest_config: ConfigProgress | None = None
+        self.packages: dict[bytes, PackageProgress] = {}
+        self.latest_package: PackageProgress | None = None
+        self.packages_installed = 0
+        self.package_install_failures = 0
+        self.package_downloads = 0
+        self.package_download_bytes = 0
         self.server_errors: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.error_examples: dict[str, str] = {}
@@ -288,6 +337,31 @@ class SimulationStats:
         if reported == self.agents and progress.all_reported is None:
             progress.all_reported = now
 
+    def _package(self, offer: PackageOffer, now: float) -> PackageProgress:
+        progress = self.packages.get(offer.hash)
+        if progress is None:
+            progress = PackageProgress(offer.hash, offer.name, offer.version, now)
+            self.packages[offer.hash] = self.latest_package = progress
+        return progress
+
+    def package_offered(self, index: int, offer: PackageOffer, now: float) -> None:
+        """Agent `index` is to fetch this package (one it does not have)."""
+        self._package(offer, now).offered.add(index)
+
+    def package_installed(self, index: int, offer: PackageOffer, now: float) -> None:
+        self.packages_installed += 1
+        progress = self._package(offer, now)
+        progress.installed.add(index)
+        progress.failed.discard(index)
+        if len(progress.installed) == self.agents and progress.all_installed is None:
+            progress.all_installed = now
+
+    def package_failed(self, index: int, offer: PackageOffer, error: str, now: float) -> None:
+        self.package_install_failures += 1
+        progress = self._package(offer, now)
+        progress.failed.add(index)
+        progress.error_example = progress.error_example or error
+
     def sent(self, nbytes: int, *, heartbeat: bool = False) -> None:
         self.messages_sent += 1
         self.bytes_sent += nbytes
@@ -317,6 +391,9 @@ class SimulationStats:
             return self.connected == self.agents
         if condition == "acked":
             return self.acked == self.agents
+        if condition == "installed":
+            package = self.latest_package
+            return package is not None and len(package.installed) == self.agents
         config = self.latest_config
         if config is None:
             return False
@@ -337,6 +414,13 @@ class SimulationStats:
                 f" | config {config.config_hash.hex()[:12]} offered {len(config.offered)} "
                 f"applied {len(config.applied)} failed {len(config.failed)}"
             )
+        package = self.latest_package
+        if package is not None:
+            line += (
+                f" | package {package.name or '(unnamed)'} {package.version} offered "
+                f"{len(package.offered)} installed {len(package.installed)} "
+                f"failed {len(package.failed)} downloaded {self.package_download_bytes} B"
+            )
         return line
 
     def summary(self, now: float, stopped_by: str, peak_rss_mib: float | None = None) -> Summary:
@@ -356,6 +440,22 @@ class SimulationStats:
                 error_example=c.error_example,
             )
             for c in sorted(self.configs.values(), key=lambda c: c.first_offer)
+        ]
+        packages = [
+            PackageSummary(
+                name=p.name,
+                version=p.version,
+                hash=p.package_hash.hex(),
+                first_offer_s=round(p.first_offer, 3),
+                offered=len(p.offered),
+                installed=len(p.installed),
+                failed=len(p.failed),
+                all_installed_s=_seconds(
+                    None if p.all_installed is None else p.all_installed - p.first_offer
+                ),
+                error_example=p.error_example,
+            )
+            for p in sorted(self.packages.values(), key=lambda p: p.first_offer)
         ]
         return Summary(
             transport=self.transport,
@@ -385,6 +485,11 @@ class SimulationStats:
             throttled=self.throttled,
             instance_uid_changes=self.instance_uid_changes,
             configs=configs,
+            packages=packages,
+            packages_installed=self.packages_installed,
+            package_install_failures=self.package_install_failures,
+            package_downloads=self.package_downloads,
+            package_download_bytes=self.package_download_bytes,
             server_errors=dict(self.server_errors),
             errors=dict(self.errors),
             error_examples=dict(self.error_examples),

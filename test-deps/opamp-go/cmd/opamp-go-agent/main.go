@@ -27,6 +27,21 @@
 // what opampsupervisor v0.149.0 does: stops its client and starts a new one with only
 // what the offer carries (its endpoint and headers; no certificate offered: TLS without
 // verification and without a client certificate), printing "reconnecting" first.
+//
+// With --accept-packages it declares AcceptsPackages and ReportsPackageStatuses and gives
+// opamp-go an in-memory PackagesStateProvider; an offer is printed as a
+// "packages_available" event (names, types, versions, urls, hashes in hex) and handed to
+// opamp-go's PackagesSyncer, which downloads each new package's file (HTTP GET with the
+// offered headers; --download-timeout bounds each) and reports PackageStatuses itself
+// (Installing, Downloading, then Installed or InstallFailed with its error). opamp-go does
+// not check a file against DownloadableFile.content_hash: the provider does (SHA-256) and
+// refuses a mismatch, so the package is InstallFailed. Installing a top-level package
+// means running it: the agent sets its identifying attribute service.version to the
+// package version and sends the new description (same instance uid), printing
+// "package_installed" (name, version, type, hash); a package that failed is printed as
+// "package_install_failed" (name, version, hash, error) once the sync is over. (opamp-go
+// v0.23.0 takes package capabilities only through a deprecated start setting, so such an
+// agent prints one "log" event of level error saying so when it starts.)
 package main
 
 import (
@@ -101,6 +116,10 @@ type agent struct {
 	lastStatus    *protobufs.RemoteConfigStatus
 	description   *protobufs.AgentDescription
 	health        *protobufs.ComponentHealth
+	// With --accept-packages: where opamp-go keeps packages, and the context a package
+	// download runs in (the agent's, not a message callback's).
+	packages *packageStore
+	ctx      context.Context
 }
 
 // current is the client in use (a reconnect replaces it).
@@ -221,6 +240,13 @@ func (a *agent) onMessage(ctx context.Context, msg *types.MessageData) {
 		}
 	}
 	a.out.Emit("message", fields)
+	if msg.PackagesAvailable != nil {
+		a.out.Emit("packages_available", packagesAvailableJSON(msg.PackagesAvailable))
+		// opamp-go sets PackageSyncer only for an agent that declared AcceptsPackages.
+		if msg.PackageSyncer != nil {
+			a.syncPackages(msg.PackagesAvailable, msg.PackageSyncer)
+		}
+	}
 	if msg.RemoteConfig != nil {
 		a.applyRemoteConfig(ctx, msg.RemoteConfig)
 	}
@@ -275,6 +301,15 @@ func (a *agent) applyRemoteConfig(ctx context.Context, rc *protobufs.AgentRemote
 type opampSettingsFlags struct {
 	mode         string // "", apply, reconnect
 	reportStatus bool
+}
+
+const packageCaps = protobufs.AgentCapabilities_AgentCapabilities_AcceptsPackages |
+	protobufs.AgentCapabilities_AgentCapabilities_ReportsPackageStatuses
+
+// packageFlags say whether the agent takes packages, and how long a download may take.
+type packageFlags struct {
+	accept          bool
+	downloadTimeout time.Duration
 }
 
 // tlsFlags are the agent's TLS settings for wss:// and https:// URLs.
@@ -391,6 +426,9 @@ func main() {
 	var of opampSettingsFlags
 	flag.StringVar(&of.mode, "opamp-settings", "", "declare AcceptsOpAMPConnectionSettings: apply (keep the connection) | reconnect (as opampsupervisor: a new client with what the offer carries)")
 	flag.BoolVar(&of.reportStatus, "report-settings-status", false, "declare ReportsConnectionSettingsStatus (opamp-go reports APPLYING, then APPLIED or FAILED)")
+	var pf packageFlags
+	flag.BoolVar(&pf.accept, "accept-packages", false, "declare AcceptsPackages and ReportsPackageStatuses: opamp-go downloads offered packages, the agent checks their SHA-256 and runs a top-level one (service.version becomes its version)")
+	flag.DurationVar(&pf.downloadTimeout, "download-timeout", 60*time.Second, "with --accept-packages: the longest a package download may take")
 	flag.Var(identifying, "attr", "identifying attribute key=value (repeatable)")
 	flag.Var(nonIdentifying, "non-identifying", "non-identifying attribute key=value (repeatable)")
 	flag.Var(headers, "header", "HTTP header key=value sent with every request (repeatable)")
@@ -402,7 +440,7 @@ func main() {
 
 	out := jsonl.New(os.Stdout)
 	if err := run(out, *serverURL, *uidHex, *serviceName, *heartbeat, *applyMode, *initialConfig,
-		*unhealthy, *components, *verbose, *acceptRestart, *failContaining, identifying, nonIdentifying, headers, tf, of); err != nil {
+		*unhealthy, *components, *verbose, *acceptRestart, *failContaining, identifying, nonIdentifying, headers, tf, of, pf); err != nil {
 		out.Emit("fatal", map[string]any{"error": err.Error()})
 		os.Exit(1)
 	}
@@ -425,7 +463,7 @@ func parseComponents(spec string) (*protobufs.AvailableComponents, error) {
 
 func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat time.Duration, applyMode,
 	initialConfig string, unhealthy bool, components string, verbose, acceptRestart bool, failContaining string,
-	identifying, nonIdentifying, headers kvFlag, tf tlsFlags, of opampSettingsFlags) error {
+	identifying, nonIdentifying, headers kvFlag, tf tlsFlags, of opampSettingsFlags, pf packageFlags) error {
 	u, err := url.Parse(serverURL)
 	if err != nil {
 		return fmt.Errorf("--url: %w", err)
@@ -495,6 +533,14 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 	if of.reportStatus {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_ReportsConnectionSettingsStatus
 	}
+	// opamp-go refuses either capability without a PackagesStateProvider, and a provider
+	// without both.
+	var packages types.PackagesStateProvider
+	if pf.accept {
+		caps |= packageCaps
+		a.packages = newPackageStore(a.install)
+		packages = a.packages
+	}
 	var available *protobufs.AvailableComponents
 	if components != "" {
 		caps |= protobufs.AgentCapabilities_AgentCapabilities_ReportsAvailableComponents
@@ -509,6 +555,7 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	a.ctx = ctx
 	// A client for `settings`: at start, and again on a reconnect (--opamp-settings).
 	a.start = func(settings types.StartSettings) (client.OpAMPClient, error) {
 		var c client.OpAMPClient
@@ -532,8 +579,16 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 				return nil, err
 			}
 		}
-		if err := c.SetCapabilities(&caps); err != nil {
+		// opamp-go v0.23.0's SetCapabilities refuses the package capabilities until Start
+		// has the PackagesStateProvider, so those go through the deprecated
+		// StartSettings.Capabilities, which Start applies with the provider (and logs an
+		// error saying it is deprecated): the first message has them all.
+		base := caps &^ packageCaps
+		if err := c.SetCapabilities(&base); err != nil {
 			return nil, err
+		}
+		if caps&packageCaps != 0 {
+			settings.Capabilities = caps
 		}
 		if hc, ok := c.(interface{ SetPollingInterval(time.Duration) }); ok {
 			hc.SetPollingInterval(*settings.HeartbeatInterval)
@@ -554,6 +609,8 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 		InstanceUid:       uid,
 		HeartbeatInterval: &heartbeat,
 		TLSConfig:         tlsConfig,
+		// nil without --accept-packages: an interface holding a nil *packageStore is not nil.
+		PackagesStateProvider: packages,
 		Callbacks: types.Callbacks{
 			OnConnect: func(context.Context) { out.Emit("connected", nil) },
 			OnConnectFailed: func(_ context.Context, err error) {
@@ -569,6 +626,10 @@ func run(out *jsonl.Emitter, serverURL, uidHex, serviceName string, heartbeat ti
 				return nil
 			},
 			OnOpampConnectionSettings: a.onOpampConnectionSettings,
+			// opamp-go's default download client has no timeout at all.
+			DownloadHTTPClient: func(context.Context, *protobufs.DownloadableFile) (*http.Client, error) {
+				return &http.Client{Timeout: pf.downloadTimeout}, nil
+			},
 		},
 	}
 	c, err := a.start(a.settings)

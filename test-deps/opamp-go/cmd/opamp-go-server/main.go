@@ -7,9 +7,19 @@
 // against it in the same run. SIGHUP re-reads the config file and pushes it to every
 // WebSocket agent at once; --quiet drops the per-message events so a benchmark measures
 // the server, not its printing.
+//
+// With --package-url, --package-sha256 and --package-version it also offers one top-level
+// package (named --package-name, empty by default; --package-header adds a header the
+// agent must send with its download) to every agent that accepts packages. The server
+// computes the package hash and the all-packages hash, as the spec has it; the file's
+// content_hash is the --package-sha256 given (so a test can offer a wrong one). It offers
+// again only when an agent reports a server_provided_all_packages_hash that is not the
+// offer's (or never reports one), and prints each offer as "packages_offered"; the
+// agents' PackageStatuses are in their "agent_message" events ("package_statuses").
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -19,6 +29,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +44,85 @@ import (
 
 type offer struct {
 	remote *protobufs.AgentRemoteConfig
+}
+
+// packageFlags describe the one package offered, if any.
+type packageFlags struct {
+	url, sha256, version, name string
+	headers                    kvFlag
+}
+
+// kvFlag collects repeated key=value flags.
+type kvFlag map[string]string
+
+func (f kvFlag) String() string { return fmt.Sprint(map[string]string(f)) }
+
+func (f kvFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, got %q", s)
+	}
+	f[k] = v
+	return nil
+}
+
+// packageOffer builds the PackagesAvailable for the flags (nil when no package is
+// offered). The package hash covers every field of the offer and the file's hash; the
+// all-packages hash covers each package's name and hash, in name order (one here).
+func packageOffer(f packageFlags) (*protobufs.PackagesAvailable, error) {
+	if f.url == "" && f.sha256 == "" && f.version == "" {
+		return nil, nil
+	}
+	if f.url == "" || f.version == "" {
+		return nil, fmt.Errorf("--package-url, --package-sha256 and --package-version go together")
+	}
+	content, err := hex.DecodeString(f.sha256)
+	if err != nil || len(content) != sha256.Size {
+		return nil, fmt.Errorf("--package-sha256 must be 64 hex digits")
+	}
+	file := &protobufs.DownloadableFile{DownloadUrl: f.url, ContentHash: content}
+	keys := make([]string, 0, len(f.headers))
+	for k := range f.headers {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if len(keys) > 0 {
+		file.Headers = &protobufs.Headers{}
+	}
+	h := sha256.New()
+	typ := protobufs.PackageType_PackageType_TopLevel
+	for _, part := range []string{f.name, typ.String(), f.version, f.url, string(content)} {
+		fmt.Fprintf(h, "%d:%s", len(part), part)
+	}
+	for _, k := range keys {
+		file.Headers.Headers = append(file.Headers.Headers, &protobufs.Header{Key: k, Value: f.headers[k]})
+		fmt.Fprintf(h, "%d:%s%d:%s", len(k), k, len(f.headers[k]), f.headers[k])
+	}
+	pkg := &protobufs.PackageAvailable{Type: typ, Version: f.version, File: file, Hash: h.Sum(nil)}
+	all := sha256.New()
+	fmt.Fprintf(all, "%d:%s", len(f.name), f.name)
+	all.Write(pkg.Hash)
+	return &protobufs.PackagesAvailable{Packages: map[string]*protobufs.PackageAvailable{f.name: pkg},
+		AllPackagesHash: all.Sum(nil)}, nil
+}
+
+// packageStatusesJSON shows every field of a PackageStatuses report; statuses by their
+// protobuf names (PackageStatusEnum_Installed, ...).
+func packageStatusesJSON(ps *protobufs.PackageStatuses) map[string]any {
+	pkgs := map[string]any{}
+	for name, st := range ps.Packages {
+		p := map[string]any{"name": st.Name, "status": st.Status.String(),
+			"agent_has_version": st.AgentHasVersion, "agent_has_hash": hex.EncodeToString(st.AgentHasHash),
+			"server_offered_version": st.ServerOfferedVersion,
+			"server_offered_hash":    hex.EncodeToString(st.ServerOfferedHash), "error": st.ErrorMessage}
+		if d := st.DownloadDetails; d != nil {
+			p["download_percent"] = d.DownloadPercent
+			p["download_bytes_per_second"] = d.DownloadBytesPerSecond
+		}
+		pkgs[name] = p
+	}
+	return map[string]any{"packages": pkgs, "error": ps.ErrorMessage,
+		"server_provided_all_packages_hash": hex.EncodeToString(ps.ServerProvidedAllPackagesHash)}
 }
 
 func loadOffer(path string) (*offer, error) {
@@ -97,6 +187,9 @@ func report(msg *protobufs.AgentToServer, transport string) map[string]any {
 			f["available_components_hash"] = hex.EncodeToString(ac.Hash)
 		}
 	}
+	if ps := msg.PackageStatuses; ps != nil {
+		f["package_statuses"] = packageStatusesJSON(ps)
+	}
 	if msg.AgentDisconnect != nil {
 		f["disconnect"] = true
 	}
@@ -116,9 +209,15 @@ func main() {
 	configFile := flag.String("config-file", "", "collector config offered as remote config (optional)")
 	verbose := flag.Bool("verbose", false, "also print the server's debug log")
 	quiet := flag.Bool("quiet", false, "print no per-message events")
+	pf := packageFlags{headers: kvFlag{}}
+	flag.StringVar(&pf.url, "package-url", "", "offer a top-level package whose file is at this URL to agents that accept packages")
+	flag.StringVar(&pf.sha256, "package-sha256", "", "the offered file's content_hash: its SHA-256, 64 hex digits")
+	flag.StringVar(&pf.version, "package-version", "", "the offered package's version")
+	flag.StringVar(&pf.name, "package-name", "", "the offered package's name (a top-level package may have an empty one)")
+	flag.Var(pf.headers, "package-header", "HTTP header key=value the agent is to send with its download (repeatable)")
 	flag.Parse()
 	out := jsonl.New(os.Stdout)
-	if err := run(out, *listen, *configFile, *verbose, *quiet); err != nil {
+	if err := run(out, *listen, *configFile, *verbose, *quiet, pf); err != nil {
 		out.Emit("fatal", map[string]any{"error": err.Error()})
 		os.Exit(1)
 	}
@@ -130,6 +229,37 @@ type agents struct {
 	mu    sync.Mutex
 	uids  map[types.Connection][]byte
 	offer atomic.Pointer[offer]
+	// Per agent (uid in hex): the server_provided_all_packages_hash it last reported, and
+	// whether it was offered the packages since.
+	pkgReported map[string][]byte
+	pkgOffered  map[string]bool
+}
+
+// offerPackages says whether to offer `pkgs` to the agent that sent msg: it accepts
+// packages and does not have them (by the all-packages hash it reports), and it has
+// reported that since the last offer, or never been offered them. So an agent busy with
+// an offer, or one that failed to install it, is not offered it again and again.
+func (a *agents) offerPackages(msg *protobufs.AgentToServer, pkgs *protobufs.PackagesAvailable) bool {
+	if pkgs == nil || msg.Capabilities&uint64(protobufs.AgentCapabilities_AgentCapabilities_AcceptsPackages) == 0 {
+		return false
+	}
+	uid := hex.EncodeToString(msg.InstanceUid)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if msg.AgentDisconnect != nil {
+		delete(a.pkgReported, uid)
+		delete(a.pkgOffered, uid)
+		return false
+	}
+	reported := msg.PackageStatuses != nil
+	if reported {
+		a.pkgReported[uid] = msg.PackageStatuses.ServerProvidedAllPackagesHash
+	}
+	if bytes.Equal(a.pkgReported[uid], pkgs.AllPackagesHash) || (a.pkgOffered[uid] && !reported) {
+		return false
+	}
+	a.pkgOffered[uid] = true
+	return true
 }
 
 func (a *agents) push(out *jsonl.Emitter) {
@@ -152,12 +282,17 @@ func (a *agents) push(out *jsonl.Emitter) {
 	out.Emit("pushed", map[string]any{"agents": len(targets)})
 }
 
-func run(out *jsonl.Emitter, listen, configFile string, verbose, quiet bool) error {
+func run(out *jsonl.Emitter, listen, configFile string, verbose, quiet bool, pf packageFlags) error {
 	off, err := loadOffer(configFile)
 	if err != nil {
 		return fmt.Errorf("--config-file: %w", err)
 	}
-	live := &agents{uids: map[types.Connection][]byte{}}
+	pkgs, err := packageOffer(pf)
+	if err != nil {
+		return err
+	}
+	live := &agents{uids: map[types.Connection][]byte{}, pkgReported: map[string][]byte{},
+		pkgOffered: map[string]bool{}}
 	live.offer.Store(off)
 	// The port is taken here so the test learns it before any agent connects.
 	ln, err := net.Listen("tcp", listen)
@@ -194,6 +329,16 @@ func run(out *jsonl.Emitter, listen, configFile string, verbose, quiet bool) err
 			if off.remote != nil && accepts && hex.EncodeToString(have) != hex.EncodeToString(off.remote.ConfigHash) {
 				resp.RemoteConfig = off.remote
 			}
+			if pkgs != nil {
+				resp.Capabilities |= uint64(protobufs.ServerCapabilities_ServerCapabilities_OffersPackages)
+				if live.offerPackages(msg, pkgs) {
+					resp.PackagesAvailable = pkgs
+					if !quiet {
+						out.Emit("packages_offered", map[string]any{"instance_uid": hex.EncodeToString(msg.InstanceUid),
+							"all_packages_hash": hex.EncodeToString(pkgs.AllPackagesHash)})
+					}
+				}
+			}
 			// Agents first send only the hash of their components; ask for the full list.
 			if ac := msg.AvailableComponents; ac != nil && len(ac.Components) == 0 {
 				resp.Flags |= uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportAvailableComponents)
@@ -221,8 +366,15 @@ func run(out *jsonl.Emitter, listen, configFile string, verbose, quiet bool) err
 	if err != nil {
 		return err
 	}
-	out.Emit("listening", map[string]any{"addr": addr,
-		"ws_url": "ws://" + addr + "/v1/opamp", "http_url": "http://" + addr + "/v1/opamp"})
+	listening := map[string]any{"addr": addr,
+		"ws_url": "ws://" + addr + "/v1/opamp", "http_url": "http://" + addr + "/v1/opamp"}
+	if pkgs != nil {
+		pkg := pkgs.Packages[pf.name]
+		listening["package"] = map[string]any{"name": pf.name, "version": pkg.Version,
+			"hash": hex.EncodeToString(pkg.Hash), "all_packages_hash": hex.EncodeToString(pkgs.AllPackagesHash),
+			"content_hash": hex.EncodeToString(pkg.File.ContentHash), "url": pkg.File.DownloadUrl}
+	}
+	out.Emit("listening", listening)
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
