@@ -40,6 +40,7 @@ def test_test_deps_check_lists_every_missing_component(tmp_path: Path) -> None:
         "kubernetes",
         "kwok",
         "otelcol",
+        "otelcol-next",
         "supervisor",
         "opamp-go",
         "node-agent",
@@ -65,6 +66,20 @@ def test_test_deps_check_compares_the_stamp_with_the_pin(tmp_path: Path) -> None
     (tmp_path / "stamps" / "kwok").write_text(pin)
     (tmp_path / "bin" / "kwok").unlink()
     assert _test_deps("--check", "kwok", cache=tmp_path).returncode == 1
+
+
+def test_the_second_collector_is_the_first_stamped_with_a_test_version(tmp_path: Path) -> None:
+    """otelcol-opamp-next: the same manifest and modules as otelcol-opamp (so its pin
+    changes with theirs), with a version no release has: OTELCOL_VERSION's patch + 1, a
+    "next" pre-release."""
+    out = _test_deps("--pins", "otelcol", "otelcol-next", cache=tmp_path).stdout
+    pins = dict(line.split("\t") for line in out.splitlines())
+    first, second = pins["otelcol"].split(), pins["otelcol-next"].split()
+    assert second[0] == f"otelcol-next={binaries.pin('OTELCOL_NEXT_VERSION')}"
+    assert second[1:] == ["from", first[0].removeprefix("otelcol="), *first[1:]]
+    major, minor, patch = binaries.collector_version("otelcol-opamp").split(".")
+    next_version = binaries.collector_version("otelcol-opamp-next")
+    assert next_version == f"{major}.{minor}.{int(patch) + 1}-next"
 
 
 def test_test_deps_rejects_unknown_components(tmp_path: Path) -> None:

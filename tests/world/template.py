@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,13 +351,18 @@ def start_pod_supervisor(
     restarts: int = 3,
     timeout: float = 120.0,
     volumes: PodVolumes | None = None,
+    collector: str = "otelcol-opamp",
+    agent_args: Sequence[str] = (),
 ) -> Agent:
     """opampsupervisor with the rendered config, changed only where the image's paths do
-    not exist here: the Collector executable (otelcol-opamp from the test world) and the
+    not exist here: the Collector executable (`collector`, a binary of the test world:
+    what the pod's image holds, otelcol-opamp unless told otherwise) and the
     paths on the pod's volumes — the storage directory (the emptyDir), and with `volumes`
     (mounted) every `${file:...}` and `*_file` path on them, the projected token and the
     CA among them. Everything else, the endpoint and the ${env:...} references included,
     is as rendered and expanded by the supervisor itself from `env` (see container_env).
+    `agent_args` are added to the config's `agent.args` (flags for the Collector, its
+    bootstrap run included).
     Starting it again with the same `workdir` and `volumes` is a container restart: the
     emptyDir, and so the agent's instance UID, is kept.
 
@@ -372,7 +377,9 @@ def start_pod_supervisor(
     storage = config["storage"]["directory"]
     if volumes is not None:
         config = _in_pod(config, volumes)
-    config["agent"]["executable"] = str(binaries.find("otelcol-opamp"))
+    config["agent"]["executable"] = str(binaries.find(collector))
+    if agent_args:
+        config["agent"]["args"] = [*config["agent"].get("args", []), *agent_args]
     config["storage"]["directory"] = str(
         volumes.local(storage)
         if volumes is not None and volumes.maps(storage)
