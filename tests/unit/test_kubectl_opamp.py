@@ -212,11 +212,16 @@ def test_fleets_table() -> None:
         "3",
         "1",
         "0",
+        "-",
         "collectors-1d316f7a9d",
         "collectors-fdd5f997e9",
         "False",
         "35s",
     ]
+    behind = fmt.fleets_table(
+        [fleet(targetVersion="0.150.0", agentsOutdated=2)], NOW, all_namespaces=False
+    )
+    assert behind.splitlines()[1].split()[7] == "2/0.150.0"
     assert header.index("AGENTS") == len("collectors") + 3
 
 
@@ -233,6 +238,7 @@ def test_fleets_table_all_namespaces_and_a_fleet_without_status() -> None:
         "0",
         "0",
         "0",
+        "-",
         "<none>",
         "<none>",
         "Unknown",

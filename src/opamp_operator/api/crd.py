@@ -223,6 +223,8 @@ def collector_fleet_crd() -> Schema:
             {"name": "Agents", "type": "integer", "jsonPath": ".status.agentsConnected"},
             {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthy"},
             {"name": "Drifted", "type": "integer", "jsonPath": ".status.drifted"},
+            {"name": "Version", "type": "string", "jsonPath": ".status.targetVersion"},
+            {"name": "Outdated", "type": "integer", "jsonPath": ".status.agentsOutdated"},
         ],
     )
 

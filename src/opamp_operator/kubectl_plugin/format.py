@@ -113,6 +113,7 @@ FLEET_HEADERS = (
     "APPLIED",
     "FAILED",
     "DRIFTED",
+    "OUTDATED",
     "DESIRED",
     "STABLE",
     "READY",
@@ -134,6 +135,10 @@ def fleets_table(fleets: Sequence[Mapping[str, Any]], now: datetime, all_namespa
             _count(status, "configApplied"),
             _count(status, "configFailed"),
             _count(status, "drifted"),
+            # Against a target version only: a fleet without one judges no version.
+            f"{_count(status, 'agentsOutdated')}/{status['targetVersion']}"
+            if status.get("targetVersion")
+            else "-",
             str(status.get("desiredRevision") or NONE),
             str(status.get("stableRevision") or NONE),
             condition_status(status, "Ready"),
