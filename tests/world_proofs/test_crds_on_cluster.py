@@ -124,6 +124,8 @@ def test_status_subresource_and_printer_columns(api_client: Any, namespace: str)
                 "agentsConnected": 7,
                 "healthy": 6,
                 "drifted": 1,
+                "targetVersion": "0.150.0",
+                "agentsOutdated": 2,
                 "conditions": [
                     {
                         "type": "Ready",
@@ -145,8 +147,17 @@ def test_status_subresource_and_printer_columns(api_client: Any, namespace: str)
     response.read()
     table = json.loads(response.data)
     columns = [c["name"] for c in table["columnDefinitions"]]
-    assert columns[:6] == ["Name", "Agents", "Healthy", "Drifted", "Ready", "Age"]
-    assert table["rows"][0]["cells"][1:5] == [7, 6, 1, "False"]
+    assert columns[:8] == [
+        "Name",
+        "Agents",
+        "Healthy",
+        "Drifted",
+        "Version",
+        "Outdated",
+        "Ready",
+        "Age",
+    ]
+    assert table["rows"][0]["cells"][1:7] == [7, 6, 1, "0.150.0", 2, "False"]
 
 
 ROLLOUT_CRD_FILE = binaries.REPO_ROOT / "deploy" / "crds" / f"configrollouts.{GROUP}.yaml"

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.world
 
 BUDGET = 1.0
 ANSWER_WITHIN = 2.0
-HOSTILE_SECONDS = 12.0
+HOSTILE_SECONDS = 6.0
 FLEET = "collectors"
 MIB = 2**20
 
