@@ -4,9 +4,21 @@ fleet/rollout_status.py's (tests/unit/test_rollout_status.py)."""
 
 from __future__ import annotations
 
-from opamp_operator.api.models import ConfigRolloutSpec
+from opamp_operator.api.models import CollectorFleetSpec, ConfigRolloutSpec
 from opamp_operator.fleet import rollout as planner
-from opamp_operator.k8s.rollouts import config_components, controls_of, to_policy, validated
+from opamp_operator.fleet.mapping import FleetSelector
+from opamp_operator.fleet.views import AgentView
+from opamp_operator.k8s.rollouts import (
+    config_components,
+    controls_of,
+    revision_status,
+    stored_package,
+    to_policy,
+    validated,
+)
+from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState
+from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.packages import PackageReport, PackageState
 
 
 def _spec(**spec: object) -> ConfigRolloutSpec:
@@ -80,3 +92,121 @@ def test_an_invalid_spec_says_why() -> None:
     spec, error = validated({"spec": {"fleetRef": {"name": "gateways"}}})
     assert spec is not None
     assert error is None
+
+
+# ---- a revision with a package: what the gates read, what a rollback offers ------------
+
+SHA = "0f" * 32
+CONFIG = "receivers: {otlp: {}}\n"
+
+
+def _record(package_version: str | None = "2.0.0") -> FleetRecord:
+    spec: dict[str, object] = {
+        "selector": {"matchLabels": {"app": "x"}},
+        "config": {"inline": CONFIG},
+    }
+    if package_version is not None:
+        spec["version"] = {
+            "expected": package_version,
+            "package": {"url": f"https://dl.example/{package_version}.tgz", "sha256": SHA},
+        }
+    record = FleetRecord(
+        "obs",
+        "f",
+        "uid",
+        1,
+        FleetSelector("obs", "f", 0.0),
+        CollectorFleetSpec.model_validate(spec),
+    )
+    record.config_text = CONFIG
+    record.config = RemoteConfig.single(CONFIG.encode())
+    return record
+
+
+def _view(
+    record: FleetRecord,
+    *,
+    config: str | None = "APPLIED",
+    version: str = "1.0.0",
+    package: PackageState | None = None,
+    error: str = "",
+    accepts: bool = True,
+) -> AgentView:
+    offer = record.package
+    reports = {}
+    if package is not None and offer is not None:
+        reports[""] = PackageReport("", package, version, offer.package_hash.hex(), error)
+    return AgentView(
+        instance_uid="a",
+        attributes={"service.version": version},
+        remote_config_status=config,
+        remote_config_hash=record.desired_hash if config else "",
+        remote_config_error="bad config" if config == "FAILED" else "",
+        accepts_packages=accepts,
+        packages_hash=offer.all_packages_hash.hex() if offer is not None and package else "",
+        packages=reports,
+    )
+
+
+def test_a_revision_with_a_package_is_its_own_revision() -> None:
+    plain, packaged, newer = _record(None), _record("2.0.0"), _record("2.0.1")
+    assert plain.revision_hash == plain.desired_hash
+    assert len({plain.revision_hash, packaged.revision_hash, newer.revision_hash}) == 3
+    assert packaged.desired_hash == plain.desired_hash  # what agents echo is the config's
+    assert _record("2.0.0").revision_hash == packaged.revision_hash
+
+
+def test_the_gates_read_config_and_package_together() -> None:
+    record = _record()
+    rev = record.revision_hash
+    cases = [
+        (_view(record, package=PackageState.INSTALLED, version="2.0.0"), ("APPLIED", rev, "")),
+        (_view(record, package=PackageState.INSTALLED, version="1.0.0"), ("APPLYING", rev, "")),
+        (_view(record, package=PackageState.DOWNLOADING), ("APPLYING", rev, "")),
+        (
+            _view(record, package=PackageState.INSTALL_FAILED, error="sha256 mismatch"),
+            ("FAILED", rev, "package 2.0.0 failed to install: sha256 mismatch"),
+        ),
+        (
+            _view(record, config="FAILED", package=PackageState.INSTALLED, version="2.0.0"),
+            ("FAILED", rev, "bad config"),
+        ),
+        (_view(record, config=None), (None, "", "")),
+        # An agent that takes no packages is judged by its config alone.
+        (_view(record, accepts=False), ("APPLIED", rev, "")),
+    ]
+    for view, expected in cases:
+        assert revision_status(view, record) == expected, view
+    # Without a package, exactly what the agent reports, as before.
+    plain = _record(None)
+    assert revision_status(_view(plain), plain) == ("APPLIED", plain.desired_hash, "")
+
+
+def test_members_get_the_desired_package_and_the_others_the_stable_one() -> None:
+    record, stable = _record("2.0.1"), _record("2.0.0")
+    state = OperatorState()
+    nobody = planner.Membership.nobody(record.revision_hash)
+    state.fleets[record.key] = record
+    record.governance = Governance(
+        "obs/r", nobody, "f-old", stable.revision_hash, CONFIG, stable.config, stable.package
+    )
+    assert state.expected_package(record, "a") == stable.package
+    assert state.expected(record, "a")[1] == record.desired_hash  # the same config
+    record.governance = Governance(
+        "obs/r",
+        planner.Membership.all(record.revision_hash),
+        "f-old",
+        stable.revision_hash,
+        CONFIG,
+        stable.config,
+        stable.package,
+    )
+    assert state.expected_package(record, "a") == record.package
+
+
+def test_a_stored_revision_gives_back_its_package() -> None:
+    record = _record("2.0.0")
+    assert record.spec.version is not None
+    stored = record.spec.version.model_dump_json(by_alias=True, exclude_none=True)
+    assert stored_package(stored) == record.package
+    assert stored_package(None) is None

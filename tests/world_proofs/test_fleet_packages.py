@@ -13,6 +13,7 @@ not offered again in a loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +31,13 @@ from world.fleets import (
     CONFIG_V1,
     condition,
     create_fleet,
+    create_rollout,
     deploy_running,
     events_of,
     fleet_status,
     patch_fleet_spec,
+    rollout_control,
+    rollout_status,
 )
 from world.operator import start_operator, start_serve
 from world.processes import eventually
@@ -47,7 +51,12 @@ OTHER = os.urandom(1_000)
 
 @pytest.fixture
 def files() -> Iterator[PackageFiles]:
-    with PackageFiles({"/otelcol-2.0.0.bin": GOOD, "/otelcol-2.0.1.bin": OTHER}) as served:
+    served_files = {
+        "/otelcol-2.0.0.bin": GOOD,
+        "/otelcol-2.0.1.bin": OTHER,
+        "/otelcol-2.0.2.bin": b"not what its sha256 says",
+    }
+    with PackageFiles(served_files) as served:
         yield served
 
 
@@ -196,3 +205,84 @@ def test_the_crd_refuses_a_package_without_a_sha256(
         co.create_namespaced_custom_object(GROUP, VERSION, namespace, "collectorfleets", body)
     assert refused.value.status == 422
     assert "sha256" in str(refused.value.body)
+
+
+def _installed(agent: JsonlProcess) -> list[str]:
+    """The versions the agent installed, in order."""
+    _offers(agent)  # drain
+    return [e["version"] for e in agent.seen if e["event"] == "package_installed"]
+
+
+def _offered(agent: JsonlProcess, version: str) -> bool:
+    _offers(agent)
+    return any(
+        e["event"] == "packages_available"
+        and any(p["version"] == version for p in e["packages"].values())
+        for e in agent.seen
+    )
+
+
+@pytest.mark.usefixtures("crds")
+def test_a_rollout_stages_a_version_change_and_rolls_a_failed_install_back(
+    cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path, files: PackageFiles
+) -> None:
+    """A version change is a revision: the ConfigRollout gives it to one agent, pauses,
+    and on promote to the others; a version whose file is wrong fails its one member's
+    install, and the rollout rolls back: no other agent is ever offered it."""
+    labels = {"app": "collector"}
+    pods = deploy_running(api_client, namespace, labels, 3)
+    first = _version(files, "2.0.0", "/otelcol-2.0.0.bin", PackageFiles.sha256(GOOD))
+    create_fleet(api_client, namespace, FLEET, labels, CONFIG_V1, version=first)
+    with (
+        start_operator(cluster.kubeconfig, tmp_path, "--rollout-interval=1") as operator,
+        contextlib.ExitStack() as stack,
+    ):
+        agents = [
+            stack.enter_context(
+                start_go_agent(
+                    operator.ws_url,
+                    "--accept-packages",
+                    "--heartbeat=1s",
+                    "--attr=service.version=1.0.0",
+                    f"--attr=k8s.pod.uid={pod.metadata.uid}",
+                )
+            )
+            for pod in pods
+        ]
+        for agent in agents:
+            agent.wait_for("package_installed", timeout=60)
+        steps = [{"agents": 1, "pause": {"untilPromoted": True}}, {"percent": 100}]
+        create_rollout(api_client, namespace, FLEET, FLEET, steps=steps)
+        _phase(api_client, namespace, "Succeeded")
+
+        second = _version(files, "2.0.1", "/otelcol-2.0.1.bin", PackageFiles.sha256(OTHER))
+        patch_fleet_spec(api_client, namespace, FLEET, {"version": second})
+        paused = _phase(api_client, namespace, "Paused")
+        assert paused["currentStep"] == 0
+        on = [a for a in agents if "2.0.1" in _installed(a)]
+        assert len(on) == 1, [_installed(a) for a in agents]
+        assert not any(_offered(a, "2.0.1") for a in agents if a is not on[0])
+        assert fleet_status(api_client, namespace, FLEET)["desiredHash"] == paused["desiredHash"]
+        rollout_control(api_client, namespace, FLEET, "promote")
+        _phase(api_client, namespace, "Succeeded")
+        eventually("every agent on 2.0.1", lambda: all("2.0.1" in _installed(a) for a in agents))
+
+        third = _version(files, "2.0.2", "/otelcol-2.0.2.bin", PackageFiles.sha256(b"-"))
+        patch_fleet_spec(api_client, namespace, FLEET, {"version": third})
+        rolled = _phase(api_client, namespace, "RolledBack")
+        failing = rolled["failingAgents"]
+        assert [f["reason"] for f in failing] == ["ConfigFailed"]
+        assert failing[0]["message"].startswith("package 2.0.2 failed to install: ")
+        assert sum(_offered(a, "2.0.2") for a in agents) == 1
+        assert not any("2.0.2" in _installed(a) for a in agents)
+
+
+def _phase(api_client: Any, namespace: str, phase: str) -> dict[str, Any]:
+    found: dict[str, Any] = eventually(
+        f"rollout phase {phase}",
+        lambda: (
+            s if (s := rollout_status(api_client, namespace, FLEET)).get("phase") == phase else None
+        ),
+        timeout=90,
+    )
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,16 @@ def package_offer(
     except (ValueError, binascii.Error) as exc:
         raise ValueError(f"package {name or '(top-level)'}: {exc}") from None
     return PackageOffer(name, version, url, content_hash, signature)
+
+
+def revision_hash(config_hash: str, package: PackageOffer | None) -> str:
+    """What identifies a fleet revision (hex): its config's hash alone, or, when it names
+    a package, a hash of both, so a version change is a revision as a config change is,
+    and a config and a version changed together are one revision."""
+    if package is None:
+        return config_hash
+    both = f"{config_hash}\0{package.all_packages_hash.hex()}".encode()
+    return hashlib.sha256(b"opamp-operator revision\0" + both).hexdigest()
 
 
 def outdated(agents: Iterable[AgentView], target: str) -> list[AgentView]:

@@ -77,7 +77,7 @@ class FleetAPI:
             "namespace": record.namespace,
             "name": record.name,
             "desiredRevision": record.revision,
-            "desiredHash": record.desired_hash or None,
+            "desiredHash": record.revision_hash or None,
             "stableRevision": record.stable[0] or None,
             "stableHash": record.stable[1] or None,
             "rollout": record.governance.rollout if record.governance is not None else None,
@@ -125,7 +125,7 @@ class FleetAPI:
             "config": config_state(agent, expected_hash).value,
             # Which revision this agent is to run: the desired one, or (a rollout not
             # having reached it) the stable one.
-            "revision": "desired" if expected_hash == record.desired_hash else "stable",
+            "revision": "desired" if self.state.is_member(record, agent.instance_uid) else "stable",
             "expectedHash": expected_hash or None,
             "remoteConfigStatus": agent.remote_config_status,
             "remoteConfigHash": agent.remote_config_hash,
@@ -139,7 +139,7 @@ class FleetAPI:
             "version": agent.service_version,
             "outdated": bool(record.target_version)
             and agent.service_version != record.target_version,
-            "package": _package(agent, record.package),
+            "package": _package(agent, self.state.expected_package(record, agent.instance_uid)),
             "attributes": dict(agent.attributes),
         }
 

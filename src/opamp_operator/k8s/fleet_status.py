@@ -60,7 +60,7 @@ def facts(record: FleetRecord, assignment: FleetAssignment, generation: int) -> 
         observed_generation=record.generation,
         generation=generation,
         revision=record.revision,
-        desired_hash=record.desired_hash,
+        desired_hash=record.revision_hash,
         stable_revision=record.stable[0],
         stable_hash=record.stable[1],
         blocker=record.blocker,

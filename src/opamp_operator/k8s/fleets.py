@@ -50,7 +50,7 @@ def config_problem(text: str) -> Why | None:
 def revision_news(record: FleetRecord, previous: FleetRecord | None, created: bool) -> bool:
     """Whether a reconcile gave agents a new revision worth an Event: not on a restart's
     resume, where the revision is old news."""
-    changed = previous is None or previous.desired_hash != record.desired_hash
+    changed = previous is None or previous.revision_hash != record.revision_hash
     return changed and record.config is not None and (created or previous is not None)
 
 
@@ -137,7 +137,7 @@ class FleetReconciler:
         mapping = (self.state.assignment or self.state.refresh()).mapping_for(record.key)
         live = sum(1 for view in mapping.agents.values() if view.live)
         return (
-            f"config revision {record.revision} ({record.desired_hash[:12]}); "
+            f"config revision {record.revision} ({record.revision_hash[:12]}); "
             f"offered to {live} connected agents"
         )
 

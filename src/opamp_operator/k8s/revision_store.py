@@ -21,9 +21,15 @@ def ensure(body: kopf.Body, record: FleetRecord) -> tuple[str, bool]:
     listed = apps.list_namespaced_controller_revision(record.namespace, label_selector=selector)
     existing = [revisions.parse(r.to_dict()) for r in listed.items]
     plan = revisions.plan(
-        record.name, existing, record.desired_hash, record.spec.revision_history_limit
+        record.name, existing, record.revision_hash, record.spec.revision_history_limit
     )
-    obj = revisions.revision_object(body, plan.current, record.config_text)
+    version = record.spec.version
+    stored = (
+        version.model_dump_json(by_alias=True, exclude_none=True)
+        if version is not None and record.package is not None
+        else None
+    )
+    obj = revisions.revision_object(body, plan.current, record.config_text, stored)
     if plan.create:
         apps.create_namespaced_controller_revision(record.namespace, obj)
     elif any(r.name == plan.current.name and r.revision != plan.current.revision for r in existing):

@@ -1,6 +1,8 @@
 """Config revisions of a fleet, kept as apps/v1 ControllerRevisions owned by the fleet.
 
-Every distinct config a fleet has offered is kept byte for byte (bounded by
+A revision is a config, with the package the fleet names if it names one (its hash is
+FleetRecord.revision_hash). Every distinct revision a fleet has offered is kept byte for
+byte (bounded by
 `revisionHistoryLimit`), so a rollback offers exactly what agents ran before. This module
 plans which revision objects to create and which to prune; the handlers do the I/O.
 """
@@ -59,8 +61,13 @@ def plan(fleet: str, existing: Sequence[Revision], config_hash: str, limit: int)
     return RevisionPlan(current, create, prune)
 
 
-def revision_object(fleet: Mapping[str, Any], revision: Revision, config: str) -> dict[str, Any]:
+def revision_object(
+    fleet: Mapping[str, Any], revision: Revision, config: str, version: str | None = None
+) -> dict[str, Any]:
+    """The ControllerRevision: the config's bytes, and with a package the fleet's
+    spec.version as JSON (`version`), so a rollback offers the stable package too."""
     meta = fleet["metadata"]
+    data = {"config": config} if version is None else {"config": config, "version": version}
     return {
         "apiVersion": "apps/v1",
         "kind": "ControllerRevision",
@@ -80,7 +87,7 @@ def revision_object(fleet: Mapping[str, Any], revision: Revision, config: str) -
                 }
             ],
         },
-        "data": {"config": config},
+        "data": data,
         "revision": revision.revision,
     }
 

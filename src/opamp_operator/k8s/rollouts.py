@@ -29,6 +29,7 @@ from opamp_operator.api.models import (
     ROLLOUTS_PLURAL,
     VERSION,
     ConfigRolloutSpec,
+    FleetVersion,
     RolloutGates,
     RolloutStep,
 )
@@ -44,11 +45,14 @@ from opamp_operator.fleet.rollout_status import (
     status_patch,
 )
 from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
+from opamp_operator.fleet.versions import package_of, package_offer, package_problem, revision_hash
+from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s import reads
 from opamp_operator.k8s.events import emit
 from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
+from opamp_operator.opamp.packages import PackageOffer, PackageState
 
 log = logging.getLogger(__name__)
 ROLLOUTS = (GROUP, VERSION, ROLLOUTS_PLURAL)
@@ -111,6 +115,59 @@ def config_components(text: str | None) -> dict[str, frozenset[str]]:
     return {kind: frozenset(types) for kind, types in used_component_types(config).items()}
 
 
+StoredRevision = tuple[str, str | None]
+"""A ControllerRevision's config text and its spec.version JSON (None: no package)."""
+
+
+def stored_package(version: str | None) -> PackageOffer | None:
+    """The package a revision stored (as FleetVersion JSON), or None."""
+    if version is None:
+        return None
+    parsed = FleetVersion.model_validate_json(version)
+    if parsed.package is None:
+        return None
+    p = parsed.package
+    return package_offer(parsed.expected, p.name, p.url, p.sha256, p.signature)
+
+
+def revision_status(view: AgentView, record: FleetRecord) -> tuple[str | None, str, str]:
+    """(status, hash, error) of the agent for the fleet's desired revision, as the
+    planner's gates read a config status: the config's remote config status, and with a
+    package offered to an agent that accepts packages, the package's too — APPLIED once
+    both are (installed, and service.version the package's), FAILED when either failed,
+    APPLYING while either is on its way. The hash is the revision's when the status is
+    about it, else what the agent reports (not about the desired revision)."""
+    config_status = (
+        view.remote_config_status
+        if view.remote_config_hash.lower() == record.desired_hash.lower()
+        else None
+    )
+    package = record.package
+    if package is None or not view.accepts_packages:
+        if record.revision_hash == record.desired_hash:
+            return view.remote_config_status, view.remote_config_hash, view.remote_config_error
+        hash_ = record.revision_hash if config_status is not None else view.remote_config_hash
+        return config_status, hash_, view.remote_config_error
+    report = package_of(view, package)
+    package_status: str | None = None
+    if report is not None and report.state is PackageState.INSTALL_FAILED:
+        package_status = "FAILED"
+    elif report is not None and report.state is PackageState.INSTALLED:
+        package_status = "APPLIED" if view.service_version == package.version else "APPLYING"
+    elif report is not None and report.state is not None:
+        package_status = "APPLYING"
+    parts = {config_status, package_status}
+    if "FAILED" in parts:
+        failed = package_problem(view, package)
+        error = view.remote_config_error if config_status == "FAILED" else failed or ""
+        return "FAILED", record.revision_hash, error
+    if parts == {"APPLIED"}:
+        return "APPLIED", record.revision_hash, ""
+    if parts & {"APPLIED", "APPLYING"}:
+        return "APPLYING", record.revision_hash, ""
+    return None, view.remote_config_hash, ""
+
+
 def validated(obj: Mapping[str, Any]) -> tuple[ConfigRolloutSpec | None, str | None]:
     """A rollout's spec, or why it is invalid."""
     try:
@@ -133,30 +190,42 @@ class RolloutHandlers:
         self._started = time.monotonic()
         self._planned: set[str] = set()  # rollouts this process has planned already
         self._locks: dict[str, asyncio.Lock] = {}
-        # ControllerRevision name -> config text; a name is content-addressed (revisions.py).
-        self._texts: dict[str, str] = {}
+        # ControllerRevision name -> (config text, spec.version JSON or None); a name is
+        # content-addressed (revisions.py).
+        self._texts: dict[str, StoredRevision] = {}
 
     # ---- reading the world -----------------------------------------------------------
 
-    def _revision_text(self, namespace: str, name: str) -> str | None:
+    def _revision(self, namespace: str, name: str) -> StoredRevision | None:
         if name not in self._texts:
             obj = reads.controller_revision(namespace, name)
             data = obj.data if obj is not None and isinstance(obj.data, Mapping) else {}
-            text = data.get("config")
-            if not isinstance(text, str):
+            text, version = data.get("config"), data.get("version")
+            if not isinstance(text, str) or not isinstance(version, str | None):
                 return None
-            self._texts[name] = text
+            self._texts[name] = (text, version)
         return self._texts[name]
 
-    async def _stable_text(self, record: FleetRecord, progress: planner.Progress) -> str | None:
-        """The stable revision's bytes: a rollback offers exactly what agents ran before."""
-        if progress.stable_hash == record.desired_hash:
-            return record.config_text
+    async def _stable(
+        self, record: FleetRecord, progress: planner.Progress
+    ) -> tuple[str, PackageOffer | None] | None:
+        """The stable revision's config bytes and package: a rollback offers exactly what
+        agents ran before."""
+        if progress.stable_hash == record.revision_hash:
+            return (record.config_text, record.package) if record.config_text else None
         if not progress.stable_revision:
             return None
-        return await asyncio.to_thread(
-            self._revision_text, record.namespace, progress.stable_revision
-        )
+        stored = await asyncio.to_thread(self._revision, record.namespace, progress.stable_revision)
+        if stored is None:
+            return None
+        text, version = stored
+        try:
+            return text, stored_package(version)
+        except (ValidationError, ValueError) as exc:
+            log.error(
+                "revision %s of %s: its version: %s", progress.stable_revision, record.key, exc
+            )
+            return None
 
     async def governance(
         self,
@@ -166,16 +235,17 @@ class RolloutHandlers:
         membership: planner.Membership,
     ) -> Governance:
         """The rollout's hold on its fleet; the stable bytes from its ControllerRevision."""
-        text = await self._stable_text(record, progress)
+        stable = await self._stable(record, progress)
+        text, package = stable if stable is not None else (None, None)
         config = RemoteConfig.single(text.encode()) if text is not None else None
-        if config is not None and config.hash.hex() != progress.stable_hash:
+        if config is not None and revision_hash(config.hash.hex(), package) != progress.stable_hash:
             log.error(
-                "revision %s of %s does not hash to %s; offering the desired config",
+                "revision %s of %s does not hash to %s; offering the desired revision",
                 progress.stable_revision,
                 record.key,
                 progress.stable_hash[:12],
             )
-            text, config = None, None
+            text, config, package = None, None, None
         return Governance(
             rollout=rollout,
             membership=membership,
@@ -183,6 +253,7 @@ class RolloutHandlers:
             stable_hash=progress.stable_hash,
             stable_text=text,
             stable_config=config,
+            stable_package=package,
             problem=fleet_problem(progress),
         )
 
@@ -226,7 +297,7 @@ class RolloutHandlers:
             return previous.governance
         if progress is None:
             stable = known_stable(fleet_status, previous.stable if previous is not None else None)
-            desired = planner.Revision(record.revision or "", record.desired_hash)
+            desired = planner.Revision(record.revision or "", record.revision_hash)
             progress = planner.initial_progress(desired, *stable, planner.Controls())
         membership = planner.membership(to_policy(spec), progress)
         return await self.governance(record, ref.key, progress, membership)
@@ -258,6 +329,7 @@ class RolloutHandlers:
                 continue
             pod_key = mapping.pod_of.get(uid, "")
             pod = mapping.pods.get(pod_key) if pod_key else None
+            status, hash_, error = revision_status(view, record)
             agents.append(
                 planner.RolloutAgent(
                     uid=uid,
@@ -267,9 +339,9 @@ class RolloutHandlers:
                     accepts_remote_config=view.accepts_remote_config,
                     healthy=view.healthy,
                     health_error=view.health_error,
-                    config_status=view.remote_config_status,
-                    config_hash=view.remote_config_hash,
-                    config_error=view.remote_config_error,
+                    config_status=status,
+                    config_hash=hash_,
+                    config_error=error,
                     drifted=drift.get(uid),
                     components=view.components,
                     connected_at=view.connected_at,
@@ -335,7 +407,7 @@ class RolloutHandlers:
         key, policy = _key(body), to_policy(spec)
         controls = controls_of(body.metadata.annotations)
         desired = planner.Revision(
-            record.revision or "", record.desired_hash, config_components(record.config_text)
+            record.revision or "", record.revision_hash, config_components(record.config_text)
         )
         progress = planner.persisted(old)
         uptime = time.monotonic() - self._started

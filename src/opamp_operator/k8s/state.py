@@ -33,7 +33,7 @@ from opamp_operator.fleet.drift import (
 from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
-from opamp_operator.fleet.versions import package_offer
+from opamp_operator.fleet.versions import package_offer, revision_hash
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.k8s.access import AgentTokenReviewer, ReviewedAccount, looks_like_jwt
 from opamp_operator.opamp.configs import RemoteConfig
@@ -57,6 +57,9 @@ class Governance:
     stable_hash: str
     stable_text: str | None = None
     stable_config: RemoteConfig | None = None
+    stable_package: PackageOffer | None = None
+    """The stable revision's package: offered to non-members that accept packages; None
+    offers them nothing (they keep what they run)."""
     # Why the fleet cannot become Ready while the rollout is where it is, e.g. after a
     # rollback.
     problem: Why | None = None
@@ -142,11 +145,20 @@ class FleetRecord:
         g = self.governance
         if g is not None and g.stable_config is not None:
             return g.stable_revision, g.stable_hash
-        return self.revision or "", self.desired_hash
+        return self.revision or "", self.revision_hash
 
     @property
     def desired_hash(self) -> str:
+        """The desired config's hash: what agents echo when they apply it."""
         return self.config.hash.hex() if self.config is not None else ""
+
+    @property
+    def revision_hash(self) -> str:
+        """What identifies the desired revision (config and package), for revisions and
+        rollouts; the config's hash when the fleet names no package."""
+        if self.config is None:
+            return ""
+        return revision_hash(self.desired_hash, self.package)
 
 
 READ_MAPPING_SECONDS = 1.0
@@ -216,7 +228,7 @@ class OperatorState:
         self.fleets[record.key] = record
         if previous is not None and previous.token_digest != record.token_digest:
             self.credentials_changed()
-        if previous is None or previous.desired_hash != record.desired_hash:
+        if previous is None or previous.revision_hash != record.revision_hash:
             self.refresh()
         elif self.core is not None:
             self.core.desired_changed()
@@ -337,16 +349,24 @@ class OperatorState:
         return fleet.spec.heartbeat_interval_seconds if fleet is not None else None
 
     def package_for(self, agent: AgentRecord) -> PackageOffer | None:
-        """DesiredConfigSource: the package of the fleet the agent's pod belongs to."""
+        """DesiredConfigSource: the package of the fleet the agent's pod belongs to, or,
+        while a rollout governs the fleet, that of the revision the rollout gives it."""
         fleet = self.fleet_of(agent)
-        return fleet.package if fleet is not None else None
+        return self.expected_package(fleet, uid_str(agent.instance_uid)) if fleet else None
+
+    def expected_package(self, record: FleetRecord, uid: str) -> PackageOffer | None:
+        """The package of the revision this agent should run (see `expected`)."""
+        g = record.governance
+        if g is not None and g.stable_config is not None and not self.is_member(record, uid):
+            return g.stable_package
+        return record.package
 
     def is_member(self, record: FleetRecord, uid: str) -> bool:
         """Whether the agent is to run the fleet's desired revision."""
         g = record.governance
         if g is None or g.stable_config is None:
             return True
-        if g.membership.desired_hash != record.desired_hash:
+        if g.membership.desired_hash != record.revision_hash:
             return False  # the rollout has not taken this revision in hand yet
         view = self.views.get(uid)
         attributes = view.attributes if view is not None else {}
@@ -359,7 +379,7 @@ class OperatorState:
         """(text, hash, config) of the revision this agent should run."""
         g = record.governance
         if g is not None and g.stable_config is not None and not self.is_member(record, uid):
-            return g.stable_text, g.stable_hash, g.stable_config
+            return g.stable_text, g.stable_config.hash.hex(), g.stable_config
         return record.config_text, record.desired_hash, record.config
 
     def pod_of_agent(self, uid: str) -> PodView | None:
