@@ -22,7 +22,7 @@ from aiohttp import web
 from opamp_operator.api.models import FLEETS_PLURAL, GROUP
 from opamp_operator.api.read import AGENT_STATES
 from opamp_operator.fleet.drift import DriftVerdict, masked_config_text, unified_diff
-from opamp_operator.fleet.health import ConfigState, config_state, summarize
+from opamp_operator.fleet.health import ConfigState, config_state
 from opamp_operator.fleet.versions import package_of
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s.state import FleetRecord, OperatorState
@@ -65,14 +65,7 @@ class FleetAPI:
         assignment = self.state.recent()
         mapping = assignment.mapping_for(record.key)
         drift = await self.state.drift_of(record, mapping.agents)
-        health = summarize(
-            record.selector,
-            mapping,
-            record.desired_hash,
-            drift,
-            target_version=record.target_version,
-            package=record.package,
-        )
+        health = record.health(mapping, drift)
         return {
             "namespace": record.namespace,
             "name": record.name,

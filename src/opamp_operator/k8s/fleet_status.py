@@ -16,7 +16,6 @@ import kopf
 
 from opamp_operator.api.models import DriftPolicy
 from opamp_operator.fleet.conditions import FleetProblem
-from opamp_operator.fleet.health import summarize
 from opamp_operator.fleet.mapping import FleetAssignment, MappingResult
 from opamp_operator.fleet.readiness import Spell, held_since, next_spell
 from opamp_operator.fleet.remediation import (
@@ -101,14 +100,7 @@ class FleetStatus:
         drift = await self.state.drift_of(record, mapping.agents)
         if record.spec.drift_policy == DriftPolicy.REMEDIATE:
             await self.remediate(body, record, mapping, drift)
-        health = summarize(
-            record.selector,
-            mapping,
-            record.desired_hash,
-            drift,
-            target_version=record.target_version,
-            package=record.package,
-        )
+        health = record.health(mapping, drift)
         old = dict(body.get("status", {}))
         generation = int(body.metadata.get("generation", 0))
         status = fleet_status(health, facts(record, assignment, generation), old, now_iso())

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -30,7 +30,13 @@ from opamp_operator.fleet.drift import (
     needs_comparison,
     verdict_of,
 )
-from opamp_operator.fleet.mapping import FleetAssignment, FleetSelector, assign_fleets
+from opamp_operator.fleet.health import FleetHealth, summarize
+from opamp_operator.fleet.mapping import (
+    FleetAssignment,
+    FleetSelector,
+    MappingResult,
+    assign_fleets,
+)
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
 from opamp_operator.fleet.versions import package_offer, revision_hash
@@ -117,6 +123,18 @@ class FleetRecord:
             return None
         p = version.package
         return package_offer(version.expected, p.name, p.url, p.sha256, p.signature)
+
+    def health(self, mapping: MappingResult, drift: Mapping[str, bool | None]) -> FleetHealth:
+        """The fleet's aggregated state (fleet.health.summarize) against its desired config
+        and version: one call for the status tick and the read API."""
+        return summarize(
+            self.selector,
+            mapping,
+            self.desired_hash,
+            drift,
+            target_version=self.target_version,
+            package=self.package,
+        )
 
     @property
     def blocker(self) -> Why | None:
