@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # The planner's enums and limits are the schema's: one definition, in the planner.
 from opamp_operator.fleet.mapping import AgentAuth, AuthMode
 from opamp_operator.fleet.rollout import FAILING_LIMIT, MISSING_SHOWN, OnFailure, PauseReason, Phase
+from opamp_operator.fleet.versions import Offer, package_offer
 
 GROUP = "opampoperator.io"
 VERSION = "v1alpha1"
@@ -267,6 +268,14 @@ class FleetVersion(_Spec):
         description="Offered to agents that accept packages (AcceptsPackages); without it "
         "versions are only reported",
     )
+
+    def offer(self) -> Offer | None:
+        """The package offer this version makes (hashes computed), or None without one:
+        one conversion for the CRD's spec, serve's fleets file and stored revisions."""
+        p = self.package
+        if p is None:
+            return None
+        return package_offer(self.expected, p.name, p.url, p.sha256, p.signature)
 
 
 class CollectorFleetSpec(_Spec):

@@ -23,6 +23,10 @@ UP_TO_DATE = "AgentsUpToDate"
 target version, False (reason Outdated) when some do not, Unknown without a target."""
 
 
+Offer = PackageOffer
+"""The offer type, for layers that may name the fleet layer but not the OpAMP one."""
+
+
 def package_offer(
     version: str, name: str, url: str, sha256_hex: str, signature_b64: str | None = None
 ) -> PackageOffer:

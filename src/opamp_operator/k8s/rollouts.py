@@ -45,7 +45,7 @@ from opamp_operator.fleet.rollout_status import (
     status_patch,
 )
 from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
-from opamp_operator.fleet.versions import package_of, package_offer, package_problem, revision_hash
+from opamp_operator.fleet.versions import package_of, package_problem, revision_hash
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.k8s import reads
 from opamp_operator.k8s.events import emit
@@ -123,11 +123,7 @@ def stored_package(version: str | None) -> PackageOffer | None:
     """The package a revision stored (as FleetVersion JSON), or None."""
     if version is None:
         return None
-    parsed = FleetVersion.model_validate_json(version)
-    if parsed.package is None:
-        return None
-    p = parsed.package
-    return package_offer(parsed.expected, p.name, p.url, p.sha256, p.signature)
+    return FleetVersion.model_validate_json(version).offer()
 
 
 def revision_status(view: AgentView, record: FleetRecord) -> tuple[str | None, str, str]:

@@ -39,7 +39,7 @@ from opamp_operator.fleet.mapping import (
 )
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
-from opamp_operator.fleet.versions import package_offer, revision_hash
+from opamp_operator.fleet.versions import revision_hash
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.k8s.access import AgentTokenReviewer, ReviewedAccount, looks_like_jwt
 from opamp_operator.opamp.configs import RemoteConfig
@@ -118,11 +118,7 @@ class FleetRecord:
     def package(self) -> PackageOffer | None:
         """The package offered to the fleet's agents that accept packages (its hashes
         computed once per reconciled spec)."""
-        version = self.spec.version
-        if version is None or version.package is None:
-            return None
-        p = version.package
-        return package_offer(version.expected, p.name, p.url, p.sha256, p.signature)
+        return self.spec.version.offer() if self.spec.version is not None else None
 
     def health(self, mapping: MappingResult, drift: Mapping[str, bool | None]) -> FleetHealth:
         """The fleet's aggregated state (fleet.health.summarize) against its desired config

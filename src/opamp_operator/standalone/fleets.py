@@ -46,7 +46,6 @@ import yaml
 from pydantic import ValidationError
 
 from opamp_operator.api.models import FleetVersion
-from opamp_operator.fleet.versions import package_offer
 from opamp_operator.fleet.views import agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.identity import AgentIdentity
@@ -123,7 +122,7 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
         frozenset(names),
         heartbeat,
         version.expected if version is not None else "",
-        _offer(version),
+        version.offer() if version is not None else None,
     )
 
 
@@ -138,13 +137,6 @@ def _version(raw: Any, name: object) -> FleetVersion | None:
             f"{'.'.join(str(p) for p in e['loc']) or 'version'}: {e['msg']}" for e in exc.errors()
         )
         raise FleetFileError(f"fleet {name!r}: version: {problems}") from None
-
-
-def _offer(version: FleetVersion | None) -> PackageOffer | None:
-    if version is None or version.package is None:
-        return None
-    p = version.package
-    return package_offer(version.expected, p.name, p.url, p.sha256, p.signature)
 
 
 def parse_fleets(text: str, base: Path) -> list[Fleet]:
