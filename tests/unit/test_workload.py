@@ -17,16 +17,21 @@ from opamp_operator.api.models import (
     AGENT_READY_CONDITION,
     DEFAULT_TOKEN_EXPIRATION,
     CollectorFleetSpec,
+    FleetTemplate,
 )
 from opamp_operator.fleet.mapping import FleetSelector
+from opamp_operator.fleet.pod_rollout import PodStaging, template_hash
+from opamp_operator.fleet.rollout import Membership
 from opamp_operator.k8s.gates import pod_view
 from opamp_operator.k8s.settings import AgentTokenSettings
-from opamp_operator.k8s.state import FleetRecord
+from opamp_operator.k8s.state import FleetRecord, Governance
 from opamp_operator.k8s.workload import (
     AUTH_TOKEN_ENV,
+    CANARY_LABEL,
     CONFIG_HASH_ANNOTATION,
     CONFIG_KEY,
     MANAGED_BY_LABEL,
+    TEMPLATE_LABEL,
     TOKEN_AUDIENCE,
     WORKLOAD_LABEL,
     Ownership,
@@ -163,6 +168,8 @@ def test_rendered_pods_are_selected_by_the_fleet_and_declare_the_gate() -> None:
         "tier": "edge",
         MANAGED_BY_LABEL: "opamp-operator",
         WORKLOAD_LABEL: "gateways",
+        # Which revision's template the pod runs: what a staged rollout selects by.
+        TEMPLATE_LABEL: record.template_hash,
     }
     # The workload's own selector does not follow the fleet's (it is immutable).
     assert rendered.workload["spec"]["selector"] == {
@@ -586,3 +593,101 @@ def test_the_node_agents_example_renders_with_a_token_the_fleet_admits() -> None
     assert rendered.workload["kind"] == "DaemonSet"
     assert _pod_template(rendered)["spec"]["serviceAccountName"] == "otel-node-agent"
     assert "agent-token" in _volumes(rendered)
+
+
+def _staged(
+    record: FleetRecord, stable: dict[str, Any], members: int = 0, back: bool = False
+) -> FleetRecord:
+    """`record` governed by a rollout staging its template over `stable`'s."""
+    old = FleetTemplate.model_validate(stable)
+    template = record.spec.template
+    assert template is not None
+    slots = frozenset(f"replica-{i}" for i in range(members))
+    pods = PodStaging(
+        template.kind == "DaemonSet",
+        record.template_hash,
+        template_hash(old.as_json()),
+        back,
+        frozenset() if back else slots,
+    )
+    record.governance = Governance(
+        rollout="observability/upgrade",
+        membership=Membership.nobody("rev"),
+        stable_revision="gateways-1",
+        stable_hash="old",
+        stable_template=old,
+        pods=pods,
+    )
+    return record
+
+
+def _image(workload: dict[str, Any]) -> str:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return str(container["image"])
+
+
+def test_a_staged_deployment_is_the_stable_one_beside_a_canary_of_the_desired_template() -> None:
+    record = _staged(_record({"image": "otelcol:b", "replicas": 4}), {"image": "otelcol:a"}, 1)
+    rendered = render(record, ENDPOINT)
+    assert rendered.canary is not None
+    main, canary = rendered.workload, rendered.canary
+    assert (main["metadata"]["name"], _image(main), main["spec"]["replicas"]) == (
+        "gateways-collector",
+        "otelcol:a",
+        3,
+    )
+    assert (canary["metadata"]["name"], _image(canary), canary["spec"]["replicas"]) == (
+        "gateways-collector-canary",
+        "otelcol:b",
+        1,
+    )
+    # Selectors that do not overlap: the stable one's is immutable and must not count
+    # the canary's pods as its own.
+    canary_labels = canary["spec"]["template"]["metadata"]["labels"]
+    main_selector = main["spec"]["selector"]["matchLabels"]
+    assert not all(canary_labels.get(k) == v for k, v in main_selector.items())
+    assert canary_labels[CANARY_LABEL] == "gateways"
+    assert WORKLOAD_LABEL not in canary_labels
+    assert canary_labels[TEMPLATE_LABEL] == record.template_hash
+    assert main["spec"]["template"]["metadata"]["labels"][TEMPLATE_LABEL] != record.template_hash
+    assert record.selector.selects(pod_view(_as_pod(Rendered(rendered.config_map, canary))))
+    # An image change gives the supervisor the same config: one ConfigMap serves both.
+    assert rendered.canary_config_map is None
+    assert [o["kind"] for o in rendered.objects] == ["ConfigMap", "Deployment", "Deployment"]
+
+
+def test_a_staged_supervisor_config_change_gives_the_canary_its_own_config_map() -> None:
+    desired = {"image": "otelcol:b", "supervisorConfig": {"agent": {"args": ["--x"]}}}
+    rendered = render(_staged(_record(desired), {"image": "otelcol:a"}, 1), ENDPOINT)
+    assert rendered.canary is not None
+    assert rendered.canary_config_map is not None
+    assert rendered.canary_config_map["metadata"]["name"] == "gateways-supervisor-canary"
+    volumes = {
+        v["name"]: v["configMap"]["name"]
+        for v in rendered.canary["spec"]["template"]["spec"]["volumes"]
+        if "configMap" in v
+    }
+    assert volumes["supervisor-config"] == "gateways-supervisor-canary"
+    assert "--x" not in rendered.config_map["data"][CONFIG_KEY]
+
+
+def test_no_canary_before_the_first_member_and_none_after_a_rollback() -> None:
+    for members, back in ((0, False), (2, True)):
+        record = _staged(_record({"image": "b", "replicas": 2}), {"image": "a"}, members, back)
+        rendered = render(record, ENDPOINT)
+        assert rendered.canary is None
+        assert (_image(rendered.workload), rendered.workload["spec"]["replicas"]) == ("a", 2)
+
+
+def test_a_staged_daemon_set_waits_on_delete_with_the_desired_template_until_rolled_back() -> None:
+    desired = {"kind": "DaemonSet", "image": "otelcol:b"}
+    stable = {"kind": "DaemonSet", "image": "otelcol:a"}
+    rendered = render(_staged(_record(desired), stable), ENDPOINT)
+    assert rendered.workload["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert _image(rendered.workload) == "otelcol:b"
+    assert rendered.canary is None
+    back = render(_staged(_record(desired), stable, back=True), ENDPOINT)
+    assert back.workload["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    assert _image(back.workload) == "otelcol:a"
+    plain = render(_record(desired), ENDPOINT)  # no rollout stages it: Kubernetes' default
+    assert "updateStrategy" not in plain.workload["spec"]

@@ -178,6 +178,10 @@ class FleetTemplate(_Spec):
         "capabilities drop ALL)",
     )
 
+    def as_json(self) -> dict[str, Any]:
+        """The template as the CRD holds it: what a fleet revision stores and hashes."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
 
 class AgentAuthSpec(_Spec):
     """What an agent must prove before it may hold one of the fleet's pods (and get its

@@ -1044,9 +1044,10 @@ def _timeout_reason(
         return FailReason.DRIFTED, f"effective config still differs after {timeout:g}s"
     reported = agent.config_status or "no status"
     about = agent.config_hash[:HASH_SHOWN] or "(none)"
+    why = f": {agent.config_error}" if agent.config_error else ""
     return (
         FailReason.APPLY_TIMEOUT,
-        f"not applied within {timeout:g}s (reports {reported} for {about})",
+        f"not applied within {timeout:g}s (reports {reported} for {about}{why})",
     )
 
 

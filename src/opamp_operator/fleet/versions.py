@@ -40,14 +40,16 @@ def package_offer(
     return PackageOffer(name, version, url, content_hash, signature)
 
 
-def revision_hash(config_hash: str, package: PackageOffer | None) -> str:
+def revision_hash(config_hash: str, package: PackageOffer | None, template: str = "") -> str:
     """What identifies a fleet revision (hex): its config's hash alone, or, when it names
-    a package, a hash of both, so a version change is a revision as a config change is,
-    and a config and a version changed together are one revision."""
-    if package is None:
+    a package or renders its pods (`template`: fleet.pod_rollout.template_hash), a hash
+    of all of them, so a version change is a revision as a config change is, and a config
+    and a version changed together are one revision."""
+    if package is None and not template:
         return config_hash
-    both = f"{config_hash}\0{package.all_packages_hash.hex()}".encode()
-    return hashlib.sha256(b"opamp-operator revision\0" + both).hexdigest()
+    packages = package.all_packages_hash.hex() if package is not None else ""
+    both = f"{config_hash}\0{packages}" + (f"\0{template}" if template else "")
+    return hashlib.sha256(b"opamp-operator revision\0" + both.encode()).hexdigest()
 
 
 def outdated(agents: Iterable[AgentView], target: str) -> list[AgentView]:
@@ -56,6 +58,15 @@ def outdated(agents: Iterable[AgentView], target: str) -> list[AgentView]:
     if not target:
         return []
     return [a for a in agents if a.service_version != target]
+
+
+def version_status(agent: AgentView, target: str) -> tuple[str, str]:
+    """(status, error) of an agent in a new pod as a staged template change's gates read
+    it, once it applied the revision's config: APPLIED when it reports the target
+    version (or the fleet names none), else still APPLYING, and why."""
+    if not target or agent.service_version == target:
+        return "APPLIED", ""
+    return "APPLYING", f"reports version {agent.service_version or '(none)'}, not {target}"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ class PodView:
     gate_conditions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     # The drift-remediation attempt the operator persisted on the pod (encoded; "" none).
     remediation: str = ""
+    created: float = 0.0  # creationTimestamp, epoch seconds
+    terminating: bool = False  # its deletionTimestamp is set
 
     @property
     def key(self) -> str:

@@ -81,11 +81,12 @@ class FleetReconciler:
             return
         await read_token(self.state, record)
         created = await self.read_config(body, record)
-        await self.reconcile_workload(body, record)
         previous = self.state.fleets.get(record.key)
-        # Before anything is offered: which agents a governing rollout keeps on the stable
-        # revision (after a restart, only the rollout's status knows).
+        # Before anything is offered or rendered: which agents (and, for a staged
+        # template change, which pods) a governing rollout keeps on the stable revision
+        # (after a restart, only the rollout's status knows).
         await self.rollouts.load_for_fleet(record, previous, dict(body.get("status", {})))
+        await self.reconcile_workload(body, record)
         self.state.put_fleet(record)
         if revision_news(record, previous, created):
             kopf.info(body, reason="ConfigRevision", message=self.revision_message(record))
@@ -123,9 +124,16 @@ class FleetReconciler:
         return created
 
     async def reconcile_workload(self, body: kopf.Body, record: FleetRecord) -> None:
+        """Template mode: the fleet's workloads, as its governing rollout stages them;
+        Events go to `body` (the fleet's, or the rollout's whose step it is)."""
         try:
             await workload.reconcile_workload(
-                body, record, self.agent_endpoint, self.token_audience, self.agent_ca
+                body,
+                record,
+                self.agent_endpoint,
+                self.token_audience,
+                self.agent_ca,
+                pods=list(self.state.pods.values()),
             )
         except workload.TemplateError as exc:
             record.workload_problem = Why("TemplateInvalid", f"spec.template: {exc}")

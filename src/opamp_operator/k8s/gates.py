@@ -25,7 +25,7 @@ from opamp_operator.fleet.health import agent_ready_condition
 from opamp_operator.fleet.mapping import MappingResult
 from opamp_operator.fleet.readiness import gate_write, seen_since
 from opamp_operator.fleet.views import PodView
-from opamp_operator.k8s.reads import now_iso
+from opamp_operator.k8s.reads import epoch, now_iso
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 
 REMEDIATION_ANNOTATION = f"{GROUP}/remediation"
@@ -50,6 +50,8 @@ def pod_view(body: kopf.Body) -> PodView:
         readiness_gates=gates,
         gate_conditions=observed,
         remediation=meta.annotations.get(REMEDIATION_ANNOTATION, ""),
+        created=epoch(meta.get("creationTimestamp")),
+        terminating=bool(meta.get("deletionTimestamp")),
     )
 
 

@@ -54,6 +54,7 @@ def register(
         view = pod_view(body)
         if event["type"] == "DELETED":
             state.pods.pop(view.key, None)
+            state.gone[view.key] = view
             state.pod_deleted(view.uid)
         else:
             state.pods[view.key] = view
@@ -74,6 +75,7 @@ def _register_fleets(
 ) -> None:
     agent_ca = read_ca_bundle(settings.agent_ca_file) if settings.agent_ca_file else None
     fleets = FleetReconciler(state, rollouts, settings.agent_endpoint, token_audience, agent_ca)
+    rollouts.workload = fleets.reconcile_workload
     status = FleetStatus(state, settings)
 
     @kopf.on.resume(*FLEETS, registry=registry, backoff=RETRY_SECONDS)

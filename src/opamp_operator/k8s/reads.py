@@ -25,6 +25,18 @@ def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def epoch(timestamp: Any) -> float:
+    """An RFC 3339 time as Kubernetes writes it, in epoch seconds; 0.0 when absent."""
+    if isinstance(timestamp, datetime):
+        return timestamp.timestamp()
+    if not timestamp:
+        return 0.0
+    try:
+        return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def get_or_none(read: Callable[..., T], *args: Any) -> T | None:
     """`read(*args)`, or None when the apiserver answers 404."""
     try:

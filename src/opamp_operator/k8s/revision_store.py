@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kopf
@@ -29,7 +30,9 @@ def ensure(body: kopf.Body, record: FleetRecord) -> tuple[str, bool]:
         if version is not None and record.package is not None
         else None
     )
-    obj = revisions.revision_object(body, plan.current, record.config_text, stored)
+    template = record.spec.template
+    pods = json.dumps(template.as_json(), sort_keys=True) if template is not None else None
+    obj = revisions.revision_object(body, plan.current, record.config_text, stored, pods)
     if plan.create:
         apps.create_namespaced_controller_revision(record.namespace, obj)
     elif any(r.name == plan.current.name and r.revision != plan.current.revision for r in existing):

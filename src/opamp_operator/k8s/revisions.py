@@ -1,9 +1,10 @@
 """Config revisions of a fleet, kept as apps/v1 ControllerRevisions owned by the fleet.
 
-A revision is a config, with the package the fleet names if it names one (its hash is
-FleetRecord.revision_hash). Every distinct revision a fleet has offered is kept byte for
-byte (bounded by
-`revisionHistoryLimit`), so a rollback offers exactly what agents ran before. This module
+A revision is a config, with the package the fleet names if it names one and the pod
+template it renders in template mode (its hash is FleetRecord.revision_hash). Every
+distinct revision a fleet has offered is kept byte for byte (bounded by
+`revisionHistoryLimit`), so a rollback offers exactly what agents ran before and renders
+the pods they ran in. This module
 plans which revision objects to create and which to prune; the handlers do the I/O.
 """
 
@@ -62,12 +63,21 @@ def plan(fleet: str, existing: Sequence[Revision], config_hash: str, limit: int)
 
 
 def revision_object(
-    fleet: Mapping[str, Any], revision: Revision, config: str, version: str | None = None
+    fleet: Mapping[str, Any],
+    revision: Revision,
+    config: str,
+    version: str | None = None,
+    template: str | None = None,
 ) -> dict[str, Any]:
-    """The ControllerRevision: the config's bytes, and with a package the fleet's
-    spec.version as JSON (`version`), so a rollback offers the stable package too."""
+    """The ControllerRevision: the config's bytes, with a package the fleet's
+    spec.version as JSON (`version`), in template mode its spec.template as JSON
+    (`template`), so a rollback offers the stable package and renders the stable pods."""
     meta = fleet["metadata"]
-    data = {"config": config} if version is None else {"config": config, "version": version}
+    data = {"config": config}
+    if version is not None:
+        data["version"] = version
+    if template is not None:
+        data["template"] = template
     return {
         "apiVersion": "apps/v1",
         "kind": "ControllerRevision",

@@ -16,7 +16,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -29,11 +30,22 @@ from opamp_operator.api.models import (
     ROLLOUTS_PLURAL,
     VERSION,
     ConfigRolloutSpec,
+    FleetTemplate,
     FleetVersion,
     RolloutGates,
     RolloutStep,
+    WorkloadKind,
 )
 from opamp_operator.fleet import rollout as planner
+from opamp_operator.fleet.pod_rollout import (
+    PodStaging,
+    config_membership,
+    daemon_set_slots,
+    deployment_slots,
+    population,
+    staging,
+    template_hash,
+)
 from opamp_operator.fleet.rollout_status import (
     Facts,
     blocker,
@@ -45,9 +57,14 @@ from opamp_operator.fleet.rollout_status import (
     status_patch,
 )
 from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
-from opamp_operator.fleet.versions import package_of, package_problem, revision_hash
-from opamp_operator.fleet.views import AgentView
-from opamp_operator.k8s import reads
+from opamp_operator.fleet.versions import (
+    package_of,
+    package_problem,
+    revision_hash,
+    version_status,
+)
+from opamp_operator.fleet.views import AgentView, PodView
+from opamp_operator.k8s import reads, workload
 from opamp_operator.k8s.events import emit
 from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
@@ -115,8 +132,27 @@ def config_components(text: str | None) -> dict[str, frozenset[str]]:
     return {kind: frozenset(types) for kind, types in used_component_types(config).items()}
 
 
-StoredRevision = tuple[str, str | None]
-"""A ControllerRevision's config text and its spec.version JSON (None: no package)."""
+@dataclass(frozen=True)
+class StoredRevision:
+    """What a ControllerRevision holds: the config text, spec.version JSON (None: no
+    package) and spec.template JSON (None: not template mode)."""
+
+    config: str
+    version: str | None = None
+    template: str | None = None
+
+
+@dataclass(frozen=True)
+class StableRevision:
+    """The stable revision as a rollback offers and renders it."""
+
+    text: str
+    package: PackageOffer | None = None
+    template: FleetTemplate | None = None
+
+    @property
+    def template_hash(self) -> str:
+        return template_hash(self.template.as_json()) if self.template is not None else ""
 
 
 def stored_package(version: str | None) -> PackageOffer | None:
@@ -178,8 +214,16 @@ def _key(obj: Mapping[str, Any]) -> str:
 
 
 class RolloutHandlers:
-    def __init__(self, state: OperatorState, startup_grace: float) -> None:
+    def __init__(
+        self,
+        state: OperatorState,
+        startup_grace: float,
+        workload: Callable[[kopf.Body, FleetRecord], Awaitable[None]] | None = None,
+    ) -> None:
+        """`workload`: renders a template-mode fleet's workloads (the fleet reconciler's),
+        Events going to the body given."""
         self.state = state
+        self.workload = workload
         # A step armed right after a start would size itself on the few agents that have
         # reconnected so far: until the grace is over, the persisted progress only holds.
         self.startup_grace = startup_grace
@@ -196,60 +240,106 @@ class RolloutHandlers:
         if name not in self._texts:
             obj = reads.controller_revision(namespace, name)
             data = obj.data if obj is not None and isinstance(obj.data, Mapping) else {}
-            text, version = data.get("config"), data.get("version")
-            if not isinstance(text, str) or not isinstance(version, str | None):
+            text, version, template = (data.get(k) for k in ("config", "version", "template"))
+            if not isinstance(text, str) or not all(
+                isinstance(v, str | None) for v in (version, template)
+            ):
                 return None
-            self._texts[name] = (text, version)
+            self._texts[name] = StoredRevision(text, version, template)
         return self._texts[name]
 
     async def _stable(
         self, record: FleetRecord, progress: planner.Progress
-    ) -> tuple[str, PackageOffer | None] | None:
-        """The stable revision's config bytes and package: a rollback offers exactly what
-        agents ran before."""
+    ) -> StableRevision | None:
+        """The stable revision's config bytes, package and pod template: a rollback
+        offers exactly what agents ran before, in the pods they ran in."""
         if progress.stable_hash == record.revision_hash:
-            return (record.config_text, record.package) if record.config_text else None
+            if not record.config_text:
+                return None
+            return StableRevision(record.config_text, record.package, record.spec.template)
         if not progress.stable_revision:
             return None
         stored = await asyncio.to_thread(self._revision, record.namespace, progress.stable_revision)
         if stored is None:
             return None
-        text, version = stored
         try:
-            return text, stored_package(version)
-        except (ValidationError, ValueError) as exc:
-            log.error(
-                "revision %s of %s: its version: %s", progress.stable_revision, record.key, exc
+            template = stored.template
+            return StableRevision(
+                stored.config,
+                stored_package(stored.version),
+                FleetTemplate.model_validate_json(template) if template is not None else None,
             )
+        except (ValidationError, ValueError) as exc:
+            log.error("revision %s of %s: %s", progress.stable_revision, record.key, exc)
             return None
 
-    async def governance(
+    def _staging(
         self,
         record: FleetRecord,
-        rollout: str,
+        stable: StableRevision | None,
+        policy: planner.Policy,
         progress: planner.Progress,
-        membership: planner.Membership,
+    ) -> PodStaging | None:
+        """The staging of a template change (fleet/pod_rollout.py), or None."""
+        desired = record.spec.template
+        if desired is None or stable is None or stable.template is None:
+            return None
+        if stable.template.kind != desired.kind:
+            return None  # a change of kind replaces the workload: nothing to stage
+        daemon_set = desired.kind == WorkloadKind.DAEMON_SET
+        slots = (
+            daemon_set_slots(self._pods(record), self._pods(record, gone=True))
+            if daemon_set
+            else deployment_slots(desired.replicas)
+        )
+        return staging(
+            daemon_set=daemon_set,
+            desired=record.template_hash,
+            stable=stable.template_hash,
+            phase=progress.phase,
+            current=progress.desired_hash == record.revision_hash,
+            membership=planner.membership(policy, progress),
+            slots=slots,
+        )
+
+    def _pods(self, record: FleetRecord, gone: bool = False) -> list[PodView]:
+        """The fleet's workload pods, as the pod watch has them; `gone`: those it saw
+        deleted lately instead."""
+        pods = self.state.gone.values() if gone else self.state.pods.values()
+        return [p for p in pods if workload.is_workload_pod(p, record)]
+
+    async def governance(
+        self, record: FleetRecord, rollout: str, policy: planner.Policy, progress: planner.Progress
     ) -> Governance:
-        """The rollout's hold on its fleet; the stable bytes from its ControllerRevision."""
+        """The rollout's hold on its fleet; the stable bytes from its ControllerRevision.
+        While it stages a template change, its members are the pods of the desired
+        template (fleet/pod_rollout.py)."""
         stable = await self._stable(record, progress)
-        text, package = stable if stable is not None else (None, None)
-        config = RemoteConfig.single(text.encode()) if text is not None else None
-        if config is not None and revision_hash(config.hash.hex(), package) != progress.stable_hash:
-            log.error(
-                "revision %s of %s does not hash to %s; offering the desired revision",
-                progress.stable_revision,
-                record.key,
-                progress.stable_hash[:12],
-            )
-            text, config, package = None, None, None
+        config = RemoteConfig.single(stable.text.encode()) if stable is not None else None
+        if stable is not None and config is not None:
+            found = revision_hash(config.hash.hex(), stable.package, stable.template_hash)
+            if found != progress.stable_hash:
+                log.error(
+                    "revision %s of %s does not hash to %s; offering the desired revision",
+                    progress.stable_revision,
+                    record.key,
+                    progress.stable_hash[:12],
+                )
+                stable, config = None, None
+        membership = planner.membership(policy, progress)
+        pods = self._staging(record, stable, policy, progress)
+        if pods is not None:
+            membership = config_membership(pods, progress.desired_hash, workload.TEMPLATE_LABEL)
         return Governance(
             rollout=rollout,
             membership=membership,
             stable_revision=progress.stable_revision,
             stable_hash=progress.stable_hash,
-            stable_text=text,
+            stable_text=stable.text if stable is not None else None,
             stable_config=config,
-            stable_package=package,
+            stable_package=stable.package if stable is not None else None,
+            stable_template=stable.template if stable is not None else None,
+            pods=pods,
             problem=fleet_problem(progress),
         )
 
@@ -257,8 +347,7 @@ class RolloutHandlers:
         self, record: FleetRecord, rollout: str, policy: planner.Policy, p: planner.Progress
     ) -> None:
         """Hands the fleet the membership `p` stands for (set_governance queues offers)."""
-        membership = planner.membership(policy, p)
-        self.state.set_governance(record, await self.governance(record, rollout, p, membership))
+        self.state.set_governance(record, await self.governance(record, rollout, policy, p))
 
     async def load_for_fleet(
         self, record: FleetRecord, previous: FleetRecord | None, fleet_status: Mapping[str, Any]
@@ -295,8 +384,7 @@ class RolloutHandlers:
             stable = known_stable(fleet_status, previous.stable if previous is not None else None)
             desired = planner.Revision(record.revision or "", record.revision_hash)
             progress = planner.initial_progress(desired, *stable, planner.Controls())
-        membership = planner.membership(to_policy(spec), progress)
-        return await self.governance(record, ref.key, progress, membership)
+        return await self.governance(record, ref.key, to_policy(spec), progress)
 
     def _remember(self, obj: Mapping[str, Any]) -> RolloutRef | None:
         meta = obj.get("metadata") or {}
@@ -312,39 +400,59 @@ class RolloutHandlers:
         self.state.rollouts[ref.key] = ref
         return ref
 
-    async def _agents(self, record: FleetRecord) -> list[planner.RolloutAgent]:
-        """The fleet's live agents, with what the gates and preflight need."""
+    async def _agents(
+        self, record: FleetRecord, pods: PodStaging | None
+    ) -> list[planner.RolloutAgent]:
+        """The fleet's live agents, with what the gates and preflight need; while a
+        template change is staged (`pods`), its slots (fleet/pod_rollout.py)."""
         assignment = self.state.assignment or self.state.refresh()
         mapping = assignment.mapping_for(record.key)
         unverified = set(assignment.unverified.get(record.key, ()))
         views = self.state.refresh_views(mapping.agents)
         drift = await self.state.drift_of(record, views)
-        agents = []
+        agents = {}
         for uid, view in views.items():
             if not view.live:
                 continue
             pod_key = mapping.pod_of.get(uid, "")
             pod = mapping.pods.get(pod_key) if pod_key else None
             status, hash_, error = revision_status(view, record)
-            agents.append(
-                planner.RolloutAgent(
-                    uid=uid,
-                    pod=pod_key,
-                    attributes=view.attributes,
-                    pod_labels=pod.labels if pod is not None else {},
-                    accepts_remote_config=view.accepts_remote_config,
-                    healthy=view.healthy,
-                    health_error=view.health_error,
-                    config_status=status,
-                    config_hash=hash_,
-                    config_error=error,
-                    drifted=drift.get(uid),
-                    components=view.components,
-                    connected_at=view.connected_at,
-                    verified=uid not in unverified,
-                )
+            if pods is not None and status == "APPLIED":
+                status, error = version_status(view, record.target_version)
+            agents[uid] = planner.RolloutAgent(
+                uid=uid,
+                pod=pod_key,
+                attributes=view.attributes,
+                pod_labels=pod.labels if pod is not None else {},
+                accepts_remote_config=view.accepts_remote_config,
+                healthy=view.healthy,
+                health_error=view.health_error,
+                config_status=status,
+                config_hash=hash_,
+                config_error=error,
+                drifted=drift.get(uid),
+                components=view.components,
+                connected_at=view.connected_at,
+                verified=uid not in unverified,
             )
-        return agents
+        if pods is None:
+            return list(agents.values())
+        desired = record.spec.template
+        replicas = desired.replicas if desired is not None else 0
+
+        def report(pod: PodView) -> planner.RolloutAgent | None:
+            uid = mapping.agent_of.get(pod.key)
+            return agents.get(uid) if uid is not None else None
+
+        return population(
+            pods,
+            record.revision_hash,
+            replicas,
+            self._pods(record),
+            workload.template_of,
+            report,
+            self._pods(record, gone=True),
+        )
 
     async def _facts(
         self, body: kopf.Body, spec: ConfigRolloutSpec | None, error: str | None
@@ -413,12 +521,23 @@ class RolloutHandlers:
         if progress is None:
             progress = planner.initial_progress(desired, *record.stable, controls)
         self._planned.add(key)
-        agents = await self._agents(record)
+        stable = await self._stable(record, progress)
+        agents = await self._agents(record, self._staging(record, stable, policy, progress))
         decision = planner.plan(policy, progress, desired, agents, time.time(), controls)
         generation = int(body.metadata.get("generation", 0))
         await self._write(body, old, rollout_status(decision, generation, old, now_iso()))
         await self._govern(record, key, policy, decision.progress)
         emit(body, decision.events)
+        await self._pods_follow(body, record)
+
+    async def _pods_follow(self, body: kopf.Body, record: FleetRecord) -> None:
+        """Template mode: the workloads as the governance now stands (a step's canary
+        scaled, its DaemonSet pods replaced, a rollback's or a success's clean-up);
+        Events on the rollout, whose step they are."""
+        if record.spec.template is None or record.workload_problem is not None:
+            return  # the fleet's own reconcile reported the template's problem
+        if self.workload is not None:
+            await self.workload(body, record)
 
     async def _write(
         self, body: kopf.Body, old: Mapping[str, Any], status: Mapping[str, Any]
@@ -452,3 +571,4 @@ class RolloutHandlers:
             and record.governance.rollout == key
         ):
             self.state.set_governance(record, None)
+            await self._pods_follow(body, record)

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from cachetools import TTLCache
 
-from opamp_operator.api.models import CollectorFleetSpec
+from opamp_operator.api.models import CollectorFleetSpec, FleetTemplate
 from opamp_operator.fleet.conditions import Why
 from opamp_operator.fleet.drift import (
     CacheKey,
@@ -37,6 +37,7 @@ from opamp_operator.fleet.mapping import (
     MappingResult,
     assign_fleets,
 )
+from opamp_operator.fleet.pod_rollout import PodStaging, template_hash
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
 from opamp_operator.fleet.versions import revision_hash
@@ -66,6 +67,11 @@ class Governance:
     stable_package: PackageOffer | None = None
     """The stable revision's package: offered to non-members that accept packages; None
     offers them nothing (they keep what they run)."""
+    stable_template: FleetTemplate | None = None
+    """The stable revision's spec.template (template mode)."""
+    pods: PodStaging | None = None
+    """While the rollout stages a template change: what the workloads look like
+    (fleet.pod_rollout); `membership` then selects the pods of the desired template."""
     # Why the fleet cannot become Ready while the rollout is where it is, e.g. after a
     # rollback.
     problem: Why | None = None
@@ -166,15 +172,27 @@ class FleetRecord:
         """The desired config's hash: what agents echo when they apply it."""
         return self.config.hash.hex() if self.config is not None else ""
 
+    @cached_property
+    def template_hash(self) -> str:
+        """The pod template's part of the revision (fleet.pod_rollout.template_hash);
+        "" outside template mode."""
+        template = self.spec.template
+        return template_hash(template.as_json()) if template is not None else ""
+
     @property
     def revision_hash(self) -> str:
-        """What identifies the desired revision (config and package), for revisions and
-        rollouts; the config's hash when the fleet names no package."""
+        """What identifies the desired revision (config, package, pod template), for
+        revisions and rollouts; the config's hash when the fleet names no package and
+        renders no pods."""
         if self.config is None:
             return ""
-        return revision_hash(self.desired_hash, self.package)
+        return revision_hash(self.desired_hash, self.package, self.template_hash)
 
 
+GONE_POD_SECONDS = 60.0
+"""How long a deleted pod's node keeps its slot in a staged DaemonSet rollout without a
+successor: a DaemonSet's next pod comes within seconds; a node that left the cluster
+leaves the rollout after this."""
 READ_MAPPING_SECONDS = 1.0
 """How old a mapping the read API answers from may be (OperatorState.recent)."""
 
@@ -196,6 +214,11 @@ class OperatorState:
         default_factory=lambda: TTLCache(100_000, 24 * 3600.0)
     )
     """Uids of pods deleted lately: their bound tokens no longer authenticate."""
+    gone: TTLCache[str, PodView] = field(
+        default_factory=lambda: TTLCache(100_000, GONE_POD_SECONDS)
+    )
+    """Pods deleted in the last GONE_POD_SECONDS, by key: a staged DaemonSet rollout
+    keeps their nodes' slots while their successors come (fleet.pod_rollout)."""
     """Called when a credential stops or starts identifying a fleet (a token rotated,
     revoked, a fleet deleted): the server re-checks the sessions it authenticated
     earlier (OpAMPServer.revalidate)."""

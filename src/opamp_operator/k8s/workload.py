@@ -57,6 +57,8 @@ from opamp_operator.api.models import (
     WorkloadKind,
 )
 from opamp_operator.fleet.mapping import ATTR_NAMESPACE, ATTR_POD_NAME, ATTR_POD_UID, AuthMode
+from opamp_operator.fleet.pod_rollout import template_hash, to_replace
+from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s.reads import get_or_none
 from opamp_operator.k8s.settings import AgentTokenSettings
 from opamp_operator.k8s.state import FleetRecord
@@ -64,6 +66,12 @@ from opamp_operator.k8s.state import FleetRecord
 MANAGER = "opamp-operator"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 WORKLOAD_LABEL = f"{GROUP}/fleet-workload"
+# A canary Deployment's own selector label, in place of WORKLOAD_LABEL: the stable
+# Deployment's (immutable) selector must not select the canary's pods.
+CANARY_LABEL = f"{GROUP}/fleet-canary"
+# The pod template's hash (fleet.pod_rollout.template_hash): which revision's template a
+# pod runs, what a staged rollout's membership selects by.
+TEMPLATE_LABEL = f"{GROUP}/template-hash"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/supervisor-config-hash"
 CONTAINER = "collector"
 CONFIG_DIR = "/etc/opampsupervisor"
@@ -127,15 +135,20 @@ class TemplateError(ValueError):
 
 @dataclass(frozen=True)
 class Rendered:
-    """What a template becomes: the supervisor's ConfigMap and the workload."""
+    """What a template becomes: the supervisor's ConfigMap and the workload; while a
+    rollout stages a template change, the canary Deployment of the desired template and
+    its own ConfigMap when its supervisor config differs from the stable one's."""
 
     config_map: dict[str, Any]
     workload: dict[str, Any]
+    canary_config_map: dict[str, Any] | None = None
+    canary: dict[str, Any] | None = None
 
     @property
-    def objects(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """In apply order: the pods mount the ConfigMap."""
-        return (self.config_map, self.workload)
+    def objects(self) -> tuple[dict[str, Any], ...]:
+        """In apply order: the pods mount the ConfigMaps."""
+        found = (self.config_map, self.canary_config_map, self.workload, self.canary)
+        return tuple(obj for obj in found if obj is not None)
 
 
 def workload_name(fleet: str) -> str:
@@ -146,20 +159,40 @@ def config_map_name(fleet: str) -> str:
     return f"{fleet}-supervisor"
 
 
-def selector_labels(fleet: str) -> dict[str, str]:
+def canary_name(fleet: str) -> str:
+    return f"{fleet}-collector-canary"
+
+
+def canary_config_map_name(fleet: str) -> str:
+    return f"{fleet}-supervisor-canary"
+
+
+def selector_labels(fleet: str, canary: bool = False) -> dict[str, str]:
     """The workload's own selector: immutable, so not the fleet's (which may change)."""
     if len(fleet) > _MAX_LABEL_VALUE:
         raise TemplateError(
             f"template mode needs a fleet name of at most {_MAX_LABEL_VALUE} characters "
             f"(it is the value of the pod label {WORKLOAD_LABEL})"
         )
-    return {MANAGED_BY_LABEL: MANAGER, WORKLOAD_LABEL: fleet}
+    return {MANAGED_BY_LABEL: MANAGER, CANARY_LABEL if canary else WORKLOAD_LABEL: fleet}
 
 
-def pod_labels(record: FleetRecord) -> dict[str, str]:
+def is_workload_pod(pod: PodView, record: FleetRecord) -> bool:
+    """A pod of the fleet's workload, stable or canary."""
+    return pod.namespace == record.namespace and record.name in (
+        pod.labels.get(WORKLOAD_LABEL),
+        pod.labels.get(CANARY_LABEL),
+    )
+
+
+def template_of(pod: PodView) -> str:
+    return pod.labels.get(TEMPLATE_LABEL, "")
+
+
+def pod_labels(record: FleetRecord, canary: bool = False) -> dict[str, str]:
     """The fleet's matchLabels plus the workload's; the fleet's selector must select the
     result, or the fleet would not see its own pods."""
-    own = selector_labels(record.name)
+    own = selector_labels(record.name, canary)
     wanted = dict(record.selector.match_labels)
     clashes = sorted(k for k, v in own.items() if k in wanted and wanted[k] != v)
     if clashes:
@@ -211,11 +244,15 @@ def _sends_fleet_token(spec: CollectorFleetSpec) -> bool:
 
 
 def supervisor_config(
-    spec: CollectorFleetSpec, agent_endpoint: str | None, agent_ca: str | None = None
+    spec: CollectorFleetSpec,
+    agent_endpoint: str | None,
+    agent_ca: str | None = None,
+    template: FleetTemplate | None = None,
 ) -> dict[str, Any]:
     """The opampsupervisor config for the fleet's pods; `agent_ca`: the operator's CA,
-    which pods verify a wss:// / https:// endpoint with unless the fleet names its own."""
-    template = _template(spec)
+    which pods verify a wss:// / https:// endpoint with unless the fleet names its own;
+    `template`: another than spec.template (a staged rollout's stable one)."""
+    template = template or _template(spec)
     server: dict[str, Any] = {"endpoint": agent_endpoint} if agent_endpoint else {}
     if sends_service_account_token(spec):
         # Expanded by the supervisor's file provider when it loads its config (once).
@@ -346,8 +383,12 @@ def pod_template(
     template: FleetTemplate,
     config_data: Mapping[str, str],
     audience: str = TOKEN_AUDIENCE,
+    *,
+    config_map: str | None = None,
+    canary: bool = False,
 ) -> dict[str, Any]:
-    """`config_data`: the fleet's ConfigMap data (the supervisor's config, the CA)."""
+    """`config_data`: the data of the ConfigMap `config_map` (the supervisor's config,
+    the CA; default the fleet's); `canary`: a pod of the canary Deployment."""
     _check_service_account(record, template)
     env: list[dict[str, Any]] = [
         {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
@@ -368,7 +409,10 @@ def pod_template(
         {"name": "supervisor-storage", "mountPath": STORAGE_DIR},
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": "supervisor-config", "configMap": {"name": config_map_name(record.name)}},
+        {
+            "name": "supervisor-config",
+            "configMap": {"name": config_map or config_map_name(record.name)},
+        },
         # The supervisor keeps the agent's instance UID and last remote config here:
         # kept across container restarts, new for a new pod (a new pod is a new agent).
         {"name": "supervisor-storage", "emptyDir": {}},
@@ -411,7 +455,10 @@ def pod_template(
     digest = hashlib.sha256(files.encode()).hexdigest()[:16]
     return {
         "metadata": {
-            "labels": pod_labels(record),
+            "labels": {
+                **pod_labels(record, canary),
+                TEMPLATE_LABEL: template_hash(template.as_json()),
+            },
             # The supervisor reads its config and CA once: a new one must roll the pods.
             "annotations": {CONFIG_HASH_ANNOTATION: digest},
         },
@@ -427,32 +474,90 @@ def render(
 ) -> Rendered:
     """The fleet's ConfigMap and workload; raises TemplateError for what the user must fix.
     `audience`: what the pods' ServiceAccount tokens are issued for (the operator's
-    --agent-token-audience); `agent_ca`: the operator's --agent-ca-file (PEM)."""
-    template = _template(record.spec)
-    config = supervisor_config(record.spec, agent_endpoint, agent_ca)
-    data = {
-        CONFIG_KEY: yaml.safe_dump(config, sort_keys=False),
-        **operator_ca_data(config, agent_ca),
-    }
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(record, config_map_name(record.name)),
-        "data": data,
-    }
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector_labels(record.name)},
-        "template": pod_template(record, template, data, audience),
-    }
-    if template.kind == WorkloadKind.DEPLOYMENT:
-        spec = {"replicas": template.replicas, **spec}
-    workload = {
-        "apiVersion": "apps/v1",
-        "kind": str(template.kind),
-        "metadata": _metadata(record, workload_name(record.name)),
-        "spec": spec,
-    }
-    return Rendered(config_map, workload)
+    --agent-token-audience); `agent_ca`: the operator's --agent-ca-file (PEM).
+
+    While a rollout stages a template change (`record.governance.pods`), the workloads
+    are those of docs/rollout.md "Template changes": a DaemonSet on OnDelete whose
+    template is the desired one (the stable one after a rollback), or the stable
+    Deployment scaled down by the canary Deployment's replicas of the desired template."""
+    desired = _template(record.spec)
+    side = _Side(record, agent_endpoint, audience, agent_ca)
+    g = record.governance
+    staging = g.pods if g is not None else None
+    stable = g.stable_template if g is not None else None
+    if staging is None or stable is None:
+        config_map = side.config_map(desired, config_map_name(record.name))
+        return Rendered(config_map, side.workload(desired, config_map))
+    stable = stable.model_copy(update={"replicas": desired.replicas, "kind": desired.kind})
+    config_map = side.config_map(stable, config_map_name(record.name))
+    # One ConfigMap while both templates give the supervisor the same config (an image
+    # change); the desired one's own while they differ.
+    ours, own = config_map, None
+    if side.config_map(desired, config_map["metadata"]["name"])["data"] != config_map["data"]:
+        ours = own = side.config_map(desired, canary_config_map_name(record.name))
+    if staging.daemon_set:
+        runs, mounts = (stable, config_map) if staging.back else (desired, ours)
+        daemon_set = side.workload(runs, mounts, on_delete=True)
+        return Rendered(config_map, daemon_set, own if not staging.back else None)
+    canary = staging.canary_replicas
+    main = side.workload(stable, config_map, replicas=desired.replicas - canary)
+    if not canary:
+        return Rendered(config_map, main)
+    return Rendered(config_map, main, own, side.workload(desired, ours, canary=canary))
+
+
+@dataclass(frozen=True)
+class _Side:
+    """Renders one template's ConfigMap and workload for the fleet."""
+
+    record: FleetRecord
+    agent_endpoint: str | None
+    audience: str
+    agent_ca: str | None
+
+    def config_map(self, template: FleetTemplate, name: str) -> dict[str, Any]:
+        config = supervisor_config(self.record.spec, self.agent_endpoint, self.agent_ca, template)
+        data = {
+            CONFIG_KEY: yaml.safe_dump(config, sort_keys=False),
+            **operator_ca_data(config, self.agent_ca),
+        }
+        meta = _metadata(self.record, name)
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+    def workload(
+        self,
+        template: FleetTemplate,
+        config_map: Mapping[str, Any],
+        *,
+        replicas: int | None = None,
+        canary: int | None = None,
+        on_delete: bool = False,
+    ) -> dict[str, Any]:
+        """`canary`: the canary Deployment of that many replicas; `on_delete`: a
+        DaemonSet whose pods the operator replaces itself."""
+        record = self.record
+        is_canary = canary is not None
+        pods = pod_template(
+            record,
+            template,
+            config_map["data"],
+            self.audience,
+            config_map=config_map["metadata"]["name"],
+            canary=is_canary,
+        )
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": selector_labels(record.name, is_canary)},
+            "template": pods,
+        }
+        if template.kind == WorkloadKind.DEPLOYMENT:
+            count = canary if canary is not None else replicas
+            spec = {"replicas": template.replicas if count is None else count, **spec}
+        elif on_delete:
+            spec["updateStrategy"] = {"type": "OnDelete"}
+        name = canary_name(record.name) if is_canary else workload_name(record.name)
+        metadata = _metadata(record, name)
+        kind = str(template.kind)
+        return {"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec}
 
 
 class Ownership(StrEnum):
@@ -585,22 +690,81 @@ def _reason(exc: ApiException) -> str:
     return str(message or exc.reason)
 
 
-def apply(record: FleetRecord, rendered: Rendered) -> list[str]:
-    """Create or update the rendered objects and remove a workload of the other kind;
-    returns what changed, for the fleet's events."""
+def apply(record: FleetRecord, rendered: Rendered, pods: Sequence[PodView] = ()) -> list[str]:
+    """Create or update the rendered objects, remove a workload of the other kind and a
+    canary no longer wanted, replace the DaemonSet pods a staged rollout names (`pods`:
+    the pods the operator knows); returns what changed, for the fleet's events."""
     kinds = _kinds()
     changes = [c for obj in rendered.objects if (c := _apply_one(kinds, record, obj))]
     other = "DaemonSet" if rendered.workload["kind"] == "Deployment" else "Deployment"
-    changes += _remove(kinds, record, [(other, workload_name(record.name))])
-    return changes
+    targets = [(other, workload_name(record.name))]
+    canary_kept = rendered.canary is not None or not _canary_may_go(kinds, record)
+    if not canary_kept:
+        targets.append(("Deployment", canary_name(record.name)))
+    if rendered.canary_config_map is None and not canary_kept:
+        targets.append(("ConfigMap", canary_config_map_name(record.name)))
+    changes += _remove(kinds, record, targets)
+    return changes + _replace_pods(kinds, record, pods)
+
+
+def _canary_may_go(kinds: Mapping[str, _Kind], record: FleetRecord) -> bool:
+    """A canary Deployment no longer rendered goes once the stable one runs the template
+    it ran (the rollout succeeded: it went on serving meanwhile); at once after a
+    rollback or when no rollout governs the fleet any more."""
+    g = record.governance
+    if g is None or (g.pods is not None and g.pods.back):
+        return True
+    main = _read(kinds["Deployment"], workload_name(record.name), record.namespace)
+    if main is None:
+        return True
+    status, wanted = main.status, main.spec.replicas or 0
+    return bool(
+        status is not None
+        and (status.observed_generation or 0) >= (main.metadata.generation or 0)
+        and (status.replicas or 0) == wanted
+        and (status.updated_replicas or 0) == wanted
+        and (status.available_replicas or 0) == wanted
+    )
+
+
+def _replace_pods(
+    kinds: Mapping[str, _Kind], record: FleetRecord, pods: Sequence[PodView]
+) -> list[str]:
+    """Deletes the DaemonSet pods a staged rollout wants on another template, once the
+    DaemonSet controller has seen the template their successors are to run."""
+    g = record.governance
+    staging = g.pods if g is not None else None
+    if staging is None or not staging.daemon_set:
+        return []
+    daemon_set = _read(kinds["DaemonSet"], workload_name(record.name), record.namespace)
+    if daemon_set is None or daemon_set.status is None:
+        return []
+    if (daemon_set.status.observed_generation or 0) < (daemon_set.metadata.generation or 0):
+        return []  # the next tick: a successor now could get the template before
+    ours = [p for p in pods if is_workload_pod(p, record)]
+    core: Any = k8s.CoreV1Api()
+    replaced = []
+    for pod in to_replace(staging, ours, template_of):
+        options = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=pod.uid))
+        try:
+            core.delete_namespaced_pod(pod.name, pod.namespace, body=options)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                continue
+            raise
+        on = "stable" if staging.back else "desired"
+        replaced.append(f"deleted Pod {pod.name} on {pod.node or '?'} to run the {on} template")
+    return replaced
 
 
 def remove(record: FleetRecord) -> list[str]:
     """Delete what an earlier template of this fleet rendered."""
     targets = [
         ("Deployment", workload_name(record.name)),
+        ("Deployment", canary_name(record.name)),
         ("DaemonSet", workload_name(record.name)),
         ("ConfigMap", config_map_name(record.name)),
+        ("ConfigMap", canary_config_map_name(record.name)),
     ]
     return _remove(_kinds(), record, targets)
 
@@ -625,8 +789,12 @@ async def reconcile_workload(
     agent_endpoint: str | None,
     audience: str = TOKEN_AUDIENCE,
     agent_ca: str | None = None,
+    *,
+    pods: Sequence[PodView] = (),
 ) -> None:
-    """Create, update or remove the fleet's own Deployment / DaemonSet.
+    """Create, update or remove the fleet's own Deployment / DaemonSet (and while a
+    rollout stages a template change, its canary or the DaemonSet pods it replaces;
+    `pods`: the pods the operator knows). Events go to `body`.
 
     Raises TemplateError (a ValueError) for what the user must fix in the spec or the
     operator's flags; API errors propagate for kopf to retry.
@@ -635,6 +803,6 @@ async def reconcile_workload(
         changes = await asyncio.to_thread(remove, record)
     else:
         rendered = render(record, agent_endpoint, audience, agent_ca)
-        changes = await asyncio.to_thread(apply, record, rendered)
+        changes = await asyncio.to_thread(apply, record, rendered, pods)
     for change in changes:
         kopf.info(body, reason="Workload", message=change)

@@ -177,7 +177,7 @@ Role (namespaced install, the default). Each rule's reason is in docs/helm.md.
   verbs: [update]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [list, watch{{ if .Values.templateMode.enabled }}, delete{{ end }}]
 - apiGroups: [""]
   resources: [pods/status]
   verbs: [patch]
