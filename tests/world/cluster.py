@@ -30,8 +30,19 @@ from world.processes import ProcessRecord, StartupError, free_port, spawn, termi
 
 STATE_FILE = "cluster.json"
 # Where kwok hands out pod IPs. Loopback, so a test can bind a socket to a pod's IP and
-# connect from it: nothing here ever sends traffic to an address off this machine.
-POD_CIDR = "127.100.0.1/16"
+# connect from it: nothing here ever sends traffic to an address off this machine. Each
+# cluster takes its own /16 of 127.0.0.0/8 (pod_cidr): pod IPs are unique in a cluster,
+# and two test sessions on one machine must not hand out the same ones either (their
+# Collectors, listening on their pods' IPs, would collide).
+POD_CIDR_BLOCKS = 150  # 127.100.0.0/16 .. 127.249.0.0/16
+
+
+def pod_cidr(api_port: int) -> str:
+    """The cluster's pod CIDR, by its apiserver's port (free, so distinct between the
+    clusters running at once)."""
+    return f"127.{100 + api_port % POD_CIDR_BLOCKS}.0.1/16"
+
+
 SERVICE_CIDR = "10.96.0.0/16"  # allocated to Service objects only; nothing connects to it
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # kwok's pod stages: a kubelet's view of readiness gates (the file says how and why).
@@ -378,7 +389,7 @@ class LocalCluster:
                 f"--config={stages}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={pod_cidr(self.api_port)}",
                 "--node-ip=127.0.0.1",
                 f"--server-address=127.0.0.1:{free_port()}",
             ],

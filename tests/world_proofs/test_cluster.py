@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from world import binaries
-from world.cluster import POD_CIDR, LocalCluster
+from world.cluster import LocalCluster, pod_cidr
 from world.fleets import workload_report
 from world.pki import CertificateAuthority
 from world.processes import eventually
@@ -229,7 +229,7 @@ def test_deployment_pods_reach_running_with_pod_ips(
         lambda: p if _all_running(p := _pods(api_client, namespace, "app=collector"), 3) else None,
         90,
     )
-    pod_net = ipaddress.ip_network(POD_CIDR, strict=False)
+    pod_net = ipaddress.ip_network(pod_cidr(cluster.api_port), strict=False)
     ips = {p.status.pod_ip for p in pods}
     assert len(ips) == 3
     assert all(ipaddress.ip_address(ip) in pod_net for ip in ips)
