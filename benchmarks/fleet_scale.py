@@ -91,6 +91,9 @@ POD_EVENT = "pod_event' succeeded"  # kopf: Handler 'register.<locals>.pod_event
 RECONCILED = "reconciled: revision"
 SIM_PROGRESS = re.compile(r"t=(?P<t>[\d.]+)s connected (?P<connected>\d+)/\d+ acked (?P<acked>\d+)")
 SIM_CONFIG = re.compile(r"\| config (?P<hash>[0-9a-f]+) offered \d+ applied (?P<applied>\d+)")
+SIM_PACKAGE = re.compile(
+    r"\| package \S+ (?P<version>\S+) offered \d+ installed (?P<installed>\d+)"
+)
 
 
 def config(version: int) -> str:
@@ -482,6 +485,8 @@ class SimProgress:
     acked: int
     config: str  # 12 hex digits of the newest offered config, "" before any
     applied: int
+    package: str = ""  # version of the newest offered package (--accept-packages), "" before
+    installed: int = 0  # agents that installed it
 
 
 class SimulatorProcess:
@@ -512,6 +517,7 @@ class SimulatorProcess:
             m = SIM_PROGRESS.search(line)
             if m:
                 c = SIM_CONFIG.search(line)
+                p = SIM_PACKAGE.search(line)
                 self.progress.append(
                     SimProgress(
                         now,
@@ -520,6 +526,8 @@ class SimulatorProcess:
                         int(m["acked"]),
                         c["hash"] if c else "",
                         int(c["applied"]) if c else 0,
+                        p["version"] if p else "",
+                        int(p["installed"]) if p else 0,
                     )
                 )
         self._log.flush()
@@ -784,6 +792,20 @@ class Bench:
         finally:
             await self.close()
 
+    # What a benchmark built on this one varies (rollout_scale.py --package).
+    def fleet_spec(self) -> dict[str, Any]:
+        """The fleet's spec as created."""
+        return {"selector": {"matchLabels": LABELS}, "config": {"inline": config(1)}}
+
+    def simulator_flags(self) -> list[str]:
+        """More flags for `opamp-operator simulate`."""
+        return []
+
+    def first_hash(self) -> str:
+        """The fleet's first status.desiredHash: config v1's hash (its revision's hash
+        when fleet_spec names a package)."""
+        return config_hash(config(1))
+
     async def close(self) -> None:
         """Stop whatever this run started, whatever stage it reached."""
         if self.spy is not None:
@@ -846,7 +868,7 @@ class Bench:
                 "apiVersion": API_VERSION,
                 "kind": "CollectorFleet",
                 "metadata": {"name": FLEET},
-                "spec": {"selector": {"matchLabels": LABELS}, "config": {"inline": config(1)}},
+                "spec": self.fleet_spec(),
             },
         )
         n = self.n
@@ -879,13 +901,14 @@ class Bench:
                 "--progress-interval=1",
                 "--open-timeout=60",
                 "--request-timeout=60",
+                *self.simulator_flags(),
             ],
             self.workdir / "logs" / "simulator.log",
             self.workdir / "simulator-summary.json",
         )
         await self.wait(
             f"status: {self.n} agents mapped and config v1 applied",
-            applied_by_all(self.n, config_hash(config(1)), 1),
+            applied_by_all(self.n, self.first_hash(), 1),
         )
         self.spy.stop()
         self.windows["connect"] = (t, time.time())
