@@ -4,7 +4,8 @@ which DaemonSet pods are replaced, which agents get the desired config."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -73,44 +74,41 @@ def test_a_template_is_part_of_the_revision_and_a_package_only_revision_keeps_it
     assert revision_hash("c0ffee", None, A) != "c0ffee"
 
 
+def _staging(
+    *,
+    desired: str = B,
+    stable: str = A,
+    phase: Phase = Phase.PROGRESSING,
+    current: bool = True,
+    slots: Sequence[str] = (),
+    membership: Membership | None = None,
+) -> PodStaging | None:
+    """A Deployment's staging; every slot a member unless `membership` says otherwise."""
+    return staging(
+        daemon_set=False,
+        desired=desired,
+        stable=stable,
+        phase=phase,
+        current=current,
+        membership=membership or Membership.all("rev"),
+        slots=slots,
+    )
+
+
 def test_no_staging_when_the_revisions_share_a_template_or_one_stores_none() -> None:
-    common = {
-        "daemon_set": False,
-        "phase": Phase.PROGRESSING,
-        "current": True,
-        "membership": Membership.all("rev"),
-        "slots": deployment_slots(3),
-    }
-    assert staging(desired=A, stable=A, **common) is None  # type: ignore[arg-type]
-    assert staging(desired=A, stable="", **common) is None  # type: ignore[arg-type]
-    found = staging(desired=B, stable=A, **common)  # type: ignore[arg-type]
-    assert found == PodStaging(False, B, A, False, frozenset(deployment_slots(3)))
+    slots = deployment_slots(3)
+    assert _staging(desired=A, slots=slots) is None
+    assert _staging(stable="", slots=slots) is None
+    assert _staging(slots=slots) == PodStaging(False, B, A, False, frozenset(slots))
 
 
 def test_a_rollback_puts_every_slot_back_and_a_revision_not_yet_taken_has_no_member() -> None:
     slots = deployment_slots(4)
-    everyone = Membership.all("rev")
-    back = staging(
-        daemon_set=False,
-        desired=B,
-        stable=A,
-        phase=Phase.ROLLED_BACK,
-        current=True,
-        membership=everyone,
-        slots=slots,
-    )
+    back = _staging(phase=Phase.ROLLED_BACK, slots=slots)
     assert back is not None
     assert back.back
     assert back.canary_replicas == 0
-    waiting = staging(
-        daemon_set=False,
-        desired=B,
-        stable=A,
-        phase=Phase.PROGRESSING,
-        current=False,
-        membership=everyone,
-        slots=slots,
-    )
+    waiting = _staging(current=False, slots=slots)
     assert waiting is not None
     assert not waiting.back
     assert not waiting.members
@@ -126,14 +124,8 @@ def _plan_steps(replicas: int, steps: Sequence[planner.Step]) -> list[frozenset[
     now = 1000.0
     for _ in range(len(steps) * 2):
         slots = deployment_slots(replicas)
-        current = staging(
-            daemon_set=False,
-            desired=B,
-            stable=A,
-            phase=progress.phase,
-            current=True,
-            membership=planner.membership(policy, progress),
-            slots=slots,
+        current = _staging(
+            phase=progress.phase, slots=slots, membership=planner.membership(policy, progress)
         )
         assert current is not None
         pods = [_pod(f"canary-{i}", B, created=float(i)) for i in range(current.canary_replicas)]
@@ -141,15 +133,7 @@ def _plan_steps(replicas: int, steps: Sequence[planner.Step]) -> list[frozenset[
         agents = population(current, "rev", replicas, pods, _template_of, _applied)
         decision = planner.plan(policy, progress, desired, agents, now, planner.Controls())
         progress = decision.progress
-        members = staging(
-            daemon_set=False,
-            desired=B,
-            stable=A,
-            phase=progress.phase,
-            current=True,
-            membership=decision.membership,
-            slots=slots,
-        )
+        members = _staging(phase=progress.phase, slots=slots, membership=decision.membership)
         assert members is not None
         if not seen or seen[-1] != members.members:
             seen.append(members.members)
@@ -298,3 +282,25 @@ def test_a_daemon_set_slot_whose_pod_is_being_replaced_keeps_the_step_from_passi
     assert decision.progress.phase is Phase.PROGRESSING
     assert decision.progress.steps[0].applied == 1
     assert decision.progress.steps[0].offered == 3
+
+
+def test_a_new_pod_s_health_counts_once_it_applied_the_revision() -> None:
+    """A Collector starting in a new pod reports unhealthy before it runs: that is the
+    apply timeout's to judge, not a failed step; once applied, unhealthy fails it."""
+    current = PodStaging(True, B, A, members=frozenset({"n1"}))
+    pod = _pod("new", B, node="n1", created=10.0)
+
+    def sick(status: str) -> Callable[[PodView], RolloutAgent]:
+        return lambda p: replace(_applied(p), config_status=status, healthy=False)
+
+    (starting,) = population(current, "rev", 0, [pod], _template_of, sick("APPLYING"))
+    assert starting.healthy is None
+    (running,) = population(current, "rev", 0, [pod], _template_of, sick("APPLIED"))
+    assert running.healthy is False
+    policy = planner.Policy(steps=(planner.Step(percent=100),))
+    desired = planner.Revision("b", "rev")
+    progress = planner.initial_progress(desired, "a", "old", planner.Controls())
+    waits = planner.plan(policy, progress, desired, [starting], 20.0, planner.Controls())
+    assert waits.progress.phase is Phase.PROGRESSING
+    fails = planner.plan(policy, progress, desired, [running], 20.0, planner.Controls())
+    assert fails.progress.phase is Phase.ROLLED_BACK

@@ -36,6 +36,7 @@ from opamp_operator.k8s.workload import (
     WORKLOAD_LABEL,
     Ownership,
     Rendered,
+    Split,
     TemplateError,
     config_map_name,
     merge,
@@ -628,7 +629,11 @@ def _image(workload: dict[str, Any]) -> str:
 
 def test_a_staged_deployment_is_the_stable_one_beside_a_canary_of_the_desired_template() -> None:
     record = _staged(_record({"image": "otelcol:b", "replicas": 4}), {"image": "otelcol:a"}, 1)
-    rendered = render(record, ENDPOINT)
+    # The stable Deployment gives up a pod only once the canary's is available: a surge.
+    starting = render(record, ENDPOINT)
+    assert starting.workload["spec"]["replicas"] == 4
+    rendered = render(record, ENDPOINT, split=Split(canary_available=1))
+    assert render(record, ENDPOINT, split=Split(3)).workload == rendered.workload
     assert rendered.canary is not None
     main, canary = rendered.workload, rendered.canary
     assert (main["metadata"]["name"], _image(main), main["spec"]["replicas"]) == (
@@ -691,3 +696,31 @@ def test_a_staged_daemon_set_waits_on_delete_with_the_desired_template_until_rol
     assert _image(back.workload) == "otelcol:a"
     plain = render(_record(desired), ENDPOINT)  # no rollout stages it: Kubernetes' default
     assert "updateStrategy" not in plain.workload["spec"]
+
+
+def test_the_stable_deployment_never_takes_a_pod_back_while_the_rollout_goes_on() -> None:
+    """4 replicas, a step of 2 canary pods: it gives up one per available canary pod,
+    takes none back when a canary pod is unready for a moment (or the operator restarts
+    and reads it so), and never holds fewer than the step leaves it."""
+    assert Split(0, 4).stable(4, 2) == 4
+    assert Split(1, 4).stable(4, 2) == 3
+    assert Split(2, 3).stable(4, 2) == 2
+    assert Split(0, 2).stable(4, 2) == 2  # a canary pod unready again: still 2
+    assert Split(0, 1).stable(4, 2) == 2  # below what the step leaves: back to 2
+    assert Split(0, 4).stable(6, 2) == 4  # replicas raised mid-rollout
+    assert Split(1).stable(4, 2) == 3  # no stable Deployment yet
+
+
+def test_a_promoted_template_reaches_the_stable_deployment_before_its_replicas() -> None:
+    """The rollout over, the stable Deployment takes the canary's template at the pods
+    it has, then, once they all run it, its replicas: scaling while old pods are left
+    would scale them up too."""
+    record = _record({"image": "otelcol:b", "replicas": 3})
+    before = Split(3, 1, "old-template", canary=True)
+    assert render(record, ENDPOINT, split=before).workload["spec"]["replicas"] == 1
+    taking = Split(3, 1, record.template_hash, canary=True, stable_rolled_out=False)
+    assert render(record, ENDPOINT, split=taking).workload["spec"]["replicas"] == 1
+    taken = Split(3, 1, record.template_hash, canary=True)
+    assert render(record, ENDPOINT, split=taken).workload["spec"]["replicas"] == 3
+    gone = Split(0, 1, "old-template", canary=False)  # no canary: nothing to wait for
+    assert render(record, ENDPOINT, split=gone).workload["spec"]["replicas"] == 3

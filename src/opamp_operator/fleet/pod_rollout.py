@@ -17,7 +17,8 @@ desired template, whatever pods come and go:
 
 A slot passes the step's gates as an agent passes a config step, through its pod's
 agent: the pod runs the desired template, its agent connected, applied the revision's
-config (and package), reports the target version, is healthy. A slot whose new pod never
+config (and package), reports the target version, is healthy (its health counts once it
+applied: before, its Collector is starting). A slot whose new pod never
 connects has no report and fails the step at its apply timeout, counted from the step's
 start or the pod's creation, whichever is later.
 
@@ -141,7 +142,13 @@ def _slot(
     report = report_of(pod)
     if report is None:
         return RolloutAgent(uid=slot, pod=pod.key, pod_labels=pod.labels, connected_at=pod.created)
-    return replace(report, uid=slot, connected_at=max(report.connected_at, pod.created))
+    connected = max(report.connected_at, pod.created)
+    if report.config_status != "APPLIED":
+        # A new Collector is starting: unhealthy until it runs, which the apply timeout
+        # judges (opampsupervisor reports APPLIED only with the Collector healthy); its
+        # health counts from then on.
+        return replace(report, uid=slot, connected_at=connected, healthy=None)
+    return replace(report, uid=slot, connected_at=connected)
 
 
 def to_replace(

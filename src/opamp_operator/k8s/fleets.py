@@ -86,7 +86,8 @@ class FleetReconciler:
         # template change, which pods) a governing rollout keeps on the stable revision
         # (after a restart, only the rollout's status knows).
         await self.rollouts.load_for_fleet(record, previous, dict(body.get("status", {})))
-        await self.reconcile_workload(body, record)
+        if not await self.reconcile_workload(body, record):
+            self.rollouts.follow(record.key)
         self.state.put_fleet(record)
         if revision_news(record, previous, created):
             kopf.info(body, reason="ConfigRevision", message=self.revision_message(record))
@@ -123,11 +124,12 @@ class FleetReconciler:
         record.revision, created = await asyncio.to_thread(revision_store.ensure, body, record)
         return created
 
-    async def reconcile_workload(self, body: kopf.Body, record: FleetRecord) -> None:
+    async def reconcile_workload(self, body: kopf.Body, record: FleetRecord) -> bool:
         """Template mode: the fleet's workloads, as its governing rollout stages them;
-        Events go to `body` (the fleet's, or the rollout's whose step it is)."""
+        Events go to `body` (the fleet's, or the rollout's whose step it is). True when
+        they are settled (workload.reconcile_workload)."""
         try:
-            await workload.reconcile_workload(
+            return await workload.reconcile_workload(
                 body,
                 record,
                 self.agent_endpoint,
@@ -140,6 +142,7 @@ class FleetReconciler:
             kopf.warn(
                 body, reason="TemplateInvalid", message=record.workload_problem.message[:1024]
             )
+            return True
 
     def revision_message(self, record: FleetRecord) -> str:
         mapping = (self.state.assignment or self.state.refresh()).mapping_for(record.key)

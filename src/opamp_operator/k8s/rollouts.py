@@ -218,12 +218,15 @@ class RolloutHandlers:
         self,
         state: OperatorState,
         startup_grace: float,
-        workload: Callable[[kopf.Body, FleetRecord], Awaitable[None]] | None = None,
+        workload: Callable[[kopf.Body, FleetRecord], Awaitable[bool]] | None = None,
     ) -> None:
         """`workload`: renders a template-mode fleet's workloads (the fleet reconciler's),
         Events going to the body given."""
         self.state = state
         self.workload = workload
+        # Template fleets whose workloads a staged template change still moves (a
+        # step's pods, a canary to delete): followed each tick until settled.
+        self._settling: set[str] = set()
         # A step armed right after a start would size itself on the few agents that have
         # reconnected so far: until the grace is over, the persisted progress only holds.
         self.startup_grace = startup_grace
@@ -530,14 +533,27 @@ class RolloutHandlers:
         emit(body, decision.events)
         await self._pods_follow(body, record)
 
+    def follow(self, fleet: str) -> None:
+        """The fleet's workloads are not settled: its rollout's ticks see them through
+        (a canary still to delete after a restart, say)."""
+        self._settling.add(fleet)
+
     async def _pods_follow(self, body: kopf.Body, record: FleetRecord) -> None:
         """Template mode: the workloads as the governance now stands (a step's canary
         scaled, its DaemonSet pods replaced, a rollback's or a success's clean-up);
-        Events on the rollout, whose step they are."""
+        Events on the rollout, whose step they are. Only while a template change is
+        staged or settling: otherwise a tick would re-apply every workload it governs."""
         if record.spec.template is None or record.workload_problem is not None:
             return  # the fleet's own reconcile reported the template's problem
-        if self.workload is not None:
-            await self.workload(body, record)
+        g = record.governance
+        if self.workload is None:
+            return
+        if g is not None and g.pods is not None:
+            self._settling.add(record.key)
+        if record.key not in self._settling:
+            return
+        if await self.workload(body, record):
+            self._settling.discard(record.key)
 
     async def _write(
         self, body: kopf.Body, old: Mapping[str, Any], status: Mapping[str, Any]

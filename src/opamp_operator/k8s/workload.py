@@ -471,10 +471,13 @@ def render(
     agent_endpoint: str | None,
     audience: str = TOKEN_AUDIENCE,
     agent_ca: str | None = None,
+    *,
+    split: Split | None = None,
 ) -> Rendered:
     """The fleet's ConfigMap and workload; raises TemplateError for what the user must fix.
     `audience`: what the pods' ServiceAccount tokens are issued for (the operator's
-    --agent-token-audience); `agent_ca`: the operator's --agent-ca-file (PEM).
+    --agent-token-audience); `agent_ca`: the operator's --agent-ca-file (PEM);
+    `split`: a staged Deployment's pods now (Split.read).
 
     While a rollout stages a template change (`record.governance.pods`), the workloads
     are those of docs/rollout.md "Template changes": a DaemonSet on OnDelete whose
@@ -487,7 +490,8 @@ def render(
     stable = g.stable_template if g is not None else None
     if staging is None or stable is None:
         config_map = side.config_map(desired, config_map_name(record.name))
-        return Rendered(config_map, side.workload(desired, config_map))
+        replicas = (split or Split()).promoted(desired.replicas, record.template_hash)
+        return Rendered(config_map, side.workload(desired, config_map, replicas=replicas))
     stable = stable.model_copy(update={"replicas": desired.replicas, "kind": desired.kind})
     config_map = side.config_map(stable, config_map_name(record.name))
     # One ConfigMap while both templates give the supervisor the same config (an image
@@ -500,7 +504,9 @@ def render(
         daemon_set = side.workload(runs, mounts, on_delete=True)
         return Rendered(config_map, daemon_set, own if not staging.back else None)
     canary = staging.canary_replicas
-    main = side.workload(stable, config_map, replicas=desired.replicas - canary)
+    main = side.workload(
+        stable, config_map, replicas=(split or Split()).stable(desired.replicas, canary)
+    )
     if not canary:
         return Rendered(config_map, main)
     return Rendered(config_map, main, own, side.workload(desired, ours, canary=canary))
@@ -690,10 +696,16 @@ def _reason(exc: ApiException) -> str:
     return str(message or exc.reason)
 
 
-def apply(record: FleetRecord, rendered: Rendered, pods: Sequence[PodView] = ()) -> list[str]:
+@dataclass(frozen=True)
+class Applied:
+    changes: list[str]  # what changed, for Events
+    settled: bool  # nothing staged or waiting: the workloads change only with the spec
+
+
+def apply(record: FleetRecord, rendered: Rendered, pods: Sequence[PodView] = ()) -> Applied:
     """Create or update the rendered objects, remove a workload of the other kind and a
     canary no longer wanted, replace the DaemonSet pods a staged rollout names (`pods`:
-    the pods the operator knows); returns what changed, for the fleet's events."""
+    the pods the operator knows)."""
     kinds = _kinds()
     changes = [c for obj in rendered.objects if (c := _apply_one(kinds, record, obj))]
     other = "DaemonSet" if rendered.workload["kind"] == "Deployment" else "Deployment"
@@ -704,7 +716,79 @@ def apply(record: FleetRecord, rendered: Rendered, pods: Sequence[PodView] = ())
     if rendered.canary_config_map is None and not canary_kept:
         targets.append(("ConfigMap", canary_config_map_name(record.name)))
     changes += _remove(kinds, record, targets)
-    return changes + _replace_pods(kinds, record, pods)
+    changes += _replace_pods(kinds, record, pods)
+    g = record.governance
+    staged = g is not None and g.pods is not None
+    return Applied(changes, settled=not staged and not canary_kept)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A staged Deployment's pods as they are: what the stable Deployment's replicas are
+    decided from."""
+
+    canary_available: int = 0
+    stable_replicas: int | None = None  # the stable Deployment's spec.replicas now
+    stable_template: str = ""  # the template hash its pod template carries now
+    canary: bool = False  # the canary Deployment exists
+    stable_rolled_out: bool = True  # every pod of the stable Deployment runs its template
+
+    def stable(self, replicas: int, canary: int) -> int:
+        """The stable Deployment's replicas beside a canary of `canary`: it gives up a pod
+        for each canary pod available (a surge: never fewer serving pods than
+        `replicas`), and never takes one back while the rollout goes on (a canary pod
+        unready for a moment, an operator restarting, would otherwise start stable pods
+        only to stop them again); a rollback renders no canary, and all its pods."""
+        wanted = replicas - min(canary, self.canary_available)
+        if self.stable_replicas is None:
+            return wanted
+        return max(replicas - canary, min(self.stable_replicas, wanted))
+
+    def promoted(self, replicas: int, template: str) -> int:
+        """The stable Deployment's replicas as it takes the template its canary proved:
+        the template first, at the replicas it has, and `replicas` once all its pods run
+        it. Scaling while old pods are left would have the Deployment controller scale
+        them up too (proportional scaling), starting pods of the old template only to
+        replace them."""
+        if not self.canary or self.stable_replicas is None:
+            return replicas
+        if self.stable_template != template or not self.stable_rolled_out:
+            return self.stable_replicas
+        return replicas
+
+    @classmethod
+    def read(cls, record: FleetRecord) -> Split | None:
+        """The fleet's two Deployments as they are, while a rollout governs a Deployment
+        fleet (None otherwise: nothing read)."""
+        template = record.spec.template
+        if record.governance is None or template is None or template.kind != "Deployment":
+            return None
+        deployment = _kinds()["Deployment"]
+        canary = _read(deployment, canary_name(record.name), record.namespace)
+        stable = _read(deployment, workload_name(record.name), record.namespace)
+        available = canary.status.available_replicas if canary and canary.status else 0
+        if stable is None:
+            return cls(int(available or 0), canary=canary is not None)
+        labels = stable.spec.template.metadata.labels or {}
+        return cls(
+            int(available or 0),
+            stable.spec.replicas,
+            labels.get(TEMPLATE_LABEL, ""),
+            canary is not None,
+            _rolled_out(stable),
+        )
+
+
+def _rolled_out(deployment: Any) -> bool:
+    """Every pod of the Deployment runs its current template and is available."""
+    status, wanted = deployment.status, deployment.spec.replicas or 0
+    return bool(
+        status is not None
+        and (status.observed_generation or 0) >= (deployment.metadata.generation or 0)
+        and (status.replicas or 0) == wanted
+        and (status.updated_replicas or 0) == wanted
+        and (status.available_replicas or 0) == wanted
+    )
 
 
 def _canary_may_go(kinds: Mapping[str, _Kind], record: FleetRecord) -> bool:
@@ -715,16 +799,11 @@ def _canary_may_go(kinds: Mapping[str, _Kind], record: FleetRecord) -> bool:
     if g is None or (g.pods is not None and g.pods.back):
         return True
     main = _read(kinds["Deployment"], workload_name(record.name), record.namespace)
-    if main is None:
+    template = record.spec.template
+    if main is None or template is None:
         return True
-    status, wanted = main.status, main.spec.replicas or 0
-    return bool(
-        status is not None
-        and (status.observed_generation or 0) >= (main.metadata.generation or 0)
-        and (status.replicas or 0) == wanted
-        and (status.updated_replicas or 0) == wanted
-        and (status.available_replicas or 0) == wanted
-    )
+    # At its full replicas, not only rolled out: the template first, then the replicas.
+    return (main.spec.replicas or 0) == template.replicas and _rolled_out(main)
 
 
 def _replace_pods(
@@ -791,18 +870,21 @@ async def reconcile_workload(
     agent_ca: str | None = None,
     *,
     pods: Sequence[PodView] = (),
-) -> None:
+) -> bool:
     """Create, update or remove the fleet's own Deployment / DaemonSet (and while a
     rollout stages a template change, its canary or the DaemonSet pods it replaces;
-    `pods`: the pods the operator knows). Events go to `body`.
+    `pods`: the pods the operator knows). Events go to `body`. True when the workloads
+    are settled (Applied.settled): nothing to follow until the spec or the rollout moves.
 
     Raises TemplateError (a ValueError) for what the user must fix in the spec or the
     operator's flags; API errors propagate for kopf to retry.
     """
     if record.spec.template is None:
-        changes = await asyncio.to_thread(remove, record)
+        applied = Applied(await asyncio.to_thread(remove, record), settled=True)
     else:
-        rendered = render(record, agent_endpoint, audience, agent_ca)
-        changes = await asyncio.to_thread(apply, record, rendered, pods)
-    for change in changes:
+        split = await asyncio.to_thread(Split.read, record)
+        rendered = render(record, agent_endpoint, audience, agent_ca, split=split)
+        applied = await asyncio.to_thread(apply, record, rendered, pods)
+    for change in applied.changes:
         kopf.info(body, reason="Workload", message=change)
+    return applied.settled and not applied.changes
