@@ -1,7 +1,8 @@
 """End to end, as a user meets the project: the chart installed, a template-mode fleet of
 real Collectors (opampsupervisor running the Collector, one per pod), a staged rollout
-promoted with `kubectl opamp`, a config the Collectors refuse rolled back, and the fleet
-deleted with its workload. The same module runs against the local cluster in CI and
+promoted with `kubectl opamp`, a config the Collectors refuse rolled back, an image
+upgrade to a second build of the Collector staged through a canary Deployment, and the
+fleet deleted with its workload. The same module runs against the local cluster in CI and
 against a kind cluster from scripts/kind-e2e (conftest.py says how each target runs).
 
 The tests build on each other in file order — one fleet, one rollout — as a user's
@@ -10,24 +11,38 @@ session does.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
-from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION
+from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION, FleetTemplate
+from opamp_operator.fleet.pod_rollout import template_hash
+from opamp_operator.fleet.versions import revision_hash
 from opamp_operator.k8s.reads import get_or_none
-from opamp_operator.k8s.workload import config_map_name, workload_name
+from opamp_operator.k8s.workload import canary_name, config_map_name, workload_name
 from opamp_operator.kubectl_plugin.format import short_hash
+from world import binaries
 from world.chart import CRD_NAMES
-from world.e2e import AGENT_EXECUTABLE, HEALTH_PORT, RELEASE, RELEASE_NAMESPACE, WAIT, Target
+from world.e2e import (
+    AGENT_EXECUTABLE,
+    COLLECTOR,
+    COLLECTOR_NEXT,
+    HEALTH_PORT,
+    RELEASE,
+    RELEASE_NAMESPACE,
+    WAIT,
+    Target,
+)
 from world.fleets import (
     PLURAL,
     condition,
     create_fleet,
     create_rollout,
     fleet_status,
+    patch_fleet_spec,
     rollout_status,
     set_fleet_config,
     single_file_hash,
@@ -38,6 +53,14 @@ pytestmark = pytest.mark.e2e
 
 FLEET = "collectors"
 REPLICAS = 2
+# opampsupervisor v0.149.0 reports a config APPLIED only once config_apply_timeout is over
+# (and the Collector healthy by then), so every config change here — four of them —
+# takes that long. The operator renders 30 s (room for a Collector under a CPU limit);
+# the fleet's supervisorConfig, merged over it as a user's would be, asks for 10 s: what
+# the world proofs give a Collector on this loaded 2-core machine (world/collector.py).
+# Nothing here measures it: a config the Collectors refuse makes them exit, which the
+# supervisor reports FAILED at once.
+SUPERVISOR_CONFIG = {"agent": {"config_apply_timeout": "10s"}}
 
 
 def collector_config(verbosity: str, extra: str = "") -> str:
@@ -104,6 +127,22 @@ def _wait_on(target: Target, namespace: str, config_hash: str, count: int, what:
     )
 
 
+def _template(target: Target, image: str | None = None) -> dict[str, Any]:
+    return {
+        "image": image or target.collector_image,
+        "agentExecutable": AGENT_EXECUTABLE,
+        "replicas": REPLICAS,
+        "supervisorConfig": SUPERVISOR_CONFIG,
+    }
+
+
+def _rev(target: Target, config_hash: str, image: str | None = None) -> str:
+    """The fleet's revision of the config `config_hash` (status desiredHash, stableHash):
+    in template mode a revision is its config and its pod template."""
+    template = FleetTemplate.model_validate(_template(target, image))
+    return revision_hash(config_hash, None, template_hash(template.as_json()))
+
+
 def _wait_phase(target: Target, namespace: str, phase: str, **fields: Any) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         s = rollout_status(target.api_client, namespace, FLEET)
@@ -134,11 +173,7 @@ def test_a_template_fleet_of_real_collectors_applies_its_config(
         FLEET,
         {"app": FLEET},
         CONFIG_1,
-        template={
-            "image": target.collector_image,
-            "agentExecutable": AGENT_EXECUTABLE,
-            "replicas": REPLICAS,
-        },
+        template=_template(target),
     )
     pods = target.run_pods(namespace, FLEET, REPLICAS)
     names = {f"{namespace}/{p.metadata.name}" for p in pods}
@@ -152,7 +187,7 @@ def test_a_template_fleet_of_real_collectors_applies_its_config(
         assert agent["attributes"]["k8s.node.name"] == pod.spec.node_name
         assert agent["healthy"] is True
         assert agent["drift"]["state"] == "InSync", agent["drift"]
-    for container in target.agents.values():
+    for container in target.collectors():
         # Locally the Collector's health check answers on the pod's IP: the fleet's config
         # runs, with the pod's environment.
         container.wait_healthy(timeout=WAIT)
@@ -169,7 +204,7 @@ def test_a_template_fleet_of_real_collectors_applies_its_config(
     counts = ("podsSelected", "agentsMapped", "healthy", "configApplied", "drifted")
     assert [status[k] for k in counts] == [REPLICAS, REPLICAS, REPLICAS, REPLICAS, 0]
     assert status["podsWithoutAgent"] == status["agentsWithoutPod"] == 0
-    assert status["desiredHash"] == H1
+    assert status["desiredHash"] == _rev(target, H1)
     core: Any = k8s.CoreV1Api(target.api_client)
     eventually(
         "the agent-ready gate True on every pod",
@@ -200,11 +235,11 @@ def test_a_staged_rollout_holds_for_promote_then_reaches_everyone(
         steps=[{"agents": 1, "pause": {"untilPromoted": True}}, {"percent": 100}],
         gates={"applyTimeoutSeconds": 120},
     )
-    _wait_phase(target, namespace, "Succeeded", stableHash=H1)
+    _wait_phase(target, namespace, "Succeeded", stableHash=_rev(target, H1))
 
     set_fleet_config(target.api_client, namespace, FLEET, CONFIG_2)
-    status = _wait_phase(target, namespace, "Paused", currentStep=0, desiredHash=H2)
-    assert status["stableHash"] == H1
+    status = _wait_phase(target, namespace, "Paused", currentStep=0, desiredHash=_rev(target, H2))
+    assert status["stableHash"] == _rev(target, H1)
     canary = _wait_on(target, namespace, H2, 1, "the canary on the new config")
     assert len(_on(target, namespace, H1) - canary) == REPLICAS - 1
 
@@ -214,22 +249,22 @@ def test_a_staged_rollout_holds_for_promote_then_reaches_everyone(
     promoted = target.plugin("rollout", "promote", FLEET, "-n", namespace)
     assert promoted.returncode == 0, promoted.stderr
 
-    status = _wait_phase(target, namespace, "Succeeded", stableHash=H2)
+    status = _wait_phase(target, namespace, "Succeeded", stableHash=_rev(target, H2))
     assert [s["offered"] for s in status["steps"]] == [1, REPLICAS]
     _wait_on(target, namespace, H2, REPLICAS, "every Collector on the new config")
     history = target.plugin("rollout", "history", FLEET, "-n", namespace)
     assert history.returncode == 0, history.stderr
     rows = [line.split() for line in history.stdout.splitlines()[1:]]
     assert {row[2]: row[-1] for row in rows} == {
-        short_hash(H1): "-",
-        short_hash(H2): "DESIRED,STABLE",
+        short_hash(_rev(target, H1)): "-",
+        short_hash(_rev(target, H2)): "DESIRED,STABLE",
     }
 
 
 def test_a_config_the_collectors_refuse_is_rolled_back(target: Target, namespace: str) -> None:
     set_fleet_config(target.api_client, namespace, FLEET, REFUSED)
-    status = _wait_phase(target, namespace, "RolledBack", desiredHash=H_REFUSED)
-    assert status["stableHash"] == H2
+    status = _wait_phase(target, namespace, "RolledBack", desiredHash=_rev(target, H_REFUSED))
+    assert status["stableHash"] == _rev(target, H2)
     (failing,) = status["failingAgents"]
     assert failing["reason"] == "ConfigFailed"
     assert failing["message"]  # the supervisor's own words
@@ -249,8 +284,63 @@ def test_a_config_the_collectors_refuse_is_rolled_back(target: Target, namespace
     )
     stalled = next(c for c in f_status["conditions"] if c["type"] == "Stalled")
     assert stalled["reason"] == "RolloutRolledBack"
-    for container in target.agents.values():
+    for container in target.collectors():
         container.wait_healthy(timeout=WAIT)
+
+
+def test_an_image_upgrade_is_staged_by_the_rollout_and_reaches_every_collector(
+    target: Target, namespace: str
+) -> None:
+    """spec.template.image to the second build of the Collector, spec.version.expected to
+    its version, and the config back to the stable one, in one patch: one revision, rolled
+    out with new pods (a canary Deployment beside the stable one), held at one pod until
+    promoted with `kubectl opamp`, then every Collector on the new build."""
+    version, version_next = (binaries.collector_version(c) for c in (COLLECTOR, COLLECTOR_NEXT))
+    patch_fleet_spec(
+        target.api_client,
+        namespace,
+        FLEET,
+        {
+            "config": {"inline": CONFIG_2},
+            "template": {"image": target.collector_image_next},
+            "version": {"expected": version_next},
+        },
+    )
+    upgraded = _rev(target, H2, target.collector_image_next)
+    status = _wait_phase(target, namespace, "Paused", currentStep=0, desiredHash=upgraded)
+    assert status["stableHash"] == _rev(target, H2)
+
+    def versions() -> Counter[str]:
+        agents = target.fleet_agents(namespace, FLEET)
+        return Counter(a["version"] for a in agents if a["remoteConfigStatus"] == "APPLIED")
+
+    one = Counter({version_next: 1, version: REPLICAS - 1})
+    eventually("one Collector on the new build", lambda: versions() == one, timeout=WAIT)
+    target.run_pods(namespace, FLEET, REPLICAS)  # the stable Deployment gave a pod up
+    images = Counter(p.spec.containers[0].image for p in _pods(target, namespace))
+    assert images == Counter({target.collector_image_next: 1, target.collector_image: 1})
+
+    promoted = target.plugin("rollout", "promote", FLEET, "-n", namespace)
+    assert promoted.returncode == 0, promoted.stderr
+    _wait_phase(target, namespace, "Succeeded", stableHash=upgraded)
+    every = Counter({version_next: REPLICAS})
+    eventually("every Collector on the new build", lambda: versions() == every, timeout=WAIT)
+    apps: Any = k8s.AppsV1Api(target.api_client)
+    eventually(
+        "the canary Deployment gone, the stable one on the new image",
+        lambda: get_or_none(apps.read_namespaced_deployment, canary_name(FLEET), namespace) is None,
+        timeout=WAIT,
+    )
+    pods = target.run_pods(namespace, FLEET, REPLICAS)
+    assert {p.spec.containers[0].image for p in pods} == {target.collector_image_next}
+    status = fleet_status(target.api_client, namespace, FLEET)
+    assert (status["targetVersion"], status["agentsOutdated"]) == (version_next, 0)
+
+
+def _pods(target: Target, namespace: str) -> list[Any]:
+    core: Any = k8s.CoreV1Api(target.api_client)
+    pods = core.list_namespaced_pod(namespace, label_selector=f"app={FLEET}").items
+    return [p for p in pods if p.metadata.deletion_timestamp is None]
 
 
 def test_deleting_the_fleet_removes_its_workload(target: Target, namespace: str) -> None:

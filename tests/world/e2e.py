@@ -6,11 +6,13 @@ webhook is off (this apiserver cannot reach Services: no kube-proxy). The operat
 a process with the arguments the chart gives its pod and the token of the chart's
 ServiceAccount; only its listening address and the agents' endpoint are local. kwok runs
 the fleet's pods, so a stand-in kubelet starts each pod's container here — the real
-opampsupervisor and Collector, with the pod's environment (world/template.py).
+opampsupervisor and the Collector build the pod's image names, with the pod's environment
+— and kills it when its pod goes (world/pod_runner.py).
 
 OPAMP_E2E_TARGET=kind (scripts/kind-e2e): the cluster of $KUBECONFIG with the chart
 installed from the image, and the fleet's pods running the Collector image
-$OPAMP_E2E_COLLECTOR_IMAGE. The operator's API is reached through `kubectl
+$OPAMP_E2E_COLLECTOR_IMAGE, then the same Collector built with another version,
+$OPAMP_E2E_COLLECTOR_IMAGE_NEXT (the image upgrade). The operator's API is reached through `kubectl
 port-forward` to its API Service, as docs/kubectl-plugin.md tells users to.
 
 Either way the API is read with the kubeconfig's own credentials (the admin's client
@@ -35,7 +37,6 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from opamp_operator.k8s.workload import CONFIG_KEY, WORKLOAD_LABEL, config_map_name
 from opamp_operator.server.api import ApiListen
 from world import binaries
 from world.chart import (
@@ -49,8 +50,8 @@ from world.chart import (
 from world.cluster import LocalCluster
 from world.collector import Agent
 from world.operator import OperatorProcess, Reader, spawn_operator
+from world.pod_runner import PodRunner
 from world.processes import eventually, free_port
-from world.template import PodVolumes, container_env, start_pod_supervisor
 
 RELEASE = "opamp-operator"
 API_PORT = ApiListen().port  # the chart's api.port default (tests/unit/test_settings.py)
@@ -59,6 +60,9 @@ KIND_VALUES = binaries.REPO_ROOT / "deploy" / "kind" / "values.yaml"
 PLUGIN = Path(sys.executable).parent / "kubectl-opamp"
 # The Collector in deploy/kind/collector/Dockerfile.
 AGENT_EXECUTABLE = "/otelcol-opamp"
+# The test world's two builds of it (scripts/test-deps): the images' Collectors.
+COLLECTOR = "otelcol-opamp"
+COLLECTOR_NEXT = "otelcol-opamp-next"
 HEALTH_PORT = 13133
 WAIT = 180.0
 
@@ -78,12 +82,13 @@ class Target:
     kubeconfig: Path
     api_client: Any
     collector_image: str
+    collector_image_next: str
+    """The same Collector built with another version: what an image upgrade rolls out."""
     operator_url: str
     """The operator's API (https), on this machine."""
     reader: Reader
     workdir: Path
-    agents: dict[str, Agent] = field(default_factory=dict)  # pod uid -> its container
-    volumes: list[PodVolumes] = field(default_factory=list)
+    runners: dict[str, PodRunner] = field(default_factory=dict)  # local: per namespace
 
     def operator_get(self, path: str) -> str:
         """GET a path of the operator's API, as text, as the kubeconfig's user."""
@@ -110,14 +115,14 @@ class Target:
         return agents
 
     def run_pods(self, namespace: str, fleet: str, count: int) -> list[Any]:
-        """Wait for `count` Running pods of the fleet's workload and make sure their
-        Collectors run: on kind the kubelet does it, locally the stand-in does."""
+        """Wait for `count` Running pods of the fleet (selected by its label `app`, a
+        canary Deployment's too) whose Collectors run: on kind the kubelet runs them,
+        locally the namespace's pod runner."""
         core: Any = k8s.CoreV1Api(self.api_client)
+        runner = self._runner(namespace, fleet)
 
         def running() -> list[Any] | None:
-            pods = core.list_namespaced_pod(
-                namespace, label_selector=f"{WORKLOAD_LABEL}={fleet}"
-            ).items
+            pods = core.list_namespaced_pod(namespace, label_selector=f"app={fleet}").items
             up = [
                 p
                 for p in pods
@@ -125,43 +130,55 @@ class Target:
                 and p.status.pod_ip
                 and p.metadata.deletion_timestamp is None
             ]
-            return up if len(up) == count else None
+            if len(up) != count:
+                return None
+            if runner is not None and set(runner.running()) != {p.metadata.name for p in up}:
+                return None
+            return up
 
         pods: list[Any] = eventually(f"{count} Running pods of {fleet}", running, timeout=WAIT)
-        if self.name == "kind":
-            return pods
-        supervisor_yaml = core.read_namespaced_config_map(config_map_name(fleet), namespace).data[
-            CONFIG_KEY
-        ]
-        for pod in pods:
-            if pod.metadata.uid in self.agents:
-                continue
-            pod_json = self.api_client.sanitize_for_serialization(pod)
-            workdir = self.workdir / pod.metadata.name
-            # The ConfigMap's other file, the operator's CA, where the pod has it.
-            volumes = PodVolumes(pod_json, self.api_client, workdir).mount()
-            self.volumes.append(volumes)
-            self.agents[pod.metadata.uid] = start_pod_supervisor(
-                supervisor_yaml,
-                pod_json,
-                container_env(pod_json, self.api_client),
-                workdir,
-                health_url=f"http://{pod.status.pod_ip}:{HEALTH_PORT}/",
-                volumes=volumes,
-            )
         return pods
+
+    def collectors(self) -> list[Agent]:
+        """Locally, the supervisors the pod runners run now (none on kind)."""
+        return [agent for runner in self.runners.values() for agent in runner.agents()]
+
+    def _runner(self, namespace: str, fleet: str) -> PodRunner | None:
+        if self.name == "kind":
+            return None
+        if namespace not in self.runners:
+            images = {self.collector_image: COLLECTOR, self.collector_image_next: COLLECTOR_NEXT}
+            self.runners[namespace] = PodRunner(
+                self.api_client,
+                namespace,
+                f"app={fleet}",
+                images,
+                self.workdir / "pods" / namespace,
+                health_port=HEALTH_PORT,
+            ).start()
+        runner = self.runners[namespace]
+        runner.check()
+        return runner
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close(check=False)
 
 
 def kind_target(workdir: Path) -> Iterator[Target]:
     kubeconfig = Path(os.environ["KUBECONFIG"])
     image = os.environ.get("OPAMP_E2E_COLLECTOR_IMAGE")
-    if not image:
-        raise pytest.UsageError("OPAMP_E2E_TARGET=kind needs OPAMP_E2E_COLLECTOR_IMAGE")
+    image_next = os.environ.get("OPAMP_E2E_COLLECTOR_IMAGE_NEXT")
+    if not image or not image_next:
+        raise pytest.UsageError(
+            "OPAMP_E2E_TARGET=kind needs OPAMP_E2E_COLLECTOR_IMAGE and "
+            "OPAMP_E2E_COLLECTOR_IMAGE_NEXT"
+        )
     api = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     reader = Reader.of(kubeconfig, workdir / "reader")
     try:
         with port_forward(kubeconfig, f"svc/{RELEASE}-api", API_PORT) as url:
-            yield Target("kind", kubeconfig, api, image, url, reader, workdir)
+            yield Target("kind", kubeconfig, api, image, image_next, url, reader, workdir)
     finally:
         api.close()
 
@@ -222,19 +239,23 @@ def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
             "local",
             cluster.kubeconfig,
             admin,
-            "kwok-runs-no-image",
+            # kwok pulls nothing: the pod runner maps these names to the test world's
+            # two builds of the Collector.
+            "registry.test/otelcol:e2e",
+            "registry.test/otelcol:e2e-next",
             operator.api_url,
             reader,
             workdir,
         )
         yield target
     finally:
-        for agent in target.agents.values() if target else ():
-            agent.stop()
-        for volumes in target.volumes if target else ():
-            volumes.stop()
+        if target is not None:
+            target.close()
         if operator is not None:
-            operator.stop()
+            # SIGTERM now; its exit (kopf's 5 s) is waited for with the cluster's, as other
+            # modules' operators are: its handlers are cancelled at once, so it neither
+            # races the uninstall below nor holds a port anyone needs.
+            operator.stop_in_background()
         if installed:
             helm(
                 cluster.kubeconfig,

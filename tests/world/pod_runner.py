@@ -126,7 +126,10 @@ class PodRunner:
         grace: float = 10.0,
         start_timeout: float = 120.0,
         agent_args: tuple[str, ...] = SHARED_NETWORK_ARGS,
+        health_port: int | None = None,
     ) -> None:
+        """`health_port`: where the Collectors' health_check extension answers on their
+        pod's IP (Agent.wait_healthy), if their config has one."""
         self.api = api_client
         self.namespace = namespace
         self.selector = selector
@@ -135,6 +138,7 @@ class PodRunner:
         self.grace = grace
         self.start_timeout = start_timeout
         self.agent_args = agent_args
+        self.health_port = health_port
         self.t0 = time.monotonic()
         self._starting = threading.Semaphore(max_starting)
         self._lock = threading.Lock()
@@ -201,6 +205,15 @@ class PodRunner:
             for name, c in self.containers().items()
             if c.state == State.RUNNING and (binary is None or c.binary == binary)
         }
+
+    def agents(self) -> list[Agent]:
+        """The supervisors of the containers running now."""
+        with self._lock:
+            return [
+                e.agent
+                for e in self._pods.values()
+                if e.agent is not None and e.wanted and e.view.state == State.RUNNING
+            ]
 
     def errors(self) -> list[str]:
         with self._lock:
@@ -403,6 +416,11 @@ class PodRunner:
             collector=view.binary,
             timeout=self.start_timeout,
             agent_args=self.agent_args,
+            health_url=(
+                f"http://{view.pod_ip}:{self.health_port}/"
+                if self.health_port is not None
+                else None
+            ),
         )
         with self._lock:
             entry.agent = agent
