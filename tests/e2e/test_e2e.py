@@ -54,8 +54,8 @@ pytestmark = pytest.mark.e2e
 FLEET = "collectors"
 REPLICAS = 2
 # opampsupervisor v0.149.0 reports a config APPLIED only once config_apply_timeout is over
-# (and the Collector healthy by then), so every config change here — four of them —
-# takes that long. The operator renders 30 s (room for a Collector under a CPU limit);
+# (and the Collector healthy by then), so every config change here takes that long. The
+# operator renders 30 s (room for a Collector under a CPU limit);
 # the fleet's supervisorConfig, merged over it as a user's would be, asks for 10 s: what
 # the world proofs give a Collector on this loaded 2-core machine (world/collector.py).
 # Nothing here measures it: a config the Collectors refuse makes them exit, which the

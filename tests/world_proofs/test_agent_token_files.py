@@ -41,6 +41,8 @@ pytestmark = pytest.mark.world
 LABELS = {"app": "direct"}
 FLEET = "direct"
 WAIT = 120.0
+# How long OperatorProcess.stop() takes: kopf gives its tasks 5 s to end (world/operator.py).
+STOP_SECONDS = 5.0
 
 
 def _reviews(op: OperatorProcess, result: str = "authenticated") -> float:
@@ -160,6 +162,9 @@ def test_bearertokenauth_sends_a_replaced_token_file_but_not_a_kubelet_rotated_o
                     )
                 )
             eventually("both pods held by their tokens", lambda: held(op) == set(where), WAIT)
+            # A's first token's last review: the operator keeps its answer until the token
+            # expires, so asks no more (the review counts asserted below).
+            a_reviewed = time.monotonic()
             assert (_reviews(op), _refused(op)) == (2, 0)
             time.sleep(4)  # four polls each, each carrying its token
             assert (_reviews(op), _refused(op)) == (2, 0)
@@ -187,9 +192,13 @@ def test_bearertokenauth_sends_a_replaced_token_file_but_not_a_kubelet_rotated_o
             assert held(op) == set(where)  # A on the operator's answer for its first token
 
             # A restart forgets every answer: each agent is judged by the token it sends
-            # now. kube-apiserver remembers a success for 10 s (TokenSuccessCacheTTL).
-            time.sleep(11)
+            # now. kube-apiserver remembers a success for 10 s (TokenSuccessCacheTTL): the
+            # next operator may ask only once A's first token's review has aged out.
+            # Stopping this one takes about STOP_SECONDS, spent in that wait.
+            aged_out = a_reviewed + 11.0
+            time.sleep(max(0.0, aged_out - STOP_SECONDS - time.monotonic()))
             op.stop()
+            time.sleep(max(0.0, aged_out - time.monotonic()))
             op = operator()
             eventually("B held, A refused", lambda: held(op) == {where[1]}, WAIT)
             eventually("A's polls refused", lambda: _refused(op) >= 2, WAIT)

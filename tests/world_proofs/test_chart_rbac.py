@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,17 +216,19 @@ def installs(
         values=("image.pullPolicy=Never",),
         cluster_wide=True,
     )
+    releases = {"namespaced": namespaced, "default": default, "clusterwide": clusterwide}
     done: list[Release] = []
     try:
-        found: dict[str, tuple[Release, str]] = {}
-        for key, release in (
-            ("namespaced", namespaced),
-            ("default", default),
-            ("clusterwide", clusterwide),
-        ):
-            manifest = _install(cluster, api_client, helm_home, release)
-            done.append(release)
-            found[key] = (release, manifest)
+        # The three installs run at once (helm --wait mostly waits): they share nothing
+        # helm could race on — each has its own namespace and release-named cluster
+        # objects, and helm skips a CRD another install created first (AlreadyExists).
+        with ThreadPoolExecutor(max_workers=len(releases)) as pool:
+            running = {
+                key: pool.submit(_install, cluster, api_client, helm_home, release)
+                for key, release in releases.items()
+            }
+        done.extend(releases[key] for key, future in running.items() if not future.exception())
+        found = {key: (releases[key], future.result()) for key, future in running.items()}
         yield found
     finally:
         for release in done:

@@ -47,9 +47,13 @@ CONFIG_BAD = CONFIG_V1 + f"# {BROKEN_MARK}\n"
 H1, H2, H3, HBAD = (single_file_hash(c) for c in (CONFIG_V1, CONFIG_V2, CONFIG_V3, CONFIG_BAD))
 
 
-@pytest.fixture
-def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    with start_operator(cluster.kubeconfig, tmp_path, "--rollout-interval=1") as op:
+@pytest.fixture(scope="module")
+def operator(
+    crds: None, cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the module: each test has a namespace, fleet and agents of its own."""
+    workdir = tmp_path_factory.mktemp("operator")
+    with start_operator(cluster.kubeconfig, workdir, "--rollout-interval=1") as op:
         yield op
 
 

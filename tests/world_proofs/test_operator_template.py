@@ -45,16 +45,62 @@ FLEET = "collectors"
 LABELS = {"app": "collector"}
 IMAGE = "otel/opentelemetry-collector-opampsupervisor:0.149.0"
 WAIT = 120.0
+# opampsupervisor v0.149.0 reports a config APPLIED only once config_apply_timeout is over
+# (world/collector.py), and every proof here that runs a supervisor waits for APPLIED: the
+# operator's rendered 30 s would be 30 s of each. The fleets' supervisorConfig (merged over
+# the rendered config, as a user's is) asks for the 10 s the other supervisor proofs give
+# a Collector on this machine; none of these proofs is about that timeout.
+SUPERVISOR_CONFIG = {"agent": {"config_apply_timeout": "10s"}}
+# How long OperatorProcess.stop() takes: kopf gives its tasks 5 s to end (world/operator.py).
+STOP_SECONDS = 5.0
+
+
+class SharedOperator:
+    """One operator for the module's tests that need a plain one (each test has its own
+    namespace and fleet), started on first use. A test that runs operators of its own
+    stops it first: two operators would both reconcile that test's fleet."""
+
+    def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.running: OperatorProcess | None = None
+
+    def get(self) -> OperatorProcess:
+        """The operator, told that its template-mode agents reach it on its own port.
+
+        Its gate startup grace (15 s by default: how long after a start a gated pod
+        keeps its agent-ready condition while its agent may still be reconnecting) is 1 s:
+        it starts before the tests' fleets, no agent is reconnecting to it, and the
+        grace would only hold back a gate going False that a test waits for."""
+        if self.running is None:
+            port = free_port()
+            endpoint = f"--agent-endpoint=ws://127.0.0.1:{port}/v1/opamp"
+            grace = "--gate-startup-grace=1"
+            op = start_operator(self.cluster.kubeconfig, self.workdir, endpoint, grace, port=port)
+            assert op.port == port
+            self.running = op
+        return self.running
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop_in_background()
+            self.running = None
+
+
+@pytest.fixture(scope="module")
+def shared_operator(
+    crds: None, cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedOperator]:
+    shared = SharedOperator(cluster, tmp_path_factory.mktemp("operator"))
+    try:
+        yield shared
+    finally:
+        shared.stop()
 
 
 @pytest.fixture
-def operator(crds: None, cluster: LocalCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """The operator, told that its template-mode agents reach it on its own port."""
-    port = free_port()
-    endpoint = f"--agent-endpoint=ws://127.0.0.1:{port}/v1/opamp"
-    with start_operator(cluster.kubeconfig, tmp_path, endpoint, port=port) as op:
-        assert op.port == port
-        yield op
+def operator(shared_operator: SharedOperator) -> OperatorProcess:
+    return shared_operator.get()
 
 
 def _create_fleet(
@@ -150,7 +196,12 @@ def test_template_deployment_runs_supervised_collectors_mapped_to_their_pods(
     # The Collector inherits the container's environment from the supervisor.
     collector["extensions"]["health_check"]["path"] = "/${env:K8S_POD_UID}"
     config = yaml.safe_dump(collector, sort_keys=False)
-    _create_fleet(api_client, namespace, config, {"image": IMAGE, "replicas": 2})
+    _create_fleet(
+        api_client,
+        namespace,
+        config,
+        {"image": IMAGE, "replicas": 2, "supervisorConfig": SUPERVISOR_CONFIG},
+    )
 
     deployment = eventually(
         "the rendered Deployment",
@@ -329,7 +380,7 @@ def test_template_pods_present_the_fleet_token_from_its_secret(
         api_client,
         namespace,
         config,
-        {"image": IMAGE, "replicas": 1},
+        {"image": IMAGE, "replicas": 1, "supervisorConfig": SUPERVISOR_CONFIG},
         authSecretRef={"name": "agent-token"},
     )
     (pod,) = _n_running(api_client, namespace, 1)
@@ -417,7 +468,11 @@ def _refused_connects(op: OperatorProcess) -> float:
 
 
 def test_template_pods_present_their_projected_token_over_wss_verified_with_the_ca(
-    crds: None, cluster: LocalCluster, api_client: Any, namespace: str, tmp_path: Path
+    shared_operator: SharedOperator,
+    cluster: LocalCluster,
+    api_client: Any,
+    namespace: str,
+    tmp_path: Path,
 ) -> None:
     """The pods' agents hold their pods by their projected ServiceAccount tokens alone.
 
@@ -436,6 +491,8 @@ def test_template_pods_present_their_projected_token_over_wss_verified_with_the_
 
     def operator() -> OperatorProcess:
         return start_operator(cluster.kubeconfig, tmp_path / "operator", *args, port=port)
+
+    shared_operator.stop()  # this test's operators alone reconcile its fleet
 
     # What the fleet's author provides in its namespace: the CA that signed the operator's
     # agent certificate (public), and the ServiceAccount the fleet admits.
@@ -457,6 +514,7 @@ def test_template_pods_present_their_projected_token_over_wss_verified_with_the_
                 # The shortest lifetime the apiserver issues.
                 "serviceAccountToken": {"expirationSeconds": 600},
                 "caConfigMapRef": {"name": "opamp-ca"},
+                "supervisorConfig": SUPERVISOR_CONFIG,
             },
             agentAuth={"mode": "ServiceAccountToken", "serviceAccounts": ["collector"]},
         )
@@ -555,6 +613,9 @@ def test_template_pods_present_their_projected_token_over_wss_verified_with_the_
             op.stop()
             op = operator()
             again = verified(op)
+            # The start token's last review: this operator keeps its answer until the
+            # token expires, and the agent stays connected, so none follows (asserted).
+            last_reviewed = time.monotonic()
             assert again["instanceUid"] == agent["instanceUid"]
             assert (_reviews(op), _refused_connects(op)) == (1, 0)
 
@@ -570,9 +631,13 @@ def test_template_pods_present_their_projected_token_over_wss_verified_with_the_
             core.create_namespaced_service_account(namespace, {"metadata": {"name": "collector"}})
             volumes.rotate_tokens()
             # kube-apiserver remembers a token that authenticated for 10 s
-            # (TokenSuccessCacheTTL): let the start token's last review age out.
-            time.sleep(11)
+            # (TokenSuccessCacheTTL): the next operator may ask only once the start token's
+            # last review has aged out. Stopping this one takes about STOP_SECONDS, spent
+            # in that wait rather than after it.
+            aged_out = last_reviewed + 11.0
+            time.sleep(max(0.0, aged_out - STOP_SECONDS - time.monotonic()))
             op.stop()
+            time.sleep(max(0.0, aged_out - time.monotonic()))
             op = operator()
             eventually(
                 "the supervisor's reconnects refused",
