@@ -19,7 +19,6 @@ import pytest
 from kubernetes import client as k8s
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP, VERSION, FleetTemplate
-from opamp_operator.fleet.pod_rollout import template_hash
 from opamp_operator.fleet.versions import revision_hash
 from opamp_operator.k8s.reads import get_or_none
 from opamp_operator.k8s.workload import canary_name, config_map_name, workload_name
@@ -140,7 +139,7 @@ def _rev(target: Target, config_hash: str, image: str | None = None) -> str:
     """The fleet's revision of the config `config_hash` (status desiredHash, stableHash):
     in template mode a revision is its config and its pod template."""
     template = FleetTemplate.model_validate(_template(target, image))
-    return revision_hash(config_hash, None, template_hash(template.as_json()))
+    return revision_hash(config_hash, None, template.digest())
 
 
 def _wait_phase(target: Target, namespace: str, phase: str, **fields: Any) -> dict[str, Any]:

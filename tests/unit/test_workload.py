@@ -20,7 +20,7 @@ from opamp_operator.api.models import (
     FleetTemplate,
 )
 from opamp_operator.fleet.mapping import FleetSelector
-from opamp_operator.fleet.pod_rollout import PodStaging, template_hash
+from opamp_operator.fleet.pod_rollout import PodStaging
 from opamp_operator.fleet.rollout import Membership
 from opamp_operator.k8s.gates import pod_view
 from opamp_operator.k8s.settings import AgentTokenSettings
@@ -607,7 +607,7 @@ def _staged(
     pods = PodStaging(
         template.kind == "DaemonSet",
         record.template_hash,
-        template_hash(old.as_json()),
+        old.digest(),
         back,
         frozenset() if back else slots,
     )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The planner's enums and limits are the schema's: one definition, in the planner.
 from opamp_operator.fleet.mapping import AgentAuth, AuthMode
+from opamp_operator.fleet.pod_rollout import template_hash
 from opamp_operator.fleet.rollout import FAILING_LIMIT, MISSING_SHOWN, OnFailure, PauseReason, Phase
 from opamp_operator.fleet.versions import Offer, package_offer
 
@@ -181,6 +182,11 @@ class FleetTemplate(_Spec):
     def as_json(self) -> dict[str, Any]:
         """The template as the CRD holds it: what a fleet revision stores and hashes."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def digest(self) -> str:
+        """The template's part of a fleet revision and the value of its pods' template
+        label (fleet.pod_rollout.template_hash)."""
+        return template_hash(self.as_json())
 
 
 class AgentAuthSpec(_Spec):

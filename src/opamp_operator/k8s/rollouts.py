@@ -44,7 +44,6 @@ from opamp_operator.fleet.pod_rollout import (
     deployment_slots,
     population,
     staging,
-    template_hash,
 )
 from opamp_operator.fleet.rollout_status import (
     Facts,
@@ -152,7 +151,7 @@ class StableRevision:
 
     @property
     def template_hash(self) -> str:
-        return template_hash(self.template.as_json()) if self.template is not None else ""
+        return self.template.digest() if self.template is not None else ""
 
 
 def stored_package(version: str | None) -> PackageOffer | None:
@@ -545,9 +544,9 @@ class RolloutHandlers:
         staged or settling: otherwise a tick would re-apply every workload it governs."""
         if record.spec.template is None or record.workload_problem is not None:
             return  # the fleet's own reconcile reported the template's problem
-        g = record.governance
         if self.workload is None:
             return
+        g = record.governance
         if g is not None and g.pods is not None:
             self._settling.add(record.key)
         if record.key not in self._settling:

@@ -37,7 +37,7 @@ from opamp_operator.fleet.mapping import (
     MappingResult,
     assign_fleets,
 )
-from opamp_operator.fleet.pod_rollout import PodStaging, template_hash
+from opamp_operator.fleet.pod_rollout import PodStaging
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
 from opamp_operator.fleet.versions import revision_hash
@@ -176,8 +176,7 @@ class FleetRecord:
     def template_hash(self) -> str:
         """The pod template's part of the revision (fleet.pod_rollout.template_hash);
         "" outside template mode."""
-        template = self.spec.template
-        return template_hash(template.as_json()) if template is not None else ""
+        return self.spec.template.digest() if self.spec.template is not None else ""
 
     @property
     def revision_hash(self) -> str:

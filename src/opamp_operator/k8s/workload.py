@@ -57,7 +57,7 @@ from opamp_operator.api.models import (
     WorkloadKind,
 )
 from opamp_operator.fleet.mapping import ATTR_NAMESPACE, ATTR_POD_NAME, ATTR_POD_UID, AuthMode
-from opamp_operator.fleet.pod_rollout import template_hash, to_replace
+from opamp_operator.fleet.pod_rollout import to_replace
 from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s.reads import get_or_none
 from opamp_operator.k8s.settings import AgentTokenSettings
@@ -457,7 +457,7 @@ def pod_template(
         "metadata": {
             "labels": {
                 **pod_labels(record, canary),
-                TEMPLATE_LABEL: template_hash(template.as_json()),
+                TEMPLATE_LABEL: template.digest(),
             },
             # The supervisor reads its config and CA once: a new one must roll the pods.
             "annotations": {CONFIG_HASH_ANNOTATION: digest},
@@ -614,6 +614,11 @@ def _kinds() -> dict[str, _Kind]:
             apps.patch_namespaced_daemon_set,
             apps.delete_namespaced_daemon_set,
         ),
+        "Pod": _Kind(
+            core.read_namespaced_pod,
+            core.patch_namespaced_pod,
+            core.delete_namespaced_pod,
+        ),
     }
 
 
@@ -636,12 +641,18 @@ def _owner_refs(obj: Any) -> list[dict[str, Any]]:
 
 def _delete(kind: _Kind, obj: Any) -> bool:
     """Delete exactly this object (uid precondition); False if it was already gone."""
+    return _delete_exactly(kind, obj.metadata.name, obj.metadata.namespace, obj.metadata.uid)
+
+
+def _delete_exactly(kind: _Kind, name: str, namespace: str, uid: str) -> bool:
+    """Delete the object of that name only if it is still the one of `uid`; False if it
+    was already gone (or replaced)."""
     options = k8s.V1DeleteOptions(
         propagation_policy="Background",
-        preconditions=k8s.V1Preconditions(uid=obj.metadata.uid),
+        preconditions=k8s.V1Preconditions(uid=uid),
     )
     try:
-        kind.delete(obj.metadata.name, obj.metadata.namespace, body=options)
+        kind.delete(name, namespace, body=options)
     except ApiException as exc:
         if exc.status in (404, 409):
             return False
@@ -761,7 +772,11 @@ class Split:
         """The fleet's two Deployments as they are, while a rollout governs a Deployment
         fleet (None otherwise: nothing read)."""
         template = record.spec.template
-        if record.governance is None or template is None or template.kind != "Deployment":
+        if (
+            record.governance is None
+            or template is None
+            or template.kind != WorkloadKind.DEPLOYMENT
+        ):
             return None
         deployment = _kinds()["Deployment"]
         canary = _read(deployment, canary_name(record.name), record.namespace)
@@ -821,19 +836,12 @@ def _replace_pods(
     if (daemon_set.status.observed_generation or 0) < (daemon_set.metadata.generation or 0):
         return []  # the next tick: a successor now could get the template before
     ours = [p for p in pods if is_workload_pod(p, record)]
-    core: Any = k8s.CoreV1Api()
-    replaced = []
-    for pod in to_replace(staging, ours, template_of):
-        options = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=pod.uid))
-        try:
-            core.delete_namespaced_pod(pod.name, pod.namespace, body=options)
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                continue
-            raise
-        on = "stable" if staging.back else "desired"
-        replaced.append(f"deleted Pod {pod.name} on {pod.node or '?'} to run the {on} template")
-    return replaced
+    on = "stable" if staging.back else "desired"
+    return [
+        f"deleted Pod {pod.name} on {pod.node or '?'} to run the {on} template"
+        for pod in to_replace(staging, ours, template_of)
+        if _delete_exactly(kinds["Pod"], pod.name, pod.namespace, pod.uid)
+    ]
 
 
 def remove(record: FleetRecord) -> list[str]:
