@@ -69,6 +69,7 @@ TEMPLATE_RULES: set[Rule] = {
         for r in ("deployments", "daemonsets")
         for v in ("get", "create", "patch", "delete")
     ),
+    ("", "pods", "delete", ()),  # a staged template rollout replaces chosen pods
 }
 KOPF_CLUSTER_RULES: set[Rule] = {
     ("apiextensions.k8s.io", "customresourcedefinitions", "list", ()),

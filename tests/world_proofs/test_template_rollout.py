@@ -34,6 +34,7 @@ twice, the same members). In the end every pod runs B and no process of A is lef
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -311,6 +312,10 @@ def _versions() -> tuple[str, str]:
     return version_a, version_b
 
 
+def _running_a(fleet: Fleet, count: int) -> bool:
+    return len(fleet.runner.running(COLLECTOR_A)) == count
+
+
 def _roll_back(fleets: list[Fleet], versions: tuple[str, str]) -> None:
     """The first step's new pod of an image no node can run never connects: the step
     fails at its apply timeout and every pod is back on A."""
@@ -324,8 +329,14 @@ def _roll_back(fleets: list[Fleet], versions: tuple[str, str]) -> None:
         )
         # Only the first step's one pod. The DaemonSet's other two nodes keep running A;
         # the stable Deployment keeps all three, its canary pod never available.
+        # The replaced node's A container may still be stopping when the new pod shows
+        # up: the DaemonSet controller does not wait for a terminating pod to be gone.
         on_a = PODS if fleet.kind == "Deployment" else PODS - 1
-        assert len(fleet.runner.running(COLLECTOR_A)) == on_a
+        eventually(
+            f"{fleet.name}: {on_a} containers of A running",
+            functools.partial(_running_a, fleet, on_a),
+            WAIT,
+        )
     for fleet in fleets:
         status = fleet.phase("RolledBack")
         fleet.done_with.add(status["desiredHash"])
