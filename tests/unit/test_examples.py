@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from opamp_operator.api.models import CollectorFleet, ConfigRollout
+from opamp_operator.api.policy import to_policy
 from opamp_operator.fleet.validation import validate_config
-from opamp_operator.k8s.rollouts import to_policy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -5,17 +5,12 @@ fleet/rollout_status.py's (tests/unit/test_rollout_status.py)."""
 from __future__ import annotations
 
 from opamp_operator.api.models import CollectorFleetSpec, ConfigRolloutSpec
+from opamp_operator.api.policy import stored_package, to_policy
 from opamp_operator.fleet import rollout as planner
 from opamp_operator.fleet.mapping import FleetSelector
+from opamp_operator.fleet.rollout_agents import config_components, revision_status
 from opamp_operator.fleet.views import AgentView
-from opamp_operator.k8s.rollouts import (
-    config_components,
-    controls_of,
-    revision_status,
-    stored_package,
-    to_policy,
-    validated,
-)
+from opamp_operator.k8s.rollouts import controls_of, validated
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.packages import PackageReport, PackageState
@@ -176,10 +171,10 @@ def test_the_gates_read_config_and_package_together() -> None:
         (_view(record, accepts=False), ("APPLIED", rev, "")),
     ]
     for view, expected in cases:
-        assert revision_status(view, record) == expected, view
+        assert revision_status(view, record.desired) == expected, view
     # Without a package, exactly what the agent reports, as before.
     plain = _record(None)
-    assert revision_status(_view(plain), plain) == ("APPLIED", plain.desired_hash, "")
+    assert revision_status(_view(plain), plain.desired) == ("APPLIED", plain.desired_hash, "")
 
 
 def test_members_get_the_desired_package_and_the_others_the_stable_one() -> None:

@@ -526,8 +526,10 @@ class PreflightPolicy(_Spec):
     )
 
 
-class ConfigRolloutSpec(_Spec):
-    fleet_ref: FleetRef
+class RolloutPolicySpec(_Spec):
+    """How a fleet's changes are staged: a ConfigRollout's spec, and a `serve` fleet's
+    `rollout` in its fleets file (standalone/fleets.py)."""
+
     paused: bool = False
     on_failure: OnFailure = OnFailure.ROLLBACK
     gates: RolloutGates = Field(default_factory=RolloutGates)
@@ -535,6 +537,10 @@ class ConfigRolloutSpec(_Spec):
     steps: list[RolloutStep] = Field(
         default_factory=list, max_length=20, description="Ordered; empty means one step of 100%"
     )
+
+
+class ConfigRolloutSpec(RolloutPolicySpec):
+    fleet_ref: FleetRef
 
 
 class RolloutStepStatus(_Status):

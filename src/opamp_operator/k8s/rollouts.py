@@ -13,7 +13,6 @@ status, emits the planner's Events and hands governance to `OperatorState`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,11 +30,9 @@ from opamp_operator.api.models import (
     VERSION,
     ConfigRolloutSpec,
     FleetTemplate,
-    FleetVersion,
-    RolloutGates,
-    RolloutStep,
     WorkloadKind,
 )
+from opamp_operator.api.policy import stored_package, to_policy
 from opamp_operator.fleet import rollout as planner
 from opamp_operator.fleet.pod_rollout import (
     PodStaging,
@@ -44,6 +41,12 @@ from opamp_operator.fleet.pod_rollout import (
     deployment_slots,
     population,
     staging,
+)
+from opamp_operator.fleet.rollout_agents import (
+    Placement,
+    config_components,
+    revision_status,
+    rollout_agent,
 )
 from opamp_operator.fleet.rollout_status import (
     Facts,
@@ -55,20 +58,14 @@ from opamp_operator.fleet.rollout_status import (
     rollout_status,
     status_patch,
 )
-from opamp_operator.fleet.validation import ConfigSyntaxError, load_yaml, used_component_types
-from opamp_operator.fleet.versions import (
-    package_of,
-    package_problem,
-    revision_hash,
-    version_status,
-)
-from opamp_operator.fleet.views import AgentView, PodView
+from opamp_operator.fleet.versions import revision_hash, version_status
+from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s import reads, workload
 from opamp_operator.k8s.events import emit
 from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
-from opamp_operator.opamp.packages import PackageOffer, PackageState
+from opamp_operator.opamp.packages import PackageOffer
 
 log = logging.getLogger(__name__)
 ROLLOUTS = (GROUP, VERSION, ROLLOUTS_PLURAL)
@@ -78,39 +75,6 @@ def control_annotation(name: str) -> str:
     return f"{GROUP}/{name}"
 
 
-def _gates(base: planner.Gates, override: RolloutGates | None) -> planner.Gates:
-    """`base` with the fields the spec sets (same names in the model and the planner)."""
-    if override is None:
-        return base
-    return dataclasses.replace(base, **override.model_dump(exclude_none=True))
-
-
-def _step(step: RolloutStep, defaults: planner.Gates) -> planner.Step:
-    pause, selector = step.pause, step.selector
-    return planner.Step(
-        agents=step.agents,
-        percent=step.percent,
-        attributes=dict(selector.attributes) if selector else {},
-        pod_labels=dict(selector.pod_labels) if selector else {},
-        pause_seconds=float(pause.seconds) if pause and pause.seconds else None,
-        pause_until_promoted=bool(pause and pause.until_promoted),
-        gates=_gates(defaults, step.gates),
-    )
-
-
-def to_policy(spec: ConfigRolloutSpec) -> planner.Policy:
-    """The spec as the planner's plain data."""
-    defaults = _gates(planner.Gates(), spec.gates)
-    return planner.Policy(
-        steps=tuple(_step(step, defaults) for step in spec.steps),
-        gates=defaults,
-        on_failure=planner.OnFailure(spec.on_failure),
-        paused=spec.paused,
-        preflight=spec.preflight.enabled,
-        block_on_unreported=spec.preflight.block_on_unreported,
-    )
-
-
 def controls_of(annotations: Mapping[str, str]) -> planner.Controls:
     return planner.Controls(
         **{
@@ -118,17 +82,6 @@ def controls_of(annotations: Mapping[str, str]) -> planner.Controls:
             for name in planner.CONTROL_NAMES
         }
     )
-
-
-def config_components(text: str | None) -> dict[str, frozenset[str]]:
-    """The component types a config defines, per plural kind (for preflight)."""
-    if text is None:
-        return {}
-    try:
-        config = load_yaml(text)
-    except ConfigSyntaxError:
-        return {}
-    return {kind: frozenset(types) for kind, types in used_component_types(config).items()}
 
 
 @dataclass(frozen=True)
@@ -152,51 +105,6 @@ class StableRevision:
     @property
     def template_hash(self) -> str:
         return self.template.digest() if self.template is not None else ""
-
-
-def stored_package(version: str | None) -> PackageOffer | None:
-    """The package a revision stored (as FleetVersion JSON), or None."""
-    if version is None:
-        return None
-    return FleetVersion.model_validate_json(version).offer()
-
-
-def revision_status(view: AgentView, record: FleetRecord) -> tuple[str | None, str, str]:
-    """(status, hash, error) of the agent for the fleet's desired revision, as the
-    planner's gates read a config status: the config's remote config status, and with a
-    package offered to an agent that accepts packages, the package's too — APPLIED once
-    both are (installed, and service.version the package's), FAILED when either failed,
-    APPLYING while either is on its way. The hash is the revision's when the status is
-    about it, else what the agent reports (not about the desired revision)."""
-    config_status = (
-        view.remote_config_status
-        if view.remote_config_hash.lower() == record.desired_hash.lower()
-        else None
-    )
-    package = record.package
-    if package is None or not view.accepts_packages:
-        if record.revision_hash == record.desired_hash:
-            return view.remote_config_status, view.remote_config_hash, view.remote_config_error
-        hash_ = record.revision_hash if config_status is not None else view.remote_config_hash
-        return config_status, hash_, view.remote_config_error
-    report = package_of(view, package)
-    package_status: str | None = None
-    if report is not None and report.state is PackageState.INSTALL_FAILED:
-        package_status = "FAILED"
-    elif report is not None and report.state is PackageState.INSTALLED:
-        package_status = "APPLIED" if view.service_version == package.version else "APPLYING"
-    elif report is not None and report.state is not None:
-        package_status = "APPLYING"
-    parts = {config_status, package_status}
-    if "FAILED" in parts:
-        failed = package_problem(view, package)
-        error = view.remote_config_error if config_status == "FAILED" else failed or ""
-        return "FAILED", record.revision_hash, error
-    if parts == {"APPLIED"}:
-        return "APPLIED", record.revision_hash, ""
-    if parts & {"APPLIED", "APPLYING"}:
-        return "APPLYING", record.revision_hash, ""
-    return None, view.remote_config_hash, ""
 
 
 def validated(obj: Mapping[str, Any]) -> tuple[ConfigRolloutSpec | None, str | None]:
@@ -418,25 +326,16 @@ class RolloutHandlers:
                 continue
             pod_key = mapping.pod_of.get(uid, "")
             pod = mapping.pods.get(pod_key) if pod_key else None
-            status, hash_, error = revision_status(view, record)
+            status, hash_, error = revision_status(view, record.desired)
             if pods is not None and status == "APPLIED":
                 status, error = version_status(view, record.target_version)
-            agents[uid] = planner.RolloutAgent(
-                uid=uid,
-                pod=pod_key,
-                attributes=view.attributes,
-                pod_labels=pod.labels if pod is not None else {},
-                accepts_remote_config=view.accepts_remote_config,
-                healthy=view.healthy,
-                health_error=view.health_error,
-                config_status=status,
-                config_hash=hash_,
-                config_error=error,
-                drifted=drift.get(uid),
-                components=view.components,
-                connected_at=view.connected_at,
-                verified=uid not in unverified,
+            placement = Placement(
+                pod_key,
+                pod.labels if pod is not None else {},
+                drift.get(uid),
+                uid not in unverified,
             )
+            agents[uid] = rollout_agent(view, (status, hash_, error), placement)
         if pods is None:
             return list(agents.values())
         desired = record.spec.template

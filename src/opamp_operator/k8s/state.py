@@ -40,6 +40,7 @@ from opamp_operator.fleet.mapping import (
 from opamp_operator.fleet.pod_rollout import PodStaging
 from opamp_operator.fleet.remediation import Attempt
 from opamp_operator.fleet.rollout import Membership
+from opamp_operator.fleet.rollout_agents import DesiredRevision
 from opamp_operator.fleet.versions import revision_hash
 from opamp_operator.fleet.views import AgentView, PodView, agent_view
 from opamp_operator.k8s.access import AgentTokenReviewer, ReviewedAccount, looks_like_jwt
@@ -177,6 +178,12 @@ class FleetRecord:
         """The pod template's part of the revision (fleet.pod_rollout.template_hash);
         "" outside template mode."""
         return self.spec.template.digest() if self.spec.template is not None else ""
+
+    @property
+    def desired(self) -> DesiredRevision:
+        """What the desired revision asks of the fleet's agents, as a rollout's gates
+        read it (fleet.rollout_agents)."""
+        return DesiredRevision(self.desired_hash, self.revision_hash, self.package)
 
     @property
     def revision_hash(self) -> str:
