@@ -15,6 +15,7 @@ import uvloop
 from opamp_operator import __version__
 from opamp_operator.api.crd import render_all
 from opamp_operator.api.reference import render_reference
+from opamp_operator.fleet.rollout_status import RolloutTiming
 from opamp_operator.k8s.run import RunOptions
 from opamp_operator.k8s.run import run as run_operator
 from opamp_operator.k8s.settings import PeeringSettings
@@ -315,6 +316,24 @@ def _add_heartbeat_flag(p: argparse.ArgumentParser, default: int | None) -> None
     )
 
 
+def _add_rollout_flags(p: argparse.ArgumentParser, timing: RolloutTiming) -> None:
+    """How often rollouts are planned; `run`'s ConfigRollouts and `serve`'s fleets alike."""
+    p.add_argument(
+        "--rollout-interval",
+        type=float,
+        default=timing.interval,
+        help="seconds between rollout gate evaluations (default %(default)s)",
+    )
+    p.add_argument(
+        "--rollout-startup-grace",
+        type=float,
+        default=timing.startup_grace,
+        help="seconds after a start during which rollouts hold their persisted progress "
+        "while agents reconnect, before gates and steps are evaluated again "
+        "(default %(default)s)",
+    )
+
+
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     """`serve`'s arguments as ServeOptions; only --config gives ServeOptions(config)."""
     listen, api, limits, agent_limits = _server_settings(args)
@@ -325,6 +344,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         limits=limits,
         core=replace(serve_core_settings(args.heartbeat_seconds), limits=agent_limits),
         reload_seconds=args.reload_seconds,
+        state_dir=args.state_dir,
+        rollout=RolloutTiming(args.rollout_interval, args.rollout_startup_grace),
     )
 
 
@@ -381,6 +402,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=ServeOptions.reload_seconds,
         help="how often to check the fleets file (default %(default)s)",
     )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where each fleet's stable revision and its rollout's progress are kept "
+        "across restarts; fleets may have a `rollout` only with one",
+    )
+    _add_rollout_flags(p, RolloutTiming())
     p.set_defaults(func=_serve)
 
 
@@ -489,20 +517,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=handlers.status_interval,
         help="seconds between status writes (default %(default)s)",
     )
-    p.add_argument(
-        "--rollout-interval",
-        type=float,
-        default=handlers.rollout_interval,
-        help="seconds between ConfigRollout gate evaluations (default %(default)s)",
-    )
-    p.add_argument(
-        "--rollout-startup-grace",
-        type=float,
-        default=handlers.rollout_startup_grace,
-        help="seconds after a start during which rollouts hold their persisted progress "
-        "while agents reconnect, before gates and steps are evaluated again "
-        "(default %(default)s)",
-    )
+    _add_rollout_flags(p, RolloutTiming(handlers.rollout_interval, handlers.rollout_startup_grace))
     p.add_argument(
         "--gate-startup-grace",
         type=float,

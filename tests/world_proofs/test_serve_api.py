@@ -74,7 +74,7 @@ def test_a_token_file_guards_the_api_wherever_it_listens(tmp_path: Path) -> None
             except urllib.error.HTTPError as error:
                 return error.code
 
-        for path in ("/api/v1/agents", "/metrics"):
+        for path in ("/api/v1/agents", "/api/v1/rollouts", "/metrics"):
             assert get(path, None) == 401
             assert get(path, "guessed") == 401
             assert get(path, "s3cret-api-token") == 200

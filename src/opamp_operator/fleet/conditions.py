@@ -12,10 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from opamp_operator.fleet.text import CONDITION_MESSAGE_LIMIT, truncate
+
+
+def now_iso() -> str:
+    """The wall clock as Kubernetes writes times (RFC 3339, seconds, UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 READY = "Ready"
 RECONCILING = "Reconciling"

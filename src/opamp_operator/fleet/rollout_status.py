@@ -67,6 +67,18 @@ def blocker(facts: Facts) -> Blocker | None:
     return None
 
 
+@dataclass(frozen=True)
+class RolloutTiming:
+    """How often rollouts are planned and how long a start only holds them: `run`'s
+    ConfigRollouts and `serve`'s fleets file rollouts alike."""
+
+    interval: float = 2.0
+    """Seconds between runs of each rollout's planner (gate verdicts, step changes)."""
+    startup_grace: float = 15.0
+    """After a start, how long a rollout only holds its persisted progress while agents
+    reconnect, before planning again."""
+
+
 def holds(planned: bool, uptime: float, grace: float) -> bool:
     """Whether a rollout whose progress is in status only holds it (its members keep the
     desired revision, the others the stable one) instead of being planned: right after a

@@ -15,7 +15,7 @@ import time
 import kopf
 
 from opamp_operator.api.models import DriftPolicy
-from opamp_operator.fleet.conditions import FleetProblem
+from opamp_operator.fleet.conditions import FleetProblem, now_iso
 from opamp_operator.fleet.mapping import FleetAssignment, MappingResult
 from opamp_operator.fleet.readiness import Spell, held_since, next_spell
 from opamp_operator.fleet.remediation import (
@@ -33,7 +33,6 @@ from opamp_operator.k8s.gates import (
     write_gates,
     write_remediation,
 )
-from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.settings import HandlerSettings
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.ids import uid_str

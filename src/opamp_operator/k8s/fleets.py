@@ -11,12 +11,11 @@ import kopf
 from pydantic import ValidationError
 
 from opamp_operator.api.models import FLEETS_PLURAL, CollectorFleetSpec
-from opamp_operator.fleet.conditions import FleetProblem, KState, Why, kstatus, merge
+from opamp_operator.fleet.conditions import FleetProblem, KState, Why, kstatus, merge, now_iso
 from opamp_operator.fleet.mapping import FleetSelector, SelectorError
 from opamp_operator.fleet.validation import format_problems, validate_config
 from opamp_operator.k8s import reads, revision_store, workload
 from opamp_operator.k8s.fleet_status import read_token
-from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.rollouts import RolloutHandlers
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 from opamp_operator.opamp.configs import RemoteConfig

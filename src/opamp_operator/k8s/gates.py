@@ -21,11 +21,12 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from opamp_operator.api.models import AGENT_READY_CONDITION, GROUP
+from opamp_operator.fleet.conditions import now_iso
 from opamp_operator.fleet.health import agent_ready_condition
 from opamp_operator.fleet.mapping import MappingResult
 from opamp_operator.fleet.readiness import gate_write, seen_since
 from opamp_operator.fleet.views import PodView
-from opamp_operator.k8s.reads import epoch, now_iso
+from opamp_operator.k8s.reads import epoch
 from opamp_operator.k8s.state import FleetRecord, OperatorState
 
 REMEDIATION_ANNOTATION = f"{GROUP}/remediation"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from kubernetes import client as k8s
@@ -18,11 +18,6 @@ from opamp_operator.fleet.conditions import FleetProblem
 AUTH_PROBLEM = "AuthSecretInvalid"
 
 T = TypeVar("T")
-
-
-def now_iso() -> str:
-    """The wall clock as Kubernetes writes times (RFC 3339, seconds, UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def epoch(timestamp: Any) -> float:

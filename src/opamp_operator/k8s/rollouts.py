@@ -34,6 +34,7 @@ from opamp_operator.api.models import (
 )
 from opamp_operator.api.policy import stored_package, to_policy
 from opamp_operator.fleet import rollout as planner
+from opamp_operator.fleet.conditions import now_iso
 from opamp_operator.fleet.pod_rollout import (
     PodStaging,
     config_membership,
@@ -62,7 +63,6 @@ from opamp_operator.fleet.versions import revision_hash, version_status
 from opamp_operator.fleet.views import PodView
 from opamp_operator.k8s import reads, workload
 from opamp_operator.k8s.events import emit
-from opamp_operator.k8s.reads import now_iso
 from opamp_operator.k8s.state import FleetRecord, Governance, OperatorState, RolloutRef
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.packages import PackageOffer

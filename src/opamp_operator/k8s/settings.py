@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opamp_operator.fleet.remediation import RemediationSettings
+from opamp_operator.fleet.rollout_status import RolloutTiming
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ class HandlerSettings:
     """How often a fleet's token Secret is read again (rotation)."""
     webhook: bool = False
     """Serve the validating admission webhook (run.py configures kopf's server)."""
-    rollout_interval: float = 2.0
+    rollout_interval: float = RolloutTiming.interval
     """Seconds between runs of each ConfigRollout's planner (gate verdicts, step changes)."""
-    rollout_startup_grace: float = 15.0
+    rollout_startup_grace: float = RolloutTiming.startup_grace
     """After a start, how long a rollout only holds its persisted progress while agents
     reconnect, before planning again."""
     gate_startup_grace: float = 15.0

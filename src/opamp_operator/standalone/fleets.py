@@ -22,6 +22,14 @@ fleets:
       package:                    # offered to agents that accept packages (optional)
         url: https://downloads.example.com/otelcol_0.149.0_linux_amd64.tar.gz
         sha256: 3f2c...           # SHA-256 of the file, hex; the agent verifies it
+    rollout:                      # optional: stage its changes (needs serve --state-dir)
+      steps:                      # a ConfigRollout's spec, without fleetRef
+        - agents: 1
+          pause: {untilPromoted: true}
+        - percent: 100
+      promote: "1"                # control tokens: a new value acts once (as the
+      abort: ""                   # ConfigRollout's annotations do); "" does nothing
+      retry: ""
 ```
 
 The first fleet whose selector matches an agent's identifying or non-identifying
@@ -32,6 +40,10 @@ cannot claim by reporting attributes. A file that does not parse, or a fleet who
 config is not a YAML mapping, or a heartbeatIntervalSeconds that is not a whole number
 of seconds from 0 to 3600, is rejected with a message and the previous fleets stay in
 force: one bad edit never takes configs away from running agents.
+
+A fleet with a `rollout` is staged as a ConfigRollout stages a CollectorFleet
+(standalone/rollouts.py): while its agents outside the rollout's members are held on the
+stable revision, `config_for` and `package_for` give them that revision's.
 """
 
 from __future__ import annotations
@@ -40,23 +52,54 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from opamp_operator.api.models import FleetVersion
-from opamp_operator.fleet.views import agent_view
+from opamp_operator.api.models import FleetVersion, RolloutPolicySpec
+from opamp_operator.fleet import rollout as planner
+from opamp_operator.fleet.rollout_agents import DesiredRevision
+from opamp_operator.fleet.versions import revision_hash
+from opamp_operator.fleet.views import AgentView, agent_view
 from opamp_operator.opamp.configs import RemoteConfig
 from opamp_operator.opamp.identity import AgentIdentity
 from opamp_operator.opamp.packages import PackageOffer
 from opamp_operator.opamp.session import MAX_HEARTBEAT_SECONDS, AgentRecord
 
 log = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class FleetFileError(ValueError):
     """The fleets file is wrong; the message names the fleet and the problem."""
+
+
+CONTROL_TOKEN_LENGTH = 253
+"""As a Kubernetes annotation value a ConfigRollout's control token would be, bounded."""
+
+
+class ServeRollout(RolloutPolicySpec):
+    """A fleet's `rollout`: a ConfigRollout's spec, and its control tokens, which a
+    ConfigRollout keeps in annotations."""
+
+    promote: str = Field("", max_length=CONTROL_TOKEN_LENGTH)
+    abort: str = Field("", max_length=CONTROL_TOKEN_LENGTH)
+    retry: str = Field("", max_length=CONTROL_TOKEN_LENGTH)
+
+    @property
+    def controls(self) -> planner.Controls:
+        return planner.Controls(self.promote, self.abort, self.retry)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a fleet's rollout holds the agents outside its membership to: the stable
+    revision's config and package."""
+
+    membership: planner.Membership
+    config: RemoteConfig
+    package: PackageOffer | None
 
 
 @dataclass(frozen=True)
@@ -71,6 +114,24 @@ class Fleet:
     """`version.expected`: the service.version its agents should report."""
     package: PackageOffer | None = None
     """`version.package`: offered to its agents that accept packages."""
+    rollout: ServeRollout | None = None
+    """`rollout`: how changes of this fleet are staged; None: offered to all at once."""
+    version: str | None = None
+    """`version` as FleetVersion JSON, kept with a stable revision (None: no version)."""
+
+    @property
+    def revision_hash(self) -> str:
+        """The fleet's revision: config and package (fleet.versions.revision_hash)."""
+        return revision_hash(self.config.hash.hex(), self.package)
+
+    @property
+    def revision(self) -> str:
+        """The revision's name, as a ControllerRevision's: fleet name and hash."""
+        return f"{self.name}-{self.revision_hash[:10]}"
+
+    @property
+    def desired(self) -> DesiredRevision:
+        return DesiredRevision(self.config.hash.hex(), self.revision_hash, self.package)
 
     def matches(self, attributes: Mapping[str, str], identity: AgentIdentity) -> bool:
         if self.certificate_names and not self.certificate_names & set(identity.certificate):
@@ -114,7 +175,7 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
         raise FleetFileError(f"fleet {name!r}: config is not valid YAML: {exc}") from None
     if not isinstance(parsed, dict):
         raise FleetFileError(f"fleet {name!r}: a Collector config must be a YAML mapping")
-    version = _version(raw.get("version"), name)
+    version = _checked(FleetVersion, raw.get("version"), name, "version")
     return Fleet(
         str(name),
         {str(k): str(v) for k, v in selector.items()},
@@ -123,23 +184,27 @@ def _fleet(raw: Any, index: int, base: Path) -> Fleet:
         heartbeat,
         version.expected if version is not None else "",
         version.offer() if version is not None else None,
+        _checked(ServeRollout, raw.get("rollout"), name, "rollout"),
+        version.model_dump_json(by_alias=True, exclude_none=True) if version else None,
     )
 
 
-def _version(raw: Any, name: object) -> FleetVersion | None:
-    """A fleet's `version`, checked by the CRD's own model (spec.version)."""
+def _checked(model: type[_M], raw: Any, name: object, key: str) -> _M | None:
+    """A fleet's `key`, checked by the CRD's own model (spec.version, a ConfigRollout's
+    spec)."""
     if raw is None:
         return None
     try:
-        return FleetVersion.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'version'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or key}: {e['msg']}" for e in exc.errors()
         )
-        raise FleetFileError(f"fleet {name!r}: version: {problems}") from None
+        raise FleetFileError(f"fleet {name!r}: {key}: {problems}") from None
 
 
-def parse_fleets(text: str, base: Path) -> list[Fleet]:
+def parse_fleets(text: str, base: Path, staged: bool = True) -> list[Fleet]:
+    """`staged`: whether fleets may have a `rollout` (serve has a --state-dir)."""
     try:
         doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -147,6 +212,12 @@ def parse_fleets(text: str, base: Path) -> list[Fleet]:
     if not isinstance(doc, dict) or not isinstance(doc.get("fleets", []), list):
         raise FleetFileError("expected a mapping with a list under 'fleets'")
     fleets = [_fleet(raw, i, base) for i, raw in enumerate(doc.get("fleets") or [])]
+    unstaged = [f.name for f in fleets if f.rollout is not None and not staged]
+    if unstaged:
+        raise FleetFileError(
+            f"fleet {unstaged[0]!r}: a rollout needs serve --state-dir, where the stable "
+            "revision and the rollout's progress outlive a restart"
+        )
     names = [f.name for f in fleets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -157,11 +228,15 @@ def parse_fleets(text: str, base: Path) -> list[Fleet]:
 class FileFleets:
     """A DesiredConfigSource backed by a fleets file; `reload()` picks up edits."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, staged: bool = False) -> None:
+        """`staged`: fleets may have a `rollout` (serve was given a --state-dir)."""
         self.path = path
+        self.staged = staged
         self.fleets: list[Fleet] = []
         self._stamp: tuple[float, int] | None = None
         self.last_error: str | None = None
+        self.held: dict[str, Held] = {}
+        """Fleet name -> what its rollout holds non-members to (standalone/rollouts.py)."""
         self.reload()
         if self.last_error is not None:
             raise FleetFileError(f"{path}: {self.last_error}")
@@ -180,7 +255,7 @@ class FileFleets:
             return False
         self._stamp = stamp
         try:
-            fleets = parse_fleets(self.path.read_text(), self.path.parent)
+            fleets = parse_fleets(self.path.read_text(), self.path.parent, self.staged)
         except (FleetFileError, OSError, UnicodeDecodeError) as exc:
             self.last_error = str(exc)
             log.error("fleets file %s rejected, keeping the previous fleets: %s", self.path, exc)
@@ -192,16 +267,36 @@ class FileFleets:
             log.info("fleets file %s loaded: %s", self.path, ", ".join(f.name for f in fleets))
         return changed
 
-    def fleet_for(self, agent: AgentRecord) -> Fleet | None:
-        """The first fleet that selects the agent, by the agent's view (kept on its
+    def place(self, agent: AgentRecord) -> tuple[Fleet, AgentView] | None:
+        """The first fleet that selects the agent, with the agent's view (kept on its
         record until what it shows changes: turning its attributes into text on every
         heartbeat was a fifth of a 10,000-agent server's CPU)."""
         view = agent_view(agent)
-        return next((f for f in self.fleets if f.matches(view.attributes, view.identity)), None)
+        fleet = next((f for f in self.fleets if f.matches(view.attributes, view.identity)), None)
+        return (fleet, view) if fleet is not None else None
+
+    def fleet_for(self, agent: AgentRecord) -> Fleet | None:
+        placed = self.place(agent)
+        return placed[0] if placed is not None else None
+
+    def _holding(self, agent: AgentRecord) -> tuple[Fleet, Held | None] | None:
+        """The agent's fleet, and what its rollout holds the agent to unless the agent
+        is one of the rollout's members."""
+        placed = self.place(agent)
+        if placed is None:
+            return None
+        fleet, view = placed
+        held = self.held.get(fleet.name)
+        if held is not None and held.membership.contains(view.instance_uid, view.attributes, {}):
+            held = None
+        return fleet, held
 
     def config_for(self, agent: AgentRecord) -> RemoteConfig | None:
-        fleet = self.fleet_for(agent)
-        return fleet.config if fleet is not None else None
+        found = self._holding(agent)
+        if found is None:
+            return None
+        fleet, held = found
+        return held.config if held is not None else fleet.config
 
     def heartbeat_for(self, agent: AgentRecord) -> int | None:
         """The interval of the agent's fleet; None (no fleet, or none named) leaves it to
@@ -210,6 +305,10 @@ class FileFleets:
         return fleet.heartbeat_seconds if fleet is not None else None
 
     def package_for(self, agent: AgentRecord) -> PackageOffer | None:
-        """The package of the agent's fleet, offered if the agent accepts packages."""
-        fleet = self.fleet_for(agent)
-        return fleet.package if fleet is not None else None
+        """The package of the agent's fleet (or of the stable revision its rollout holds
+        it to), offered if the agent accepts packages."""
+        found = self._holding(agent)
+        if found is None:
+            return None
+        fleet, held = found
+        return held.package if held is not None else fleet.package

@@ -9,11 +9,15 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from aiohttp import web
+
 from opamp_operator.fleet.drift import masked_config_text
+from opamp_operator.fleet.rollout_status import RolloutTiming
 from opamp_operator.opamp.session import CoreSettings, ServerCore
 from opamp_operator.server import listeners
 from opamp_operator.server.api import (
     ApiListen,
+    ApiServer,
     Guard,
     LoopbackGuard,
     PathAccess,
@@ -22,6 +26,7 @@ from opamp_operator.server.api import (
 )
 from opamp_operator.server.app import Limits, Listen, OpAMPServer
 from opamp_operator.standalone.fleets import FileFleets
+from opamp_operator.standalone.rollouts import ServeRollouts, StateDir
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,10 @@ class ServeOptions:
     core: CoreSettings = field(default_factory=CoreSettings)
     reload_seconds: float = 2.0
     """How often the fleets file is checked for changes."""
+    state_dir: Path | None = None
+    """Where fleets' stable revisions and rollouts' progress are kept; fleets may have
+    a `rollout` only with one (standalone/rollouts.py)."""
+    rollout: RolloutTiming = field(default_factory=RolloutTiming)
 
 
 class ApiExposedError(ValueError):
@@ -65,10 +74,15 @@ def api_guard(api: ApiListen) -> Guard:
     return LoopbackGuard()
 
 
-def build(options: ServeOptions) -> tuple[OpAMPServer, FileFleets]:
-    fleets = FileFleets(options.config)
+def build(options: ServeOptions) -> tuple[OpAMPServer, FileFleets, ServeRollouts | None]:
+    fleets = FileFleets(options.config, staged=options.state_dir is not None)
     core = ServerCore(options.core, desired=fleets)
-    return OpAMPServer(core, options.limits), fleets
+    rollouts = (
+        ServeRollouts(fleets, core, StateDir(options.state_dir), options.rollout)
+        if options.state_dir is not None
+        else None
+    )
+    return OpAMPServer(core, options.limits), fleets, rollouts
 
 
 async def _watch(server: OpAMPServer, fleets: FileFleets, every: float) -> None:
@@ -80,24 +94,50 @@ async def _watch(server: OpAMPServer, fleets: FileFleets, every: float) -> None:
             server.core.desired_changed()
 
 
+async def _plan(rollouts: ServeRollouts, every: float) -> None:
+    """Each fleet's rollout planned on a timer."""
+    while True:
+        await asyncio.sleep(every)
+        await rollouts.tick_off_loop()
+
+
+def _rollout_routes(api: ApiServer, rollouts: ServeRollouts | None) -> list[web.RouteDef]:
+    """GET /api/v1/rollouts: each staged fleet's rollout status (a ConfigRollout's keys),
+    behind the API's guard."""
+    access = PathAccess("/api/v1/rollouts")
+
+    async def list_rollouts(request: web.Request) -> web.Response:
+        await api.context.require(request, access)
+        found = rollouts.statuses() if rollouts is not None else {}
+        listed = [{"fleet": name, **status} for name, status in sorted(found.items())]
+        return web.json_response({"rollouts": listed, "count": len(listed)})
+
+    return [web.get("/api/v1/rollouts", list_rollouts)]
+
+
 async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> None:
     guard = api_guard(options.api)
-    server, fleets = build(options)
+    server, fleets, rollouts = build(options)
     renders = server.config_workers("renders")
     scratch = tempfile.TemporaryDirectory(prefix="opamp-operator-serve-")
+    api = server.api(
+        guard, shown_off_loop(masked_config_text, renders), PathAccess("/api/v1/agents")
+    )
+    app = api.app()
+    app.add_routes(_rollout_routes(api, rollouts))
+    if rollouts is not None:
+        rollouts.tick()  # the persisted holds in force before any agent is answered
     sites = await listeners.start(
         server,
         options.listen,
-        server.api(
-            guard,
-            shown_off_loop(masked_config_text, renders),
-            PathAccess("/api/v1/agents"),
-        ).app(),
+        app,
         options.api,
         Path(scratch.name),
         self_sign_api=not options.api.loopback,
     )
-    watcher = asyncio.create_task(_watch(server, fleets, options.reload_seconds))
+    tasks = [asyncio.create_task(_watch(server, fleets, options.reload_seconds))]
+    if rollouts is not None:
+        tasks.append(asyncio.create_task(_plan(rollouts, options.rollout.interval)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,7 +148,8 @@ async def serve(options: ServeOptions, started: asyncio.Event | None = None) -> 
         await stop.wait()
         log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
     finally:
-        watcher.cancel()
+        for task in tasks:
+            task.cancel()
         await sites.close()
         renders.close()
         scratch.cleanup()
