@@ -539,8 +539,13 @@ class RolloutPolicySpec(_Spec):
     )
 
 
-class ConfigRolloutSpec(RolloutPolicySpec):
+class _FleetReference(_Spec):
     fleet_ref: FleetRef
+
+
+# The fleet first in the schema (pydantic orders the fields of the last base first).
+class ConfigRolloutSpec(RolloutPolicySpec, _FleetReference):
+    pass
 
 
 class RolloutStepStatus(_Status):
