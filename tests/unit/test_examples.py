@@ -12,6 +12,7 @@ import yaml
 from opamp_operator.api.models import CollectorFleet, ConfigRollout
 from opamp_operator.api.policy import to_policy
 from opamp_operator.fleet.validation import validate_config
+from opamp_operator.standalone.fleets import parse_fleets
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -52,3 +53,12 @@ def test_example_is_valid(name: str, doc: dict[str, Any]) -> None:
         assert rollout.spec.fleet_ref.name in fleets, "an example rollout of a missing fleet"
     else:
         assert doc["kind"] == "ConfigMap"
+
+
+def test_the_serve_example_is_a_staged_fleets_file() -> None:
+    path = EXAMPLES / "serve" / "fleets.yaml"
+    (fleet,) = parse_fleets(path.read_text(), path.parent)
+    assert fleet.rollout is not None
+    assert len(to_policy(fleet.rollout).steps) == 3
+    assert fleet.package is not None
+    assert validate_config(fleet.config.files[""].body.decode()) == []
