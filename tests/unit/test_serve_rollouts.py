@@ -48,6 +48,13 @@ def test_a_rollout_needs_a_state_dir_and_is_checked_by_the_configrollout_s_model
     assert fleet.revision == f"vms-{fleet.revision_hash[:10]}"
     with pytest.raises(FleetFileError, match=r"'vms': rollout: steps\.0\.agents"):
         parse_fleets(_file(V1, steps=[{"agents": 0}]), Path("."))
+    pods = [{"selector": {"podLabels": {"canary": "true"}}}]
+    with pytest.raises(FleetFileError, match="podLabels selects nobody under serve"):
+        parse_fleets(_file(V1, steps=pods), Path("."))
+    (by_host,) = parse_fleets(
+        _file(V1, steps=[{"selector": {"attributes": {"h": "a"}}}]), Path(".")
+    )
+    assert by_host.rollout is not None
     with pytest.raises(FleetFileError, match="'vms': rollout: promote"):
         parse_fleets(_file(V1, promote="x" * 254), Path("."))
     with pytest.raises(FleetFileError, match="'vms': rollout: fleetRef"):
@@ -134,6 +141,7 @@ def test_a_change_reaches_one_agent_until_promoted_and_a_restart_holds_the_same_
     assert world.on(V1) == UIDS
 
     world.edit(_file(V2))
+    assert world.on(V1) == UIDS  # until the rollout has planned the new revision
     rollouts.tick()
     (member,) = world.on(V2)
     world.applied(member, V2)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,7 +96,8 @@ class ServeRollout(RolloutPolicySpec):
 @dataclass(frozen=True)
 class Held:
     """What a fleet's rollout holds the agents outside its membership to: the stable
-    revision's config and package."""
+    revision's config and package. Every fleet with a rollout has one, Succeeded too:
+    its membership is of the revision it planned, not of one the file has since."""
 
     membership: planner.Membership
     config: RemoteConfig
@@ -119,7 +121,7 @@ class Fleet:
     version: str | None = None
     """`version` as FleetVersion JSON, kept with a stable revision (None: no version)."""
 
-    @property
+    @cached_property
     def revision_hash(self) -> str:
         """The fleet's revision: config and package (fleet.versions.revision_hash)."""
         return revision_hash(self.config.hash.hex(), self.package)
@@ -212,6 +214,13 @@ def parse_fleets(text: str, base: Path, staged: bool = True) -> list[Fleet]:
     if not isinstance(doc, dict) or not isinstance(doc.get("fleets", []), list):
         raise FleetFileError("expected a mapping with a list under 'fleets'")
     fleets = [_fleet(raw, i, base) for i, raw in enumerate(doc.get("fleets") or [])]
+    for fleet in fleets:
+        steps = fleet.rollout.steps if fleet.rollout is not None else []
+        if any(step.selector is not None and step.selector.pod_labels for step in steps):
+            raise FleetFileError(
+                f"fleet {fleet.name!r}: rollout: a step's selector.podLabels selects "
+                "nobody under serve (there are no pods): select by attributes"
+            )
     unstaged = [f.name for f in fleets if f.rollout is not None and not staged]
     if unstaged:
         raise FleetFileError(
@@ -287,7 +296,13 @@ class FileFleets:
             return None
         fleet, view = placed
         held = self.held.get(fleet.name)
-        if held is not None and held.membership.contains(view.instance_uid, view.attributes, {}):
+        if (
+            held is not None
+            # A revision the rollout has not planned yet (the file just changed) is
+            # nobody's: until it is, every agent stays on the stable one.
+            and held.membership.desired_hash == fleet.revision_hash
+            and held.membership.contains(view.instance_uid, view.attributes, {})
+        ):
             held = None
         return fleet, held
 

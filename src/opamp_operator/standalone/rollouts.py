@@ -301,8 +301,6 @@ class ServeRollouts:
         self, fleet: Fleet, policy: planner.Policy, progress: planner.Progress
     ) -> Held | None:
         """Non-members are held to the stable revision, once the state has it."""
-        if progress.phase is planner.Phase.SUCCEEDED:
-            return None
         stable = self.states[fleet.name].stable
         if stable.hash != progress.stable_hash:
             log.error(
