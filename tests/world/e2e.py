@@ -252,7 +252,7 @@ def local_target(cluster: LocalCluster, workdir: Path) -> Iterator[Target]:
         if target is not None:
             target.close()
         if operator is not None:
-            # SIGTERM now; its exit (kopf's 5 s) is waited for with the cluster's, as other
+            # SIGTERM now; its exit is waited for with the cluster's, as other
             # modules' operators are: its handlers are cancelled at once, so it neither
             # races the uninstall below nor holds a port anyone needs.
             operator.stop_in_background()

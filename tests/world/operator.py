@@ -204,11 +204,10 @@ class OperatorProcess(OpAMPEndpoint):
     def stop_in_background(self) -> None:
         """SIGTERM now, from a thread that then waits for the exit (one SIGTERM: kopf's
         handler completes a future, and a second signal made it log InvalidStateError).
-        kopf gives the tasks it did not start 5 s to end before it returns, so each operator
-        takes 5 s to stop: the test that used it need not wait for that (its handlers are
-        cancelled at once; it listens on its own port). `stop()` still waits, for a test
-        that stops and restarts on one port. `wait_stopped()` joins them all before the
-        cluster goes."""
+        An operator exits within a fraction of a second (test_operator_shutdown.py), but a
+        test need not wait even for that: it listens on its own port. `stop()` waits, for
+        a test that stops and restarts on one port. `wait_stopped()` joins them all before
+        the cluster goes."""
         thread = threading.Thread(target=self.stop, name=self.record.name, daemon=True)
         thread.start()
         _STOPPING.append(thread)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -142,14 +141,6 @@ async def serve_opamp(
     return server, sites, watch
 
 
-def stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 async def run(options: RunOptions) -> None:
     load_kubernetes_credentials()
     state = OperatorState()
@@ -159,7 +150,14 @@ async def run(options: RunOptions) -> None:
     registry = kopf.OperatorRegistry()
     handlers = replace(options.handlers, webhook=options.webhook is not None)
     register(registry, state, server, handlers, options.agent_tokens)
-    stop = stop_on_signals()
+
+    @kopf.on.cleanup(registry=registry)
+    async def close_listeners(**_: Any) -> None:
+        """Agents told to go (close 1001) while kopf stops: it gives every task started
+        after it, agents' WebSocket handlers included, 5 s to end before it returns."""
+        log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
+        await sites.close()
+
     watching = None
     if watch is not None:
         await asyncio.to_thread(watch.ensure)
@@ -173,12 +171,12 @@ async def run(options: RunOptions) -> None:
             standalone=options.peering.name is None,
             peering_name=options.peering.name,
             identity=cast(Any, identity),
-            stop_flag=stop,
+            # No stop_flag: kopf stops on SIGTERM/SIGINT itself, and a flag never set
+            # left its waiter task pending, which kopf then gave 5 s before every exit.
         )
     finally:
         if watching is not None:
             watching.cancel()
-        log.info("shutting down: telling WebSocket agents to reconnect (close 1001)")
         await sites.close()
         state.close()
         scratch.cleanup()

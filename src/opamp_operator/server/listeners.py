@@ -25,6 +25,7 @@ class Listeners:
     api: web.AppRunner
     tls: list[ReloadingTLS] = field(default_factory=list)
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
+    _closed: bool = False
 
     def follow(self, tls: ReloadingTLS) -> None:
         """Reload `tls` from its files for as long as the listeners run."""
@@ -33,7 +34,11 @@ class Listeners:
 
     async def close(self) -> None:
         """The agents' port first (its shutdown closes every WebSocket with 1001), so the
-        probes keep answering until agents have been told to go."""
+        probes keep answering until agents have been told to go. Once: `run` closes
+        them as kopf cleans up, and again in a `finally` that also covers a failed start."""
+        if self._closed:
+            return
+        self._closed = True
         for task in self._watchers:
             task.cancel()
         await self.opamp.cleanup()
