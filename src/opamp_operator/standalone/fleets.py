@@ -60,7 +60,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from opamp_operator.api.models import FleetVersion, RolloutPolicySpec
 from opamp_operator.fleet import rollout as planner
-from opamp_operator.fleet.rollout_agents import DesiredRevision
+from opamp_operator.fleet.rollout_agents import DesiredRevision, config_components
 from opamp_operator.fleet.versions import revision_hash
 from opamp_operator.fleet.views import AgentView, agent_view
 from opamp_operator.opamp.configs import RemoteConfig
@@ -130,6 +130,12 @@ class Fleet:
     def revision(self) -> str:
         """The revision's name, as a ControllerRevision's: fleet name and hash."""
         return f"{self.name}-{self.revision_hash[:10]}"
+
+    @cached_property
+    def components(self) -> dict[str, frozenset[str]]:
+        """The component types its config defines, for a rollout's preflight: parsed
+        once per fleets file load, not at every plan."""
+        return config_components(self.config.files[""].body.decode(errors="replace"))
 
     @property
     def desired(self) -> DesiredRevision:

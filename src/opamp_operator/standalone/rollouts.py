@@ -33,7 +33,6 @@ from opamp_operator.fleet import rollout as planner
 from opamp_operator.fleet.conditions import now_iso
 from opamp_operator.fleet.rollout_agents import (
     Placement,
-    config_components,
     revision_status,
     rollout_agent,
 )
@@ -275,8 +274,7 @@ class ServeRollouts:
     ) -> planner.Progress:
         assert fleet.rollout is not None
         policy, controls = to_policy(fleet.rollout), fleet.rollout.controls
-        text = fleet.config.files[""].body.decode(errors="replace")
-        desired = planner.Revision(fleet.revision, fleet.revision_hash, config_components(text))
+        desired = planner.Revision(fleet.revision, fleet.revision_hash, fleet.components)
         if progress is None:
             stable = state.stable
             progress = planner.initial_progress(desired, stable.revision, stable.hash, controls)
