@@ -32,6 +32,7 @@ from opamp_operator.api.policy import stored_package, to_policy
 from opamp_operator.fleet import rollout as planner
 from opamp_operator.fleet.conditions import now_iso
 from opamp_operator.fleet.rollout_agents import (
+    DesiredRevision,
     Placement,
     revision_status,
     rollout_agent,
@@ -164,6 +165,9 @@ def _read(path: Path) -> tuple[str, FleetState]:
     return str(raw["fleet"]), FleetState(StableRevision.from_json(raw["stable"]), status)
 
 
+_Gated = tuple[AgentView, tuple[DesiredRevision, Placement], planner.RolloutAgent]
+
+
 class ServeRollouts:
     """Plans every fleet's rollout on a timer; holds non-members to the stable revision
     through `FileFleets.held`."""
@@ -180,13 +184,18 @@ class ServeRollouts:
         self._planned: set[str] = set()
         self.pending: dict[str, FleetState] = {}
         """States changed by `plan`, not written yet."""
+        self.durable = dict(self.states)
+        """The states on disk: what the read API shows."""
+        self._gated: dict[str, _Gated] = {}
+        """Per agent uid: the view and revision its RolloutAgent was built from."""
+        self._gating: dict[str, _Gated] = {}
 
     def statuses(self) -> dict[str, Mapping[str, Any]]:
         """Each fleet with a rollout: its status, for the read API."""
         return {
-            f.name: self.states[f.name].status
+            f.name: self.durable[f.name].status
             for f in self.fleets.fleets
-            if f.rollout is not None and f.name in self.states
+            if f.rollout is not None and f.name in self.durable
         }
 
     def _views(self) -> dict[str, list[AgentView]]:
@@ -206,10 +215,12 @@ class ServeRollouts:
         staged = any(f.rollout is not None for f in self.fleets.fleets)
         views = self._views() if staged else {}
         held: dict[str, Held] = {}
+        self._gating = {}
         for fleet in self.fleets.fleets:
             found = self._fleet(fleet, views.get(fleet.name, []), now)
             if found is not None:
                 held[fleet.name] = found
+        self._gated = self._gating  # agents gone since the last plan are dropped
         return held
 
     def flush(self) -> None:
@@ -218,6 +229,7 @@ class ServeRollouts:
         while self.pending:
             fleet, state = next(iter(self.pending.items()))
             self.store.save(fleet, state)
+            self.durable[fleet] = state
             del self.pending[fleet]
 
     def apply(self, held: dict[str, Held]) -> None:
@@ -278,11 +290,7 @@ class ServeRollouts:
         if progress is None:
             stable = state.stable
             progress = planner.initial_progress(desired, stable.revision, stable.hash, controls)
-        verified = bool(fleet.certificate_names)
-        agents = [
-            rollout_agent(view, revision_status(view, fleet.desired), Placement(verified=verified))
-            for view in views
-        ]
+        agents = self._agents(fleet, views)
         decision = planner.plan(policy, progress, desired, agents, now, controls)
         status = rollout_status(decision, 0, state.status, now_iso())
         after = decision.progress
@@ -294,6 +302,22 @@ class ServeRollouts:
             level = logging.WARNING if event.type == "Warning" else logging.INFO
             log.log(level, "rollout of fleet %s: %s: %s", fleet.name, event.reason, event.message)
         return after
+
+    def _agents(self, fleet: Fleet, views: list[AgentView]) -> list[planner.RolloutAgent]:
+        """The fleet's agents as the gates read them, each built again only when its view
+        (kept on its record until what it shows changes) or the desired revision did:
+        building 10,000 of them was two thirds of a plan's 0.12 s on the loop."""
+        desired = fleet.desired
+        placement = Placement(verified=bool(fleet.certificate_names))
+        key = (desired, placement)
+        agents = []
+        for view in views:
+            kept = self._gated.get(view.instance_uid)
+            if kept is None or kept[0] is not view or kept[1] != key:
+                kept = (view, key, rollout_agent(view, revision_status(view, desired), placement))
+            self._gating[view.instance_uid] = kept
+            agents.append(kept[2])
+        return agents
 
     def _held(
         self, fleet: Fleet, policy: planner.Policy, progress: planner.Progress
