@@ -806,17 +806,24 @@ class ServerCore:
 
         HTTP agents get theirs in the reply to their next poll.
         """
-        out: list[tuple[ConnId, pb.ServerToAgent]] = []
-        for conn, agent in self.websocket_agents():
-            if agent.state is AgentState.DISCONNECTED:
+        return list(self.offers_to_push())
+
+    def offers_to_push(self) -> Iterator[tuple[ConnId, pb.ServerToAgent]]:
+        """`pending_offers`, made one agent at a time over the connections open when it
+        starts: a transport may yield to its loop between agents (a change reaching
+        10,000 agents took 0.17 s to build, more to send). An agent gone meanwhile is
+        skipped; one whose desired config changes again meanwhile is woken for again."""
+        for conn in list(self._conns):
+            c = self._conns.get(conn)
+            agent = self._agents.get(c.uid) if c is not None and c.uid is not None else None
+            if agent is None or agent.state is AgentState.DISCONNECTED:
                 continue
             msg = pb.ServerToAgent(instance_uid=agent.instance_uid)
             if self._add_offers(agent, msg):
-                out.append((conn, msg))
+                yield conn, msg
             command = pb.ServerToAgent(instance_uid=agent.instance_uid)
             if self._add_command(agent, command):
-                out.append((conn, command))
-        return out
+                yield conn, command
 
     # ---- internals -------------------------------------------------------------------
 

@@ -185,6 +185,8 @@ UNCHARGED_BYTES = 64 * 1024
 what aiohttp buffers per connection before a handler reads it anyway, and more than a
 heartbeat or status report."""
 
+OFFER_BATCH = 200
+"""Offers made and sent between two yields to the loop (~15 ms of work each)."""
 STANDBY_RETRY_AFTER_SECONDS = 5
 """What a standby replica tells agents: it is no overload, and the active replica (or this
 one, taking over) can serve them at once; jittered up to twice as long."""
@@ -644,13 +646,18 @@ class OpAMPServer:
             await asyncio.shield(self._flusher)
 
     async def push_offers(self) -> int:
-        """Send changed desired configs to WebSocket agents now; returns how many."""
+        """Send changed desired configs to WebSocket agents now; returns how many. The
+        loop is given back every OFFER_BATCH messages: for a change that reaches 10,000
+        agents, building the messages alone held it 0.17 s in one go, growing with the
+        fleet."""
         sent = 0
-        for conn, msg in self.core.pending_offers():
+        for made, (conn, msg) in enumerate(self.core.offers_to_push(), 1):
             ws = self._sockets.get(conn)
             if ws is not None and not ws.closed:
                 await self._send_ws(ws, msg)
                 sent += 1
+            if made % OFFER_BATCH == 0:
+                await asyncio.sleep(0)
         return sent
 
     # ---- OpAMP -----------------------------------------------------------------------

@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from opamp_operator.fleet.rollout_agents import (
 from opamp_operator.fleet.rollout_status import RolloutTiming, holds, rollout_status
 from opamp_operator.fleet.views import AgentView
 from opamp_operator.opamp.configs import RemoteConfig
-from opamp_operator.opamp.session import ServerCore
+from opamp_operator.opamp.session import AgentRecord, ServerCore
 from opamp_operator.standalone.fleets import FileFleets, Fleet, FleetFileError, Held
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,10 @@ def _read(path: Path) -> tuple[str, FleetState]:
 
 
 _Gated = tuple[AgentView, tuple[DesiredRevision, Placement], planner.RolloutAgent]
+Gathered = dict[str, list[planner.RolloutAgent]]
+"""Fleet name -> its live agents as the gates read them."""
+GATHER_BATCH = 1000
+"""Agents gathered for a plan between two yields to the loop (~15 ms of work)."""
 
 
 class ServeRollouts:
@@ -189,6 +193,9 @@ class ServeRollouts:
         self._gated: dict[str, _Gated] = {}
         """Per agent uid: the view and revision its RolloutAgent was built from."""
         self._gating: dict[str, _Gated] = {}
+        self._keys: dict[str, tuple[DesiredRevision, Placement]] = {}
+        """Per fleet: the revision and placement its agents' records were built for, one
+        object while they stay equal (so a kept record is checked by identity)."""
 
     def statuses(self) -> dict[str, Mapping[str, Any]]:
         """Each fleet with a rollout: its status, for the read API."""
@@ -198,29 +205,61 @@ class ServeRollouts:
             if f.rollout is not None and f.name in self.durable
         }
 
-    def _views(self) -> dict[str, list[AgentView]]:
-        """Each fleet's live agents."""
-        views: dict[str, list[AgentView]] = {}
-        for agent in self.core.agents.values():
-            placed = self.fleets.place(agent)
-            if placed is not None and placed[1].live:
-                views.setdefault(placed[0].name, []).append(placed[1])
-        return views
+    def _gather(self, records: Iterable[AgentRecord], into: Gathered) -> None:
+        """The live agents of fleets with a rollout, as the gates read them, into
+        `into` by fleet. Each agent's RolloutAgent is kept until its view (itself kept on
+        the record until what it shows changes) or its fleet's revision changes."""
+        keys: dict[str, tuple[DesiredRevision, Placement]] = {}  # this call's
+        for record in records:
+            placed = self.fleets.place(record)
+            if placed is None or placed[0].rollout is None or not placed[1].live:
+                continue
+            fleet, view = placed
+            key = keys.get(fleet.name)
+            if key is None:
+                key = (fleet.desired, Placement(verified=bool(fleet.certificate_names)))
+                if self._keys.get(fleet.name) != key:
+                    self._keys[fleet.name] = key
+                key = keys[fleet.name] = self._keys[fleet.name]
+            kept = self._gated.get(view.instance_uid)
+            if kept is None or kept[0] is not view or kept[1] is not key:
+                status = revision_status(view, key[0])
+                kept = (view, key, rollout_agent(view, status, key[1]))
+            self._gating[view.instance_uid] = kept
+            into.setdefault(fleet.name, []).append(kept[2])
 
-    def plan(self, now: float | None = None) -> dict[str, Held]:
+    def _gathered(self) -> Gathered:
+        into: Gathered = {}
+        self._gating = {}
+        if any(f.rollout is not None for f in self.fleets.fleets):
+            self._gather(list(self.core.agents.values()), into)
+        self._gated = self._gating  # agents gone since the last plan are dropped
+        return into
+
+    async def _gathered_in_batches(self) -> Gathered:
+        """`_gathered`, giving the loop back every GATHER_BATCH agents: at 10,000 agents
+        reporting through a step, building their gate records took 0.15 s a tick."""
+        into: Gathered = {}
+        self._gating = {}
+        if any(f.rollout is not None for f in self.fleets.fleets):
+            records = list(self.core.agents.values())
+            for start in range(0, len(records), GATHER_BATCH):
+                self._gather(records[start : start + GATHER_BATCH], into)
+                await asyncio.sleep(0)
+        self._gated = self._gating
+        return into
+
+    def plan(self, now: float | None = None, gathered: Gathered | None = None) -> dict[str, Held]:
         """One planner run for every fleet, on the event loop (it reads the core's
         agents): what each fleet's non-members are to be held to. The states it changed
         wait in `pending` until `flush` writes them."""
         now = time.time() if now is None else now
-        staged = any(f.rollout is not None for f in self.fleets.fleets)
-        views = self._views() if staged else {}
+        agents = self._gathered() if gathered is None else gathered
         held: dict[str, Held] = {}
-        self._gating = {}
         for fleet in self.fleets.fleets:
-            found = self._fleet(fleet, views.get(fleet.name, []), now)
+            found = self._fleet(fleet, agents.get(fleet.name, []), now)
             if found is not None:
                 held[fleet.name] = found
-        self._gated = self._gating  # agents gone since the last plan are dropped
         return held
 
     def flush(self) -> None:
@@ -246,8 +285,9 @@ class ServeRollouts:
         self.apply(held)
 
     async def tick_off_loop(self) -> None:
-        """`tick` with the writes on a thread: an fsync can take a disk's while."""
-        held = self.plan()
+        """`tick` with the agents gathered in batches and the writes on a thread (an
+        fsync can take a disk's while)."""
+        held = self.plan(gathered=await self._gathered_in_batches())
         try:
             await asyncio.to_thread(self.flush)
         except OSError as exc:
@@ -260,7 +300,7 @@ class ServeRollouts:
             self.states[fleet] = state
             self.pending[fleet] = state
 
-    def _fleet(self, fleet: Fleet, views: list[AgentView], now: float) -> Held | None:
+    def _fleet(self, fleet: Fleet, agents: list[planner.RolloutAgent], now: float) -> Held | None:
         """Plans the fleet's rollout (status saved first); what it holds non-members to."""
         state = self.states.get(fleet.name)
         if fleet.rollout is None or state is None:
@@ -273,7 +313,7 @@ class ServeRollouts:
         planned = fleet.name in self._planned
         if progress is None or not holds(planned, uptime, self.timing.startup_grace):
             self._planned.add(fleet.name)
-            progress = self._plan(fleet, state, progress, views, now)
+            progress = self._plan(fleet, state, progress, agents, now)
         return self._held(fleet, policy, progress)
 
     def _plan(
@@ -281,7 +321,7 @@ class ServeRollouts:
         fleet: Fleet,
         state: FleetState,
         progress: planner.Progress | None,
-        views: list[AgentView],
+        agents: list[planner.RolloutAgent],
         now: float,
     ) -> planner.Progress:
         assert fleet.rollout is not None
@@ -290,7 +330,6 @@ class ServeRollouts:
         if progress is None:
             stable = state.stable
             progress = planner.initial_progress(desired, stable.revision, stable.hash, controls)
-        agents = self._agents(fleet, views)
         decision = planner.plan(policy, progress, desired, agents, now, controls)
         status = rollout_status(decision, 0, state.status, now_iso())
         after = decision.progress
@@ -302,22 +341,6 @@ class ServeRollouts:
             level = logging.WARNING if event.type == "Warning" else logging.INFO
             log.log(level, "rollout of fleet %s: %s: %s", fleet.name, event.reason, event.message)
         return after
-
-    def _agents(self, fleet: Fleet, views: list[AgentView]) -> list[planner.RolloutAgent]:
-        """The fleet's agents as the gates read them, each built again only when its view
-        (kept on its record until what it shows changes) or the desired revision did:
-        building 10,000 of them was two thirds of a plan's 0.12 s on the loop."""
-        desired = fleet.desired
-        placement = Placement(verified=bool(fleet.certificate_names))
-        key = (desired, placement)
-        agents = []
-        for view in views:
-            kept = self._gated.get(view.instance_uid)
-            if kept is None or kept[0] is not view or kept[1] != key:
-                kept = (view, key, rollout_agent(view, revision_status(view, desired), placement))
-            self._gating[view.instance_uid] = kept
-            agents.append(kept[2])
-        return agents
 
     def _held(
         self, fleet: Fleet, policy: planner.Policy, progress: planner.Progress
