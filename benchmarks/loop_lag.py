@@ -673,17 +673,27 @@ def lag_figures(first: Scrape, last: Scrape) -> dict[str, Any]:
 # ---- where the loop's time goes (--py-spy) -----------------------------------------------
 
 PY_SPY_RATE = 50  # fleet_scale.PySpy samples at 50 Hz
-_WRAPPERS = ("guarded.<locals>.middleware", "_track_requests", "OpAMPServer.handle_opamp")
+_WRAPPERS = (
+    "guarded.<locals>.middleware",
+    "_track_requests",
+    "OpAMPServer.handle_opamp",
+    "OpAMPServer._websocket",
+    "OpAMPServer._ws_frame",
+)
+"""The request wrappers a loop entry point is named past."""
 
 
 def loop_profile(path: Path, top: int = 6) -> dict[str, Any]:
-    """From a `py-spy record --format raw` file: seconds of samples on the event loop's
-    thread (the main thread) and on other threads (the drift judges, to_thread), and the
-    loop's top entry points (the outermost of the operator's own frames, past the request
-    wrappers), each with its busiest innermost frame of the operator's."""
-    loop = threads = 0
-    stacks: Counter[str] = Counter()
+    """From a `py-spy record --format raw` file of `run` or `serve` (both on
+    `cli.run_loop`): seconds of samples on the event loop (stacks under asyncio's
+    `Runner.run`) and elsewhere (threads, or a stack py-spy cut short), and the loop's top
+    entry points, named by the outermost of our own frames past the request wrappers
+    (`OpAMPServer._ws_message`: agents' messages; `_flush_offers`: offers; serve's
+    `_plan`: rollout ticks), each with its busiest innermost frame of ours. py-spy leaves
+    out idle samples."""
+    entries: Counter[str] = Counter()
     inners: dict[str, Counter[str]] = {}
+    threads = 0
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
@@ -691,27 +701,30 @@ def loop_profile(path: Path, top: int = 6) -> dict[str, Any]:
                 continue
             n = int(count)
             frames = stack.split(";")
-            if any("threading.py" in f for f in frames[:3]):
+            names = [f.split(" (")[0] for f in frames]
+            if "Runner.run" not in names:
                 threads += n
                 continue
-            loop += n
-            ours = [f for f in frames if "opamp_operator/" in f and "cli.py" not in f]
-            inner = [f for f in ours if not f.startswith(_WRAPPERS)] or ours
-            if not inner:
-                stacks["(the loop itself, uvloop, libraries)"] += n
-                continue
-            outer = inner[0].split(" (")[0]
-            stacks[outer] += n
-            inners.setdefault(outer, Counter())[inner[-1].split(" (")[0]] += n
-
-    def name(outer: str) -> str:
-        busiest = inners[outer].most_common(1)[0][0] if outer in inners else outer
-        return outer if busiest == outer else f"{outer} (mostly in {busiest})"
-
+            below = frames[names.index("Runner.run") + 1 :]
+            ours = [
+                f.split(" (")[0]
+                for f in below
+                if "opamp_operator/" in f and "cli.py" not in f and not f.startswith(_WRAPPERS)
+            ]
+            entry = ours[0] if ours else "(uvloop, aiohttp, libraries)"
+            entries[entry] += n
+            if ours:
+                inners.setdefault(entry, Counter())[ours[-1]] += n
     return {
-        "loop_s": round(loop / PY_SPY_RATE, 1),
-        "threads_s": round(threads / PY_SPY_RATE, 1),
-        "loop_top": [(name(k), round(v / PY_SPY_RATE, 2)) for k, v in stacks.most_common(top)],
+        "loop_s": round(sum(entries.values()) / PY_SPY_RATE, 2),
+        "threads_s": round(threads / PY_SPY_RATE, 2),
+        "loop_top": [
+            (
+                f"{k} (mostly in {inners[k].most_common(1)[0][0]})" if k in inners else k,
+                round(v / PY_SPY_RATE, 2),
+            )
+            for k, v in entries.most_common(top)
+        ],
     }
 
 

@@ -69,7 +69,7 @@ from typing import Any
 
 import aiohttp
 from fleet_scale import PySpy, SimulatorProcess, log
-from loop_lag import PY_SPY_RATE, Scrape, lag_figures, parse_metrics
+from loop_lag import Scrape, lag_figures, loop_profile, parse_metrics
 from procstat import Sampler, free_port, peak_rss, proc_stats
 from server_scale import CONFIG_A
 
@@ -268,57 +268,6 @@ def open_files(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return 0
-
-
-_WRAPPERS = (
-    "_track_requests",
-    "OpAMPServer.handle_opamp",
-    "OpAMPServer._websocket",
-    "OpAMPServer._ws_frame",
-)
-
-
-def serve_profile(path: Path, top: int = 8) -> dict[str, Any]:
-    """From a `py-spy record --format raw` file of serve: seconds of samples (py-spy
-    leaves out idle ones) by what the event loop was running, named by the outermost of
-    serve's own frames past the request wrappers (`_plan`: the rollout ticks;
-    `OpAMPServer._ws_message`: agents' messages; `OpAMPServer._flush_offers`: offers),
-    each with its busiest innermost frame of serve's."""
-    entries: Counter[str] = Counter()
-    inners: dict[str, Counter[str]] = {}
-    other = 0
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not count.isdigit():
-                continue
-            n = int(count)
-            frames = stack.split(";")
-            names = [f.split(" (")[0] for f in frames]
-            if "Runner.run" not in names:
-                other += n  # threads (the state writes), or a stack py-spy cut short
-                continue
-            below = frames[names.index("Runner.run") + 1 :]
-            ours = [
-                f.split(" (")[0]
-                for f in below
-                if "opamp_operator/" in f and not f.startswith(_WRAPPERS)
-            ]
-            entry = ours[0] if ours else "(uvloop, aiohttp, libraries)"
-            entries[entry] += n
-            if ours:
-                inners.setdefault(entry, Counter())[ours[-1]] += n
-    return {
-        "loop_s": round(sum(entries.values()) / PY_SPY_RATE, 2),
-        "outside_the_loop_s": round(other / PY_SPY_RATE, 2),
-        "loop_top": [
-            (
-                f"{k} (mostly in {inners[k].most_common(1)[0][0]})" if k in inners else k,
-                round(v / PY_SPY_RATE, 2),
-            )
-            for k, v in entries.most_common(top)
-        ],
-    }
 
 
 @dataclass
@@ -718,7 +667,7 @@ class Bench:
             finally:
                 spy.stop()
             if self.args.py_spy:
-                out.py_spy = serve_profile(self.workdir / "py-spy-rollout.txt")
+                out.py_spy = loop_profile(self.workdir / "py-spy-rollout.txt", top=8)
             end = marks[-1].at
             log(f"rollout Succeeded {end - t0:.2f} s after the edit")
             out.load.append(("at Succeeded", os.getloadavg()))
