@@ -285,6 +285,10 @@ class AgentRecord(HasAgentState):
     offered_heartbeat_seconds: int | None = None
     offered_settings_hash: bytes | None = None
     heartbeat_bound: float | None = None
+    # Whether it reported its connection settings status since the last offer that
+    # replaced another: a status from before an offer of the same interval again (the
+    # same hash) does not confirm it, and would drop longer intervals offered in between.
+    settings_reported: bool = True
     # How its current connection (or HTTP request) reached the server, as the
     # transport saw it; None: not told.
     endpoint: AgentEndpoint | None = None
@@ -866,6 +870,8 @@ class ServerCore:
         if msg.capabilities and msg.capabilities != agent.capabilities:
             agent.capabilities = msg.capabilities
             changed.append("capabilities")
+        # A status reported, even unchanged, is about the offers made so far.
+        agent.settings_reported |= msg.HasField("connection_settings_status")
         for name in STATUS_FIELDS:
             if not msg.HasField(name):
                 continue
@@ -999,6 +1005,7 @@ class ServerCore:
         first = agent.offered_heartbeat_seconds is None
         digest = settings_hash(endpoint.url, seconds)
         agent.offered_heartbeat_seconds, agent.offered_settings_hash = seconds, digest
+        agent.settings_reported = first
         agent.heartbeat_bound = max(self._heartbeat_bound(agent), float(seconds))
         self._judge_heartbeat(agent)
         if first and self._confirmed(agent):
@@ -1022,7 +1029,8 @@ class ServerCore:
         (ConnectionSettingsStatus APPLIED with its hash; ReportsConnectionSettingsStatus)."""
         status = agent.connection_settings_status
         return (
-            status is not None
+            agent.settings_reported
+            and status is not None
             and status.status == pb.ConnectionSettingsStatuses_APPLIED
             and status.last_connection_settings_hash == agent.offered_settings_hash
         )
