@@ -312,6 +312,19 @@ def _versions() -> tuple[str, str]:
     return version_a, version_b
 
 
+def _step_2_posted(fleets: list[Fleet]) -> bool:
+    """Each rollout's StepStarted for step 2, and the DaemonSet's pod deletions so far
+    (the missing image's, its rollback's, steps 1 and 2)."""
+    events = events_of(fleets[0].api, fleets[0].ns, "ConfigRollout")
+    started = sum(r == "StepStarted" and m.startswith("step 2/3") for r, m in events)
+    deleted = [
+        sum("deleted Pod" in m for m in f.workload_events())
+        for f in fleets
+        if f.kind == "DaemonSet"
+    ]
+    return started == len(fleets) and all(n == 4 for n in deleted)
+
+
 def _running_a(fleet: Fleet, count: int) -> bool:
     return len(fleet.runner.running(COLLECTOR_A)) == count
 
@@ -371,6 +384,9 @@ def _upgrade(fleets: list[Fleet], versions: tuple[str, str], operator: Operator)
         rollout_control(fleet.api, fleet.ns, fleet.name, "promote")
     for fleet in fleets:
         assert fleet.phase("Progressing", step=1)["stepArmed"] is True
+    # SIGKILLed mid-step once the step's Events are in the API (kopf posts them from a
+    # queue, which dies with the process), so the counts at the end are exact.
+    eventually("step 2's Events posted", functools.partial(_step_2_posted, fleets), WAIT)
     operator.kill()
     operator.mark("operator SIGKILLed during step 2")
     operator.start("restarted")
