@@ -415,6 +415,18 @@ class Membership:
             return True
         return self.cutoff >= 0 and bucket(self.desired_hash, uid) <= self.cutoff
 
+    def runs(
+        self,
+        revision_hash: str,
+        uid: str,
+        attributes: Mapping[str, str],
+        pod_labels: Mapping[str, str],
+    ) -> bool:
+        """Whether the agent is to run `revision_hash`, the fleet's desired revision: a
+        member of this membership, which must be of that very revision (one the rollout
+        has not planned yet is nobody's: the file or spec just changed)."""
+        return self.desired_hash == revision_hash and self.contains(uid, attributes, pod_labels)
+
     def contains_agent(self, agent: RolloutAgent) -> bool:
         return self.contains(agent.uid, agent.attributes, agent.pod_labels)
 

@@ -409,12 +409,11 @@ class OperatorState:
         g = record.governance
         if g is None or g.stable_config is None:
             return True
-        if g.membership.desired_hash != record.revision_hash:
-            return False  # the rollout has not taken this revision in hand yet
         view = self.views.get(uid)
         attributes = view.attributes if view is not None else {}
         pod = self.pod_of_agent(uid)
-        return g.membership.contains(uid, attributes, pod.labels if pod is not None else {})
+        labels = pod.labels if pod is not None else {}
+        return g.membership.runs(record.revision_hash, uid, attributes, labels)
 
     def expected(
         self, record: FleetRecord, uid: str

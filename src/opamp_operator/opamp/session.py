@@ -517,9 +517,14 @@ class ServerCore:
         return self._agents.get(c.uid) if c is not None and c.uid is not None else None
 
     def websocket_agents(self) -> Iterator[tuple[ConnId, AgentRecord]]:
-        for conn, c in self._conns.items():
-            if c.uid is not None and c.uid in self._agents:
-                yield conn, self._agents[c.uid]
+        """The agents of the connections open when it starts, each looked up as it is
+        reached: a caller may yield to its loop between agents (offers_to_push), and a
+        connection closed or an agent gone meanwhile is skipped."""
+        for conn in list(self._conns):
+            c = self._conns.get(conn)
+            agent = self._agents.get(c.uid) if c is not None and c.uid is not None else None
+            if agent is not None:
+                yield conn, agent
 
     # ---- server-initiated ------------------------------------------------------------
 
@@ -813,14 +818,11 @@ class ServerCore:
         return list(self.offers_to_push())
 
     def offers_to_push(self) -> Iterator[tuple[ConnId, pb.ServerToAgent]]:
-        """`pending_offers`, made one agent at a time over the connections open when it
-        starts: a transport may yield to its loop between agents (a change reaching
-        10,000 agents took 0.17 s to build, more to send). An agent gone meanwhile is
-        skipped; one whose desired config changes again meanwhile is woken for again."""
-        for conn in list(self._conns):
-            c = self._conns.get(conn)
-            agent = self._agents.get(c.uid) if c is not None and c.uid is not None else None
-            if agent is None or agent.state is AgentState.DISCONNECTED:
+        """`pending_offers`, made one agent at a time: a transport may yield to its loop
+        between agents (a change reaching 10,000 agents took 0.17 s to build, more to
+        send). One whose desired config changes again meanwhile is woken for again."""
+        for conn, agent in self.websocket_agents():
+            if agent.state is AgentState.DISCONNECTED:
                 continue
             msg = pb.ServerToAgent(instance_uid=agent.instance_uid)
             if self._add_offers(agent, msg):

@@ -302,12 +302,8 @@ class FileFleets:
             return None
         fleet, view = placed
         held = self.held.get(fleet.name)
-        if (
-            held is not None
-            # A revision the rollout has not planned yet (the file just changed) is
-            # nobody's: until it is, every agent stays on the stable one.
-            and held.membership.desired_hash == fleet.revision_hash
-            and held.membership.contains(view.instance_uid, view.attributes, {})
+        if held is not None and held.membership.runs(
+            fleet.revision_hash, view.instance_uid, view.attributes, {}
         ):
             held = None
         return fleet, held
