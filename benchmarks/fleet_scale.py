@@ -489,6 +489,28 @@ class SimProgress:
     installed: int = 0  # agents that installed it
 
 
+def simulate_argv(
+    port: int, agents: int, pod_names: str, heartbeat: float, connect_rate: float
+) -> list[str]:
+    """`opamp-operator simulate` as the benchmarks start it: WebSocket agents on loopback,
+    progress every second, generous timeouts (a connect storm is slow to answer)."""
+    return [
+        sys.executable,
+        "-m",
+        "opamp_operator",
+        "--log-level=INFO",
+        "simulate",
+        f"--endpoint=ws://127.0.0.1:{port}/v1/opamp",
+        f"--agents={agents}",
+        f"--pod-names={pod_names}",
+        f"--heartbeat={heartbeat:g}",
+        f"--connect-rate={connect_rate:g}",
+        "--progress-interval=1",
+        "--open-timeout=60",
+        "--request-timeout=60",
+    ]
+
+
 class SimulatorProcess:
     """`opamp-operator simulate` as a process; its progress lines are parsed as they come."""
 
@@ -887,20 +909,14 @@ class Bench:
         self.spy.start("connect")
         self.sim = SimulatorProcess(
             [
-                sys.executable,
-                "-m",
-                "opamp_operator",
-                "--log-level=INFO",
-                "simulate",
-                f"--endpoint=ws://127.0.0.1:{self.port}/v1/opamp",
-                f"--agents={self.n}",
-                f"--pod-names={self.args.pod_prefix}",
+                *simulate_argv(
+                    self.port,
+                    self.n,
+                    self.args.pod_prefix,
+                    self.args.heartbeat,
+                    self.args.connect_rate,
+                ),
                 f"--namespace={self.ns}",
-                f"--heartbeat={self.args.heartbeat:g}",
-                f"--connect-rate={self.args.connect_rate:g}",
-                "--progress-interval=1",
-                "--open-timeout=60",
-                "--request-timeout=60",
                 *self.simulator_flags(),
             ],
             self.workdir / "logs" / "simulator.log",

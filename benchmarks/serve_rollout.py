@@ -68,7 +68,7 @@ from tempfile import mkdtemp
 from typing import Any
 
 import aiohttp
-from fleet_scale import PySpy, SimulatorProcess, log
+from fleet_scale import PySpy, SimulatorProcess, log, simulate_argv
 from loop_lag import Scrape, lag_figures, loop_profile, parse_metrics
 from procstat import Sampler, free_port, peak_rss, proc_stats
 from server_scale import CONFIG_A
@@ -518,19 +518,7 @@ class Bench:
         rate = self.args.connect_rate / len(self.shares)
         for i, agents in enumerate(self.shares):
             argv = [
-                sys.executable,
-                "-m",
-                "opamp_operator",
-                "--log-level=INFO",
-                "simulate",
-                f"--endpoint=ws://127.0.0.1:{self.port}/v1/opamp",
-                f"--agents={agents}",
-                f"--pod-names=sim{i}",
-                f"--heartbeat={self.args.heartbeat:g}",
-                f"--connect-rate={rate:g}",
-                "--progress-interval=1",
-                "--open-timeout=60",
-                "--request-timeout=60",
+                *simulate_argv(self.port, agents, f"sim{i}", self.args.heartbeat, rate),
                 f"--seed={i + 1}",
                 "--accept-packages",
                 f"--service-version={STABLE_VERSION}",
